@@ -1,0 +1,23 @@
+//! The flash-sale domain, with no I/O: what a sale is, which state it is in at a given instant
+//! (SPEC section 2), and how one purchase attempt is decided (SPEC section 3).
+//!
+//! Everything here is a pure function of its inputs. Time is always passed in (see [`clock`]),
+//! so every boundary (exactly at the start, exactly at the end) can be tested exactly, and the
+//! stores decide each attempt inside their own atomic step with the clock they trust.
+//!
+//! - [`ids`]: parsed newtypes for user ids, sale ids, quantities and idempotency keys.
+//! - [`sale`]: the sale, its derived state, and which sale the page features.
+//! - [`purchase`]: the rules that turn one attempt into an admission or a rejection.
+//! - [`error`]: validation errors, each naming what was wrong.
+
+pub mod clock;
+pub mod error;
+pub mod ids;
+pub mod purchase;
+pub mod sale;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::ValidationError;
+pub use ids::{IdempotencyKey, Quantity, SaleId, UserId};
+pub use purchase::{Decision, NotActiveReason, Rejection, decide};
+pub use sale::{EndReason, NewSale, Sale, SaleState, pick_featured};

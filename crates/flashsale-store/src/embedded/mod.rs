@@ -1,0 +1,212 @@
+//! The embedded store: the default, single node, no external service.
+//!
+//! Decisions are taken in memory, in each sale's [`book::SaleBook`] critical section; orders
+//! are made durable by one [`writer`] thread in SQLite (WAL, `synchronous=FULL`), committed in
+//! groups. `confirmed` is answered only after the order's group has committed; if the commit
+//! fails the reservation is undone and the buyer gets `unavailable`. On open, memory is rebuilt
+//! from the database, so a crash (even `kill -9`) loses nothing that was confirmed.
+
+mod book;
+mod load;
+mod schema;
+mod writer;
+
+use crate::{Attempt, Order, PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary};
+use async_trait::async_trait;
+use book::{SaleBook, Step};
+use flashsale_core::{Clock, NewSale, Sale, SaleId, UserId};
+use parking_lot::{Mutex, RwLock};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+use writer::Write;
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "flashsale.db";
+
+/// The embedded store. Cheap to share behind an `Arc`.
+pub struct EmbeddedStore {
+    clock: Arc<dyn Clock>,
+    books: Arc<RwLock<BTreeMap<SaleId, Arc<SaleBook>>>>,
+    writes: mpsc::Sender<Write>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    path: PathBuf,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `data_dir`, rebuilds memory from disk, and
+    /// starts the writer thread. Blocking: call it before serving, or in `spawn_blocking`.
+    pub fn open(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let conn = load::connect(&path).map_err(|e| unavailable(&path, e))?;
+        let books = load::rebuild(&conn).map_err(|e| unavailable(&path, e))?;
+        let books = Arc::new(RwLock::new(books));
+        let (writes, rx) = mpsc::channel();
+        let writer_books = Arc::clone(&books);
+        let writer = std::thread::Builder::new()
+            .name("flashsale-writer".into())
+            .spawn(move || writer::run(conn, rx, writer_books))
+            .map_err(|e| StoreError::Internal(format!("cannot start writer thread: {e}")))?;
+        Ok(Self {
+            clock,
+            books,
+            writes,
+            writer: Mutex::new(Some(writer)),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn book(&self, id: SaleId) -> Option<Arc<SaleBook>> {
+        self.books.read().get(&id).cloned()
+    }
+
+    async fn send<T>(&self, write: Write, reply: oneshot::Receiver<T>) -> Result<T, StoreError> {
+        self.writes
+            .send(write)
+            .map_err(|_| StoreError::ShuttingDown)?;
+        reply.await.map_err(|_| StoreError::ShuttingDown)
+    }
+}
+
+fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("database {}: {e}", path.display()))
+}
+
+#[async_trait]
+impl SaleStore for EmbeddedStore {
+    async fn create_sale(&self, new: NewSale) -> Result<Sale, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let id = self
+            .send(
+                Write::CreateSale {
+                    new: new.clone(),
+                    reply,
+                },
+                rx,
+            )
+            .await?
+            .map_err(StoreError::Unavailable)?;
+        let sale = new.with_id(id);
+        self.books
+            .write()
+            .insert(id, Arc::new(SaleBook::new(sale.clone())));
+        Ok(sale)
+    }
+
+    async fn purchase(&self, attempt: Attempt) -> Result<PurchaseOutcome, StoreError> {
+        let Some(book) = self.book(attempt.sale_id) else {
+            return Ok(PurchaseOutcome::SaleNotFound);
+        };
+        let limit = book.sale().per_user_limit;
+        if attempt.quantity.get() > limit {
+            return Ok(PurchaseOutcome::QuantityAboveLimit { limit });
+        }
+        let now = self.clock.now();
+        let step = book.admit(
+            &attempt.user_id,
+            attempt.quantity,
+            attempt.idempotency_key.as_ref(),
+            now,
+        );
+        let reservation = match step {
+            Step::Answer(outcome) => return Ok(outcome),
+            Step::Wait(mut rx) => {
+                // A duplicate of an attempt in flight: the first one decides for both.
+                let settled = rx
+                    .wait_for(Option::is_some)
+                    .await
+                    .map_err(|_| StoreError::ShuttingDown)?
+                    .clone();
+                return settled.flatten().ok_or_else(|| {
+                    StoreError::Unavailable("the first attempt with this key failed".into())
+                });
+            }
+            Step::Reserved(reservation) => reservation,
+        };
+        let (reply, rx) = oneshot::channel();
+        let write = Write::Order {
+            order: reservation.order.clone(),
+            key: reservation.key.as_ref().map(|(k, _)| k.clone()),
+            sold_out: reservation.sold_out,
+            reply,
+        };
+        match self.send(write, rx).await {
+            Ok(Ok(())) => Ok(book.confirm(reservation)),
+            Ok(Err(e)) => {
+                book.undo(reservation);
+                Err(StoreError::Unavailable(e))
+            }
+            Err(e) => {
+                book.undo(reservation);
+                Err(e)
+            }
+        }
+    }
+
+    async fn status(&self, id: SaleId) -> Result<Option<SaleStatus>, StoreError> {
+        Ok(self.book(id).map(|b| b.status()))
+    }
+
+    async fn statuses(&self) -> Result<Vec<SaleStatus>, StoreError> {
+        Ok(self.books.read().values().map(|b| b.status()).collect())
+    }
+
+    async fn orders(&self, id: SaleId, user: &UserId) -> Result<Option<Vec<Order>>, StoreError> {
+        Ok(self.book(id).map(|b| b.orders(user)))
+    }
+
+    async fn summary(&self, id: SaleId) -> Result<Option<Summary>, StoreError> {
+        Ok(self.book(id).map(|b| {
+            let (attempts, confirmed_orders, confirmed_units, rejections) = b.counters();
+            Summary {
+                status: b.status(),
+                attempts,
+                confirmed_orders,
+                confirmed_units,
+                rejections,
+            }
+        }))
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let alive = self
+            .writer
+            .lock()
+            .as_ref()
+            .is_some_and(|h| !h.is_finished());
+        if alive {
+            Ok(())
+        } else {
+            Err(StoreError::ShuttingDown)
+        }
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        // The writer commits what is queued, persists counters, replies and exits; writes sent
+        // after that fail with `ShuttingDown` and their reservations are undone.
+        let _ = self.send(Write::Shutdown { reply }, rx).await;
+        let handle = self.writer.lock().take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}

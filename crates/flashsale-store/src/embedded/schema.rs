@@ -1,0 +1,56 @@
+//! The SQLite schema of the embedded store, and how its rows map to domain values.
+//!
+//! Instants are stored as integer microseconds since the Unix epoch: exact, sortable, and the
+//! same precision as PostgreSQL. `sales.sold` is kept by the writer in the same transaction as
+//! the orders, and `CHECK (sold <= stock)` makes the database refuse an oversell on its own,
+//! whatever the memory above it believes.
+
+use rusqlite::Connection;
+use time::OffsetDateTime;
+
+/// Creates the tables if they do not exist.
+pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS sales (
+             id             INTEGER PRIMARY KEY AUTOINCREMENT,
+             name           TEXT    NOT NULL,
+             starts_at_us   INTEGER NOT NULL,
+             ends_at_us     INTEGER NOT NULL CHECK (ends_at_us > starts_at_us),
+             stock          INTEGER NOT NULL CHECK (stock > 0),
+             per_user_limit INTEGER NOT NULL CHECK (per_user_limit > 0),
+             sold           INTEGER NOT NULL DEFAULT 0 CHECK (sold >= 0 AND sold <= stock),
+             sold_out_at_us INTEGER
+         );
+         CREATE TABLE IF NOT EXISTS orders (
+             order_id        BLOB    PRIMARY KEY,
+             sale_id         INTEGER NOT NULL REFERENCES sales(id),
+             user_id         TEXT    NOT NULL,
+             quantity        INTEGER NOT NULL CHECK (quantity > 0),
+             created_at_us   INTEGER NOT NULL,
+             idempotency_key TEXT,
+             UNIQUE (sale_id, idempotency_key)
+         ) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS orders_by_buyer ON orders (sale_id, user_id);
+         CREATE TABLE IF NOT EXISTS sale_counters (
+             sale_id            INTEGER PRIMARY KEY REFERENCES sales(id),
+             attempts           INTEGER NOT NULL,
+             sale_not_active    INTEGER NOT NULL,
+             sold_out           INTEGER NOT NULL,
+             already_purchased  INTEGER NOT NULL,
+             limit_exceeded     INTEGER NOT NULL,
+             insufficient_stock INTEGER NOT NULL,
+             unavailable        INTEGER NOT NULL
+         );",
+    )
+}
+
+/// Microseconds since the epoch.
+pub(crate) fn to_micros(at: OffsetDateTime) -> i64 {
+    (at.unix_timestamp_nanos() / 1_000) as i64
+}
+
+/// The instant `micros` after the epoch.
+pub(crate) fn from_micros(micros: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}

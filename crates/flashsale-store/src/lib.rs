@@ -1,0 +1,55 @@
+//! Where sales and orders live. [`SaleStore`] is the one contract; each backend keeps its
+//! invariants behind it:
+//!
+//! - [`embedded`]: single node, no external service. Decisions in memory inside a per-sale
+//!   critical section, orders made durable in SQLite (WAL) by one group-committing writer.
+//! - `redis_pg` (scale-out): admission by a Redis script, orders durable in PostgreSQL.
+//!
+//! Every backend promises the same thing: a [`PurchaseOutcome::Confirmed`] is returned only
+//! once the order is durable, a failed write takes nothing, and no sequence of calls sells more
+//! than the stock or more than the per-user limit to one buyer.
+
+pub mod embedded;
+mod error;
+mod model;
+
+pub use error::StoreError;
+pub use model::{Attempt, Order, PurchaseOutcome, RejectionCounts, SaleStatus, Summary};
+
+use async_trait::async_trait;
+use flashsale_core::{NewSale, Sale, SaleId, UserId};
+use time::OffsetDateTime;
+
+/// The storage contract shared by every backend (embedded, Redis + PostgreSQL).
+#[async_trait]
+pub trait SaleStore: Send + Sync + 'static {
+    /// Creates a sale and returns it with its new id.
+    async fn create_sale(&self, new: NewSale) -> Result<Sale, StoreError>;
+
+    /// Decides one attempt atomically (window, stock, limit, quantity, take, record) and, when
+    /// admitted, returns only after the order is durable. `Err` means nothing was taken.
+    async fn purchase(&self, attempt: Attempt) -> Result<PurchaseOutcome, StoreError>;
+
+    /// One sale with its live figures, or `None` if there is no such sale.
+    async fn status(&self, id: SaleId) -> Result<Option<SaleStatus>, StoreError>;
+
+    /// Every sale with its live figures (the server picks the featured one).
+    async fn statuses(&self) -> Result<Vec<SaleStatus>, StoreError>;
+
+    /// The buyer's committed orders in a sale (empty if none), or `None` if there is no such
+    /// sale.
+    async fn orders(&self, id: SaleId, user: &UserId) -> Result<Option<Vec<Order>>, StoreError>;
+
+    /// The sale's counters for operators, or `None` if there is no such sale.
+    async fn summary(&self, id: SaleId) -> Result<Option<Summary>, StoreError>;
+
+    /// `Ok` when every dependency answers (for `/readyz`).
+    async fn ready(&self) -> Result<(), StoreError>;
+
+    /// The instant this store decides admission at, as best known here: the injected clock
+    /// for the embedded store, the shared store's clock for scale-out.
+    fn now(&self) -> OffsetDateTime;
+
+    /// Flushes pending writes and stops background work; later calls may fail.
+    async fn shutdown(&self);
+}
