@@ -101,7 +101,7 @@ pub fn evaluate(o: &Observed) -> Vec<Check> {
         "no oversell",
         o.stock_remaining <= o.stock_total && server_confirmed.is_none_or(|c| c <= o.stock_total),
         format!(
-            "stock {} , remaining {}, confirmed per server {}",
+            "stock {}, remaining {}, confirmed per server {}",
             o.stock_total,
             o.stock_remaining,
             server_confirmed.map_or("unknown".into(), |c| c.to_string())
