@@ -103,6 +103,6 @@ mod tests {
         let list = attempts(&plan, 2, 3);
         let users: Vec<_> = list.iter().map(|a| a.user_id.as_str()).collect();
         assert_eq!(users, ["t-0", "t-0", "t-0", "t-1", "t-1", "t-1"]);
-        assert_eq!(&list[0].body[..], br#"{"quantity":1,"user_id":"t-0"}"#);
+        assert_eq!(&list[0].body[..], br#"{"user_id":"t-0","quantity":1}"#);
     }
 }

@@ -51,9 +51,10 @@ impl Plan {
 
 /// Builds a purchase body for one unit.
 pub fn buy_body(user_id: &str) -> bytes::Bytes {
-    serde_json::json!({ "user_id": user_id, "quantity": 1 })
-        .to_string()
-        .into()
+    // `Value`'s Display escapes the id (a `--user-prefix` may hold quotes); no `Value` map
+    // is built per request.
+    let id = serde_json::Value::from(user_id);
+    format!(r#"{{"user_id":{id},"quantity":1}}"#).into()
 }
 
 /// Opens `count` keep-alive connections spread round-robin over `targets` and sends each one
