@@ -3,7 +3,7 @@
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::extract::{AdminAuth, SalePath, json_body, malformed};
+use crate::http::extract::{AdminAuth, SalePath, json_body, parse_object};
 use crate::http::sales::{EndedReason, SaleBody, StateName};
 use axum::Json;
 use axum::extract::{Request, State};
@@ -114,7 +114,7 @@ pub async fn create_sale(
     request: Request,
 ) -> Result<(StatusCode, Json<SaleBody>), ApiError> {
     let body = json_body(request).await?;
-    let raw: CreateSaleRequest = serde_json::from_slice(&body).map_err(|e| malformed(&e))?;
+    let raw: CreateSaleRequest = parse_object(&body)?;
     let new = NewSale::parse(
         &raw.name,
         instant("starts_at", &raw.starts_at)?,

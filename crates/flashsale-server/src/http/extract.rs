@@ -132,9 +132,16 @@ fn body_unreadable() -> ApiError {
     ApiError::InvalidRequest(Cow::Borrowed("the request body could not be read"))
 }
 
-/// Turns a serde_json error into a 400 naming what was wrong.
-pub fn malformed(e: &serde_json::Error) -> ApiError {
-    ApiError::InvalidRequest(Cow::Owned(format!("invalid JSON body: {e}")))
+/// Parses a JSON object body; anything else (malformed, missing or wrong-typed fields, an
+/// array, which serde would otherwise accept for a struct) is a 400 naming what was wrong.
+pub fn parse_object<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::InvalidRequest(Cow::Borrowed(
+            "the body must be a JSON object",
+        )));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidRequest(Cow::Owned(format!("invalid JSON body: {e}"))))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::extract::{BuyerPath, SalePath, json_body, malformed};
+use crate::http::extract::{BuyerPath, SalePath, json_body, parse_object};
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -95,7 +95,7 @@ async fn purchase(app: &AppState, sale_id: SaleId, request: Request) -> Result<O
         .map(IdempotencyKey::parse)
         .transpose()?;
     let body = json_body(request).await?;
-    let raw: RawOrder<'_> = serde_json::from_slice(&body).map_err(|e| malformed(&e))?;
+    let raw: RawOrder<'_> = parse_object(&body)?;
     let user_id = UserId::parse(&raw.user_id)?;
     let quantity = match raw.quantity {
         None => Quantity::ONE,
