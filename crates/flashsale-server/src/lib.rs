@@ -9,6 +9,8 @@
 //! Dependencies point inward: this crate uses `flashsale-store` (the `SaleStore` trait and its
 //! backends) and `flashsale-core` (the domain); neither knows about HTTP.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod http;
 pub mod startup;

@@ -2,6 +2,7 @@
 //! carrying its request id (the `x-request-id` header, generated when absent), so every line
 //! logged while serving it names the request.
 
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing), which
@@ -11,5 +12,7 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        // Colour codes only help people at a terminal; they garble files and log collectors.
+        .with_ansi(std::io::stdout().is_terminal())
         .try_init();
 }

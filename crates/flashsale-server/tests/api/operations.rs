@@ -112,3 +112,45 @@ async fn every_response_carries_a_request_id() {
     let response = app.get("/healthz").await;
     assert!(response.headers().contains_key("x-request-id"));
 }
+
+#[tokio::test]
+async fn a_bare_start_seeds_one_demo_sale_starting_in_30_seconds_and_a_restart_adds_none() {
+    use flashsale_core::ManualClock;
+    use flashsale_server::{Application, Config};
+    use std::sync::Arc;
+    let dir = tempfile::TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new(crate::helpers::T0));
+    for _ in 0..2 {
+        let mut config = Config::for_tests("127.0.0.1:0".parse().unwrap(), dir.path().into(), "t");
+        config.demo_sale = true;
+        let app = Application::build(config, clock.clone()).await.unwrap();
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let stop = app.shutdown_token();
+        let server = tokio::spawn(app.run_until_stopped());
+        let (status, sale) = read(reqwest::get(format!("{base}/api/sale")).await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(sale["sale_id"], 1, "exactly one demo sale");
+        assert_eq!(sale["starts_at"], "2026-11-22T12:00:30Z");
+        assert_eq!(sale["ends_at"], "2026-11-22T12:10:30Z");
+        assert_eq!(sale["stock_total"], 100);
+        assert_eq!(sale["per_user_limit"], 1);
+        let (status, _) = read(reqwest::get(format!("{base}/api/sales/2")).await.unwrap()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn starting_with_the_redis_store_fails_fast_with_a_clear_message() {
+    use flashsale_core::SystemClock;
+    use flashsale_server::{Application, Config, StoreKind};
+    use std::sync::Arc;
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut config = Config::for_tests("127.0.0.1:0".parse().unwrap(), dir.path().into(), "t");
+    config.store = StoreKind::Redis;
+    let Err(error) = Application::build(config, Arc::new(SystemClock)).await else {
+        panic!("started without a redis store");
+    };
+    assert!(error.to_string().contains("not built yet"), "{error}");
+}
