@@ -155,32 +155,44 @@ run_wrk() {
     "$(awk "BEGIN{print $p50/1000}")" "$(awk "BEGIN{print $p99/1000}")" "$err" "non2xx=$non2xx"
 }
 
-# The three measurements against one flashsale deployment (one or more instances).
-bench_service() { # label url1[,url2]
-  local label=$1 targets=$2
+# The three measurements against one flashsale deployment (one or more instances) with one
+# tool at one connection count.
+bench_service() { # label url1[,url2] conns tool
+  local label=$1 targets=$2 c=$3 tool=$4
   local first=${targets%%,*}
-  for c in $CONNS; do
-    for tool in $TOOLS; do
-      if [ "$tool" = load ]; then
-        run_load "$label" purchase "$c" sustained --target "$targets" --admin-token "$TOKEN" \
-          --stock 100000000 --start-in 1 -d "$DUR" --verify-max 1000 --verify-sample 50
-        run_load "$label" sold_out "$c" sustained --target "$targets" --admin-token "$TOKEN" \
-          --stock 1 --start-in 1 -d "$DUR" --verify-max 10 --verify-sample 50
-        run_load "$label" status "$c" status --target "$targets" --admin-token "$TOKEN" \
-          --stock 100 --start-in 1 -d "$DUR"
-      else
-        # wrk talks to one URL: with two instances it measures the first (noted in the doc).
-        local id
-        id=$(create_sale "$first" 100000000); sleep 2.2
-        run_wrk "$label" purchase "$c" "$first/api/sales/$id/orders" orders.lua "wrk$RANDOM-$c"
-        id=$(create_sale "$first" 1); sleep 2.2
-        curl -fsS -o /dev/null -X POST "$first/api/sales/$id/orders" -H 'content-type: application/json' \
-          -d '{"user_id":"the-only-buyer","quantity":1}'
-        run_wrk "$label" sold_out "$c" "$first/api/sales/$id/orders" orders.lua "wrk$RANDOM-$c"
-        run_wrk "$label" status "$c" "$first/api/sales/$id" report.lua
-      fi
-    done
-  done
+  if [ "$tool" = load ]; then
+    run_load "$label" purchase "$c" sustained --target "$targets" --admin-token "$TOKEN" \
+      --stock 100000000 --start-in 1 -d "$DUR" --verify-max 1000 --verify-sample 50
+    run_load "$label" sold_out "$c" sustained --target "$targets" --admin-token "$TOKEN" \
+      --stock 1 --start-in 1 -d "$DUR" --verify-max 10 --verify-sample 50
+    run_load "$label" status "$c" status --target "$targets" --admin-token "$TOKEN" \
+      --stock 100 --start-in 1 -d "$DUR"
+  else
+    # wrk talks to one URL: with two instances it measures the first (noted in the doc).
+    local id
+    id=$(create_sale "$first" 100000000)
+    sleep 2.2
+    run_wrk "$label" purchase "$c" "$first/api/sales/$id/orders" orders.lua "wrk$RANDOM-$c"
+    id=$(create_sale "$first" 1)
+    sleep 2.2
+    curl -fsS -o /dev/null -X POST "$first/api/sales/$id/orders" -H 'content-type: application/json' \
+      -d '{"user_id":"the-only-buyer","quantity":1}' || true
+    run_wrk "$label" sold_out "$c" "$first/api/sales/$id/orders" orders.lua "wrk$RANDOM-$c"
+    run_wrk "$label" status "$c" "$first/api/sales/$id" report.lua
+  fi
+}
+
+# The ceiling with one tool at one connection count: purchases and sold-out rejections are
+# the same POST handler there, status reads the GET one.
+bench_ceiling() { # conns tool
+  local c=$1 tool=$2 ceil=http://127.0.0.1:$CEILING_PORT
+  if [ "$tool" = load ]; then
+    run_load ceiling purchase "$c" sustained --target "$ceil" --sale-id 1 --no-verify -d "$DUR"
+    run_load ceiling status "$c" status --target "$ceil" --sale-id 1 --no-verify -d "$DUR"
+  else
+    run_wrk ceiling purchase "$c" "$ceil/api/sales/1/orders" orders.lua "wrk$RANDOM"
+    run_wrk ceiling status "$c" "$ceil/api/sales/1" report.lua
+  fi
 }
 
 seed_scenario() { # label url1[,url2]
@@ -197,29 +209,17 @@ seed_scenario() { # label url1[,url2]
   fi
 }
 
-# Ceiling: purchases and sold-out are the same POST handler, status the GET one.
-CEIL=http://127.0.0.1:$CEILING_PORT
-for c in $CONNS; do
-  for tool in $TOOLS; do
-    if [ "$tool" = load ]; then
-      run_load ceiling purchase "$c" sustained --target "$CEIL" --sale-id 1 --no-verify -d "$DUR"
-      run_load ceiling status "$c" status --target "$CEIL" --sale-id 1 --no-verify -d "$DUR"
-    else
-      run_wrk ceiling purchase "$c" "$CEIL/api/sales/1/orders" orders.lua "wrk$RANDOM"
-      run_wrk ceiling status "$c" "$CEIL/api/sales/1" report.lua
-    fi
-  done
-done
-
-: > "$OUT/seed.tsv"
+# Start every deployment first; "label targets" lines.
+DEPLOYS=()
 if [ -n "$SERVER" ]; then
   for store in $STORES; do
     case $store in
       embedded)
-        start_server embedded $PORT_EMBEDDED --data-dir "$WORK/embedded" ||
-          { echo "embedded server did not become ready; see $OUT/server-embedded.log" >&2; continue; }
-        bench_service embedded "http://127.0.0.1:$PORT_EMBEDDED"
-        seed_scenario embedded "http://127.0.0.1:$PORT_EMBEDDED"
+        if start_server embedded $PORT_EMBEDDED --data-dir "$WORK/embedded"; then
+          DEPLOYS+=("embedded http://127.0.0.1:$PORT_EMBEDDED")
+        else
+          echo "embedded store: SKIPPED (server not ready; see $OUT/server-embedded.log)" >&2
+        fi
         ;;
       redis)
         if ! "$SERVER" --help 2>/dev/null | grep -q -- '--redis-url'; then
@@ -231,19 +231,19 @@ if [ -n "$SERVER" ]; then
           continue
         fi
         db=${DATABASE_URL##*/}
-        psql "${DATABASE_URL%/*}/postgres" -qtAc "SELECT 1 FROM pg_database WHERE datname='$db'" | grep -q 1 ||
-          psql "${DATABASE_URL%/*}/postgres" -qc "CREATE DATABASE $db" ||
-          { echo "redis store: SKIPPED (PostgreSQL at ${DATABASE_URL%/*} not usable)" >&2; continue; }
-        common=(--store redis --redis-url "$REDIS_URL" --database-url "$DATABASE_URL")
-        if ! start_server redis-1 $PORT_REDIS_A "${common[@]}" --data-dir "$WORK/redis-1"; then
-          echo "redis store: SKIPPED (server did not become ready; see $OUT/server-redis-1.log)" >&2
+        if ! { psql "${DATABASE_URL%/*}/postgres" -qtAc "SELECT 1 FROM pg_database WHERE datname='$db'" |
+          grep -q 1 || psql "${DATABASE_URL%/*}/postgres" -qc "CREATE DATABASE $db"; }; then
+          echo "redis store: SKIPPED (PostgreSQL at ${DATABASE_URL%/*} not usable)" >&2
           continue
         fi
-        bench_service redis-1 "http://127.0.0.1:$PORT_REDIS_A"
-        seed_scenario redis-1 "http://127.0.0.1:$PORT_REDIS_A"
+        common=(--store redis --redis-url "$REDIS_URL" --database-url "$DATABASE_URL")
+        if ! start_server redis-1 $PORT_REDIS_A "${common[@]}" --data-dir "$WORK/redis-1"; then
+          echo "redis store: SKIPPED (server not ready; see $OUT/server-redis-1.log)" >&2
+          continue
+        fi
+        DEPLOYS+=("redis-1 http://127.0.0.1:$PORT_REDIS_A")
         if start_server redis-2 $PORT_REDIS_B "${common[@]}" --data-dir "$WORK/redis-2"; then
-          bench_service redis-2 "http://127.0.0.1:$PORT_REDIS_A,http://127.0.0.1:$PORT_REDIS_B"
-          seed_scenario redis-2 "http://127.0.0.1:$PORT_REDIS_A,http://127.0.0.1:$PORT_REDIS_B"
+          DEPLOYS+=("redis-2 http://127.0.0.1:$PORT_REDIS_A,http://127.0.0.1:$PORT_REDIS_B")
         else
           echo "redis store, 2 instances: SKIPPED (second instance not ready)" >&2
         fi
@@ -251,5 +251,21 @@ if [ -n "$SERVER" ]; then
     esac
   done
 fi
+
+# Ceiling and deployments back to back for each (connections, tool), so that the ratios
+# compare runs minutes apart at most on a machine whose background load moves.
+for c in $CONNS; do
+  for tool in $TOOLS; do
+    bench_ceiling "$c" "$tool"
+    for d in "${DEPLOYS[@]}"; do
+      bench_service ${d% *} ${d#* } "$c" "$tool"
+    done
+  done
+done
+
+: > "$OUT/seed.tsv"
+for d in "${DEPLOYS[@]}"; do
+  seed_scenario ${d% *} ${d#* }
+done
 
 python3 "$ROOT/scripts/bench_table.py" "$RESULTS" "$OUT/seed.tsv" | tee "$OUT/table.md"
