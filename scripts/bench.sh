@@ -88,13 +88,18 @@ fi
 PIDS+=($!)
 wait_up "http://127.0.0.1:$CEILING_PORT" /healthz 10
 
-start_server() { # name port extra-args...
+start_server() { # name port extra-args...; fails at once if the server exits
   local name=$1 port=$2
   shift 2
   "$SERVER" --listen "127.0.0.1:$port" --admin-token "$TOKEN" --demo-sale false "$@" \
     >"$OUT/server-$name.log" 2>&1 &
-  PIDS+=($!)
-  wait_up "http://127.0.0.1:$port" /readyz 30
+  local pid=$!
+  PIDS+=("$pid")
+  local deadline=$((SECONDS + 30))
+  until curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz" 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.2
+  done
 }
 
 # Creates a sale starting in 2 s (so it is active when the run begins); prints its id.
