@@ -9,6 +9,8 @@
 //! command that installs them (`apt-get install -y chromium chromium-driver`); they never skip.
 //! `CHROMIUM` and `CHROMEDRIVER` override the default paths (`/usr/bin/...`).
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use fantoccini::{Client, ClientBuilder, Locator};
 use flashsale_core::{Clock, ManualClock};
 use flashsale_server::{Application, Config};
@@ -115,7 +117,14 @@ impl TestApp {
 
     async fn orders_of(&self, sale: u64, user: &str) -> Value {
         let url = format!("{}/api/sales/{sale}/orders/{user}", self.base);
-        self.http.get(url).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// Purchase attempts the server has seen for the sale.
@@ -168,9 +177,32 @@ impl Drop for Browser {
         if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.driver_port)) {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
             let _ = stream.write_all(request.as_bytes());
-            let _ = stream.read_to_end(&mut Vec::new());
+            // chromedriver answers once the browser is gone; it may keep the connection open,
+            // so read just the one response rather than to the end of the stream.
+            let (mut answer, mut chunk) = (Vec::new(), [0u8; 4096]);
+            while let Ok(n @ 1..) = stream.read(&mut chunk) {
+                answer.extend_from_slice(&chunk[..n]);
+                if response_complete(&answer) {
+                    break;
+                }
+            }
         }
     }
+}
+
+/// Whether `answer` holds a whole HTTP response (headers and `Content-Length` bytes of body).
+fn response_complete(answer: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(answer);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    body.len() >= length
 }
 
 fn tool(var: &str, default: &str, package: &str) -> String {
@@ -227,7 +259,9 @@ async fn open_browser(width: u32, height: u32) -> Browser {
             .await
         {
             Ok(client) => break client,
-            Err(e) if Instant::now() > deadline => panic!("chromedriver/chromium did not start: {e}"),
+            Err(e) if Instant::now() > deadline => {
+                panic!("chromedriver/chromium did not start: {e}")
+            }
             // chromedriver is still starting: its port is not open yet.
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
@@ -236,11 +270,7 @@ async fn open_browser(width: u32, height: u32) -> Browser {
         .set_window_size(width, height)
         .await
         .expect("window size");
-    let session = client
-        .session_id()
-        .await
-        .unwrap()
-        .expect("a session id");
+    let session = client.session_id().await.unwrap().expect("a session id");
     Browser {
         client,
         driver_port,
@@ -310,7 +340,12 @@ impl Browser {
     }
 
     /// Polls the page until `ready` holds for its snapshot, or fails naming `what`.
-    async fn wait_for(&self, what: &str, within: Duration, ready: impl Fn(&Value) -> bool) -> Value {
+    async fn wait_for(
+        &self,
+        what: &str,
+        within: Duration,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + within;
         loop {
             let snap = self.snapshot().await;
@@ -373,7 +408,11 @@ fn s(v: &Value, key: &str) -> String {
 fn seconds(countdown: &str) -> i64 {
     countdown
         .split(':')
-        .map(|p| p.trim().parse::<i64>().unwrap_or_else(|_| panic!("countdown {countdown:?}")))
+        .map(|p| {
+            p.trim()
+                .parse::<i64>()
+                .unwrap_or_else(|_| panic!("countdown {countdown:?}"))
+        })
         .fold(0, |acc, p| acc * 60 + p)
 }
 
@@ -394,7 +433,10 @@ async fn the_page_counts_down_from_the_server_clock_then_turns_active_without_re
         .wait_for("upcoming", LIVE, |p| p["state"] == "upcoming")
         .await;
     let left = seconds(&s(&first, "countdown"));
-    assert!((80..=90).contains(&left), "countdown shows {left} s: {first:#}");
+    assert!(
+        (80..=90).contains(&left),
+        "countdown shows {left} s: {first:#}"
+    );
     assert_eq!(s(&first, "label"), "Coming soon");
     // FE-3: nothing to buy yet.
     assert_eq!(first["buy_disabled"], true);
@@ -437,7 +479,9 @@ async fn stock_on_the_page_follows_purchases_by_other_buyers_within_two_seconds(
         assert_eq!(app.buy(sale, user).await["code"], "confirmed");
         let left = (4 - n).to_string();
         let snap = browser
-            .wait_for(&format!("{left} left"), LIVE, |p| p["remaining"] == left.as_str())
+            .wait_for(&format!("{left} left"), LIVE, |p| {
+                p["remaining"] == left.as_str()
+            })
             .await;
         assert_eq!(snap["bar"].as_f64(), Some((4 - n) as f64));
     }
@@ -472,7 +516,10 @@ async fn an_empty_or_blank_id_is_refused_on_the_page_and_sends_no_request() {
         let snap = browser
             .wait_for("the inline message", LIVE, |p| p["field_error"] != "")
             .await;
-        assert!(s(&snap, "field_error").contains("enter your buyer id"), "{snap:#}");
+        assert!(
+            s(&snap, "field_error").contains("enter your buyer id"),
+            "{snap:#}"
+        );
         assert_eq!(snap["invalid"], "true");
         assert_eq!(snap["focus"], "user-id", "focus goes back to the field");
         assert_eq!(snap["posts"], 0, "the page sent a purchase for {blank:?}");
@@ -527,11 +574,17 @@ async fn buy_now_is_disabled_while_not_active_and_while_a_request_is_in_flight()
         })
         .await;
     assert_eq!(done["posts"], 1);
-    assert_eq!(app.attempts(sale).await, 1, "exactly one attempt reached the server");
+    assert_eq!(
+        app.attempts(sale).await,
+        1,
+        "exactly one attempt reached the server"
+    );
 
     // Ended: disabled again.
     app.set_clock(630);
-    let ended = browser.wait_for("ended", LIVE, |p| p["state"] == "ended").await;
+    let ended = browser
+        .wait_for("ended", LIVE, |p| p["state"] == "ended")
+        .await;
     assert_eq!(ended["buy_disabled"], true);
 }
 
@@ -555,19 +608,30 @@ async fn each_purchase_outcome_renders_its_own_message() {
             p["result_class"] == "result result-confirmed"
         })
         .await;
-    let order_id = s(&app.orders_of(sale, "alice@example.com").await["orders"][0], "order_id");
+    let order_id = s(
+        &app.orders_of(sale, "alice@example.com").await["orders"][0],
+        "order_id",
+    );
     assert!(s(&confirmed, "result").contains(&order_id), "{confirmed:#}");
     browser.screenshot("06-confirmed").await;
     seen.push(confirmed);
 
     // FE-6: the page does not offer to buy again for that id, even after a reload.
     let again = browser.snapshot().await;
-    assert_eq!((again["buy_disabled"].clone(), s(&again, "buy_text")), (json!(true), "Already yours".into()));
+    assert_eq!(
+        (again["buy_disabled"].clone(), s(&again, "buy_text")),
+        (json!(true), "Already yours".into())
+    );
     browser.open(&app.page(sale)).await;
-    browser.wait_for("active", LIVE, |p| p["state"] == "active").await;
+    browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
     browser.type_id("alice@example.com").await;
     let reloaded = browser.snapshot().await;
-    assert_eq!(reloaded["buy_disabled"], true, "offered to buy again: {reloaded:#}");
+    assert_eq!(
+        reloaded["buy_disabled"], true,
+        "offered to buy again: {reloaded:#}"
+    );
 
     // already_purchased: bob bought elsewhere (another device), then tries here.
     assert_eq!(app.buy(sale, "bob").await["code"], "confirmed");
@@ -585,7 +649,9 @@ async fn each_purchase_outcome_renders_its_own_message() {
     browser.type_id("carol").await;
     browser.js("window.__hold = true").await;
     browser.click("buy").await;
-    browser.wait_for("pending", LIVE, |p| p["buy_busy"] == "true").await;
+    browser
+        .wait_for("pending", LIVE, |p| p["buy_busy"] == "true")
+        .await;
     assert_eq!(app.buy(sale, "dave").await["code"], "confirmed");
     browser.js("window.__release()").await;
     let sold_out = browser
@@ -599,11 +665,15 @@ async fn each_purchase_outcome_renders_its_own_message() {
     // sale_not_active: erin presses Buy Now just as time runs out on another sale.
     let late = app.create_sale("Last minute", 0, 600, 5).await;
     browser.open(&app.page(late)).await;
-    browser.wait_for("active", LIVE, |p| p["state"] == "active").await;
+    browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
     browser.type_id("erin").await;
     browser.js("window.__hold = true").await;
     browser.click("buy").await;
-    browser.wait_for("pending", LIVE, |p| p["buy_busy"] == "true").await;
+    browser
+        .wait_for("pending", LIVE, |p| p["buy_busy"] == "true")
+        .await;
     app.set_clock(600);
     browser.js("window.__release()").await;
     let not_active = browser
@@ -632,7 +702,9 @@ async fn an_ended_sale_says_whether_it_sold_out_or_ran_out_of_time() {
     let browser = open_browser(1280, 900).await;
 
     browser.open(&app.page(sold)).await;
-    browser.wait_for("active", LIVE, |p| p["state"] == "active").await;
+    browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
     assert_eq!(app.buy(sold, "fast").await["code"], "confirmed");
     let snap = browser
         .wait_for("ended by sold out", LIVE, |p| p["state"] == "ended")
@@ -643,7 +715,9 @@ async fn an_ended_sale_says_whether_it_sold_out_or_ran_out_of_time() {
     browser.screenshot("10-ended-sold-out").await;
 
     browser.open(&app.page(timed)).await;
-    browser.wait_for("active", LIVE, |p| p["state"] == "active").await;
+    browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
     app.set_clock(300);
     let snap = browser
         .wait_for("ended by time", LIVE, |p| p["state"] == "ended")
@@ -662,15 +736,37 @@ async fn error_answers_render_their_own_messages() {
     let sale = app.create_sale("Errors", 0, 600, 5).await;
     let browser = open_browser(1280, 900).await;
     browser.open(&app.page(sale)).await;
-    browser.wait_for("active", LIVE, |p| p["state"] == "active").await;
+    browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
 
     // The server sheds and limits only under real overload; these answers are stood in for
     // by the browser's fetch, with the exact bodies of docs/api.md.
     let cases = [
-        ("429", r#"new Response('{"code":"rate_limited","message":"slow down"}', {status: 429, headers: {"retry-after": "3"}})"#, "result result-rate-limited", "12-rate-limited"),
-        ("503", r#"new Response('{"code":"overloaded","message":"busy"}', {status: 503, headers: {"retry-after": "1"}})"#, "result result-unavailable", "13-unavailable"),
-        ("network", "Promise.reject(new TypeError('Failed to fetch'))", "result result-network-error", "14-network-error"),
-        ("limit", r#"new Response('{"code":"limit_exceeded","message":"limit","allowed":0,"orders":[]}', {status: 409})"#, "result result-limit-exceeded", "15-limit-exceeded"),
+        (
+            "429",
+            r#"new Response('{"code":"rate_limited","message":"slow down"}', {status: 429, headers: {"retry-after": "3"}})"#,
+            "result result-rate-limited",
+            "12-rate-limited",
+        ),
+        (
+            "503",
+            r#"new Response('{"code":"overloaded","message":"busy"}', {status: 503, headers: {"retry-after": "1"}})"#,
+            "result result-unavailable",
+            "13-unavailable",
+        ),
+        (
+            "network",
+            "Promise.reject(new TypeError('Failed to fetch'))",
+            "result result-network-error",
+            "14-network-error",
+        ),
+        (
+            "limit",
+            r#"new Response('{"code":"limit_exceeded","message":"limit","allowed":0,"orders":[]}', {status: 409})"#,
+            "result result-limit-exceeded",
+            "15-limit-exceeded",
+        ),
     ];
     let mut texts = Vec::new();
     for (what, answer, class, shot) in cases {
@@ -686,7 +782,10 @@ async fn error_answers_render_their_own_messages() {
         let snap = browser
             .wait_for(what, LIVE, |p| p["result_class"] == class)
             .await;
-        assert_eq!(snap["buy_disabled"], false, "a failed attempt may be retried");
+        assert_eq!(
+            snap["buy_disabled"], false,
+            "a failed attempt may be retried"
+        );
         texts.push(s(&snap, "result"));
         browser.screenshot(shot).await;
     }
@@ -704,13 +803,19 @@ async fn the_page_works_on_a_phone_sized_screen_with_the_keyboard_alone() {
     let sale = app.create_sale("Phone", 0, 600, 5).await;
     let browser = open_browser(360, 740).await;
     browser.open(&app.page(sale)).await;
-    browser.wait_for("active", LIVE, |p| p["state"] == "active").await;
+    browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
+    browser.screenshot("16-phone-active").await;
 
     let width = browser
         .js("return [window.innerWidth, document.documentElement.scrollWidth]")
         .await;
     assert_eq!(width[0], 360, "viewport {width}");
-    assert!(width[1].as_u64().unwrap() <= 360, "horizontal scroll: {width}");
+    assert!(
+        width[1].as_u64().unwrap() <= 360,
+        "horizontal scroll: {width}"
+    );
 
     // Keyboard only: type the id, Tab reaches Buy Now, Enter buys.
     let input = browser.client.find(Locator::Id("user-id")).await.unwrap();
@@ -731,5 +836,5 @@ async fn the_page_works_on_a_phone_sized_screen_with_the_keyboard_alone() {
         })
         .await;
     assert_eq!(s(&snap, "remaining"), "4");
-    browser.screenshot("16-phone-confirmed").await;
+    browser.screenshot("17-phone-confirmed").await;
 }
