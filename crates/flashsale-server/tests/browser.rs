@@ -9,7 +9,7 @@
 //! command that installs them (`apt-get install -y chromium chromium-driver`); they never skip.
 //! `CHROMIUM` and `CHROMEDRIVER` override the default paths (`/usr/bin/...`).
 
-#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns; a failed unwrap fails the test
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use flashsale_core::{Clock, ManualClock};

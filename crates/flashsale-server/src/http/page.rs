@@ -160,7 +160,6 @@ fn if_none_match(headers: &HeaderMap, ours: &[&HeaderValue]) -> bool {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use flate2::read::GzDecoder;
