@@ -44,10 +44,12 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 struct TestApp {
     base: String,
+    port: u16,
     clock: Arc<ManualClock>,
     http: reqwest::Client,
     stop: CancellationToken,
-    _data: TempDir,
+    running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    data: TempDir,
 }
 
 impl Drop for TestApp {
@@ -58,24 +60,43 @@ impl Drop for TestApp {
 
 async fn spawn_app() -> TestApp {
     let data = tempfile::tempdir().unwrap();
-    let config = Config::for_tests(
-        "127.0.0.1:0".parse().unwrap(),
-        data.path().to_owned(),
-        TOKEN,
-    );
     let clock = Arc::new(ManualClock::new(T0));
-    let app = Application::build(config, Arc::clone(&clock) as Arc<dyn Clock>)
-        .await
-        .expect("the service starts");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let stop = app.shutdown_token();
-    tokio::spawn(app.run_until_stopped());
-    TestApp {
-        base,
+    let mut app = TestApp {
+        base: String::new(),
+        port: 0,
         clock,
         http: reqwest::Client::new(),
-        stop,
-        _data: data,
+        stop: CancellationToken::new(),
+        running: None,
+        data,
+    };
+    app.start().await;
+    app
+}
+
+impl TestApp {
+    /// Starts the service on `self.port` (0 the first time) over `self.data`.
+    async fn start(&mut self) {
+        let config = Config::for_tests(
+            format!("127.0.0.1:{}", self.port).parse().unwrap(),
+            self.data.path().to_owned(),
+            TOKEN,
+        );
+        let app = Application::build(config, Arc::clone(&self.clock) as Arc<dyn Clock>)
+            .await
+            .expect("the service starts");
+        self.port = app.port();
+        self.base = format!("http://127.0.0.1:{}", self.port);
+        self.stop = app.shutdown_token();
+        self.running = Some(tokio::spawn(app.run_until_stopped()));
+    }
+
+    /// Shuts the service down as SIGTERM would and waits until it has stopped.
+    async fn stop(&mut self) {
+        self.stop.cancel();
+        if let Some(running) = self.running.take() {
+            running.await.unwrap().expect("a clean shutdown");
+        }
     }
 }
 
@@ -837,4 +858,52 @@ async fn the_page_works_on_a_phone_sized_screen_with_the_keyboard_alone() {
         .await;
     assert_eq!(s(&snap, "remaining"), "4");
     browser.screenshot("17-phone-confirmed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_falls_back_to_polling_and_goes_live_again_after_the_server_returns() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut app = spawn_app().await;
+    let sale = app.create_sale("Restart", 0, 600, 5).await;
+    let browser = open_browser(1280, 900).await;
+    browser.open(&app.page(sale)).await;
+    browser
+        .wait_for("live", LIVE, |p| {
+            p["conn"] == "Live" && p["remaining"] == "5"
+        })
+        .await;
+
+    // The stream breaks (the service goes away): the page says so and keeps trying.
+    app.stop().await;
+    let offline = browser
+        .wait_for("offline", Duration::from_secs(5), |p| {
+            p["conn"] == "Connection lost, retrying…"
+        })
+        .await;
+    assert_eq!(
+        offline["state"], "active",
+        "the last known state stays on screen"
+    );
+    browser.screenshot("18-connection-lost").await;
+
+    // Back on the same port: the page picks up changes by itself, without a reload.
+    browser.js("window.__marker = 'same page'").await;
+    app.start().await;
+    assert_eq!(app.buy(sale, "after-restart").await["code"], "confirmed");
+    browser
+        .wait_for("4 left after the restart", Duration::from_secs(5), |p| {
+            p["remaining"] == "4"
+        })
+        .await;
+    // The stream is reopened with backoff (at most 15 s between tries).
+    let live = browser
+        .wait_for("live again", Duration::from_secs(20), |p| {
+            p["conn"] == "Live"
+        })
+        .await;
+    assert_eq!(live["marker"], "same page");
+    assert_eq!(app.buy(sale, "on-the-stream").await["code"], "confirmed");
+    browser
+        .wait_for("3 left over the stream", LIVE, |p| p["remaining"] == "3")
+        .await;
 }
