@@ -766,7 +766,7 @@ async fn error_answers_render_their_own_messages() {
     let cases = [
         (
             "429",
-            r#"new Response('{"code":"rate_limited","message":"slow down"}', {status: 429, headers: {"retry-after": "3"}})"#,
+            r#"new Response('{"code":"rate_limited","message":"slow down"}', {status: 429, headers: {"retry-after": "2"}})"#,
             "result result-rate-limited",
             "12-rate-limited",
         ),
@@ -803,14 +803,27 @@ async fn error_answers_render_their_own_messages() {
         let snap = browser
             .wait_for(what, LIVE, |p| p["result_class"] == class)
             .await;
-        assert_eq!(
-            snap["buy_disabled"], false,
-            "a failed attempt may be retried"
-        );
         texts.push(s(&snap, "result"));
         browser.screenshot(shot).await;
+        if matches!(what, "429" | "503") {
+            // Told to come back later: the button rests for `Retry-After`, then returns.
+            assert_eq!(snap["buy_disabled"], true, "{snap:#}");
+            assert!(s(&snap, "buy_text").starts_with("Wait "), "{snap:#}");
+            browser
+                .wait_for(
+                    "the button back after Retry-After",
+                    Duration::from_secs(4),
+                    |p| p["buy_disabled"] == false,
+                )
+                .await;
+        } else {
+            assert_eq!(
+                snap["buy_disabled"], false,
+                "a failed attempt may be retried"
+            );
+        }
     }
-    assert!(texts[0].contains("wait 3 s"), "{texts:?}");
+    assert!(texts[0].contains("wait 2 s"), "{texts:?}");
     texts.sort();
     texts.dedup();
     assert_eq!(texts.len(), 4, "messages must differ: {texts:?}");
