@@ -920,3 +920,46 @@ async fn the_page_falls_back_to_polling_and_goes_live_again_after_the_server_ret
         .wait_for("3 left over the stream", LIVE, |p| p["remaining"] == "3")
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_is_served_gzipped_with_a_strong_etag_and_revalidates_with_304() {
+    let app = spawn_app().await;
+    let page = |encoding: &'static str| {
+        app.http
+            .get(format!("{}/", app.base))
+            .header("accept-encoding", encoding)
+    };
+
+    let zipped = page("gzip, br").send().await.unwrap();
+    assert_eq!(zipped.status(), 200);
+    let h = zipped.headers().clone();
+    assert_eq!(h["content-encoding"], "gzip");
+    assert_eq!(h["content-type"], "text/html; charset=utf-8");
+    assert_eq!(
+        h["cache-control"],
+        "public, max-age=60, stale-while-revalidate=300"
+    );
+    assert_eq!(h["vary"], "accept-encoding");
+    let tag = h["etag"].to_str().unwrap().to_owned();
+    assert!(tag.starts_with('"'), "a strong tag: {tag}");
+    let gz_len = zipped.bytes().await.unwrap().len();
+
+    let plain = page("identity").send().await.unwrap();
+    assert!(plain.headers().get("content-encoding").is_none());
+    assert_ne!(plain.headers()["etag"], tag.as_str());
+    let html = plain.text().await.unwrap();
+    assert!(
+        html.len() < 30 * 1024 && gz_len < html.len() / 2,
+        "{} / {gz_len}",
+        html.len()
+    );
+
+    let again = page("gzip")
+        .header("if-none-match", &tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"], tag.as_str());
+    assert!(again.bytes().await.unwrap().is_empty());
+}
