@@ -864,12 +864,12 @@ async fn the_page_works_on_a_phone_sized_screen_with_the_keyboard_alone() {
         .send_keys("\u{E007}") // Enter
         .await
         .unwrap();
-    let snap = browser
-        .wait_for("confirmed", LIVE, |p| {
-            p["result_class"] == "result result-confirmed"
+    // The answer and the pushed stock arrive independently: wait for both.
+    browser
+        .wait_for("confirmed, 4 left", LIVE, |p| {
+            p["result_class"] == "result result-confirmed" && p["remaining"] == "4"
         })
         .await;
-    assert_eq!(s(&snap, "remaining"), "4");
     browser.screenshot("17-phone-confirmed").await;
 }
 
