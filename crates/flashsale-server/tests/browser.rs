@@ -12,7 +12,7 @@
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns; a failed unwrap fails the test
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use flashsale_core::{Clock, ManualClock};
+use flashsale_core::{Clock, ManualClock, SystemClock};
 use flashsale_server::{Application, Config};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
@@ -45,7 +45,10 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 struct TestApp {
     base: String,
     port: u16,
-    clock: Arc<ManualClock>,
+    /// The clock the service runs on.
+    clock: Arc<dyn Clock>,
+    /// The same clock when the test moves it by hand.
+    manual: Option<Arc<ManualClock>>,
     http: reqwest::Client,
     stop: CancellationToken,
     running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -58,13 +61,19 @@ impl Drop for TestApp {
     }
 }
 
+/// The service on a [`ManualClock`] standing at [`T0`].
 async fn spawn_app() -> TestApp {
+    let manual = Arc::new(ManualClock::new(T0));
+    spawn_app_on(Arc::clone(&manual) as Arc<dyn Clock>, Some(manual)).await
+}
+
+async fn spawn_app_on(clock: Arc<dyn Clock>, manual: Option<Arc<ManualClock>>) -> TestApp {
     let data = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(T0));
     let mut app = TestApp {
         base: String::new(),
         port: 0,
         clock,
+        manual,
         http: reqwest::Client::new(),
         stop: CancellationToken::new(),
         running: None,
@@ -82,7 +91,7 @@ impl TestApp {
             self.data.path().to_owned(),
             TOKEN,
         );
-        let app = Application::build(config, Arc::clone(&self.clock) as Arc<dyn Clock>)
+        let app = Application::build(config, Arc::clone(&self.clock))
             .await
             .expect("the service starts");
         self.port = app.port();
@@ -101,9 +110,10 @@ impl TestApp {
 }
 
 impl TestApp {
-    /// Creates a sale starting `starts_in` seconds after T0, lasting `lasts` seconds.
+    /// Creates a sale starting `starts_in` seconds from the service's now, lasting `lasts`
+    /// seconds.
     async fn create_sale(&self, name: &str, starts_in: i64, lasts: i64, stock: u32) -> u64 {
-        let starts = T0 + time::Duration::seconds(starts_in);
+        let starts = self.clock.now() + time::Duration::seconds(starts_in);
         let ends = starts + time::Duration::seconds(lasts);
         let response = self
             .http
@@ -165,7 +175,9 @@ impl TestApp {
     }
 
     fn set_clock(&self, seconds_after_t0: i64) {
-        self.clock
+        self.manual
+            .as_ref()
+            .expect("a test on the manual clock")
             .set(T0 + time::Duration::seconds(seconds_after_t0));
     }
 
@@ -480,6 +492,46 @@ async fn the_page_counts_down_from_the_server_clock_then_turns_active_without_re
     assert_eq!(s(&active, "remaining"), "10");
     assert_eq!(active["buy_disabled"], false);
     browser.screenshot("02-active").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_real_clock_the_page_turns_active_at_the_start_instant() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app_on(Arc::new(SystemClock), None).await;
+    let sale = app.create_sale("Real clock", 4, 600, 10).await;
+    let starts_at: Value = app
+        .http
+        .get(format!("{}/api/sales/{sale}", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let starts_at =
+        OffsetDateTime::parse(starts_at["starts_at"].as_str().unwrap(), &Rfc3339).unwrap();
+    let browser = open_browser(1280, 900).await;
+    browser.open(&app.page(sale)).await;
+    let first = browser
+        .wait_for("upcoming", LIVE, |p| p["state"] == "upcoming")
+        .await;
+    assert!(
+        (1..=4).contains(&seconds(&s(&first, "countdown"))),
+        "{first:#}"
+    );
+    browser.js("window.__marker = 'same page'").await;
+
+    // The countdown runs out and the page turns active by itself, close to the instant.
+    let active = browser
+        .wait_for("active", Duration::from_secs(8), |p| p["state"] == "active")
+        .await;
+    let late = OffsetDateTime::now_utc() - starts_at;
+    assert!(
+        late < time::Duration::seconds(2),
+        "active {late} after the start"
+    );
+    assert_eq!(active["marker"], "same page", "the page reloaded");
+    assert_eq!(active["buy_disabled"], false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
