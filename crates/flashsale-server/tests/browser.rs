@@ -1,9 +1,10 @@
 //! The buyer's page (SPEC section 5, FE-1..FE-7) in real headless Chromium.
 //!
-//! Each test starts the real service in-process on port 0 with a [`ManualClock`] (so the
-//! start and end instants are moved to, never slept towards), starts `chromedriver` on a free
-//! port and drives Debian's Chromium through it with fantoccini. A second client (reqwest)
-//! plays the rest of the crowd. Screenshots of every state land in `target/screenshots/`.
+//! Each test starts the real service in-process on port 0, most with a [`ManualClock`] (so the
+//! start and end instants are moved to, never slept towards; one runs on the system clock),
+//! starts `chromedriver` on a free port and drives Debian's Chromium through it with
+//! fantoccini. A second client (reqwest) plays the rest of the crowd. Screenshots of every
+//! state land in `target/screenshots/`.
 //!
 //! Chromium and chromedriver are required: when they are missing the tests fail with the
 //! command that installs them (`apt-get install -y chromium chromium-driver`); they never skip.
@@ -107,9 +108,7 @@ impl TestApp {
             running.await.unwrap().expect("a clean shutdown");
         }
     }
-}
 
-impl TestApp {
     /// Creates a sale starting `starts_in` seconds from the service's now, lasting `lasts`
     /// seconds.
     async fn create_sale(&self, name: &str, starts_in: i64, lasts: i64, stock: u32) -> u64 {
