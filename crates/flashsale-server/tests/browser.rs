@@ -685,6 +685,10 @@ async fn each_purchase_outcome_renders_its_own_message() {
         "order_id",
     );
     assert!(s(&confirmed, "result").contains(&order_id), "{confirmed:#}");
+    // FE-2: the pushed stock follows the purchase (and the screenshot shows both agreeing).
+    browser
+        .wait_for("stock after the purchase", LIVE, |p| p["remaining"] == "2")
+        .await;
     browser.screenshot("06-confirmed").await;
     seen.push(confirmed);
 
