@@ -10,6 +10,7 @@
 //! than the stock or more than the per-user limit to one buyer.
 
 pub mod embedded;
+pub mod redis_pg;
 mod error;
 mod model;
 
