@@ -115,7 +115,9 @@ impl SaleStore for EmbeddedStore {
         if attempt.quantity.get() > limit {
             return Ok(PurchaseOutcome::QuantityAboveLimit { limit });
         }
-        let now = self.clock.now();
+        // Stored instants have microsecond precision; deciding at the stored precision keeps
+        // an order's `created_at` identical before and after a restart.
+        let now = flashsale_core::sale::truncate_to_micros(self.clock.now());
         let step = book.admit(
             &attempt.user_id,
             attempt.quantity,
