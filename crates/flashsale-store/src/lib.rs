@@ -10,9 +10,9 @@
 //! than the stock or more than the per-user limit to one buyer.
 
 pub mod embedded;
-pub mod redis_pg;
 mod error;
 mod model;
+pub mod redis_pg;
 
 pub use error::StoreError;
 pub use model::{Attempt, Order, PurchaseOutcome, RejectionCounts, SaleStatus, Summary};

@@ -53,7 +53,12 @@ impl Counters {
 
     /// An admitted attempt whose order could not be made durable.
     pub(crate) fn unavailable(&self, id: SaleId) {
-        self.deltas.lock().entry(id).or_default().rejections.unavailable += 1;
+        self.deltas
+            .lock()
+            .entry(id)
+            .or_default()
+            .rejections
+            .unavailable += 1;
     }
 
     fn pending(&self, id: SaleId) -> Delta {
@@ -79,7 +84,8 @@ impl Counters {
 }
 
 async fn write(inner: &Inner, taken: &[(SaleId, Delta)]) -> Result<(), StoreError> {
-    let col = |f: fn(&Delta) -> u64| -> Vec<i64> { taken.iter().map(|(_, d)| f(d) as i64).collect() };
+    let col =
+        |f: fn(&Delta) -> u64| -> Vec<i64> { taken.iter().map(|(_, d)| f(d) as i64).collect() };
     let ids: Vec<i64> = taken.iter().map(|(id, _)| id.0).collect();
     let (attempts, not_active, sold_out) = (
         col(|d| d.attempts),

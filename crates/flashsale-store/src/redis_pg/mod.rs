@@ -143,7 +143,10 @@ impl RedisPgStore {
         {
             let mut client = inner.pg().await?;
             inner
-                .pg_call("migrate", schema::migrate(&mut client, &inner.cfg.pg_schema))
+                .pg_call(
+                    "migrate",
+                    schema::migrate(&mut client, &inner.cfg.pg_schema),
+                )
                 .await?;
         }
         inner.scripts.load(&inner).await?;
@@ -210,7 +213,10 @@ impl RedisPgStore {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 scripts::Admission::Reused => return Ok(PurchaseOutcome::IdempotencyKeyReused),
-                scripts::Admission::ReplayConfirmed { order_id, created_at } => {
+                scripts::Admission::ReplayConfirmed {
+                    order_id,
+                    created_at,
+                } => {
                     return Ok(PurchaseOutcome::Confirmed(Order {
                         order_id,
                         sale_id: sale.id,
@@ -234,7 +240,7 @@ impl RedisPgStore {
                     remaining,
                 } => {
                     inner.counters.attempt(sale.id, None);
-                    inner.snapshot.set_remaining(sale.id, remaining);
+                    inner.snapshot.admitted(sale.id, remaining, created_at);
                     let order = Order {
                         order_id,
                         sale_id: sale.id,
@@ -391,10 +397,7 @@ impl Inner {
     ) -> Result<scripts::Admission, StoreError> {
         let keys = self.keys.sale(id);
         let lease = self.cfg.lease.as_millis() as u64;
-        let key = attempt
-            .idempotency_key
-            .as_ref()
-            .map_or("", |k| k.as_str());
+        let key = attempt.idempotency_key.as_ref().map_or("", |k| k.as_str());
         let reply: Vec<String> = self
             .redis_call(
                 "admission",
@@ -550,6 +553,13 @@ impl SaleStore for RedisPgStore {
         if let Err(e) = self.inner.counters.flush(&self.inner).await {
             tracing::warn!(error = %e, "could not flush counters at shutdown");
         }
+    }
+}
+
+impl Drop for RedisPgStore {
+    fn drop(&mut self) {
+        // Background tasks hold the shared state, not the store: stop them with it.
+        self.cancel.cancel();
     }
 }
 

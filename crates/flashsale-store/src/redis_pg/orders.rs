@@ -16,10 +16,10 @@
 //! tells us whether an ambiguous commit in fact went through) and their stock handed back.
 //! If PostgreSQL cannot even be asked, the reservations are left to the reconciler.
 
-use super::scripts::Settle;
 use super::Inner;
-use crate::model::Order;
+use super::scripts::Settle;
 use crate::StoreError;
+use crate::model::Order;
 use flashsale_core::{IdempotencyKey, SaleId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -75,12 +75,7 @@ pub(crate) fn spawn(
     tracker: &TaskTracker,
 ) -> OrderWriter {
     let (tx, rx) = mpsc::channel(inner.cfg.max_batch * 4);
-    tracker.spawn(run(
-        Arc::clone(inner),
-        rx,
-        cancel.clone(),
-        tracker.clone(),
-    ));
+    tracker.spawn(run(Arc::clone(inner), rx, cancel.clone(), tracker.clone()));
     OrderWriter { tx }
 }
 
@@ -142,8 +137,10 @@ async fn settle_batch(inner: &Inner, batch: Vec<PendingOrder>) {
             .collect(),
         Err(e) => {
             tracing::error!(error = %e, orders = batch.len(), "order group failed to commit");
-            let ids: Vec<(Uuid, SaleId)> =
-                batch.iter().map(|p| (p.order.order_id, p.order.sale_id)).collect();
+            let ids: Vec<(Uuid, SaleId)> = batch
+                .iter()
+                .map(|p| (p.order.order_id, p.order.sale_id))
+                .collect();
             match resolve(inner, &ids).await {
                 Ok(found) => found,
                 Err(e) => {
@@ -166,7 +163,11 @@ async fn settle_batch(inner: &Inner, batch: Vec<PendingOrder>) {
         }
     }
     for ((sale, committed), ids) in by_sale {
-        let how = if committed { Settle::Confirm } else { Settle::Release };
+        let how = if committed {
+            Settle::Confirm
+        } else {
+            Settle::Release
+        };
         settle(inner, sale, how, &ids).await;
     }
     for p in batch {
@@ -348,7 +349,10 @@ async fn commit_tx(
     let b_sales: Vec<i64> = held.keys().map(|(s, _)| *s).collect();
     let b_users: Vec<&str> = held.keys().map(|(_, u)| *u).collect();
     let b_held: Vec<i32> = held.values().copied().collect();
-    let b_limits: Vec<i32> = b_sales.iter().map(|s| sales.get(s).map_or(0, |x| x.1)).collect();
+    let b_limits: Vec<i32> = b_sales
+        .iter()
+        .map(|s| sales.get(s).map_or(0, |x| x.1))
+        .collect();
     tx.execute(
         "INSERT INTO buyers AS b (sale_id, user_id, held, per_user_limit)
          SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int4[], $4::int4[])

@@ -15,9 +15,9 @@
 //! under the old epoch: their reservations are gone with the old state), then remaining stock,
 //! buyers' holdings and confirmed idempotency keys are written back, `meta` last.
 
+use super::Inner;
 use super::orders::{self, Resolution};
 use super::scripts::{self, Settle};
-use super::Inner;
 use crate::StoreError;
 use flashsale_core::{Sale, SaleId};
 use std::collections::BTreeMap;
@@ -128,7 +128,9 @@ pub(crate) async fn rebuild(inner: &Inner, sale: &Sale) -> Result<(), StoreError
     let _: Result<i64, _> = inner
         .redis_call(
             "rebuild unlock",
-            redis::cmd("DEL").arg(&keys.rebuild_lock).query_async(&mut con),
+            redis::cmd("DEL")
+                .arg(&keys.rebuild_lock)
+                .query_async(&mut con),
         )
         .await;
     result
@@ -186,10 +188,7 @@ async fn rebuild_locked(inner: &Inner, sale: &Sale) -> Result<(), StoreError> {
             .unwrap_or_default(),
     ];
     inner
-        .redis_call(
-            "restore",
-            inner.scripts.restore(&mut con, &keys, &args),
-        )
+        .redis_call("restore", inner.scripts.restore(&mut con, &keys, &args))
         .await?;
     inner
         .snapshot

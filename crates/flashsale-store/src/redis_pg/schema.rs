@@ -22,7 +22,10 @@ pub(crate) fn valid_schema(schema: &str) -> bool {
 }
 
 /// Creates the schema if needed and applies the migrations not yet applied.
-pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<(), tokio_postgres::Error> {
+pub(crate) async fn migrate(
+    client: &mut Client,
+    schema: &str,
+) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;

@@ -189,7 +189,10 @@ fn rejection(code: &str, arg: u32) -> Option<Rejection> {
 impl Admission {
     /// Parses the reply of `admission.lua` (see its header).
     pub(crate) fn parse(reply: &[String]) -> Result<Self, StoreError> {
-        let status = reply.first().map(String::as_str).ok_or_else(|| bad(reply))?;
+        let status = reply
+            .first()
+            .map(String::as_str)
+            .ok_or_else(|| bad(reply))?;
         Ok(match status {
             "missing" => Admission::Missing,
             "reused" => Admission::Reused,
@@ -240,15 +243,25 @@ mod tests {
     fn admission_replies_parse_into_outcomes() {
         assert!(matches!(
             Admission::parse(&s(&["admit", "1700000000000000", "3", "9"])).unwrap(),
-            Admission::Admitted { epoch: 3, remaining: 9, .. }
+            Admission::Admitted {
+                epoch: 3,
+                remaining: 9,
+                ..
+            }
         ));
         assert!(matches!(
             Admission::parse(&s(&["reject", "1", "limit", "2"])).unwrap(),
-            Admission::Rejected { rejection: Rejection::LimitExceeded { allowed: 2 }, replay: false }
+            Admission::Rejected {
+                rejection: Rejection::LimitExceeded { allowed: 2 },
+                replay: false
+            }
         ));
         assert!(matches!(
             Admission::parse(&s(&["replay", "1", "R\nbob\n1\nsold_out\n0"])).unwrap(),
-            Admission::Rejected { rejection: Rejection::SoldOut, replay: true }
+            Admission::Rejected {
+                rejection: Rejection::SoldOut,
+                replay: true
+            }
         ));
         let id = Uuid::now_v7();
         let rec = format!("C\nbob\n1\n{id}\n1700000000000000");

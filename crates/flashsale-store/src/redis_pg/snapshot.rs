@@ -53,7 +53,12 @@ impl Snapshot {
         self.sales.read().values().map(Entry::status).collect()
     }
 
-    pub(crate) fn insert(&self, sale: Arc<Sale>, remaining: u32, sold_out_at: Option<OffsetDateTime>) {
+    pub(crate) fn insert(
+        &self,
+        sale: Arc<Sale>,
+        remaining: u32,
+        sold_out_at: Option<OffsetDateTime>,
+    ) {
         self.sales.write().entry(sale.id).or_insert(Entry {
             sale,
             remaining,
@@ -64,6 +69,16 @@ impl Snapshot {
     pub(crate) fn set_remaining(&self, id: SaleId, remaining: u32) {
         if let Some(entry) = self.sales.write().get_mut(&id) {
             entry.remaining = remaining;
+        }
+    }
+
+    /// An admission just left `remaining` units (taken at `at`).
+    pub(crate) fn admitted(&self, id: SaleId, remaining: u32, at: OffsetDateTime) {
+        if let Some(entry) = self.sales.write().get_mut(&id) {
+            entry.remaining = remaining;
+            if remaining == 0 {
+                entry.sold_out_at = Some(at);
+            }
         }
     }
 
@@ -152,7 +167,9 @@ pub(crate) async fn refresh(inner: &Arc<Inner>) {
     if let [secs, micros] = time.as_slice()
         && let (Ok(secs), Ok(micros)) = (secs.parse::<i64>(), micros.parse::<i64>())
     {
-        inner.snapshot.observe_clock(Some(secs * 1_000_000 + micros));
+        inner
+            .snapshot
+            .observe_clock(Some(secs * 1_000_000 + micros));
     }
     let mut missing = Vec::new();
     {
@@ -177,8 +194,7 @@ pub(crate) async fn refresh(inner: &Arc<Inner>) {
     }
 }
 
-const SALE_COLUMNS: &str =
-    "id, name, starts_at, ends_at, stock, per_user_limit, sold, sold_out_at";
+const SALE_COLUMNS: &str = "id, name, starts_at, ends_at, stock, per_user_limit, sold, sold_out_at";
 
 fn entry_of(row: &tokio_postgres::Row) -> Entry {
     let sale = Sale {
