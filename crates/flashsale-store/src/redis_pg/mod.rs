@@ -195,13 +195,17 @@ impl RedisPgStore {
             let reply = inner.admit(sale.id, attempt, order_id).await?;
             match reply {
                 scripts::Admission::Missing => {
-                    if rebuilt {
+                    // Redis lost the sale: rebuild it (or wait for whoever is) before admitting.
+                    if rebuilt || tokio::time::Instant::now() >= deadline {
                         return Err(StoreError::Unavailable(
                             "sale state is being rebuilt".into(),
                         ));
                     }
-                    reconcile::rebuild(inner, sale).await?;
-                    rebuilt = true;
+                    if reconcile::rebuild(inner, sale).await? {
+                        rebuilt = true;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
                 scripts::Admission::Pending => {
                     // The first attempt with this key is being committed: its outcome is ours.

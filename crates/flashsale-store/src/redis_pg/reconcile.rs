@@ -102,7 +102,8 @@ async fn reconcile_sale(inner: &Inner, id: SaleId) -> Result<usize, StoreError> 
 }
 
 /// Rebuilds a sale's Redis state from PostgreSQL if it is missing (see the module docs).
-pub(crate) async fn rebuild(inner: &Inner, sale: &Sale) -> Result<(), StoreError> {
+/// Returns `false` if another instance is rebuilding it right now.
+pub(crate) async fn rebuild(inner: &Inner, sale: &Sale) -> Result<bool, StoreError> {
     let keys = inner.keys.sale(sale.id);
     let mut con = inner.con();
     let token = Uuid::now_v7().to_string();
@@ -119,10 +120,7 @@ pub(crate) async fn rebuild(inner: &Inner, sale: &Sale) -> Result<(), StoreError
         )
         .await?;
     if locked.is_none() {
-        return Err(StoreError::Unavailable(format!(
-            "sale {} is being rebuilt",
-            sale.id
-        )));
+        return Ok(false);
     }
     let result = rebuild_locked(inner, sale).await;
     let _: Result<i64, _> = inner
@@ -133,7 +131,7 @@ pub(crate) async fn rebuild(inner: &Inner, sale: &Sale) -> Result<(), StoreError
                 .query_async(&mut con),
         )
         .await;
-    result
+    result.map(|()| true)
 }
 
 async fn rebuild_locked(inner: &Inner, sale: &Sale) -> Result<(), StoreError> {
