@@ -122,7 +122,7 @@ pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
         refresh(&inner).await;
         n += 1;
         // Counters are statistics: flushing them about once a second is plenty.
-        if n % 10 == 0
+        if n.is_multiple_of(10)
             && let Err(e) = inner.counters.flush(&inner).await
         {
             tracing::debug!(error = %e, "counters not flushed; retrying later");
