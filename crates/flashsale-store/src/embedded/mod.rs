@@ -1,8 +1,8 @@
 //! The embedded store: the default, single node, no external service.
 //!
 //! Decisions are taken in memory, in each sale's [`book::SaleBook`] critical section; orders
-//! are made durable by one [`writer`] thread in SQLite (WAL, `synchronous=FULL`), committed in
-//! groups. `confirmed` is answered only after the order's group has committed; if the commit
+//! are made durable by one [`writer`] thread in SQLite (WAL), committed in groups, each group
+//! answered only after a syncer thread has fsynced the WAL behind it. `confirmed` is answered only after the order's group has committed; if the commit
 //! fails the reservation is undone and the buyer gets `unavailable`. On open, memory is rebuilt
 //! from the database, so a crash (even `kill -9`) loses nothing that was confirmed.
 
@@ -33,6 +33,8 @@ pub struct EmbeddedStore {
     books: Arc<RwLock<BTreeMap<SaleId, Arc<SaleBook>>>>,
     writes: mpsc::Sender<Write>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Dropping the sender stops the checkpoint thread.
+    checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     path: PathBuf,
 }
 
@@ -50,17 +52,32 @@ impl EmbeddedStore {
         let conn = load::connect(&path).map_err(|e| unavailable(&path, e))?;
         let books = load::rebuild(&conn).map_err(|e| unavailable(&path, e))?;
         let books = Arc::new(RwLock::new(books));
+        let (stop_checkpoints, stop_rx) = mpsc::channel();
+        let checkpointer =
+            load::spawn_checkpointer(&path, stop_rx).map_err(|e| unavailable(&path, e))?;
+        let wal_path = data_dir.join(format!("{DB_FILE}-wal"));
+        let wal = std::fs::File::open(&wal_path).map_err(|e| {
+            StoreError::Unavailable(format!("cannot open {} for fsync: {e}", wal_path.display()))
+        })?;
         let (writes, rx) = mpsc::channel();
+        let (acks, acks_rx) = mpsc::channel();
         let writer_books = Arc::clone(&books);
+        let spawn_failed =
+            |e: std::io::Error| StoreError::Internal(format!("cannot start writer thread: {e}"));
+        std::thread::Builder::new()
+            .name("flashsale-sync".into())
+            .spawn(move || writer::sync(wal, acks_rx))
+            .map_err(spawn_failed)?;
         let writer = std::thread::Builder::new()
             .name("flashsale-writer".into())
-            .spawn(move || writer::run(conn, rx, writer_books))
-            .map_err(|e| StoreError::Internal(format!("cannot start writer thread: {e}")))?;
+            .spawn(move || writer::run(conn, rx, acks, writer_books))
+            .map_err(spawn_failed)?;
         Ok(Self {
             clock,
             books,
             writes,
             writer: Mutex::new(Some(writer)),
+            checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             path,
         })
     }
@@ -206,9 +223,17 @@ impl SaleStore for EmbeddedStore {
         // The writer commits what is queued, persists counters, replies and exits; writes sent
         // after that fail with `ShuttingDown` and their reservations are undone.
         let _ = self.send(Write::Shutdown { reply }, rx).await;
-        let handle = self.writer.lock().take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
+        let writer = self.writer.lock().take();
+        let checkpointer = self.checkpointer.lock().take();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(handle) = writer {
+                let _ = handle.join();
+            }
+            if let Some((stop, handle)) = checkpointer {
+                drop(stop);
+                let _ = handle.join();
+            }
+        })
+        .await;
     }
 }

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The one command that runs every test of flashsale (README: "Test").
+#
+# On a fresh machine of our kind it installs what the tests need and is missing (Debian's
+# chromium + chromium-driver for the browser tests), makes sure the local PostgreSQL and Redis
+# that the scale-out tests use are running, then runs the whole workspace's tests and the
+# stress scenario. Tests isolate themselves (own data dir, schema, key prefix, private
+# redis-server/postgres for the ones that stop or flush a service).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_pkgs+=(chromium-driver)
+command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
+if ((${#need_pkgs[@]})); then
+    if [ "$(id -u)" = 0 ]; then
+        echo "test.sh: installing ${need_pkgs[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+    else
+        echo "test.sh: please install: ${need_pkgs[*]} (Debian packages)" >&2
+        exit 1
+    fi
+fi
+
+# The shared local services (SPEC/CI: 127.0.0.1:5432 and :6379). Start them if they stopped.
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || true
+fi
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+fi
+for _ in $(seq 1 50); do
+    pg_isready -q -h 127.0.0.1 -p 5432 && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break
+    sleep 0.2
+done
+
+cargo test --workspace --all-targets --no-fail-fast
+if [ -x scripts/stress.sh ]; then
+    scripts/stress.sh
+fi
