@@ -465,3 +465,53 @@ async fn three_instances_sell_exactly_100_units_to_3000_buyers() {
         store.shutdown().await;
     }
 }
+
+/// Store-level throughput (no HTTP): 256 concurrent buyers, distinct ids, large stock, spread
+/// over one then two instances. Prints purchases/s; run with `--ignored --nocapture` (ideally
+/// `--release`).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "measurement, not a check"]
+async fn purchase_throughput_with_256_concurrent_buyers() {
+    for instances in [1usize, 2] {
+        let cfg = isolated(&support::redis_url(), &support::database_url());
+        let _cleanup = Cleanup { cfg: cfg.clone() };
+        let mut stores = Vec::new();
+        for _ in 0..instances {
+            stores.push(Arc::new(connect(&cfg).await));
+        }
+        let sale = stores[0].create_sale(active(1_000_000, 1)).await.unwrap();
+        let per_worker = 80;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..256usize {
+            let store = Arc::clone(&stores[w % instances]);
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_worker);
+                for i in 0..per_worker {
+                    let t = Instant::now();
+                    let outcome = buy(&*store, sale.id, &format!("u{w}-{i}")).await.unwrap();
+                    assert!(matches!(outcome, PurchaseOutcome::Confirmed(_)));
+                    lat.push(t.elapsed());
+                }
+                lat
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await.unwrap());
+        }
+        let took = started.elapsed();
+        lat.sort();
+        let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+        println!(
+            "instances={instances} confirmed={} in {took:?}: {:.0} purchases/s, p50 {:?} p99 {:?}",
+            lat.len(),
+            lat.len() as f64 / took.as_secs_f64(),
+            pct(0.5),
+            pct(0.99)
+        );
+        for s in &stores {
+            s.shutdown().await;
+        }
+    }
+}

@@ -89,6 +89,9 @@ impl RedisPgConfig {
     }
 }
 
+/// Bound on applying the migrations at start.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What every part of the store shares.
 pub(crate) struct Inner {
     cfg: RedisPgConfig,
@@ -142,12 +145,17 @@ impl RedisPgStore {
         inner.ping_redis().await?;
         {
             let mut client = inner.pg().await?;
-            inner
-                .pg_call(
-                    "migrate",
-                    schema::migrate(&mut client, &inner.cfg.pg_schema),
-                )
-                .await?;
+            // Migrations may wait for another instance's (advisory lock) and take longer
+            // than one purchase's bound.
+            let migrated = tokio::time::timeout(
+                MIGRATION_TIMEOUT,
+                schema::migrate(&mut client, &inner.cfg.pg_schema),
+            )
+            .await
+            .map_err(|_| StoreError::Timeout("postgres migrations".into()))?;
+            migrated.map_err(|e| {
+                StoreError::Unavailable(format!("postgres migrations: {}", pg_error(&e)))
+            })?;
         }
         inner.scripts.load(&inner).await?;
         snapshot::refresh(&inner).await;

@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-/// Commits in flight at once (they serialise per sale on its row lock anyway).
-const CONCURRENT_COMMITS: usize = 2;
+/// Group commits in flight at once (groups of one sale overlap but for the `sold` update).
+const CONCURRENT_COMMITS: usize = 4;
 
 /// An admitted order waiting for its commit.
 pub(crate) struct PendingOrder {
@@ -280,98 +280,77 @@ async fn commit_tx(
     let mut sale_ids: Vec<i64> = batch.iter().map(|p| p.order.sale_id.0).collect();
     sale_ids.sort_unstable();
     sale_ids.dedup();
+    // FOR KEY SHARE: concurrent groups of the same sale do not block each other here (only on
+    // the final `sold` update), but a rebuild's FOR UPDATE waits for every group in flight,
+    // and a group starting after the rebuild reads the new epoch.
     let rows = tx
         .query(
-            "SELECT id, epoch, per_user_limit FROM sales WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            "SELECT id, epoch FROM sales WHERE id = ANY($1) ORDER BY id FOR KEY SHARE",
             &[&sale_ids],
         )
         .await?;
-    let sales: HashMap<i64, (i64, i32)> = rows
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2))))
-        .collect();
+    let epochs: HashMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     let mut fresh: Vec<&PendingOrder> = batch
         .iter()
-        .filter(|p| sales.get(&p.order.sale_id.0).map(|s| s.0) == Some(p.epoch))
+        .filter(|p| epochs.get(&p.order.sale_id.0) == Some(&p.epoch))
         .collect();
+    if fresh.is_empty() {
+        tx.commit().await?;
+        return Ok(HashSet::new());
+    }
+    // One lock order for every writer of `reservations` (see `resolve`).
     fresh.sort_by_key(|p| p.order.order_id);
     let ids: Vec<Uuid> = fresh.iter().map(|p| p.order.order_id).collect();
     let sids: Vec<i64> = fresh.iter().map(|p| p.order.sale_id.0).collect();
+    let users: Vec<&str> = fresh.iter().map(|p| p.order.user_id.as_str()).collect();
+    let qtys: Vec<i32> = fresh.iter().map(|p| p.order.quantity as i32).collect();
+    let created: Vec<time::OffsetDateTime> = fresh.iter().map(|p| p.order.created_at).collect();
+    let keys: Vec<Option<&str>> = fresh
+        .iter()
+        .map(|p| p.key.as_ref().map(IdempotencyKey::as_str))
+        .collect();
+    // One statement: claim the fence rows, write the orders that won them, raise the buyers'
+    // holdings (one row per buyer, in one order for every instance so concurrent groups never
+    // deadlock) and the sales' `sold`. The CHECKs on `buyers` and `sales` refuse the whole
+    // group if it would put anyone over the limit or the sale over its stock.
     let won: HashSet<Uuid> = tx
         .query(
-            "INSERT INTO reservations (order_id, sale_id, resolution)
-             SELECT o, s, 'committed' FROM UNNEST($1::uuid[], $2::int8[]) AS t(o, s)
-             ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
-            &[&ids, &sids],
+            "WITH input AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int4[],
+                                      $5::timestamptz[], $6::text[])
+                     AS t(order_id, sale_id, user_id, quantity, created_at, idempotency_key)
+             ), won AS (
+                 INSERT INTO reservations (order_id, sale_id, resolution)
+                 SELECT order_id, sale_id, 'committed' FROM input ORDER BY order_id
+                 ON CONFLICT (order_id) DO NOTHING RETURNING order_id
+             ), ins AS (
+                 INSERT INTO orders (order_id, sale_id, user_id, quantity, created_at,
+                                     idempotency_key)
+                 SELECT i.* FROM input i JOIN won USING (order_id)
+                 RETURNING sale_id, user_id, quantity, created_at
+             ), held AS (
+                 INSERT INTO buyers AS b (sale_id, user_id, held, per_user_limit)
+                 SELECT ins.sale_id, ins.user_id, sum(ins.quantity)::int4, s.per_user_limit
+                 FROM ins JOIN sales s ON s.id = ins.sale_id
+                 GROUP BY ins.sale_id, ins.user_id, s.per_user_limit
+                 ORDER BY ins.sale_id, ins.user_id
+                 ON CONFLICT (sale_id, user_id) DO UPDATE SET held = b.held + excluded.held
+             ), sold AS (
+                 UPDATE sales SET sold = sales.sold + d.n,
+                     sold_out_at = CASE WHEN sales.sold + d.n = sales.stock
+                                        THEN COALESCE(sales.sold_out_at, d.last)
+                                        ELSE sales.sold_out_at END
+                 FROM (SELECT sale_id, sum(quantity)::int4 AS n, max(created_at) AS last
+                       FROM ins GROUP BY sale_id) d
+                 WHERE sales.id = d.sale_id
+             )
+             SELECT order_id FROM won",
+            &[&ids, &sids, &users, &qtys, &created, &keys],
         )
         .await?
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let winners: Vec<&PendingOrder> = fresh
-        .into_iter()
-        .filter(|p| won.contains(&p.order.order_id))
-        .collect();
-    if winners.is_empty() {
-        tx.commit().await?;
-        return Ok(won);
-    }
-    let ids: Vec<Uuid> = winners.iter().map(|p| p.order.order_id).collect();
-    let sids: Vec<i64> = winners.iter().map(|p| p.order.sale_id.0).collect();
-    let users: Vec<&str> = winners.iter().map(|p| p.order.user_id.as_str()).collect();
-    let qtys: Vec<i32> = winners.iter().map(|p| p.order.quantity as i32).collect();
-    let created: Vec<time::OffsetDateTime> = winners.iter().map(|p| p.order.created_at).collect();
-    let keys: Vec<Option<&str>> = winners
-        .iter()
-        .map(|p| p.key.as_ref().map(IdempotencyKey::as_str))
-        .collect();
-    tx.execute(
-        "INSERT INTO orders (order_id, sale_id, user_id, quantity, created_at, idempotency_key)
-         SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int4[],
-                              $5::timestamptz[], $6::text[])",
-        &[&ids, &sids, &users, &qtys, &created, &keys],
-    )
-    .await?;
-    // One row per buyer (a statement may not touch a row twice), in one order for every
-    // instance so concurrent groups never deadlock on the same buyers.
-    let mut held: BTreeMap<(i64, &str), i32> = BTreeMap::new();
-    let mut sold: BTreeMap<i64, (i32, time::OffsetDateTime)> = BTreeMap::new();
-    for p in &winners {
-        *held
-            .entry((p.order.sale_id.0, p.order.user_id.as_str()))
-            .or_default() += p.order.quantity as i32;
-        let s = sold
-            .entry(p.order.sale_id.0)
-            .or_insert((0, p.order.created_at));
-        s.0 += p.order.quantity as i32;
-        s.1 = s.1.max(p.order.created_at);
-    }
-    let b_sales: Vec<i64> = held.keys().map(|(s, _)| *s).collect();
-    let b_users: Vec<&str> = held.keys().map(|(_, u)| *u).collect();
-    let b_held: Vec<i32> = held.values().copied().collect();
-    let b_limits: Vec<i32> = b_sales
-        .iter()
-        .map(|s| sales.get(s).map_or(0, |x| x.1))
-        .collect();
-    tx.execute(
-        "INSERT INTO buyers AS b (sale_id, user_id, held, per_user_limit)
-         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int4[], $4::int4[])
-         ON CONFLICT (sale_id, user_id) DO UPDATE SET held = b.held + excluded.held",
-        &[&b_sales, &b_users, &b_held, &b_limits],
-    )
-    .await?;
-    let s_ids: Vec<i64> = sold.keys().copied().collect();
-    let s_units: Vec<i32> = sold.values().map(|v| v.0).collect();
-    let s_last: Vec<time::OffsetDateTime> = sold.values().map(|v| v.1).collect();
-    tx.execute(
-        "UPDATE sales SET sold = sales.sold + d.n,
-             sold_out_at = CASE WHEN sales.sold + d.n = sales.stock
-                                THEN COALESCE(sales.sold_out_at, d.last) ELSE sales.sold_out_at END
-         FROM UNNEST($1::int8[], $2::int4[], $3::timestamptz[]) AS d(id, n, last)
-         WHERE sales.id = d.id",
-        &[&s_ids, &s_units, &s_last],
-    )
-    .await?;
     tx.commit().await?;
     Ok(won)
 }

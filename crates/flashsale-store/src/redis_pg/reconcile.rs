@@ -214,8 +214,11 @@ async fn read_for_rebuild(
         Err(e) => return Ok(Err(e)),
     };
     let tx = client.transaction().await?;
-    // Bumping the epoch takes the sale's row lock: commits in flight finish first, and any
-    // later commit of an order admitted under the old epoch is refused.
+    // FOR UPDATE conflicts with the FOR KEY SHARE every group commit takes first: commits in
+    // flight finish before the epoch moves, and any later commit of an order admitted under
+    // the old epoch is refused.
+    tx.execute("SELECT 1 FROM sales WHERE id = $1 FOR UPDATE", &[&id.0])
+        .await?;
     let row = tx
         .query_one(
             "UPDATE sales SET epoch = epoch + 1 WHERE id = $1 RETURNING epoch, sold, sold_out_at",

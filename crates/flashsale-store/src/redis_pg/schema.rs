@@ -27,6 +27,9 @@ pub(crate) async fn migrate(
     schema: &str,
 ) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
+    // The session's timeouts are sized for purchases, not for schema changes.
+    tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+        .await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     tx.batch_execute(&format!(
