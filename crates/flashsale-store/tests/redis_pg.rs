@@ -466,6 +466,44 @@ async fn three_instances_sell_exactly_100_units_to_3000_buyers() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_buyers_concurrent_attempts_across_instances_never_exceed_the_limit() {
+    let cfg = isolated(&support::redis_url(), &support::database_url());
+    let _cleanup = Cleanup { cfg: cfg.clone() };
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(Arc::new(connect(&cfg).await));
+    }
+    let sale = instances[0].create_sale(active(1000, 3)).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        let store = Arc::clone(&instances[i % 3]);
+        tasks.push(tokio::spawn(async move {
+            buy(&*store, sale.id, &format!("buyer-{}", i % 20)).await
+        }));
+    }
+    let mut confirmed = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(PurchaseOutcome::Confirmed(order)) => confirmed.push(order.order_id),
+            Ok(PurchaseOutcome::Rejected {
+                rejection: Rejection::AlreadyPurchased,
+                ..
+            }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        confirmed.len(),
+        60,
+        "each of the 20 buyers gets exactly their 3 units"
+    );
+    assert_invariants(&cfg, sale.id, &confirmed).await;
+    for store in &instances {
+        store.shutdown().await;
+    }
+}
+
 /// Store-level throughput (no HTTP): 256 concurrent buyers, distinct ids, large stock, spread
 /// over one then two instances. Prints purchases/s; run with `--ignored --nocapture` (ideally
 /// `--release`).

@@ -16,8 +16,8 @@
 //! tells us whether an ambiguous commit in fact went through) and their stock handed back.
 //! If PostgreSQL cannot even be asked, the reservations are left to the reconciler.
 
-use super::Inner;
 use super::scripts::Settle;
+use super::{Inner, pg_error};
 use crate::StoreError;
 use crate::model::Order;
 use flashsale_core::{IdempotencyKey, SaleId};
@@ -259,17 +259,42 @@ pub(crate) async fn resolve(
         .collect())
 }
 
-/// One group-commit transaction; returns the order ids committed.
+/// One group-commit transaction; returns the order ids committed. A deadlock or
+/// serialisation failure (two groups holding the same buyer, rare) is retried once: the failed
+/// transaction was rolled back whole, so nothing of it can have landed.
 async fn commit(inner: &Inner, batch: &[PendingOrder]) -> Result<HashSet<Uuid>, StoreError> {
-    let mut client = inner.pg().await?;
-    let result = inner
-        .pg_call("commit orders", commit_tx(&mut client, batch))
-        .await;
-    if result.is_err() {
-        // The connection may be mid-transaction (timed out): never hand it to anyone else.
-        let _ = deadpool_postgres::Object::take(client);
+    let mut retried = false;
+    loop {
+        let mut client = inner.pg().await?;
+        match tokio::time::timeout(inner.cfg.pg_timeout, commit_tx(&mut client, batch)).await {
+            Ok(Ok(won)) => return Ok(won),
+            Ok(Err(e)) if !retried && retryable(&e) => retried = true,
+            Ok(Err(e)) => {
+                drop_connection(client);
+                return Err(StoreError::Unavailable(format!(
+                    "postgres commit orders: {}",
+                    pg_error(&e)
+                )));
+            }
+            Err(_) => {
+                drop_connection(client);
+                return Err(StoreError::Timeout("postgres commit orders".into()));
+            }
+        }
     }
-    result
+}
+
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
+/// A connection whose transaction failed or timed out may be mid-transaction: never hand it to
+/// anyone else.
+fn drop_connection(client: deadpool_postgres::Object) {
+    drop(deadpool_postgres::Object::take(client));
 }
 
 async fn commit_tx(
