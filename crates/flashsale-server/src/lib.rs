@@ -1,1 +1,20 @@
-//! placeholder
+//! The flashsale HTTP service as a library, so tests can start it in-process on port 0.
+//!
+//! - [`config`]: the one `Config` (flags and `FLASHSALE_*` environment variables).
+//! - [`startup`]: [`startup::Application`]: bind, open the store, seed the demo sale, serve,
+//!   shut down gracefully (stop accepting, drain, end live streams, flush the store).
+//! - [`telemetry`]: logging (`RUST_LOG`, a request id on every line).
+//! - [`http`]: the router and one module per resource; the contract is `docs/api.md`.
+//!
+//! Dependencies point inward: this crate uses `flashsale-store` (the `SaleStore` trait and its
+//! backends) and `flashsale-core` (the domain); neither knows about HTTP.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod http;
+pub mod startup;
+pub mod telemetry;
+
+pub use config::{Config, StoreKind};
+pub use startup::Application;

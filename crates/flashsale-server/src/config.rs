@@ -1,0 +1,143 @@
+//! The service's one configuration: every setting is a flag and an environment variable
+//! (shown by `--help`), with defaults in code so a bare `flashsale` runs. Tests build `Config`
+//! values directly (port 0, no environment).
+
+use clap::{ArgAction, Parser, ValueEnum};
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Which [`flashsale_store::SaleStore`] backend serves the sales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// Single node, no external service: memory + SQLite in the data directory.
+    Embedded,
+    /// Scale-out: Redis (admission) + PostgreSQL (durable orders); needs `REDIS_URL` and
+    /// `DATABASE_URL`.
+    Redis,
+}
+
+/// The service's configuration.
+#[derive(Clone, Parser)]
+#[command(name = "flashsale", version, about = "A flash-sale service")]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "FLASHSALE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory of the embedded store's database.
+    #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Bearer token for the admin API; a random one is generated and printed when unset.
+    #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Create a demo sale (starts 30 s after start, lasts 10 min, 100 units) when no sale exists.
+    #[arg(long, env = "FLASHSALE_DEMO_SALE", default_value_t = true, action = ArgAction::Set)]
+    pub demo_sale: bool,
+
+    /// Storage backend.
+    #[arg(long, env = "FLASHSALE_STORE", value_enum, default_value_t = StoreKind::Embedded)]
+    pub store: StoreKind,
+
+    /// Redis URL for `--store redis`.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// PostgreSQL URL for `--store redis`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl Config {
+    /// Defaults for tests and embedding: the given address and data directory, no demo sale,
+    /// the embedded store, and a fixed admin token.
+    pub fn for_tests(listen: SocketAddr, data_dir: PathBuf, admin_token: &str) -> Self {
+        Self {
+            listen,
+            data_dir,
+            admin_token: Some(admin_token.to_owned()),
+            demo_sale: false,
+            store: StoreKind::Embedded,
+            redis_url: None,
+            database_url: None,
+        }
+    }
+}
+
+/// Secrets (the admin token and the URLs, which may carry passwords) never reach the log.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn redacted(value: &Option<String>) -> &'static str {
+            match value {
+                Some(_) => "<redacted>",
+                None => "<unset>",
+            }
+        }
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("admin_token", &redacted(&self.admin_token))
+            .field("demo_sale", &self.demo_sale)
+            .field("store", &self.store)
+            .field("redis_url", &redacted(&self.redis_url))
+            .field("database_url", &redacted(&self.database_url))
+            .finish()
+    }
+}
+
+/// A fresh random admin token: 32 hex digits.
+///
+/// No RNG crate is needed: each `RandomState` holds SipHash keys seeded from the operating
+/// system's randomness, so hashing a counter (and the random part of a UUID v7) under four of
+/// them yields unpredictable bits.
+pub fn generate_admin_token() -> String {
+    let salt = uuid::Uuid::now_v7().as_u128();
+    (0u8..2)
+        .map(|i| format!("{:016x}", RandomState::new().hash_one((i, salt))))
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_names_its_environment_variable_in_help() {
+        let help = Config::command().render_long_help().to_string();
+        for env in [
+            "FLASHSALE_LISTEN",
+            "FLASHSALE_DATA_DIR",
+            "FLASHSALE_ADMIN_TOKEN",
+            "FLASHSALE_DEMO_SALE",
+            "FLASHSALE_STORE",
+            "REDIS_URL",
+            "DATABASE_URL",
+        ] {
+            assert!(help.contains(env), "{env} missing from --help");
+        }
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let mut config =
+            Config::for_tests("127.0.0.1:0".parse().unwrap(), PathBuf::from("d"), "s3cret");
+        config.database_url = Some("postgres://u:pw@h/db".into());
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("pw@"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn generated_tokens_are_long_and_distinct() {
+        let (a, b) = (generate_admin_token(), generate_admin_token());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+}

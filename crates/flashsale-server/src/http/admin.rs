@@ -1,0 +1,178 @@
+//! Operators: `POST /api/admin/sales` (create) and `GET /api/admin/sales/{sale_id}/summary`.
+//! Both need the admin bearer token ([`AdminAuth`]), checked before anything else.
+
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::{AdminAuth, SalePath, json_body, parse_object};
+use crate::http::sales::{EndedReason, SaleBody, StateName};
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use flashsale_core::NewSale;
+use flashsale_store::RejectionCounts;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use utoipa::ToSchema;
+
+/// The body of `POST /api/admin/sales`.
+#[derive(Deserialize, ToSchema)]
+pub struct CreateSaleRequest {
+    /// What is on sale (1-200 characters).
+    name: String,
+    /// Start, RFC 3339.
+    starts_at: String,
+    /// End, RFC 3339, strictly after the start.
+    ends_at: String,
+    /// Units on sale (1..=1,000,000,000).
+    stock: i64,
+    /// Units one buyer may hold (1..=1,000, default 1).
+    #[serde(default)]
+    per_user_limit: Option<i64>,
+}
+
+/// Rejections by reason.
+#[derive(Serialize, ToSchema)]
+pub struct RejectionsBody {
+    /// `sale_not_active` answers.
+    pub sale_not_active: u64,
+    /// `sold_out` answers.
+    pub sold_out: u64,
+    /// `already_purchased` answers.
+    pub already_purchased: u64,
+    /// `limit_exceeded` answers.
+    pub limit_exceeded: u64,
+    /// `insufficient_stock` answers.
+    pub insufficient_stock: u64,
+    /// `unavailable` answers.
+    pub unavailable: u64,
+}
+
+impl From<RejectionCounts> for RejectionsBody {
+    fn from(c: RejectionCounts) -> Self {
+        Self {
+            sale_not_active: c.sale_not_active,
+            sold_out: c.sold_out,
+            already_purchased: c.already_purchased,
+            limit_exceeded: c.limit_exceeded,
+            insufficient_stock: c.insufficient_stock,
+            unavailable: c.unavailable,
+        }
+    }
+}
+
+/// The operator's summary of a sale.
+#[derive(Serialize, ToSchema)]
+pub struct SummaryBody {
+    /// The sale's id.
+    pub sale_id: i64,
+    /// What is on sale.
+    pub name: String,
+    /// The state at `server_time`.
+    pub state: StateName,
+    /// Why it ended, when ended.
+    pub ended_reason: Option<EndedReason>,
+    /// Units on sale.
+    pub stock_total: u32,
+    /// Units not yet taken.
+    pub stock_remaining: u32,
+    /// Attempts decided (replays excluded).
+    pub attempts: u64,
+    /// Orders committed.
+    pub confirmed_orders: u64,
+    /// Units committed.
+    pub confirmed_units: u64,
+    /// Rejections by reason.
+    pub rejections: RejectionsBody,
+    /// When the last unit was taken.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub sold_out_at: Option<OffsetDateTime>,
+    /// The store's clock.
+    #[serde(with = "time::serde::rfc3339")]
+    pub server_time: OffsetDateTime,
+}
+
+/// Creates a sale.
+#[utoipa::path(
+    post,
+    path = "/api/admin/sales",
+    tag = "admin",
+    security(("admin_token" = [])),
+    request_body = CreateSaleRequest,
+    responses(
+        (status = 201, description = "The new sale", body = SaleBody),
+        (status = 400, description = "`invalid_request`", body = crate::http::openapi::ErrorDoc),
+        (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorDoc),
+        (status = 413, description = "`payload_too_large`", body = crate::http::openapi::ErrorDoc),
+        (status = 415, description = "`unsupported_media_type`", body = crate::http::openapi::ErrorDoc),
+        (status = 503, description = "`unavailable`", body = crate::http::openapi::ErrorDoc),
+    )
+)]
+pub async fn create_sale(
+    State(app): State<AppState>,
+    _: AdminAuth,
+    request: Request,
+) -> Result<(StatusCode, Json<SaleBody>), ApiError> {
+    let body = json_body(request).await?;
+    let raw: CreateSaleRequest = parse_object(&body)?;
+    let new = NewSale::parse(
+        &raw.name,
+        instant("starts_at", &raw.starts_at)?,
+        instant("ends_at", &raw.ends_at)?,
+        raw.stock,
+        raw.per_user_limit.unwrap_or(1),
+    )?;
+    let sale = app.store.create_sale(new).await?;
+    let status = app.store.status(sale.id).await?.ok_or_else(|| {
+        ApiError::Internal(format!("sale {} vanished right after creation", sale.id))
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SaleBody::new(&status, app.store.now())),
+    ))
+}
+
+fn instant(field: &str, raw: &str) -> Result<OffsetDateTime, ApiError> {
+    OffsetDateTime::parse(raw, &Rfc3339).map_err(|_| {
+        ApiError::InvalidRequest(
+            format!("{field} must be an RFC 3339 instant such as 2026-11-22T12:00:00Z").into(),
+        )
+    })
+}
+
+/// A sale's counters for operators.
+#[utoipa::path(
+    get,
+    path = "/api/admin/sales/{sale_id}/summary",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("sale_id" = i64, Path, description = "The sale's id")),
+    responses(
+        (status = 200, description = "The summary", body = SummaryBody),
+        (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorDoc),
+        (status = 404, description = "`sale_not_found`", body = crate::http::openapi::ErrorDoc),
+        (status = 503, description = "`unavailable`", body = crate::http::openapi::ErrorDoc),
+    )
+)]
+pub async fn get_summary(
+    State(app): State<AppState>,
+    _: AdminAuth,
+    SalePath(id): SalePath,
+) -> Result<Json<SummaryBody>, ApiError> {
+    let summary = app.store.summary(id).await?.ok_or(ApiError::SaleNotFound)?;
+    let status = SaleBody::new(&summary.status, app.store.now());
+    Ok(Json(SummaryBody {
+        sale_id: status.sale_id,
+        name: status.name,
+        state: status.state,
+        ended_reason: status.ended_reason,
+        stock_total: status.stock_total,
+        stock_remaining: status.stock_remaining,
+        attempts: summary.attempts,
+        confirmed_orders: summary.confirmed_orders,
+        confirmed_units: summary.confirmed_units,
+        rejections: summary.rejections.into(),
+        sold_out_at: status.sold_out_at,
+        server_time: status.server_time,
+    }))
+}

@@ -1,0 +1,310 @@
+//! The one error type of the HTTP layer. Every non-2xx answer is an [`ApiError`]; each variant
+//! documents its status and stable `code`. Bodies are JSON `{"code", "message"}` plus the extra
+//! fields of docs/api.md. Bodies without variable parts are built at compile time, since the
+//! commonest answers under load (`sold_out`) are among them. 5xx bodies are generic; the cause
+//! is logged once, here, inside the request's span.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use flashsale_core::{NotActiveReason, ValidationError};
+use flashsale_store::{Order, StoreError};
+use serde::Serialize;
+use std::borrow::Cow;
+
+/// How long a client should wait before retrying a 503, in seconds.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// An answer other than success.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400 `invalid_request`: malformed body, bad field, bad header.
+    InvalidRequest(Cow<'static, str>),
+    /// 401 `unauthorized`: missing or wrong admin token.
+    Unauthorized,
+    /// 404 `sale_not_found`: no such sale (or a sale id that is not a positive integer).
+    SaleNotFound,
+    /// 404 `order_not_found`: the buyer has no order in this sale.
+    OrderNotFound,
+    /// 404 `not_found`: no such route.
+    NotFound,
+    /// 405 `method_not_allowed`: the route exists, the method does not.
+    MethodNotAllowed,
+    /// 409 `already_purchased`: the buyer holds the per-user limit; carries their orders.
+    AlreadyPurchased(Vec<Order>),
+    /// 409 `limit_exceeded`: the quantity would take the buyer over the limit.
+    LimitExceeded {
+        /// Units the buyer may still take.
+        allowed: u32,
+        /// The buyer's orders.
+        orders: Vec<Order>,
+    },
+    /// 409 `sold_out`: the sale was active but no stock is left.
+    SoldOut,
+    /// 409 `insufficient_stock`: fewer units are left than asked for.
+    InsufficientStock {
+        /// Units left.
+        stock_remaining: u32,
+    },
+    /// 409 `sale_not_active`: the sale is upcoming or ended by time.
+    SaleNotActive(NotActiveReason),
+    /// 413 `payload_too_large`: body over the limit.
+    PayloadTooLarge,
+    /// 415 `unsupported_media_type`: `content-type` is not `application/json`.
+    UnsupportedMediaType,
+    /// 422 `idempotency_key_reused`: the key was first used with another user or quantity.
+    IdempotencyKeyReused,
+    /// 503 `overloaded`: shed before any work; `Retry-After` set.
+    Overloaded,
+    /// 503 `unavailable` (a dependency is down or shutting down) or 500 `internal` (a bug);
+    /// nothing was taken.
+    Store(StoreError),
+    /// 500 `internal`: a bug in this process (e.g. a panic caught by the middleware).
+    Internal(String),
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::InvalidRequest(Cow::Owned(e.to_string()))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Store(e)
+    }
+}
+
+/// `{"code": "...", "message": "..."}` as a compile-time string.
+macro_rules! fixed_body {
+    ($code:literal, $message:literal) => {
+        concat!(r#"{"code":""#, $code, r#"","message":""#, $message, r#""}"#)
+    };
+}
+
+const UNAUTHORIZED: &str = fixed_body!("unauthorized", "a valid admin bearer token is required");
+const SALE_NOT_FOUND: &str = fixed_body!("sale_not_found", "there is no such sale");
+const ORDER_NOT_FOUND: &str =
+    fixed_body!("order_not_found", "this buyer has no order in this sale");
+const NOT_FOUND: &str = fixed_body!("not_found", "there is nothing at this address");
+const METHOD_NOT_ALLOWED: &str = fixed_body!(
+    "method_not_allowed",
+    "this method is not allowed on this address"
+);
+const SOLD_OUT: &str = fixed_body!("sold_out", "the sale is sold out");
+const NOT_ACTIVE_UPCOMING: &str =
+    r#"{"code":"sale_not_active","message":"the sale has not started yet","state":"upcoming"}"#;
+const NOT_ACTIVE_ENDED: &str =
+    r#"{"code":"sale_not_active","message":"the sale has ended","state":"ended"}"#;
+const PAYLOAD_TOO_LARGE: &str =
+    fixed_body!("payload_too_large", "the request body is over 4096 bytes");
+const UNSUPPORTED_MEDIA_TYPE: &str = fixed_body!(
+    "unsupported_media_type",
+    "content-type must be application/json"
+);
+const IDEMPOTENCY_KEY_REUSED: &str = fixed_body!(
+    "idempotency_key_reused",
+    "this Idempotency-Key was used before with another user_id or quantity"
+);
+const OVERLOADED: &str = fixed_body!("overloaded", "too many requests right now; retry shortly");
+const UNAVAILABLE: &str = fixed_body!(
+    "unavailable",
+    "the service cannot take this request now; nothing was taken; retry shortly"
+);
+const INTERNAL: &str = fixed_body!("internal", "an internal error occurred");
+
+/// The shape of an error body with variable parts.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order: Option<&'a Order>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    orders: Option<&'a [Order]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allowed: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stock_remaining: Option<u32>,
+}
+
+impl<'a> ErrorBody<'a> {
+    fn new(code: &'static str, message: &'a str) -> Self {
+        Self {
+            code,
+            message,
+            order: None,
+            orders: None,
+            allowed: None,
+            stock_remaining: None,
+        }
+    }
+}
+
+impl ApiError {
+    /// The stable wire code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::SaleNotFound => "sale_not_found",
+            ApiError::OrderNotFound => "order_not_found",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::AlreadyPurchased(_) => "already_purchased",
+            ApiError::LimitExceeded { .. } => "limit_exceeded",
+            ApiError::SoldOut => "sold_out",
+            ApiError::InsufficientStock { .. } => "insufficient_stock",
+            ApiError::SaleNotActive(_) => "sale_not_active",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::Overloaded => "overloaded",
+            ApiError::Store(StoreError::Internal(_)) | ApiError::Internal(_) => "internal",
+            ApiError::Store(_) => "unavailable",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::SaleNotFound | ApiError::OrderNotFound | ApiError::NotFound => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::AlreadyPurchased(_)
+            | ApiError::LimitExceeded { .. }
+            | ApiError::SoldOut
+            | ApiError::InsufficientStock { .. }
+            | ApiError::SaleNotActive(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Store(StoreError::Internal(_)) | ApiError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn body(&self) -> Bytes {
+        let fixed = match self {
+            ApiError::Unauthorized => UNAUTHORIZED,
+            ApiError::SaleNotFound => SALE_NOT_FOUND,
+            ApiError::OrderNotFound => ORDER_NOT_FOUND,
+            ApiError::NotFound => NOT_FOUND,
+            ApiError::MethodNotAllowed => METHOD_NOT_ALLOWED,
+            ApiError::SoldOut => SOLD_OUT,
+            ApiError::SaleNotActive(NotActiveReason::Upcoming) => NOT_ACTIVE_UPCOMING,
+            ApiError::SaleNotActive(NotActiveReason::Ended) => NOT_ACTIVE_ENDED,
+            ApiError::PayloadTooLarge => PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => UNSUPPORTED_MEDIA_TYPE,
+            ApiError::IdempotencyKeyReused => IDEMPOTENCY_KEY_REUSED,
+            ApiError::Overloaded => OVERLOADED,
+            ApiError::Store(StoreError::Internal(_)) | ApiError::Internal(_) => INTERNAL,
+            ApiError::Store(_) => UNAVAILABLE,
+            ApiError::InvalidRequest(message) => {
+                return to_bytes(&ErrorBody::new("invalid_request", message));
+            }
+            ApiError::AlreadyPurchased(orders) => {
+                return to_bytes(&ErrorBody {
+                    order: orders.first(),
+                    orders: Some(orders),
+                    ..ErrorBody::new(
+                        "already_purchased",
+                        "this buyer already holds the per-user limit",
+                    )
+                });
+            }
+            ApiError::LimitExceeded { allowed, orders } => {
+                return to_bytes(&ErrorBody {
+                    allowed: Some(*allowed),
+                    orders: Some(orders),
+                    ..ErrorBody::new(
+                        "limit_exceeded",
+                        "this quantity would take the buyer over the per-user limit",
+                    )
+                });
+            }
+            ApiError::InsufficientStock { stock_remaining } => {
+                return to_bytes(&ErrorBody {
+                    stock_remaining: Some(*stock_remaining),
+                    ..ErrorBody::new(
+                        "insufficient_stock",
+                        "fewer units are left than the quantity asked for",
+                    )
+                });
+            }
+        };
+        Bytes::from_static(fixed.as_bytes())
+    }
+}
+
+fn to_bytes<T: Serialize>(value: &T) -> Bytes {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => Bytes::from(bytes),
+        // Serialising these plain structs cannot fail; answer generically if it ever does.
+        Err(_) => Bytes::from_static(INTERNAL.as_bytes()),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Store(StoreError::Internal(cause)) | ApiError::Internal(cause) => {
+                tracing::error!(error = %cause, "internal error");
+            }
+            ApiError::Store(cause) => tracing::warn!(error = %cause, "store unavailable"),
+            _ => {}
+        }
+        let mut response = (status, self.body()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_bodies_are_json_with_their_code() {
+        let all = [
+            ApiError::Unauthorized,
+            ApiError::SaleNotFound,
+            ApiError::OrderNotFound,
+            ApiError::NotFound,
+            ApiError::MethodNotAllowed,
+            ApiError::SoldOut,
+            ApiError::SaleNotActive(NotActiveReason::Upcoming),
+            ApiError::SaleNotActive(NotActiveReason::Ended),
+            ApiError::PayloadTooLarge,
+            ApiError::UnsupportedMediaType,
+            ApiError::IdempotencyKeyReused,
+            ApiError::Overloaded,
+            ApiError::Store(StoreError::ShuttingDown),
+            ApiError::Store(StoreError::Internal("x".into())),
+            ApiError::InvalidRequest("bad \"quote\"".into()),
+        ];
+        for e in all {
+            let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+            assert_eq!(v["code"], e.code());
+            assert!(v["message"].is_string());
+        }
+    }
+}

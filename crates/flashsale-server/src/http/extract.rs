@@ -1,0 +1,158 @@
+//! Our own extractors, so that every refusal is an [`ApiError`] in JSON (never axum's text):
+//! path ids, the admin bearer token, and JSON bodies (size limit, content type).
+
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use axum::extract::{FromRequestParts, RawPathParams, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use bytes::{Bytes, BytesMut};
+use flashsale_core::{SaleId, UserId};
+use futures_util::StreamExt;
+use std::borrow::Cow;
+
+/// The largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 4096;
+
+/// The `{sale_id}` path segment. Anything but a positive integer is 404 `sale_not_found`.
+pub struct SalePath(pub SaleId);
+
+impl<S: Send + Sync> FromRequestParts<S> for SalePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::SaleNotFound)?;
+        sale_id(&params).map(SalePath)
+    }
+}
+
+/// The `{sale_id}` and `{user_id}` path segments; the user id is trimmed and validated.
+pub struct BuyerPath(pub SaleId, pub UserId);
+
+impl<S: Send + Sync> FromRequestParts<S> for BuyerPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::InvalidRequest("the path is not valid UTF-8".into()))?;
+        let sale = sale_id(&params)?;
+        let raw = params
+            .iter()
+            .find(|(name, _)| *name == "user_id")
+            .map_or("", |(_, value)| value);
+        Ok(BuyerPath(sale, UserId::parse(raw)?))
+    }
+}
+
+fn sale_id(params: &RawPathParams) -> Result<SaleId, ApiError> {
+    params
+        .iter()
+        .find(|(name, _)| *name == "sale_id")
+        .and_then(|(_, value)| SaleId::parse(value))
+        .ok_or(ApiError::SaleNotFound)
+}
+
+/// Proof that the request carried the admin bearer token.
+pub struct AdminAuth;
+
+impl FromRequestParts<AppState> for AdminAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .ok_or(ApiError::Unauthorized)?;
+        if constant_time_eq(presented, &state.admin_token) {
+            Ok(AdminAuth)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken does not reveal how
+/// much of a guessed token was right. (The length is not secret.)
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads a JSON request body: 415 unless `content-type` is `application/json`, 413 over
+/// [`MAX_BODY_BYTES`]. Usually the body is one chunk, returned without copying.
+pub async fn json_body(request: Request) -> Result<Bytes, ApiError> {
+    let headers = request.headers();
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let mut stream = request.into_body().into_data_stream();
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| body_unreadable())?;
+        let len = first.as_ref().map_or(0, Bytes::len)
+            + joined.as_ref().map_or(0, BytesMut::len)
+            + chunk.len();
+        if len > MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        match (&mut joined, first.take()) {
+            (Some(buf), _) => buf.extend_from_slice(&chunk),
+            (None, None) => first = Some(chunk),
+            (None, Some(head)) => {
+                let mut buf = BytesMut::with_capacity(len);
+                buf.extend_from_slice(&head);
+                buf.extend_from_slice(&chunk);
+                joined = Some(buf);
+            }
+        }
+    }
+    Ok(joined.map(BytesMut::freeze).or(first).unwrap_or_default())
+}
+
+fn body_unreadable() -> ApiError {
+    ApiError::InvalidRequest(Cow::Borrowed("the request body could not be read"))
+}
+
+/// Parses a JSON object body; anything else (malformed, missing or wrong-typed fields, an
+/// array, which serde would otherwise accept for a struct) is a 400 naming what was wrong.
+pub fn parse_object<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::InvalidRequest(Cow::Borrowed(
+            "the body must be a JSON object",
+        )));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidRequest(Cow::Owned(format!("invalid JSON body: {e}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_whole_slices() {
+        assert!(constant_time_eq(b"token", b"token"));
+        assert!(!constant_time_eq(b"token", b"tokem"));
+        assert!(!constant_time_eq(b"token", b"token2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

@@ -1,0 +1,195 @@
+//! `/metrics` (Prometheus text) and the middleware that measures every route.
+//!
+//! Each application owns its own recorder (no global), so tests running several apps in one
+//! process see their own figures. Every handle is registered once at startup: measuring a
+//! request is a map lookup by the matched route and two atomic updates, with no allocation.
+//!
+//! - `http_requests_total{route, status}`, `http_request_duration_seconds{route}` (histogram);
+//! - `flashsale_purchases_total{code}`: purchase answers by outcome code.
+
+use crate::http::AppState;
+use crate::http::routes;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics::{Counter, Histogram, Key, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Histogram buckets for request latency, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Statuses given their own series; anything else counts as `other`.
+const STATUSES: &[(StatusCode, &str)] = &[
+    (StatusCode::OK, "200"),
+    (StatusCode::CREATED, "201"),
+    (StatusCode::BAD_REQUEST, "400"),
+    (StatusCode::UNAUTHORIZED, "401"),
+    (StatusCode::NOT_FOUND, "404"),
+    (StatusCode::CONFLICT, "409"),
+    (StatusCode::PAYLOAD_TOO_LARGE, "413"),
+    (StatusCode::UNSUPPORTED_MEDIA_TYPE, "415"),
+    (StatusCode::UNPROCESSABLE_ENTITY, "422"),
+    (StatusCode::TOO_MANY_REQUESTS, "429"),
+    (StatusCode::INTERNAL_SERVER_ERROR, "500"),
+    (StatusCode::SERVICE_UNAVAILABLE, "503"),
+];
+
+/// Every purchase answer code.
+const PURCHASE_CODES: &[&str] = &[
+    "confirmed",
+    "already_purchased",
+    "limit_exceeded",
+    "sold_out",
+    "insufficient_stock",
+    "sale_not_active",
+    "invalid_request",
+    "sale_not_found",
+    "payload_too_large",
+    "unsupported_media_type",
+    "idempotency_key_reused",
+    "rate_limited",
+    "overloaded",
+    "unavailable",
+    "internal",
+];
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// One route's handles.
+struct RouteMetrics {
+    latency: Histogram,
+    by_status: Vec<Counter>,
+    other: Counter,
+}
+
+/// Purchase answers by code.
+pub struct PurchaseMetrics {
+    by_code: Vec<(&'static str, Counter)>,
+}
+
+impl PurchaseMetrics {
+    /// Counts one answer with `code`.
+    pub fn record(&self, code: &str) {
+        if let Some((_, counter)) = self.by_code.iter().find(|(c, _)| *c == code) {
+            counter.increment(1);
+        }
+    }
+}
+
+/// The application's metrics: the exporter handle and every pre-registered series.
+pub struct Metrics {
+    handle: PrometheusHandle,
+    routes: HashMap<&'static str, RouteMetrics>,
+    /// Purchase answers by code.
+    pub purchases: PurchaseMetrics,
+}
+
+impl Metrics {
+    /// Builds a recorder with explicit buckets and registers every series.
+    pub fn new() -> Result<Self, BuildError> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)?
+            .build_recorder();
+        recorder.describe_counter(
+            "http_requests_total".into(),
+            None,
+            "HTTP requests by route and status".into(),
+        );
+        recorder.describe_histogram(
+            "http_request_duration_seconds".into(),
+            Some(Unit::Seconds),
+            "Time to answer, by route".into(),
+        );
+        recorder.describe_counter(
+            "flashsale_purchases_total".into(),
+            None,
+            "Purchase answers by outcome code".into(),
+        );
+        let routes = routes::ALL
+            .iter()
+            .map(|&route| {
+                let counter = |status: &'static str| {
+                    let labels = vec![Label::new("route", route), Label::new("status", status)];
+                    recorder.register_counter(
+                        &Key::from_parts("http_requests_total", labels),
+                        &METADATA,
+                    )
+                };
+                let metrics = RouteMetrics {
+                    latency: recorder.register_histogram(
+                        &Key::from_parts(
+                            "http_request_duration_seconds",
+                            vec![Label::new("route", route)],
+                        ),
+                        &METADATA,
+                    ),
+                    by_status: STATUSES.iter().map(|(_, s)| counter(s)).collect(),
+                    other: counter("other"),
+                };
+                (route, metrics)
+            })
+            .collect();
+        let by_code = PURCHASE_CODES
+            .iter()
+            .map(|&code| {
+                let key =
+                    Key::from_parts("flashsale_purchases_total", vec![Label::new("code", code)]);
+                (code, recorder.register_counter(&key, &METADATA))
+            })
+            .collect();
+        Ok(Self {
+            handle: recorder.handle(),
+            routes,
+            purchases: PurchaseMetrics { by_code },
+        })
+    }
+
+    /// Drains histogram samples into their buckets; run periodically.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    fn record(&self, route: &str, status: StatusCode, started: Instant) {
+        if let Some(m) = self.routes.get(route) {
+            m.latency.record(started.elapsed().as_secs_f64());
+            let counter = STATUSES
+                .iter()
+                .position(|(s, _)| *s == status)
+                .map_or(&m.other, |i| &m.by_status[i]);
+            counter.increment(1);
+        }
+    }
+}
+
+/// Middleware (on routes only, so the matched route is known): counts and times each request.
+pub async fn track(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    // A clone of the matched path is a reference-count increment, not a copy.
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let response = next.run(request).await;
+    if let Some(route) = route {
+        app.metrics
+            .record(route.as_str(), response.status(), started);
+    }
+    response
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn get_metrics(State(app): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.handle.render(),
+    )
+        .into_response()
+}

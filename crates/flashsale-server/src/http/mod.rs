@@ -1,0 +1,199 @@
+//! The HTTP layer: the router, shared state, and one module per resource. The contract is
+//! `docs/api.md`; `GET /api/openapi.json` is generated from the annotations here.
+//!
+//! Every answer a client can get is JSON (except `/metrics`, `/` and the event stream): axum's
+//! own text rejections never escape, because bodies and path parameters are read by our own
+//! extractors ([`extract`]) and the fallbacks answer `not_found` / `method_not_allowed`.
+
+pub mod admin;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod health;
+pub mod metrics;
+pub mod openapi;
+pub mod orders;
+pub mod page;
+pub mod sales;
+
+use crate::http::error::ApiError;
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, Request};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use flashsale_store::SaleStore;
+use std::any::Any;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::Semaphore;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+
+/// Route paths, shared by the router and the per-route metrics.
+pub mod routes {
+    /// The featured sale.
+    pub const FEATURED_SALE: &str = "/api/sale";
+    /// One sale.
+    pub const SALE: &str = "/api/sales/{sale_id}";
+    /// Buying.
+    pub const ORDERS: &str = "/api/sales/{sale_id}/orders";
+    /// One buyer's orders.
+    pub const BUYER_ORDERS: &str = "/api/sales/{sale_id}/orders/{user_id}";
+    /// Live updates.
+    pub const EVENTS: &str = "/api/sales/{sale_id}/events";
+    /// Creating a sale.
+    pub const ADMIN_SALES: &str = "/api/admin/sales";
+    /// A sale's summary.
+    pub const ADMIN_SUMMARY: &str = "/api/admin/sales/{sale_id}/summary";
+    /// Liveness.
+    pub const HEALTHZ: &str = "/healthz";
+    /// Readiness.
+    pub const READYZ: &str = "/readyz";
+    /// Prometheus metrics.
+    pub const METRICS: &str = "/metrics";
+    /// The OpenAPI document.
+    pub const OPENAPI: &str = "/api/openapi.json";
+    /// The web page.
+    pub const PAGE: &str = "/";
+    /// Every route, for metrics.
+    pub const ALL: &[&str] = &[
+        FEATURED_SALE,
+        SALE,
+        ORDERS,
+        BUYER_ORDERS,
+        EVENTS,
+        ADMIN_SALES,
+        ADMIN_SUMMARY,
+        HEALTHZ,
+        READYZ,
+        METRICS,
+        OPENAPI,
+        PAGE,
+    ];
+}
+
+/// Purchases in flight beyond this are shed with 503 `overloaded` instead of queueing without
+/// bound (NF-5). Far above the 2,000 simultaneous buyers of the stress tests.
+pub const MAX_PURCHASES_IN_FLIGHT: usize = 16_384;
+
+/// What every handler shares. One `Arc`, so cloning the state per request is one increment.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+/// The shared parts of [`AppState`].
+pub struct Shared {
+    /// The backend chosen at startup.
+    pub store: Arc<dyn SaleStore>,
+    /// The admin bearer token's bytes.
+    pub admin_token: Box<[u8]>,
+    /// Pre-registered metric handles and the exporter.
+    pub metrics: metrics::Metrics,
+    /// Per-sale live-update broadcasters.
+    pub events: events::Broadcasts,
+    /// The OpenAPI document, serialised once.
+    pub openapi: Bytes,
+    /// Slots for purchases in flight.
+    pub purchase_slots: Semaphore,
+}
+
+impl AppState {
+    /// Wraps the shared parts.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// Builds the router with every route, the JSON fallbacks and the middleware stack.
+pub fn router(state: AppState) -> Router {
+    let x_request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route(routes::FEATURED_SALE, get(sales::get_featured_sale))
+        .route(routes::SALE, get(sales::get_sale))
+        .route(routes::ORDERS, post(orders::create_order))
+        .route(routes::BUYER_ORDERS, get(orders::get_orders))
+        .route(routes::EVENTS, get(events::get_events))
+        .route(routes::ADMIN_SALES, post(admin::create_sale))
+        .route(routes::ADMIN_SUMMARY, get(admin::get_summary))
+        .route(routes::HEALTHZ, get(health::healthz))
+        .route(routes::READYZ, get(health::readyz))
+        .route(routes::METRICS, get(metrics::get_metrics))
+        .route(routes::OPENAPI, get(openapi::get_openapi))
+        .route(routes::PAGE, get(page::get_page))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(
+                    x_request_id.clone(),
+                    NextRequestId::default(),
+                ))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(|request: &Request<_>| {
+                            let id = request
+                                .headers()
+                                .get("x-request-id")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-");
+                            tracing::info_span!(
+                                "request",
+                                id,
+                                method = %request.method(),
+                                path = %request.uri().path(),
+                            )
+                        })
+                        // 5xx are logged once, with their cause, by `ApiError`.
+                        .on_failure(()),
+                )
+                .layer(PropagateRequestIdLayer::new(x_request_id))
+                .layer(CatchPanicLayer::custom(panic_response)),
+        )
+        .with_state(state)
+}
+
+/// 404 `not_found` for unknown routes.
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// 405 `method_not_allowed` for known routes with another method.
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    ApiError::Internal(format!("handler panicked: {detail}")).into_response()
+}
+
+/// Request ids from a process-wide counter: unique per process, cheap, and easy to grep.
+#[derive(Clone, Default)]
+struct NextRequestId(Arc<AtomicU64>);
+
+impl MakeRequestId for NextRequestId {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+        Some(RequestId::new(HeaderValue::from(n)))
+    }
+}

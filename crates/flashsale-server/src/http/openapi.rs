@@ -1,0 +1,171 @@
+//! `GET /api/openapi.json`: the OpenAPI 3.1 document, generated from the handlers' and bodies'
+//! annotations and serialised once at startup. Request bodies that the handlers parse by
+//! borrowing (for speed) are described by the `*Doc` types here.
+
+use crate::http::AppState;
+use crate::http::{admin, events, health, metrics, orders, sales};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use time::OffsetDateTime;
+use utoipa::openapi::path::OperationBuilder;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, HttpMethod, PathItem, ResponseBuilder};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// Every error body: a stable `code` and a `message`, plus fields depending on the code.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDoc {
+    /// The stable code (e.g. `sold_out`).
+    code: String,
+    /// For people.
+    message: String,
+    /// `already_purchased`: the buyer's first order.
+    order: Option<OrderDoc>,
+    /// `already_purchased`, `limit_exceeded`: the buyer's orders.
+    orders: Option<Vec<OrderDoc>>,
+    /// `limit_exceeded`: units the buyer may still take.
+    allowed: Option<u32>,
+    /// `insufficient_stock`: units left.
+    stock_remaining: Option<u32>,
+    /// `sale_not_active`: `upcoming` or `ended`.
+    state: Option<String>,
+}
+
+/// A durable order.
+#[derive(ToSchema)]
+#[schema(as = Order)]
+#[allow(dead_code)]
+pub struct OrderDoc {
+    /// UUID v7.
+    order_id: uuid::Uuid,
+    /// The sale.
+    sale_id: i64,
+    /// The buyer (trimmed).
+    user_id: String,
+    /// Units.
+    quantity: u32,
+    /// When it was admitted.
+    created_at: OffsetDateTime,
+}
+
+/// The body of a purchase attempt.
+#[derive(ToSchema)]
+#[schema(as = OrderRequest)]
+#[allow(dead_code)]
+pub struct OrderRequestDoc {
+    /// The buyer's id: trimmed, 1-254 characters, no control characters.
+    user_id: String,
+    /// Units (default 1, at most the per-user limit).
+    quantity: Option<u32>,
+}
+
+/// The 201 body of a purchase.
+#[derive(ToSchema)]
+#[schema(as = Confirmed)]
+#[allow(dead_code)]
+pub struct ConfirmedDoc {
+    /// Always `confirmed`.
+    code: String,
+    /// The durable order.
+    order: OrderDoc,
+}
+
+/// A buyer's orders.
+#[derive(ToSchema)]
+#[schema(as = BuyerOrders)]
+#[allow(dead_code)]
+pub struct BuyerOrdersDoc {
+    /// The sale.
+    sale_id: i64,
+    /// The buyer (trimmed).
+    user_id: String,
+    /// Committed orders.
+    orders: Vec<OrderDoc>,
+}
+
+/// The API's description.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "flashsale", description = "A flash-sale service. Contract: docs/api.md."),
+    paths(
+        sales::get_featured_sale,
+        sales::get_sale,
+        orders::create_order,
+        orders::get_orders,
+        events::get_events,
+        admin::create_sale,
+        admin::get_summary,
+        health::healthz,
+        health::readyz,
+        metrics::get_metrics,
+        get_openapi,
+    ),
+    modifiers(&AdminToken, &WebPage),
+    tags(
+        (name = "sales", description = "Sale status and live updates"),
+        (name = "orders", description = "Buying"),
+        (name = "admin", description = "Operators (bearer token)"),
+        (name = "operations", description = "Probes, metrics, this document, the web page"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Declares the admin bearer token scheme.
+struct AdminToken;
+
+impl Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Declares `GET /`, whose handler lives with the page's assets.
+struct WebPage;
+
+impl Modify for WebPage {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let operation = OperationBuilder::new()
+            .tag("operations")
+            .summary(Some("The web page"))
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("The single web page")
+                    .content("text/html", ContentBuilder::new().build()),
+            )
+            .build();
+        openapi
+            .paths
+            .paths
+            .insert("/".to_owned(), PathItem::new(HttpMethod::Get, operation));
+    }
+}
+
+/// The document as JSON bytes.
+pub fn document() -> Bytes {
+    match ApiDoc::openapi().to_json() {
+        Ok(json) => Bytes::from(json),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialise the OpenAPI document");
+            Bytes::from_static(b"{}")
+        }
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
+pub async fn get_openapi(State(app): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        app.openapi.clone(),
+    )
+        .into_response()
+}

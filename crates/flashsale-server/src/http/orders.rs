@@ -1,0 +1,163 @@
+//! Buying (`POST /api/sales/{sale_id}/orders`) and "did I get one?"
+//! (`GET /api/sales/{sale_id}/orders/{user_id}`).
+//!
+//! `create_order` is the hot path: parse, one store call, map the outcome. No lock, no
+//! per-request setup beyond parsing: metric handles and the fixed rejection bodies are built
+//! once, and the body is borrowed from the request bytes where it has no escapes.
+
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::{BuyerPath, SalePath, json_body, parse_object};
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use flashsale_core::{IdempotencyKey, Quantity, Rejection, SaleId, UserId, sale};
+use flashsale_store::{Attempt, Order, PurchaseOutcome};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// The purchase request body as sent, before validation.
+#[derive(Deserialize)]
+struct RawOrder<'a> {
+    #[serde(borrow)]
+    user_id: Cow<'a, str>,
+    #[serde(default)]
+    quantity: Option<i64>,
+}
+
+/// The 201 body.
+#[derive(Serialize)]
+struct ConfirmedBody<'a> {
+    code: &'static str,
+    order: &'a Order,
+}
+
+/// The body of `GET /api/sales/{sale_id}/orders/{user_id}`.
+#[derive(Serialize)]
+struct BuyerOrdersBody<'a> {
+    sale_id: SaleId,
+    user_id: &'a UserId,
+    orders: &'a [Order],
+}
+
+/// Attempts to buy.
+#[utoipa::path(
+    post,
+    path = "/api/sales/{sale_id}/orders",
+    tag = "orders",
+    params(
+        ("sale_id" = i64, Path, description = "The sale's id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII; the same key with the same body replays the first answer"),
+    ),
+    request_body = crate::http::openapi::OrderRequestDoc,
+    responses(
+        (status = 201, description = "`confirmed`: the order is durable", body = crate::http::openapi::ConfirmedDoc),
+        (status = 400, description = "`invalid_request`", body = crate::http::openapi::ErrorDoc),
+        (status = 404, description = "`sale_not_found`", body = crate::http::openapi::ErrorDoc),
+        (status = 409, description = "`already_purchased`, `limit_exceeded`, `sold_out`, `insufficient_stock` or `sale_not_active`", body = crate::http::openapi::ErrorDoc),
+        (status = 413, description = "`payload_too_large`", body = crate::http::openapi::ErrorDoc),
+        (status = 415, description = "`unsupported_media_type`", body = crate::http::openapi::ErrorDoc),
+        (status = 422, description = "`idempotency_key_reused`", body = crate::http::openapi::ErrorDoc),
+        (status = 503, description = "`overloaded` or `unavailable`; nothing was taken; `Retry-After` set", body = crate::http::openapi::ErrorDoc),
+    )
+)]
+pub async fn create_order(
+    State(app): State<AppState>,
+    SalePath(sale_id): SalePath,
+    request: Request,
+) -> Response {
+    let result = match app.purchase_slots.try_acquire() {
+        Ok(_slot) => purchase(&app, sale_id, request).await,
+        Err(_) => Err(ApiError::Overloaded),
+    };
+    match result {
+        Ok(order) => {
+            app.metrics.purchases.record("confirmed");
+            let body = ConfirmedBody {
+                code: "confirmed",
+                order: &order,
+            };
+            (StatusCode::CREATED, Json(body)).into_response()
+        }
+        Err(e) => {
+            app.metrics.purchases.record(e.code());
+            e.into_response()
+        }
+    }
+}
+
+async fn purchase(app: &AppState, sale_id: SaleId, request: Request) -> Result<Order, ApiError> {
+    let idempotency_key = request
+        .headers()
+        .get("idempotency-key")
+        .map(|v| v.to_str().unwrap_or("\u{0}"))
+        .map(IdempotencyKey::parse)
+        .transpose()?;
+    let body = json_body(request).await?;
+    let raw: RawOrder<'_> = parse_object(&body)?;
+    let user_id = UserId::parse(&raw.user_id)?;
+    let quantity = match raw.quantity {
+        None => Quantity::ONE,
+        Some(n) => Quantity::parse(n, sale::MAX_PER_USER_LIMIT)?,
+    };
+    let attempt = Attempt {
+        sale_id,
+        user_id,
+        quantity,
+        idempotency_key,
+    };
+    match app.store.purchase(attempt).await? {
+        PurchaseOutcome::Confirmed(order) => Ok(order),
+        PurchaseOutcome::Rejected { rejection, orders } => Err(match rejection {
+            Rejection::NotActive(reason) => ApiError::SaleNotActive(reason),
+            Rejection::SoldOut => ApiError::SoldOut,
+            Rejection::AlreadyPurchased => ApiError::AlreadyPurchased(orders),
+            Rejection::LimitExceeded { allowed } => ApiError::LimitExceeded { allowed, orders },
+            Rejection::InsufficientStock { remaining } => ApiError::InsufficientStock {
+                stock_remaining: remaining,
+            },
+        }),
+        PurchaseOutcome::SaleNotFound => Err(ApiError::SaleNotFound),
+        PurchaseOutcome::QuantityAboveLimit { limit } => {
+            Err(flashsale_core::ValidationError::QuantityOutOfRange { limit }.into())
+        }
+        PurchaseOutcome::IdempotencyKeyReused => Err(ApiError::IdempotencyKeyReused),
+    }
+}
+
+/// A buyer's committed orders in a sale.
+#[utoipa::path(
+    get,
+    path = "/api/sales/{sale_id}/orders/{user_id}",
+    tag = "orders",
+    params(
+        ("sale_id" = i64, Path, description = "The sale's id"),
+        ("user_id" = String, Path, description = "The buyer's id (trimmed)"),
+    ),
+    responses(
+        (status = 200, description = "The buyer's orders", body = crate::http::openapi::BuyerOrdersDoc),
+        (status = 400, description = "`invalid_request`: bad user id", body = crate::http::openapi::ErrorDoc),
+        (status = 404, description = "`order_not_found` or `sale_not_found`", body = crate::http::openapi::ErrorDoc),
+        (status = 503, description = "`unavailable`", body = crate::http::openapi::ErrorDoc),
+    )
+)]
+pub async fn get_orders(
+    State(app): State<AppState>,
+    BuyerPath(sale_id, user_id): BuyerPath,
+) -> Result<Response, ApiError> {
+    let orders = app
+        .store
+        .orders(sale_id, &user_id)
+        .await?
+        .ok_or(ApiError::SaleNotFound)?;
+    if orders.is_empty() {
+        return Err(ApiError::OrderNotFound);
+    }
+    let body = BuyerOrdersBody {
+        sale_id,
+        user_id: &user_id,
+        orders: &orders,
+    };
+    Ok(Json(body).into_response())
+}

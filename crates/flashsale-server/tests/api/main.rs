@@ -1,0 +1,15 @@
+//! Integration tests over real HTTP (SPEC T-4..T-6, NF-1, NF-4): each test starts the service
+//! on port 0 with a fresh data directory and a manual clock (see [`helpers`]).
+
+#![allow(clippy::unwrap_used)]
+
+mod admin;
+mod concurrency;
+mod crash;
+mod events;
+mod helpers;
+mod lifecycle;
+mod operations;
+mod orders;
+mod restart;
+mod sales;
