@@ -1,1 +1,254 @@
-fn main() {}
+//! `flashsale-load`: drives a flashsale service over HTTP only and checks it kept its
+//! promises (SPEC T-7..T-10, NF-1, NF-2, NF-5).
+//!
+//! A run: open and warm every connection ([`scenario::open_connections`]), create the sale
+//! through the admin API (or read the one given), release all workers at the sale's start
+//! instant, log every answer ([`outcome`]), then read the server's own figures back and judge
+//! the invariants ([`verify`]), and print the T-10 report ([`report`]). The exit status is
+//! non-zero when an invariant fails.
+//!
+//! Many connections need many file descriptors: raise the limit in the calling shell
+//! (`ulimit -n 20000`, as `scripts/bench.sh` does).
+
+mod api;
+mod cli;
+mod client;
+mod outcome;
+mod report;
+mod scenario;
+mod verify;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use cli::{Cli, Scenario};
+use client::{Conn, Target};
+use report::{Report, Tally};
+use scenario::Plan;
+use scenario::timed::Mix;
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the whole thing; `Ok(false)` when an invariant failed.
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let targets: Vec<Arc<Target>> = cli
+        .targets
+        .iter()
+        .map(|t| Target::parse(t).map(Arc::new))
+        .collect::<anyhow::Result<_>>()?;
+    anyhow::ensure!(!targets.is_empty(), "no --target given");
+    let prefix = match &cli.user_prefix {
+        Some(p) => p.clone(),
+        None => default_prefix(),
+    };
+
+    let connections = cli.connection_count();
+    eprintln!(
+        "opening {connections} connections to {} target(s)",
+        targets.len()
+    );
+    let (conns, cold) = scenario::open_connections(&targets, connections, cli.timeout()).await;
+    if cold > 0 {
+        eprintln!("warning: {cold} connections could not be warmed");
+    }
+
+    let mut admin = Conn::new(Arc::clone(&targets[0]), cli.timeout());
+    if let Some(token) = &cli.admin_token {
+        admin = admin.with_bearer(token);
+    }
+    let (sale, own_sale) = match cli.sale_id {
+        Some(id) => (api::sale_status(&mut admin, id).await?, false),
+        None => {
+            if cli.admin_token.is_none() {
+                bail!(
+                    "--admin-token (FLASHSALE_ADMIN_TOKEN) is needed to create a sale; or give --sale-id"
+                );
+            }
+            let name = format!("load {} {prefix}", cli.scenario.to_possible_value_name());
+            let sale = api::create_sale(
+                &mut admin,
+                &name,
+                cli.start_in,
+                cli.sale_length,
+                cli.stock,
+                cli.limit,
+            )
+            .await?;
+            (sale, true)
+        }
+    };
+    let release_at = release_instant(&sale, connections);
+    eprintln!(
+        "sale {} ({}, stock {}, limit {}); release in {:.3} s",
+        sale.sale_id,
+        sale.state,
+        sale.stock_remaining,
+        sale.per_user_limit,
+        release_at
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64()
+    );
+    let plan = Plan {
+        sale_id: sale.sale_id,
+        user_prefix: prefix,
+        release_at,
+    };
+
+    let each = cli.attempts_each();
+    let (log, elapsed, others) = match cli.scenario {
+        Scenario::Herd | Scenario::Duplicates => {
+            let attempts = Arc::new(scenario::burst::attempts(&plan, cli.buyers, each));
+            let (log, took) = scenario::burst::run(&plan, conns, Arc::clone(&attempts)).await?;
+            let all: Vec<String> = (0..cli.buyers).map(|b| plan.user(b)).collect();
+            (log, took, all)
+        }
+        Scenario::Sustained | Scenario::Status | Scenario::Mixed => {
+            let mix = match cli.scenario {
+                Scenario::Status => Mix::Status,
+                Scenario::Mixed => Mix::Mixed(cli.status_share),
+                _ => Mix::Buy,
+            };
+            let (log, took) =
+                scenario::timed::run(&plan, conns, mix, cli.duration(), cli.rate).await?;
+            let sent = log.samples.len() as u64;
+            let buyers: Vec<String> = (0..sent)
+                .filter(|i| mix.op(*i) == outcome::Op::Buy)
+                .map(|i| plan.user(i))
+                .collect();
+            (log, took, buyers)
+        }
+    };
+
+    let tally = Tally::of(&log);
+    let mut report = Report {
+        scenario: cli.scenario.to_possible_value_name(),
+        targets: targets.iter().map(|t| t.url.clone()).collect(),
+        sale_id: sale.sale_id,
+        connections,
+        cold_connections: cold,
+        elapsed_s: elapsed.as_secs_f64(),
+        attempts: tally.attempts,
+        confirmed: tally.confirmed,
+        rejections: tally.rejections.clone(),
+        shed: tally.shed.clone(),
+        errors: tally.errors.clone(),
+        final_stock: None,
+        time_to_sell_out_s: None,
+        throughput: log.samples.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        latency: report::Latency::of(log.samples.iter().map(|s| s.micros)),
+        by_op: report::by_op(&log, elapsed),
+        checks: Vec::new(),
+        passed: true,
+    };
+
+    if !cli.no_verify {
+        let status = api::sale_status(&mut admin, sale.sale_id).await?;
+        report.final_stock = Some(status.stock_remaining);
+        if status.stock_remaining == 0 {
+            report.time_to_sell_out_s = tally.last_confirmation_micros.map(|m| m as f64 / 1e6);
+        }
+        let summary = match &cli.admin_token {
+            Some(_) => Some(api::summary(&mut admin, sale.sale_id).await?),
+            None => None,
+        };
+        let confirmed_users: BTreeSet<&str> = log
+            .confirmations
+            .iter()
+            .map(|c| c.user_id.as_str())
+            .collect();
+        let unconfirmed: Vec<String> = others
+            .into_iter()
+            .filter(|u| !confirmed_users.contains(u.as_str()))
+            .collect();
+        let buyers_read = verify::gather(
+            &targets,
+            cli.timeout(),
+            sale.sale_id,
+            status.per_user_limit,
+            &log.confirmations,
+            verify::spread(&unconfirmed, cli.verify_sample),
+            cli.verify_max,
+        )
+        .await;
+        let observed = verify::Observed {
+            stock_total: status.stock_total,
+            stock_remaining: status.stock_remaining,
+            per_user_limit: status.per_user_limit,
+            summary,
+            confirmed_seen: tally.confirmed,
+            confirmed_per_buyer: verify::per_buyer(&log.confirmations),
+            own_sale,
+            not_decided: tally.not_decided(),
+            allow_errors: cli.allow_errors,
+            buyers: tally.attempts / each,
+            demand_each: each,
+            buyers_read,
+        };
+        report.checks = verify::evaluate(&observed);
+        report.passed = report.checks.iter().all(|c| c.passed);
+    } else if !cli.allow_errors && tally.not_decided() > 0 {
+        report.passed = false;
+    }
+
+    let text = if cli.json {
+        serde_json::to_string_pretty(&report).context("writing the report")? + "\n"
+    } else {
+        report.to_text()
+    };
+    // A closed pipe (`| head`) is not worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+    Ok(report.passed)
+}
+
+/// When to release the workers: at the sale's start (by the server's clock, so a skewed
+/// client clock cannot make the herd early) or, for a sale already open, once every worker
+/// task has been spawned and is waiting.
+fn release_instant(sale: &api::SaleStatus, connections: usize) -> Instant {
+    let settle = Duration::from_millis(100) + Duration::from_micros(20 * connections as u64);
+    let until_start = sale.starts_at - sale.server_time;
+    let now = Instant::now();
+    if sale.state == "upcoming" && until_start.is_positive() {
+        // A few ms after the start: the answer that carried `server_time` took a moment to
+        // arrive, so this errs on the late side; never early.
+        let wait = Duration::try_from(until_start).unwrap_or_default() + Duration::from_millis(5);
+        now + wait.max(settle)
+    } else {
+        now + settle
+    }
+}
+
+/// A buyer-id prefix unique to this run, so repeated runs on one sale use new buyers.
+fn default_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("load{}-{}", nanos % 1_000_000_000_000, std::process::id())
+}
+
+/// The clap name of a scenario.
+trait ValueName {
+    fn to_possible_value_name(&self) -> String;
+}
+
+impl ValueName for Scenario {
+    fn to_possible_value_name(&self) -> String {
+        clap::ValueEnum::to_possible_value(self)
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_owned())
+    }
+}

@@ -1,0 +1,159 @@
+//! Command line: which scenario, against which targets, on which sale, how hard.
+//!
+//! Every flag has a default so `flashsale-load herd --admin-token T` is a complete run: it
+//! creates a 100-unit sale two seconds ahead, connects 1,000 buyers and releases them at the
+//! start instant (the T-7..T-10 seed scenario).
+
+use clap::{Parser, ValueEnum};
+use std::time::Duration;
+
+/// What kind of load to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// N distinct buyers, all connected first and released together at the start instant.
+    Herd,
+    /// N buyers each sending K concurrent attempts, released together.
+    Duplicates,
+    /// Distinct buyers for D seconds at C connections (open loop with `--rate`).
+    Sustained,
+    /// A storm of `GET /api/sales/{id}` for D seconds at C connections.
+    Status,
+    /// Status reads and purchases interleaved for D seconds (see `--status-share`).
+    Mixed,
+}
+
+impl Scenario {
+    /// Whether the scenario is a one-shot burst (herd, duplicates) rather than a timed run.
+    pub fn is_burst(self) -> bool {
+        matches!(self, Scenario::Herd | Scenario::Duplicates)
+    }
+}
+
+/// flashsale load and stress tool: drives the service over HTTP, then checks its invariants.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// The scenario to run.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+
+    /// Base URL of a service instance (`http://host:port`); repeat to spread load over several.
+    #[arg(
+        long = "target",
+        default_value = "http://127.0.0.1:8080",
+        env = "FLASHSALE_TARGETS",
+        value_delimiter = ','
+    )]
+    pub targets: Vec<String>,
+
+    /// Admin token, used to create the sale and read its summary.
+    #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Target an existing sale instead of creating one.
+    #[arg(long)]
+    pub sale_id: Option<u64>,
+
+    /// Stock of the sale the tool creates.
+    #[arg(long, default_value_t = 100)]
+    pub stock: u64,
+
+    /// Per-user limit of the sale the tool creates.
+    #[arg(long, default_value_t = 1)]
+    pub limit: u32,
+
+    /// Seconds from creation to the start of the sale the tool creates.
+    #[arg(long, default_value_t = 2.0)]
+    pub start_in: f64,
+
+    /// Length in seconds of the sale the tool creates.
+    #[arg(long, default_value_t = 3600)]
+    pub sale_length: u64,
+
+    /// Distinct buyers (herd, duplicates).
+    #[arg(long, default_value_t = 1000)]
+    pub buyers: u64,
+
+    /// Concurrent attempts per buyer (duplicates).
+    #[arg(long, default_value_t = 5)]
+    pub attempts_per_buyer: u64,
+
+    /// Keep-alive connections. Bursts default to one per attempt.
+    #[arg(long, short = 'c')]
+    pub connections: Option<usize>,
+
+    /// Seconds of load (sustained, status, mixed).
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    pub duration: f64,
+
+    /// Total requests per second to schedule (open loop, latency from the scheduled start).
+    /// Without it the timed scenarios run closed loop, as fast as the server answers.
+    #[arg(long)]
+    pub rate: Option<f64>,
+
+    /// Share of status reads in `mixed` (0..=1).
+    #[arg(long, default_value_t = 0.9)]
+    pub status_share: f64,
+
+    /// Prefix of the generated buyer ids; defaults to one unique to this run.
+    #[arg(long)]
+    pub user_prefix: Option<String>,
+
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
+
+    /// Skip the invariant checks (e.g. against the ceiling server).
+    #[arg(long)]
+    pub no_verify: bool,
+
+    /// Most confirmed buyers whose orders are fetched back; above it a sample of that size.
+    #[arg(long, default_value_t = 100_000)]
+    pub verify_max: usize,
+
+    /// Buyers without a confirmation whose orders are fetched back (must be absent or within
+    /// the limit).
+    #[arg(long, default_value_t = 100)]
+    pub verify_sample: usize,
+
+    /// Do not fail the run on transport errors, timeouts or shed (429/503) answers.
+    #[arg(long)]
+    pub allow_errors: bool,
+
+    /// Print the report as JSON on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Cli {
+    /// The per-request timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout.max(0.001))
+    }
+
+    /// The length of a timed run.
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.duration.max(0.0))
+    }
+
+    /// Attempts each buyer makes in this scenario.
+    pub fn attempts_each(&self) -> u64 {
+        match self.scenario {
+            Scenario::Duplicates => self.attempts_per_buyer.max(1),
+            _ => 1,
+        }
+    }
+
+    /// Connections to open: as given, else one per attempt for bursts and 256 for timed runs.
+    pub fn connection_count(&self) -> usize {
+        let burst =
+            usize::try_from(self.buyers.saturating_mul(self.attempts_each())).unwrap_or(usize::MAX);
+        match (self.connections, self.scenario.is_burst()) {
+            (Some(c), true) => c.clamp(1, burst.max(1)),
+            (Some(c), false) => c.max(1),
+            (None, true) => burst.max(1),
+            (None, false) => 256,
+        }
+    }
+}

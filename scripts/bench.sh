@@ -1,0 +1,276 @@
+#!/usr/bin/env bash
+# Reproduces docs/benchmarks.md in one run on one machine (SPEC section 8, issue 5).
+#
+# Starts, on 127.0.0.1 only:
+#   - the ceiling: flashsale-ceiling, a trivial axum handler (every figure is divided by it);
+#   - flashsale with the embedded store (fresh temp data dir);
+#   - flashsale with the Redis + PostgreSQL store, 1 and 2 instances, when the binary
+#     supports `--store redis` and Redis/PostgreSQL answer (otherwise: skipped, and said so).
+# Measures successful purchases (large stock), sold-out rejections and status reads at each
+# connection count, with flashsale-load and with wrk, then the seed scenario (1,000 buyers,
+# 100 units). Prints a table with req/s, p50, p99, errors and the ratio to the ceiling.
+#
+# Usage: scripts/bench.sh            (about 9 minutes with the defaults)
+# Environment:
+#   BENCH_DURATION=10          seconds per measurement
+#   BENCH_CONNECTIONS="256 10000"
+#   BENCH_TOOLS="load wrk"
+#   BENCH_STORES="embedded redis"
+#   BENCH_OUT=target/bench     where raw outputs and results.tsv go
+#   REDIS_URL, DATABASE_URL    for the redis store (defaults: local Redis, local PostgreSQL
+#                              database flashsale_bench, created if missing)
+# Every server it starts is killed on exit.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DUR=${BENCH_DURATION:-10}
+CONNS=${BENCH_CONNECTIONS:-"256 10000"}
+TOOLS=${BENCH_TOOLS:-"load wrk"}
+STORES=${BENCH_STORES:-"embedded redis"}
+OUT=${BENCH_OUT:-$ROOT/target/bench}
+TOKEN=bench-$RANDOM$RANDOM
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/flashsale_bench}
+CEILING_PORT=18090
+PORT_EMBEDDED=18080
+PORT_REDIS_A=18081
+PORT_REDIS_B=18082
+LOAD=$ROOT/target/release/flashsale-load
+CEILING=$ROOT/target/release/flashsale-ceiling
+SERVER=$ROOT/target/release/flashsale
+WRK_THREADS=${WRK_THREADS:-2}
+
+# 10,000 connections need 10,000+ descriptors in the client and in each server.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10240 ]; then
+  echo "warning: ulimit -n is $(ulimit -n); the 10,000-connection runs will fail" >&2
+fi
+
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+RESULTS=$OUT/results.tsv
+: > "$RESULTS"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "== $*" >&2; }
+
+wait_up() { # url path seconds
+  local deadline=$((SECONDS + $3))
+  until curl -fsS -o /dev/null "$1$2" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.2
+  done
+}
+
+log "building release binaries"
+cargo build --release -q -p flashsale-load
+if ! cargo build --release -q -p flashsale-server 2>"$OUT/server-build.log" || [ ! -x "$SERVER" ]; then
+  echo "flashsale server binary not available (see $OUT/server-build.log): only the ceiling is measured" >&2
+  SERVER=""
+fi
+
+{
+  echo "machine: $(lscpu | sed -n 's/^Model name: *//p') x $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM, kernel $(uname -r)"
+  echo "rustc: $(rustc --version)"
+  echo "wrk: $(wrk -v 2>&1 | head -1)"
+  echo "duration ${DUR}s per run; connections: $CONNS; ulimit -n $(ulimit -n)"
+} | tee "$OUT/machine.txt" >&2
+
+"$CEILING" --listen "127.0.0.1:$CEILING_PORT" 2>"$OUT/ceiling.log" &
+PIDS+=($!)
+wait_up "http://127.0.0.1:$CEILING_PORT" /healthz 10
+
+start_server() { # name port extra-args...; fails at once if the server exits
+  local name=$1 port=$2
+  shift 2
+  "$SERVER" --listen "127.0.0.1:$port" --admin-token "$TOKEN" --demo-sale false "$@" \
+    >"$OUT/server-$name.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  local deadline=$((SECONDS + 30))
+  until curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz" 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.2
+  done
+}
+
+# Creates a sale starting in 2 s (so it is active when the run begins); prints its id.
+create_sale() { # base-url stock
+  local starts ends
+  starts=$(date -u -d '+2 seconds' +%Y-%m-%dT%H:%M:%SZ)
+  ends=$(date -u -d '+2 hours' +%Y-%m-%dT%H:%M:%SZ)
+  curl -fsS -X POST "$1/api/admin/sales" -H "Authorization: Bearer $TOKEN" \
+    -H 'content-type: application/json' \
+    -d "{\"name\":\"bench\",\"starts_at\":\"$starts\",\"ends_at\":\"$ends\",\"stock\":$2,\"per_user_limit\":1}" |
+    jq -r .sale_id
+}
+
+# Appends: target scenario tool conns rps p50_ms p99_ms errors note
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$RESULTS"; }
+
+# One flashsale-load run; $1 target label, $2 scenario label, $3 conns, $4... load args.
+run_load() {
+  local label=$1 scen=$2 c=$3
+  shift 3
+  local file="$OUT/load-$label-$scen-$c.json"
+  log "load  $label $scen c=$c"
+  "$LOAD" --json --allow-errors -c "$c" "$@" >"$file" 2>"$file.stderr" || true
+  if ! jq -e . "$file" >/dev/null 2>&1; then
+    record "$label" "$scen" load "$c" 0 0 0 "failed" "$(tail -1 "$file.stderr")"
+    return
+  fi
+  local errors shed note
+  errors=$(jq '[.errors[]] | add // 0' "$file")
+  shed=$(jq '[.shed[]] | add // 0' "$file")
+  note=$(jq -r '[.by_op[] | .outcomes | to_entries[] | "\(.key)=\(.value)"] | join(" ")' "$file")
+  [ "$shed" = 0 ] || note="$note shed=$shed"
+  record "$label" "$scen" load "$c" \
+    "$(jq '.throughput | floor' "$file")" "$(jq .latency.p50_ms "$file")" "$(jq .latency.p99_ms "$file")" \
+    "$errors" "$note"
+}
+
+# One wrk run; $1 target label, $2 scenario label, $3 conns, $4 url, $5 lua script, $6 prefix.
+run_wrk() {
+  local label=$1 scen=$2 c=$3 url=$4 script=$5 prefix=${6:-}
+  local file="$OUT/wrk-$label-$scen-$c.txt"
+  log "wrk   $label $scen c=$c"
+  local threads=$WRK_THREADS
+  [ "$c" -ge "$threads" ] || threads=$c
+  wrk -t"$threads" -c"$c" -d"${DUR}s" --timeout 10s --latency -s "$ROOT/scripts/wrk/$script" "$url" \
+    -- "$prefix" >"$file" 2>&1 || true
+  local line
+  line=$(grep '^WRK_RESULT' "$file" || true)
+  if [ -z "$line" ]; then
+    record "$label" "$scen" wrk "$c" 0 0 0 "failed" "$(tail -1 "$file")"
+    return
+  fi
+  field() { echo "$line" | sed -n "s/.* $1=\([0-9]*\).*/\1/p"; }
+  local req dur p50 p99 err non2xx
+  req=$(field requests) dur=$(field duration_us) p50=$(field p50_us) p99=$(field p99_us)
+  err=$(field socket_errors) non2xx=$(field non2xx)
+  record "$label" "$scen" wrk "$c" "$((req * 1000000 / dur))" \
+    "$(awk "BEGIN{print $p50/1000}")" "$(awk "BEGIN{print $p99/1000}")" "$err" "non2xx=$non2xx"
+}
+
+# The three measurements against one flashsale deployment (one or more instances) with one
+# tool at one connection count.
+bench_service() { # label url1[,url2] conns tool
+  local label=$1 targets=$2 c=$3 tool=$4
+  local first=${targets%%,*}
+  if [ "$tool" = load ]; then
+    run_load "$label" purchase "$c" sustained --target "$targets" --admin-token "$TOKEN" \
+      --stock 100000000 --start-in 1 -d "$DUR" --verify-max 1000 --verify-sample 50
+    run_load "$label" sold_out "$c" sustained --target "$targets" --admin-token "$TOKEN" \
+      --stock 1 --start-in 1 -d "$DUR" --verify-max 10 --verify-sample 50
+    run_load "$label" status "$c" status --target "$targets" --admin-token "$TOKEN" \
+      --stock 100 --start-in 1 -d "$DUR"
+  else
+    # wrk talks to one URL: with two instances it measures the first (noted in the doc).
+    local id
+    id=$(create_sale "$first" 100000000)
+    sleep 2.2
+    run_wrk "$label" purchase "$c" "$first/api/sales/$id/orders" orders.lua "wrk$RANDOM-$c"
+    id=$(create_sale "$first" 1)
+    sleep 2.2
+    curl -fsS -o /dev/null -X POST "$first/api/sales/$id/orders" -H 'content-type: application/json' \
+      -d '{"user_id":"the-only-buyer","quantity":1}' || true
+    run_wrk "$label" sold_out "$c" "$first/api/sales/$id/orders" orders.lua "wrk$RANDOM-$c"
+    run_wrk "$label" status "$c" "$first/api/sales/$id" report.lua
+  fi
+}
+
+# The ceiling with one tool at one connection count: purchases and sold-out rejections are
+# the same POST handler there, status reads the GET one.
+bench_ceiling() { # conns tool
+  local c=$1 tool=$2 ceil=http://127.0.0.1:$CEILING_PORT
+  if [ "$tool" = load ]; then
+    run_load ceiling purchase "$c" sustained --target "$ceil" --sale-id 1 --no-verify -d "$DUR"
+    run_load ceiling status "$c" status --target "$ceil" --sale-id 1 --no-verify -d "$DUR"
+  else
+    run_wrk ceiling purchase "$c" "$ceil/api/sales/1/orders" orders.lua "wrk$RANDOM"
+    run_wrk ceiling status "$c" "$ceil/api/sales/1" report.lua
+  fi
+}
+
+seed_scenario() { # label url1[,url2]
+  local file="$OUT/seed-$1.json"
+  log "seed  $1: 1,000 buyers, 100 units"
+  "$LOAD" herd --json --target "$2" --admin-token "$TOKEN" --buyers 1000 --stock 100 --start-in 2 \
+    >"$file" 2>"$file.stderr" || true
+  if jq -e . "$file" >/dev/null 2>&1; then
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$(jq .time_to_sell_out_s "$file")" \
+      "$(jq .latency.p50_ms "$file")" "$(jq .latency.p99_ms "$file")" "$(jq .latency.max_ms "$file")" \
+      "$(jq -r 'if .passed then "PASS" else "FAIL" end' "$file")" >> "$OUT/seed.tsv"
+  else
+    printf '%s\tfailed\t\t\t\t%s\n' "$1" "$(tail -1 "$file.stderr")" >> "$OUT/seed.tsv"
+  fi
+}
+
+# Start every deployment first; "label targets" lines.
+DEPLOYS=()
+if [ -n "$SERVER" ]; then
+  for store in $STORES; do
+    case $store in
+      embedded)
+        if start_server embedded $PORT_EMBEDDED --data-dir "$WORK/embedded"; then
+          DEPLOYS+=("embedded http://127.0.0.1:$PORT_EMBEDDED")
+        else
+          echo "embedded store: SKIPPED (server not ready; see $OUT/server-embedded.log)" >&2
+        fi
+        ;;
+      redis)
+        if ! "$SERVER" --help 2>/dev/null | grep -q -- '--redis-url'; then
+          echo "redis store: SKIPPED (this flashsale binary has no --store redis)" >&2
+          continue
+        fi
+        if ! redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
+          echo "redis store: SKIPPED (Redis at $REDIS_URL does not answer)" >&2
+          continue
+        fi
+        db=${DATABASE_URL##*/}
+        if ! { psql "${DATABASE_URL%/*}/postgres" -qtAc "SELECT 1 FROM pg_database WHERE datname='$db'" |
+          grep -q 1 || psql "${DATABASE_URL%/*}/postgres" -qc "CREATE DATABASE $db"; }; then
+          echo "redis store: SKIPPED (PostgreSQL at ${DATABASE_URL%/*} not usable)" >&2
+          continue
+        fi
+        common=(--store redis --redis-url "$REDIS_URL" --database-url "$DATABASE_URL")
+        if ! start_server redis-1 $PORT_REDIS_A "${common[@]}" --data-dir "$WORK/redis-1"; then
+          echo "redis store: SKIPPED (server not ready; see $OUT/server-redis-1.log)" >&2
+          continue
+        fi
+        DEPLOYS+=("redis-1 http://127.0.0.1:$PORT_REDIS_A")
+        if start_server redis-2 $PORT_REDIS_B "${common[@]}" --data-dir "$WORK/redis-2"; then
+          DEPLOYS+=("redis-2 http://127.0.0.1:$PORT_REDIS_A,http://127.0.0.1:$PORT_REDIS_B")
+        else
+          echo "redis store, 2 instances: SKIPPED (second instance not ready)" >&2
+        fi
+        ;;
+    esac
+  done
+fi
+
+# Ceiling and deployments back to back for each (connections, tool), so that the ratios
+# compare runs minutes apart at most on a machine whose background load moves.
+for c in $CONNS; do
+  for tool in $TOOLS; do
+    bench_ceiling "$c" "$tool"
+    for d in "${DEPLOYS[@]}"; do
+      bench_service ${d% *} ${d#* } "$c" "$tool"
+    done
+  done
+done
+
+: > "$OUT/seed.tsv"
+for d in "${DEPLOYS[@]}"; do
+  seed_scenario ${d% *} ${d#* }
+done
+
+python3 "$ROOT/scripts/bench_table.py" "$RESULTS" "$OUT/seed.tsv" | tee "$OUT/table.md"

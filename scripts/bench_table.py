@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Turns scripts/bench.sh's results.tsv and seed.tsv into the markdown tables of
+docs/benchmarks.md, with every throughput divided by the ceiling measured in the same run
+(same client tool, same connection count, same kind of request)."""
+
+import csv
+import sys
+
+# Which ceiling row a scenario is divided by: purchases and sold-out rejections are POSTs of
+# the same body, status reads are GETs.
+CEILING_OF = {"purchase": "purchase", "sold_out": "purchase", "status": "status"}
+# SPEC/issue 5 targets, as a share of the ceiling.
+TARGET = {
+    ("embedded", "purchase"): 0.5,
+    ("redis-1", "purchase"): 0.3,
+    ("redis-2", "purchase"): 0.3,
+}
+
+
+def target_of(store, scenario):
+    if store == "ceiling":
+        return None
+    return TARGET.get((store, scenario), 0.8)
+
+
+def main(results_path, seed_path):
+    rows = list(csv.reader(open(results_path), delimiter="\t"))
+    ceiling = {}
+    for r in rows:
+        if r[0] == "ceiling":
+            ceiling[(r[1], r[2], r[3])] = float(r[4] or 0)
+
+    print("| target | scenario | tool | conns | req/s | p50 ms | p99 ms | errors | ratio to ceiling (target) | outcomes |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---|---|")
+    for r in rows:
+        store, scen, tool, conns, rps, p50, p99, errors = r[:8]
+        note = r[8] if len(r) > 8 else ""
+        rps = float(rps or 0)
+        base = ceiling.get((CEILING_OF.get(scen, scen), tool, conns))
+        tgt = target_of(store, scen)
+        if store == "ceiling":
+            ratio = "1.00 (ceiling)"
+        elif base:
+            r_ = rps / base
+            mark = "" if tgt is None else (" ok" if r_ >= tgt else " MISS")
+            ratio = f"{r_:.2f} (>= {tgt:.2f}){mark}"
+        else:
+            ratio = "n/a"
+        print(f"| {store} | {scen} | {tool} | {conns} | {rps:,.0f} | {float(p50 or 0):.2f} | "
+              f"{float(p99 or 0):.2f} | {errors} | {ratio} | {note} |")
+
+    seeds = [r for r in csv.reader(open(seed_path), delimiter="\t") if r]
+    if seeds:
+        print()
+        print("Seed scenario: 1,000 buyers released at the start instant against 100 units "
+              "(flashsale-load herd).")
+        print()
+        print("| target | time to sell out s | p50 ms | p99 ms | max ms | invariants |")
+        print("|---|---:|---:|---:|---:|---|")
+        for r in seeds:
+            r += [""] * (6 - len(r))
+            print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

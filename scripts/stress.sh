@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# CI stress step (SPEC T-7..T-10, NF-1; issue 5 item 2): against a freshly started embedded
+# flashsale server, run
+#   - herd:       1,000 concurrent buyers released at the start instant vs 100 units;
+#   - duplicates: 300 buyers x 5 concurrent attempts each, per-user limit 2, 1,000 units;
+# and exit non-zero if any invariant fails (flashsale-load exits 1 on a failed check).
+#
+# Usage: scripts/stress.sh
+# Then, where this build has `--store redis` and Redis/PostgreSQL answer, the same against two
+# instances sharing them (skipped, and said so, otherwise).
+# Environment: STRESS_PROFILE=release|debug (default debug: no extra build in CI),
+#              STRESS_TARGETS=url[,url] to run against already running instances instead
+#              (then FLASHSALE_ADMIN_TOKEN must be their admin token),
+#              REDIS_URL / DATABASE_URL for the scale-out run.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+PROFILE=${STRESS_PROFILE:-debug}
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+if [ "$PROFILE" = release ]; then
+  cargo build --release -q -p flashsale-server -p flashsale-load
+else
+  cargo build -q -p flashsale-server -p flashsale-load
+fi
+BIN=target/$PROFILE
+
+WORK=$(mktemp -d)
+SERVER_PIDS=()
+cleanup() {
+  for pid in "${SERVER_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${SERVER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Starts one instance and sets STARTED_URL (no command substitution: the pid must reach
+# SERVER_PIDS in this shell); fails if it exits or is not ready within 60 s.
+start_server() { # name token extra-args...
+  local name=$1 token=$2 port
+  shift 2
+  port=$(free_port)
+  "$BIN/flashsale" --listen "127.0.0.1:$port" --data-dir "$WORK/$name" --admin-token "$token" \
+    --demo-sale false "$@" >"$WORK/$name.log" 2>&1 &
+  local pid=$!
+  SERVER_PIDS+=("$pid")
+  local deadline=$((SECONDS + 60))
+  until curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz" 2>/dev/null; do
+    if [ $SECONDS -ge $deadline ] || ! kill -0 "$pid" 2>/dev/null; then
+      echo "flashsale ($name) did not become ready:" >&2
+      tail -20 "$WORK/$name.log" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+  STARTED_URL="http://127.0.0.1:$port"
+}
+
+status=0
+# The three scenarios against one deployment ($1 label, $2 targets, $3 admin token).
+stress() {
+  local label=$1 targets=$2 token=$3
+  echo "== [$label] herd: 1,000 buyers vs 100 units"
+  "$BIN/flashsale-load" herd --target "$targets" --admin-token "$token" \
+    --buyers 1000 --stock 100 --limit 1 --start-in 2 || status=1
+
+  echo "== [$label] duplicates: 300 buyers x 5 concurrent attempts, limit 2, 1,000 units"
+  "$BIN/flashsale-load" duplicates --target "$targets" --admin-token "$token" \
+    --buyers 300 --attempts-per-buyer 5 --stock 1000 --limit 2 --start-in 2 || status=1
+
+  echo "== [$label] duplicates past sell-out: 500 buyers x 3 concurrent attempts, limit 1, 100 units"
+  "$BIN/flashsale-load" duplicates --target "$targets" --admin-token "$token" \
+    --buyers 500 --attempts-per-buyer 3 --stock 100 --limit 1 --start-in 2 || status=1
+}
+
+if [ -n "${STRESS_TARGETS:-}" ]; then
+  stress given "$STRESS_TARGETS" "${FLASHSALE_ADMIN_TOKEN:?FLASHSALE_ADMIN_TOKEN is needed with STRESS_TARGETS}"
+else
+  TOKEN=stress-$RANDOM$RANDOM
+  start_server embedded "$TOKEN" || exit 2
+  stress embedded "$STARTED_URL" "$TOKEN"
+
+  # The scale-out store with two instances sharing Redis + PostgreSQL, where this build has
+  # it and the services answer (REDIS_URL / DATABASE_URL, default the local ones).
+  REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+  DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+  redis_args=(--store redis --redis-url "$REDIS_URL" --database-url "$DATABASE_URL")
+  if ! "$BIN/flashsale" --help 2>/dev/null | grep -q -- '--redis-url'; then
+    echo "== [redis x2] SKIPPED: this build has no --store redis"
+  elif ! start_server redis-a "$TOKEN" "${redis_args[@]}" 2>/dev/null; then
+    echo "== [redis x2] SKIPPED: the scale-out store did not start ($(tail -1 "$WORK/redis-a.log"))"
+  else
+    a=$STARTED_URL
+    if start_server redis-b "$TOKEN" "${redis_args[@]}"; then
+      stress "redis x2" "$a,$STARTED_URL" "$TOKEN"
+    else
+      echo "== [redis x2] second instance did not start" >&2
+      status=1
+    fi
+  fi
+fi
+
+if [ $status -ne 0 ]; then
+  echo "stress: FAILED" >&2
+  for f in "$WORK"/*.log; do
+    [ -e "$f" ] && { echo "--- $f" >&2; tail -30 "$f" >&2; }
+  done
+else
+  echo "stress: passed"
+fi
+exit $status
