@@ -418,7 +418,8 @@ async fn postgres_unreachable_fails_ready_and_purchases_fast_then_recovers_by_it
         })
         .await
     );
-    let bob = order_id(&buy(&store, sale.id, "bob").await.unwrap());
+    let bob = buy(&store, sale.id, "bob").await;
+    let bob = order_id(&bob.unwrap_or_else(|e| panic!("after PostgreSQL came back: {e}")));
     assert_eq!(remaining(&store, sale.id).await, 8);
     assert_invariants(&cfg, sale.id, &[alice, bob]).await;
     store.shutdown().await;

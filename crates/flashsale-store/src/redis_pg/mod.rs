@@ -37,6 +37,7 @@ use scripts::Scripts;
 use snapshot::Snapshot;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -89,6 +90,9 @@ impl RedisPgConfig {
     }
 }
 
+/// How long purchases are refused up front after PostgreSQL was found unreachable.
+const PG_DOWN_BACKOFF_MS: i64 = 1_000;
+
 /// Bound on applying the migrations at start.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -101,6 +105,9 @@ pub(crate) struct Inner {
     scripts: Scripts,
     snapshot: Snapshot,
     counters: Counters,
+    /// Until when (Unix ms) purchases are refused before admission because PostgreSQL could
+    /// not be reached: admitting them would only strand their stock until it is back.
+    pg_down_until_ms: AtomicI64,
 }
 
 /// The scale-out store (Redis admission + PostgreSQL durability). Cheap to share in an `Arc`.
@@ -139,6 +146,7 @@ impl RedisPgStore {
             keys,
             scripts: Scripts::new(),
             snapshot: Snapshot::default(),
+            pg_down_until_ms: AtomicI64::new(0),
             counters: Counters::default(),
             cfg,
         });
@@ -344,7 +352,27 @@ fn pg_pool(cfg: &RedisPgConfig) -> Result<Pool, StoreError> {
         .map_err(|e| StoreError::Internal(format!("cannot build the PostgreSQL pool: {e}")))
 }
 
+fn unix_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
 impl Inner {
+    /// PostgreSQL could not be reached: refuse purchases up front for a moment.
+    pub(crate) fn pg_unreachable(&self) {
+        self.pg_down_until_ms
+            .store(unix_ms() + PG_DOWN_BACKOFF_MS, Ordering::Relaxed);
+    }
+
+    /// PostgreSQL answered: purchases may go ahead again.
+    pub(crate) fn pg_reachable(&self) {
+        self.pg_down_until_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether PostgreSQL was found unreachable a moment ago.
+    fn pg_recently_down(&self) -> bool {
+        unix_ms() < self.pg_down_until_ms.load(Ordering::Relaxed)
+    }
+
     /// Runs one Redis call within the Redis timeout.
     pub(crate) async fn redis_call<T>(
         &self,
@@ -517,6 +545,11 @@ impl SaleStore for RedisPgStore {
                 rejection,
                 orders: Vec::new(),
             });
+        }
+        if self.inner.pg_recently_down() {
+            // At most one attempt a second reaches Redis while PostgreSQL is unreachable, so
+            // an outage strands (until it ends plus a lease) almost no stock.
+            return Err(StoreError::Unavailable("postgres is unreachable".into()));
         }
         self.purchase_in_redis(&sale, &attempt).await
     }

@@ -265,11 +265,20 @@ pub(crate) async fn resolve(
 async fn commit(inner: &Inner, batch: &[PendingOrder]) -> Result<HashSet<Uuid>, StoreError> {
     let mut retried = false;
     loop {
-        let mut client = inner.pg().await?;
+        let mut client = match inner.pg().await {
+            Ok(client) => client,
+            Err(e) => {
+                inner.pg_unreachable();
+                return Err(e);
+            }
+        };
         match tokio::time::timeout(inner.cfg.pg_timeout, commit_tx(&mut client, batch)).await {
             Ok(Ok(won)) => return Ok(won),
             Ok(Err(e)) if !retried && retryable(&e) => retried = true,
             Ok(Err(e)) => {
+                if e.is_closed() {
+                    inner.pg_unreachable();
+                }
                 drop_connection(client);
                 return Err(StoreError::Unavailable(format!(
                     "postgres commit orders: {}",

@@ -224,6 +224,9 @@ async fn load_new(inner: &Inner) -> Result<(), StoreError> {
             ),
         )
         .await?;
+    // This query runs every refresh: it is the heartbeat that lifts the up-front refusal of
+    // purchases as soon as PostgreSQL answers again.
+    inner.pg_reachable();
     for row in &rows {
         let e = entry_of(row);
         inner.snapshot.insert(e.sale, e.remaining, e.sold_out_at);
