@@ -10,10 +10,10 @@
 # connection count, with flashsale-load and with wrk, then the seed scenario (1,000 buyers,
 # 100 units). Prints a table with req/s, p50, p99, errors and the ratio to the ceiling.
 #
-# Usage: scripts/bench.sh            (about 9 minutes with the defaults)
+# Usage: scripts/bench.sh   (about 5 minutes with the embedded store only, 10 with Redis too)
 # Environment:
-#   BENCH_DURATION=10          seconds per measurement
-#   BENCH_CONNECTIONS="256 10000"
+#   BENCH_DURATION=6           seconds per measurement
+#   BENCH_CONNECTIONS="256 1000 10000"
 #   BENCH_TOOLS="load wrk"
 #   BENCH_STORES="embedded redis"
 #   BENCH_OUT=target/bench     where raw outputs and results.tsv go
@@ -24,8 +24,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-DUR=${BENCH_DURATION:-10}
-CONNS=${BENCH_CONNECTIONS:-"256 10000"}
+DUR=${BENCH_DURATION:-6}
+CONNS=${BENCH_CONNECTIONS:-"256 1000 10000"}
 TOOLS=${BENCH_TOOLS:-"load wrk"}
 STORES=${BENCH_STORES:-"embedded redis"}
 OUT=${BENCH_OUT:-$ROOT/target/bench}

@@ -93,7 +93,8 @@ else
   if ! "$BIN/flashsale" --help 2>/dev/null | grep -q -- '--redis-url'; then
     echo "== [redis x2] SKIPPED: this build has no --store redis"
   elif ! start_server redis-a "$TOKEN" "${redis_args[@]}" 2>/dev/null; then
-    echo "== [redis x2] SKIPPED: the scale-out store did not start ($(tail -1 "$WORK/redis-a.log"))"
+    why=$(grep -m1 -i 'error' "$WORK/redis-a.log" || tail -1 "$WORK/redis-a.log")
+    echo "== [redis x2] SKIPPED: the scale-out store did not start: $why"
   else
     a=$STARTED_URL
     if start_server redis-b "$TOKEN" "${redis_args[@]}"; then
