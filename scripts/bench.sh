@@ -242,6 +242,10 @@ if [ -n "$SERVER" ]; then
           continue
         fi
         common=(--store redis --redis-url "$REDIS_URL" --database-url "$DATABASE_URL")
+        # A key prefix and schema of its own: no keys or rows of an earlier run in the way.
+        if "$SERVER" --help 2>/dev/null | grep -q -- '--redis-prefix'; then
+          common+=(--redis-prefix "$TOKEN" --pg-schema "${TOKEN//-/_}")
+        fi
         if ! start_server redis-1 $PORT_REDIS_A "${common[@]}" --data-dir "$WORK/redis-1"; then
           echo "redis store: SKIPPED (server not ready; see $OUT/server-redis-1.log)" >&2
           continue
