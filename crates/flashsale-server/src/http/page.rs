@@ -1,18 +1,246 @@
-//! `GET /`: the web page, embedded in the binary so the service needs no files at run time.
+//! `GET /`: the buyer's web page (SPEC section 5), embedded in the binary so the service needs
+//! no files at run time.
+//!
+//! The page is one self-contained HTML file (`assets/index.html`: markup, style and script, no
+//! build step, nothing from other hosts). Under a herd every buyer loads it at the same moment,
+//! so the work per request is a header comparison and a clone of shared bytes:
+//!
+//! - the gzip body and both entity tags are computed once, on first use, and shared;
+//! - a strong `ETag` per representation (identity and gzip are different bytes, so they get
+//!   different tags), and `If-None-Match` answers `304 Not Modified` without a body;
+//! - `Cache-Control: public, max-age=60, stale-while-revalidate=300` lets a CDN or browser keep
+//!   the page for a minute and revalidate in the background; `Vary: Accept-Encoding` keeps the
+//!   two encodings apart in shared caches. The page holds no sale data (it reads the API), so a
+//!   cached copy is never stale in a way that matters.
 
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use std::io::Write;
+use std::sync::LazyLock;
 
 /// The page's HTML.
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
 
-/// Serves the single web page.
-pub async fn get_page() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        INDEX_HTML,
-    )
+/// Fit for a CDN: short freshness, background revalidation, one copy for everybody.
+const CACHE_CONTROL: &str = "public, max-age=60, stale-while-revalidate=300";
+
+/// Same-origin only: the page talks to this service and nothing else. The style and script are
+/// inline (one request per page view), hence `'unsafe-inline'` for those two.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
+     form-action 'self'; frame-ancestors 'none'";
+
+/// The page in both encodings with their validators, built once.
+struct Page {
+    identity: Bytes,
+    identity_etag: HeaderValue,
+    gzip: Bytes,
+    gzip_etag: HeaderValue,
+}
+
+static PAGE: LazyLock<Page> = LazyLock::new(|| Page::new(INDEX_HTML.as_bytes()));
+
+impl Page {
+    fn new(html: &[u8]) -> Self {
+        let gzip = gzip(html);
+        let tag = fnv1a64(html);
+        Self {
+            identity: Bytes::copy_from_slice(html),
+            identity_etag: etag(&format!("{tag:016x}")),
+            gzip: Bytes::from(gzip),
+            gzip_etag: etag(&format!("{tag:016x}-gz")),
+        }
+    }
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::with_capacity(bytes.len() / 3), Compression::best());
+    // Writing to a Vec cannot fail: the only error source would be the sink.
+    match encoder.write_all(bytes).and_then(|()| encoder.finish()) {
+        Ok(out) => out,
+        Err(_) => unreachable!("gzip into a Vec<u8> is infallible"),
+    }
+}
+
+fn etag(opaque: &str) -> HeaderValue {
+    // Hex digits, a dash and quotes are always a valid header value.
+    HeaderValue::from_str(&format!("\"{opaque}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+/// 64-bit FNV-1a: stable across builds and platforms (unlike `DefaultHasher`), and plenty to
+/// tell two versions of one page apart; the tag only needs to change when the bytes do.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Serves the single web page: gzip when the client accepts it, `304` when its copy is current.
+pub async fn get_page(headers: HeaderMap) -> Response {
+    render(&PAGE, &headers)
+}
+
+fn render(page: &Page, headers: &HeaderMap) -> Response {
+    let use_gzip = accepts_gzip(headers);
+    let (body, tag) = if use_gzip {
+        (&page.gzip, &page.gzip_etag)
+    } else {
+        (&page.identity, &page.identity_etag)
+    };
+    let mut response = if if_none_match(headers, &[&page.identity_etag, &page.gzip_etag]) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut response = body.clone().into_response();
+        let h = response.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        if use_gzip {
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        response
+    };
+    let h = response.headers_mut();
+    h.insert(header::ETAG, tag.clone());
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(CACHE_CONTROL),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// Whether `Accept-Encoding` lists `gzip` (or `*`) with a non-zero quality.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            !refused
+                && (coding.eq_ignore_ascii_case("gzip")
+                    || coding.eq_ignore_ascii_case("x-gzip")
+                    || coding == "*")
+        })
+}
+
+/// `If-None-Match` with the weak comparison RFC 9110 prescribes for it: `*` or any listed tag
+/// (with or without `W/`) naming one of our representations.
+fn if_none_match(headers: &HeaderMap, ours: &[&HeaderValue]) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| {
+            let tag = tag.strip_prefix("W/").unwrap_or(tag);
+            tag == "*" || ours.iter().any(|o| o.as_bytes() == tag.as_bytes())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::read::GzDecoder;
+    use std::io::Read;
+
+    async fn body_of(response: Response) -> Bytes {
+        axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap()
+    }
+
+    fn with(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(k.clone(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_page_is_small_and_self_contained() {
+        assert!(INDEX_HTML.len() < 30 * 1024, "{} bytes", INDEX_HTML.len());
+        for foreign in ["http://", "https://", "src=\"//", "href=\"//", "@import"] {
+            assert!(!INDEX_HTML.contains(foreign), "page refers to {foreign}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gzip_client_gets_the_compressed_page_with_cache_headers() {
+        let response = get_page(with(&[(header::ACCEPT_ENCODING, "br, gzip;q=0.8")])).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let h = response.headers().clone();
+        assert_eq!(h[header::CONTENT_ENCODING], "gzip");
+        assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        assert_eq!(h[header::CACHE_CONTROL], CACHE_CONTROL);
+        assert_eq!(h[header::VARY], "accept-encoding");
+        assert!(h[header::ETAG].to_str().unwrap().ends_with("-gz\""));
+        let mut html = String::new();
+        GzDecoder::new(&body_of(response).await[..])
+            .read_to_string(&mut html)
+            .unwrap();
+        assert_eq!(html, INDEX_HTML);
+    }
+
+    #[tokio::test]
+    async fn a_client_refusing_gzip_gets_identity_bytes() {
+        for refusal in ["", "gzip;q=0", "identity", "br"] {
+            let response = get_page(with(&[(header::ACCEPT_ENCODING, refusal)])).await;
+            assert!(response.headers().get(header::CONTENT_ENCODING).is_none());
+            assert_eq!(body_of(response).await, INDEX_HTML.as_bytes(), "{refusal}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_current_copy_is_answered_with_304_and_no_body() {
+        let first = get_page(with(&[(header::ACCEPT_ENCODING, "gzip")])).await;
+        let tag = first.headers()[header::ETAG].to_str().unwrap().to_owned();
+        for sent in [
+            tag.clone(),
+            format!("W/{tag}"),
+            format!("\"x\", {tag}"),
+            "*".into(),
+        ] {
+            let again = get_page(with(&[
+                (header::ACCEPT_ENCODING, "gzip"),
+                (header::IF_NONE_MATCH, &sent),
+            ]))
+            .await;
+            assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{sent}");
+            assert_eq!(again.headers()[header::ETAG], tag.as_str());
+            assert!(body_of(again).await.is_empty());
+        }
+        let stale = get_page(with(&[(header::IF_NONE_MATCH, "\"0123\"")])).await;
+        assert_eq!(stale.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn the_tag_changes_with_the_bytes_and_differs_per_encoding() {
+        let (a, b) = (Page::new(b"<p>a</p>"), Page::new(b"<p>b</p>"));
+        assert_ne!(a.identity_etag, b.identity_etag);
+        assert_ne!(a.identity_etag, a.gzip_etag);
+        assert_eq!(a.identity_etag, Page::new(b"<p>a</p>").identity_etag);
+    }
 }

@@ -1,0 +1,1020 @@
+//! The buyer's page (SPEC section 5, FE-1..FE-7) in real headless Chromium.
+//!
+//! Each test starts the real service in-process on port 0, most with a [`ManualClock`] (so the
+//! start and end instants are moved to, never slept towards; one runs on the system clock),
+//! starts `chromedriver` on a free port and drives Debian's Chromium through it with
+//! fantoccini. A second client (reqwest) plays the rest of the crowd. Screenshots of every
+//! state land in `target/screenshots/`.
+//!
+//! Chromium and chromedriver are required: when they are missing the tests fail with the
+//! command that installs them (`apt-get install -y chromium chromium-driver`); they never skip.
+//! `CHROMIUM` and `CHROMEDRIVER` override the default paths (`/usr/bin/...`).
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns; a failed unwrap fails the test
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use flashsale_core::{Clock, ManualClock, SystemClock};
+use flashsale_server::{Application, Config};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use time::macros::datetime;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "browser-test-admin-token";
+/// Years away from the machine's clock: a page that trusted the client clock would show a
+/// countdown of years (or none at all) instead of the seconds the server says.
+const T0: OffsetDateTime = datetime!(2031-03-14 09:00 UTC);
+/// FE-7: every change must reach the page within this.
+const LIVE: Duration = Duration::from_secs(2);
+
+/// Browsers are heavy on two shared cores: the tests in this file take turns.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+// ---------------------------------------------------------------------------------------------
+// The service
+// ---------------------------------------------------------------------------------------------
+
+struct TestApp {
+    base: String,
+    port: u16,
+    /// The clock the service runs on.
+    clock: Arc<dyn Clock>,
+    /// The same clock when the test moves it by hand.
+    manual: Option<Arc<ManualClock>>,
+    http: reqwest::Client,
+    stop: CancellationToken,
+    running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    data: TempDir,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The service on a [`ManualClock`] standing at [`T0`].
+async fn spawn_app() -> TestApp {
+    let manual = Arc::new(ManualClock::new(T0));
+    spawn_app_on(Arc::clone(&manual) as Arc<dyn Clock>, Some(manual)).await
+}
+
+async fn spawn_app_on(clock: Arc<dyn Clock>, manual: Option<Arc<ManualClock>>) -> TestApp {
+    let data = tempfile::tempdir().unwrap();
+    let mut app = TestApp {
+        base: String::new(),
+        port: 0,
+        clock,
+        manual,
+        http: reqwest::Client::new(),
+        stop: CancellationToken::new(),
+        running: None,
+        data,
+    };
+    app.start().await;
+    app
+}
+
+impl TestApp {
+    /// Starts the service on `self.port` (0 the first time) over `self.data`.
+    async fn start(&mut self) {
+        let config = Config::for_tests(
+            format!("127.0.0.1:{}", self.port).parse().unwrap(),
+            self.data.path().to_owned(),
+            TOKEN,
+        );
+        let app = Application::build(config, Arc::clone(&self.clock))
+            .await
+            .expect("the service starts");
+        self.port = app.port();
+        self.base = format!("http://127.0.0.1:{}", self.port);
+        self.stop = app.shutdown_token();
+        self.running = Some(tokio::spawn(app.run_until_stopped()));
+    }
+
+    /// Shuts the service down as SIGTERM would and waits until it has stopped.
+    async fn stop(&mut self) {
+        self.stop.cancel();
+        if let Some(running) = self.running.take() {
+            running.await.unwrap().expect("a clean shutdown");
+        }
+    }
+
+    /// Creates a sale starting `starts_in` seconds from the service's now, lasting `lasts`
+    /// seconds.
+    async fn create_sale(&self, name: &str, starts_in: i64, lasts: i64, stock: u32) -> u64 {
+        let starts = self.clock.now() + time::Duration::seconds(starts_in);
+        let ends = starts + time::Duration::seconds(lasts);
+        let response = self
+            .http
+            .post(format!("{}/api/admin/sales", self.base))
+            .bearer_auth(TOKEN)
+            .json(&json!({
+                "name": name,
+                "starts_at": starts.format(&Rfc3339).unwrap(),
+                "ends_at": ends.format(&Rfc3339).unwrap(),
+                "stock": stock,
+                "per_user_limit": 1,
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "creating a sale");
+        let body: Value = response.json().await.unwrap();
+        body["sale_id"].as_u64().unwrap()
+    }
+
+    /// Another buyer, outside the browser.
+    async fn buy(&self, sale: u64, user: &str) -> Value {
+        let response = self
+            .http
+            .post(format!("{}/api/sales/{sale}/orders", self.base))
+            .json(&json!({ "user_id": user }))
+            .send()
+            .await
+            .unwrap();
+        response.json().await.unwrap()
+    }
+
+    async fn orders_of(&self, sale: u64, user: &str) -> Value {
+        let url = format!("{}/api/sales/{sale}/orders/{user}", self.base);
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Purchase attempts the server has seen for the sale.
+    async fn attempts(&self, sale: u64) -> u64 {
+        let url = format!("{}/api/admin/sales/{sale}/summary", self.base);
+        let summary: Value = self
+            .http
+            .get(url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        summary["attempts"].as_u64().expect("summary has attempts")
+    }
+
+    fn set_clock(&self, seconds_after_t0: i64) {
+        self.manual
+            .as_ref()
+            .expect("a test on the manual clock")
+            .set(T0 + time::Duration::seconds(seconds_after_t0));
+    }
+
+    fn page(&self, sale: u64) -> String {
+        format!("{}/?sale={sale}", self.base)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The browser
+// ---------------------------------------------------------------------------------------------
+
+struct Browser {
+    client: Client,
+    driver_port: u16,
+    session: String,
+    _driver: Child,
+    _profile: TempDir,
+}
+
+/// Ends the session (which closes Chromium) even when a test panics, so no browser outlives
+/// the test; then the chromedriver child is killed on drop.
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let request = format!(
+            "DELETE /session/{} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n",
+            self.session
+        );
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.driver_port)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = stream.write_all(request.as_bytes());
+            // chromedriver answers once the browser is gone; it may keep the connection open,
+            // so read just the one response rather than to the end of the stream.
+            let (mut answer, mut chunk) = (Vec::new(), [0u8; 4096]);
+            while let Ok(n @ 1..) = stream.read(&mut chunk) {
+                answer.extend_from_slice(&chunk[..n]);
+                if response_complete(&answer) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Whether `answer` holds a whole HTTP response (headers and `Content-Length` bytes of body).
+fn response_complete(answer: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(answer);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    body.len() >= length
+}
+
+fn tool(var: &str, default: &str, package: &str) -> String {
+    let path = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    assert!(
+        Path::new(&path).exists(),
+        "{path} not found: the browser tests need Debian's `{package}` \
+         (apt-get install -y chromium chromium-driver) or {var} pointing at it"
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn open_browser(width: u32, height: u32) -> Browser {
+    let chromium = tool("CHROMIUM", "/usr/bin/chromium", "chromium");
+    let chromedriver = tool("CHROMEDRIVER", "/usr/bin/chromedriver", "chromium-driver");
+    let driver_port = free_port();
+    let driver = Command::new(&chromedriver)
+        .arg(format!("--port={driver_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {chromedriver}: {e}"));
+    let profile = tempfile::tempdir().unwrap();
+    let capabilities = json!({
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--disable-quic",
+                format!("--user-data-dir={}", profile.path().display()),
+                format!("--window-size={width},{height}"),
+            ],
+        }
+    });
+    let Value::Object(capabilities) = capabilities else {
+        unreachable!()
+    };
+    let url = format!("http://127.0.0.1:{driver_port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        match ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities.clone())
+            .connect(&url)
+            .await
+        {
+            Ok(client) => break client,
+            Err(e) if Instant::now() > deadline => {
+                panic!("chromedriver/chromium did not start: {e}")
+            }
+            // chromedriver is still starting: its port is not open yet.
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    client
+        .set_window_size(width, height)
+        .await
+        .expect("window size");
+    let session = client.session_id().await.unwrap().expect("a session id");
+    Browser {
+        client,
+        driver_port,
+        session,
+        _driver: driver,
+        _profile: profile,
+    }
+}
+
+/// Wraps `fetch` so the test can count the page's purchase requests and hold them back
+/// (not sent until released) to look at the pending state or let the world change first.
+const INSTRUMENT_FETCH: &str = r#"
+    if (!window.__posts) {
+      window.__posts = 0; window.__hold = false; window.__held = [];
+      const real = window.fetch.bind(window);
+      window.fetch = (url, init) => {
+        if (!init || init.method !== "POST") return real(url, init);
+        window.__posts++;
+        if (!window.__hold) return real(url, init);
+        return new Promise((ok, fail) => window.__held.push(() => real(url, init).then(ok, fail)));
+      };
+      window.__release = () => { window.__hold = false; window.__held.splice(0).forEach((go) => go()); };
+    }
+"#;
+
+/// What the page shows, read in one go.
+const SNAPSHOT: &str = r#"
+    const $ = (id) => document.getElementById(id);
+    const r = $("result");
+    return {
+      state: document.body.dataset.state,
+      ended_reason: document.body.dataset.endedReason || "",
+      label: $("state").textContent,
+      countdown: $("countdown").textContent,
+      remaining: $("stock-remaining").textContent,
+      bar: $("stock-bar").value,
+      ended: $("ended").hidden ? "" : $("ended").textContent,
+      buy_disabled: $("buy").disabled,
+      buy_busy: $("buy").getAttribute("aria-busy"),
+      buy_text: $("buy").textContent,
+      result_class: r.className,
+      result: r.textContent,
+      field_error: $("user-id-error").hidden ? "" : $("user-id-error").textContent,
+      invalid: $("user-id").getAttribute("aria-invalid"),
+      focus: document.activeElement ? document.activeElement.id : "",
+      conn: $("conn").textContent,
+      posts: window.__posts || 0,
+      marker: window.__marker || null,
+    };
+"#;
+
+impl Browser {
+    async fn js(&self, script: &str) -> Value {
+        self.client
+            .execute(script, vec![])
+            .await
+            .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+    }
+
+    async fn open(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
+        self.js(INSTRUMENT_FETCH).await;
+    }
+
+    async fn snapshot(&self) -> Value {
+        self.js(SNAPSHOT).await
+    }
+
+    /// Polls the page until `ready` holds for its snapshot, or fails naming `what`.
+    async fn wait_for(
+        &self,
+        what: &str,
+        within: Duration,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let snap = self.snapshot().await;
+            if ready(&snap) {
+                return snap;
+            }
+            if Instant::now() > deadline {
+                self.screenshot(&format!("failed-{}", what.replace(' ', "-")))
+                    .await;
+                panic!("page did not reach `{what}` within {within:?}; it shows {snap:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn type_id(&self, id: &str) {
+        let input = self.client.find(Locator::Id("user-id")).await.unwrap();
+        input.clear().await.unwrap();
+        // `clear` fires no input event; the page re-reads the field on `input`.
+        self.js("document.getElementById('user-id').dispatchEvent(new Event('input'))")
+            .await;
+        if !id.is_empty() {
+            input.send_keys(id).await.unwrap();
+        }
+    }
+
+    async fn click(&self, id: &str) {
+        self.client
+            .find(Locator::Id(id))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.unwrap();
+        let dir = screenshot_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+fn screenshot_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+        .join("screenshots")
+}
+
+fn s(v: &Value, key: &str) -> String {
+    match &v[key] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// "00:01:29" -> 89 seconds.
+fn seconds(countdown: &str) -> i64 {
+    countdown
+        .split(':')
+        .map(|p| {
+            p.trim()
+                .parse::<i64>()
+                .unwrap_or_else(|_| panic!("countdown {countdown:?}"))
+        })
+        .fold(0, |acc, p| acc * 60 + p)
+}
+
+// ---------------------------------------------------------------------------------------------
+// FE-1..FE-7
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_counts_down_from_the_server_clock_then_turns_active_without_reload() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app().await;
+    let sale = app.create_sale("Countdown keyboard", 90, 600, 10).await;
+    let browser = open_browser(1280, 900).await;
+
+    // FE-1: upcoming, counting down the 90 s the server says (the machine's clock is years off).
+    browser.open(&app.page(sale)).await;
+    let first = browser
+        .wait_for("upcoming", LIVE, |p| p["state"] == "upcoming")
+        .await;
+    let left = seconds(&s(&first, "countdown"));
+    assert!(
+        (80..=90).contains(&left),
+        "countdown shows {left} s: {first:#}"
+    );
+    assert_eq!(s(&first, "label"), "Coming soon");
+    // FE-3: nothing to buy yet.
+    assert_eq!(first["buy_disabled"], true);
+    // It ticks by itself, although the server clock stands still.
+    browser
+        .wait_for("the countdown ticking", Duration::from_millis(2500), |p| {
+            p["countdown"] != first["countdown"]
+        })
+        .await;
+    browser.screenshot("01-upcoming-countdown").await;
+
+    // FE-7: the start instant reaches the open page within 2 s, with no reload.
+    browser.js("window.__marker = 'same page'").await;
+    app.set_clock(90);
+    let active = browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
+    assert_eq!(active["marker"], "same page", "the page reloaded");
+    assert_eq!(s(&active, "label"), "On sale now");
+    assert_eq!(s(&active, "remaining"), "10");
+    assert_eq!(active["buy_disabled"], false);
+    browser.screenshot("02-active").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_real_clock_the_page_turns_active_at_the_start_instant() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app_on(Arc::new(SystemClock), None).await;
+    let sale = app.create_sale("Real clock", 4, 600, 10).await;
+    let starts_at: Value = app
+        .http
+        .get(format!("{}/api/sales/{sale}", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let starts_at =
+        OffsetDateTime::parse(starts_at["starts_at"].as_str().unwrap(), &Rfc3339).unwrap();
+    let browser = open_browser(1280, 900).await;
+    browser.open(&app.page(sale)).await;
+    let first = browser
+        .wait_for("upcoming", LIVE, |p| p["state"] == "upcoming")
+        .await;
+    assert!(
+        (1..=4).contains(&seconds(&s(&first, "countdown"))),
+        "{first:#}"
+    );
+    browser.js("window.__marker = 'same page'").await;
+
+    // The countdown runs out and the page turns active by itself, close to the instant.
+    let active = browser
+        .wait_for("active", Duration::from_secs(8), |p| p["state"] == "active")
+        .await;
+    let late = OffsetDateTime::now_utc() - starts_at;
+    assert!(
+        late < time::Duration::seconds(2),
+        "active {late} after the start"
+    );
+    assert_eq!(active["marker"], "same page", "the page reloaded");
+    assert_eq!(active["buy_disabled"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_on_the_page_follows_purchases_by_other_buyers_within_two_seconds() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app().await;
+    let sale = app.create_sale("Live stock", 0, 600, 5).await;
+    let browser = open_browser(1280, 900).await;
+
+    // Pushed over the event stream (FE-2, FE-7) ...
+    browser.open(&app.page(sale)).await;
+    browser
+        .wait_for("live with 5 left", LIVE, |p| {
+            p["remaining"] == "5" && p["conn"] == "Live"
+        })
+        .await;
+    for (n, user) in ["crowd-1", "crowd-2"].into_iter().enumerate() {
+        assert_eq!(app.buy(sale, user).await["code"], "confirmed");
+        let left = (4 - n).to_string();
+        let snap = browser
+            .wait_for(&format!("{left} left"), LIVE, |p| {
+                p["remaining"] == left.as_str()
+            })
+            .await;
+        assert_eq!(snap["bar"].as_f64(), Some((4 - n) as f64));
+    }
+    browser.screenshot("03-active-stock-follows").await;
+
+    // ... and by polling when the stream is not available.
+    browser.open(&format!("{}&live=poll", app.page(sale))).await;
+    browser
+        .wait_for("polling with 3 left", LIVE, |p| p["remaining"] == "3")
+        .await;
+    assert_eq!(app.buy(sale, "crowd-3").await["code"], "confirmed");
+    let snap = browser
+        .wait_for("2 left by polling", LIVE, |p| p["remaining"] == "2")
+        .await;
+    assert_eq!(s(&snap, "conn"), "Updating every second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_or_blank_id_is_refused_on_the_page_and_sends_no_request() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app().await;
+    let sale = app.create_sale("Validation", 0, 600, 5).await;
+    let browser = open_browser(1280, 900).await;
+    browser.open(&app.page(sale)).await;
+    browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
+
+    for blank in ["", "    "] {
+        browser.type_id(blank).await;
+        browser.click("buy").await;
+        let snap = browser
+            .wait_for("the inline message", LIVE, |p| p["field_error"] != "")
+            .await;
+        assert!(
+            s(&snap, "field_error").contains("enter your buyer id"),
+            "{snap:#}"
+        );
+        assert_eq!(snap["invalid"], "true");
+        assert_eq!(snap["focus"], "user-id", "focus goes back to the field");
+        assert_eq!(snap["posts"], 0, "the page sent a purchase for {blank:?}");
+    }
+    browser.screenshot("04-empty-id-refused").await;
+    assert_eq!(app.attempts(sale).await, 0, "the server saw an attempt");
+
+    // Typing an id clears the message.
+    browser.type_id("someone").await;
+    let snap = browser.snapshot().await;
+    assert_eq!(snap["field_error"], "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buy_now_is_disabled_while_not_active_and_while_a_request_is_in_flight() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app().await;
+    let sale = app.create_sale("One click", 30, 600, 5).await;
+    let browser = open_browser(1280, 900).await;
+    browser.open(&app.page(sale)).await;
+    browser.type_id("patient@example.com").await;
+    let snap = browser
+        .wait_for("upcoming", LIVE, |p| p["state"] == "upcoming")
+        .await;
+    assert_eq!(snap["buy_disabled"], true, "enabled before the start");
+
+    app.set_clock(30);
+    browser
+        .wait_for("enabled once active", LIVE, |p| p["buy_disabled"] == false)
+        .await;
+
+    // FE-3: hold the request back; the button shows the pending state and refuses more.
+    browser.js("window.__hold = true").await;
+    browser.click("buy").await;
+    let pending = browser
+        .wait_for("pending", LIVE, |p| p["buy_busy"] == "true")
+        .await;
+    assert_eq!(pending["buy_disabled"], true);
+    assert_eq!(s(&pending, "buy_text"), "Buying…");
+    assert_eq!(s(&pending, "result_class"), "result result-pending");
+    browser.screenshot("05-pending").await;
+    // Even a submit that bypasses the disabled button is ignored while one is in flight.
+    browser
+        .js("const f = document.getElementById('buy-form'); f.requestSubmit(); f.requestSubmit();")
+        .await;
+    assert_eq!(browser.snapshot().await["posts"], 1);
+
+    browser.js("window.__release()").await;
+    let done = browser
+        .wait_for("confirmed", LIVE, |p| {
+            p["result_class"] == "result result-confirmed"
+        })
+        .await;
+    assert_eq!(done["posts"], 1);
+    assert_eq!(
+        app.attempts(sale).await,
+        1,
+        "exactly one attempt reached the server"
+    );
+
+    // Ended: disabled again.
+    app.set_clock(630);
+    let ended = browser
+        .wait_for("ended", LIVE, |p| p["state"] == "ended")
+        .await;
+    assert_eq!(ended["buy_disabled"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_purchase_outcome_renders_its_own_message() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app().await;
+    let sale = app.create_sale("Outcomes", 0, 600, 3).await;
+    let browser = open_browser(1280, 900).await;
+    browser.open(&app.page(sale)).await;
+    browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
+    let mut seen = Vec::new();
+
+    // confirmed, with the order id the server recorded.
+    browser.type_id("alice@example.com").await;
+    browser.click("buy").await;
+    let confirmed = browser
+        .wait_for("confirmed", LIVE, |p| {
+            p["result_class"] == "result result-confirmed"
+        })
+        .await;
+    let order_id = s(
+        &app.orders_of(sale, "alice@example.com").await["orders"][0],
+        "order_id",
+    );
+    assert!(s(&confirmed, "result").contains(&order_id), "{confirmed:#}");
+    // FE-2: the pushed stock follows the purchase (and the screenshot shows both agreeing).
+    browser
+        .wait_for("stock after the purchase", LIVE, |p| p["remaining"] == "2")
+        .await;
+    browser.screenshot("06-confirmed").await;
+    seen.push(confirmed);
+
+    // FE-6: the page does not offer to buy again for that id, even after a reload.
+    let again = browser.snapshot().await;
+    assert_eq!(
+        (again["buy_disabled"].clone(), s(&again, "buy_text")),
+        (json!(true), "Already yours".into())
+    );
+    browser.open(&app.page(sale)).await;
+    browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
+    browser.type_id("alice@example.com").await;
+    let reloaded = browser.snapshot().await;
+    assert_eq!(
+        reloaded["buy_disabled"], true,
+        "offered to buy again: {reloaded:#}"
+    );
+
+    // already_purchased: bob bought elsewhere (another device), then tries here.
+    assert_eq!(app.buy(sale, "bob").await["code"], "confirmed");
+    browser.type_id("bob").await;
+    browser.click("buy").await;
+    let already = browser
+        .wait_for("already purchased", LIVE, |p| {
+            p["result_class"] == "result result-already-purchased"
+        })
+        .await;
+    browser.screenshot("07-already-purchased").await;
+    seen.push(already);
+
+    // sold_out: carol presses Buy Now while one unit is left, dave gets it first.
+    browser.type_id("carol").await;
+    browser.js("window.__hold = true").await;
+    browser.click("buy").await;
+    browser
+        .wait_for("pending", LIVE, |p| p["buy_busy"] == "true")
+        .await;
+    assert_eq!(app.buy(sale, "dave").await["code"], "confirmed");
+    browser.js("window.__release()").await;
+    let sold_out = browser
+        .wait_for("sold out", LIVE, |p| {
+            p["result_class"] == "result result-sold-out" && p["state"] == "ended"
+        })
+        .await;
+    browser.screenshot("08-sold-out").await;
+    seen.push(sold_out);
+
+    // sale_not_active: erin presses Buy Now just as time runs out on another sale.
+    let late = app.create_sale("Last minute", 0, 600, 5).await;
+    browser.open(&app.page(late)).await;
+    browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
+    browser.type_id("erin").await;
+    browser.js("window.__hold = true").await;
+    browser.click("buy").await;
+    browser
+        .wait_for("pending", LIVE, |p| p["buy_busy"] == "true")
+        .await;
+    app.set_clock(600);
+    browser.js("window.__release()").await;
+    let not_active = browser
+        .wait_for("sale not active", LIVE, |p| {
+            p["result_class"] == "result result-sale-not-active"
+        })
+        .await;
+    browser.screenshot("09-sale-not-active").await;
+    seen.push(not_active);
+
+    // FE-4: four different classes, four different messages.
+    for (i, a) in seen.iter().enumerate() {
+        for b in &seen[i + 1..] {
+            assert_ne!(a["result_class"], b["result_class"]);
+            assert_ne!(a["result"], b["result"]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_sale_says_whether_it_sold_out_or_ran_out_of_time() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app().await;
+    let sold = app.create_sale("Sells out", 0, 600, 1).await;
+    let timed = app.create_sale("Runs out of time", 0, 300, 1).await;
+    let browser = open_browser(1280, 900).await;
+
+    browser.open(&app.page(sold)).await;
+    browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
+    assert_eq!(app.buy(sold, "fast").await["code"], "confirmed");
+    let snap = browser
+        .wait_for("ended by sold out", LIVE, |p| p["state"] == "ended")
+        .await;
+    assert_eq!(snap["ended_reason"], "sold_out");
+    assert_eq!(s(&snap, "label"), "Sold out");
+    assert!(s(&snap, "ended").contains("have been sold"), "{snap:#}");
+    browser.screenshot("10-ended-sold-out").await;
+
+    browser.open(&app.page(timed)).await;
+    browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
+    app.set_clock(300);
+    let snap = browser
+        .wait_for("ended by time", LIVE, |p| p["state"] == "ended")
+        .await;
+    assert_eq!(snap["ended_reason"], "time");
+    assert_eq!(s(&snap, "label"), "Sale over");
+    assert!(s(&snap, "ended").contains("Time is up"), "{snap:#}");
+    assert_eq!(snap["buy_disabled"], true);
+    browser.screenshot("11-ended-time-up").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_answers_render_their_own_messages() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app().await;
+    let sale = app.create_sale("Errors", 0, 600, 5).await;
+    let browser = open_browser(1280, 900).await;
+    browser.open(&app.page(sale)).await;
+    browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
+
+    // The server sheds and limits only under real overload; these answers are stood in for
+    // by the browser's fetch, with the exact bodies of docs/api.md.
+    let cases = [
+        (
+            "429",
+            r#"new Response('{"code":"rate_limited","message":"slow down"}', {status: 429, headers: {"retry-after": "2"}})"#,
+            "result result-rate-limited",
+            "12-rate-limited",
+        ),
+        (
+            "503",
+            r#"new Response('{"code":"overloaded","message":"busy"}', {status: 503, headers: {"retry-after": "1"}})"#,
+            "result result-unavailable",
+            "13-unavailable",
+        ),
+        (
+            "network",
+            "Promise.reject(new TypeError('Failed to fetch'))",
+            "result result-network-error",
+            "14-network-error",
+        ),
+        (
+            "limit",
+            r#"new Response('{"code":"limit_exceeded","message":"limit","allowed":0,"orders":[]}', {status: 409})"#,
+            "result result-limit-exceeded",
+            "15-limit-exceeded",
+        ),
+    ];
+    let mut texts = Vec::new();
+    for (what, answer, class, shot) in cases {
+        browser
+            .js(&format!(
+                "const real = window.fetch; window.fetch = (u, i) => {{ \
+                   if (i && i.method === 'POST') {{ window.fetch = real; return Promise.resolve().then(() => {answer}); }} \
+                   return real(u, i); }};"
+            ))
+            .await;
+        browser.type_id(&format!("user-{what}")).await;
+        browser.click("buy").await;
+        let snap = browser
+            .wait_for(what, LIVE, |p| p["result_class"] == class)
+            .await;
+        texts.push(s(&snap, "result"));
+        browser.screenshot(shot).await;
+        if matches!(what, "429" | "503") {
+            // Told to come back later: the button rests for `Retry-After`, then returns.
+            assert_eq!(snap["buy_disabled"], true, "{snap:#}");
+            assert!(s(&snap, "buy_text").starts_with("Wait "), "{snap:#}");
+            browser
+                .wait_for(
+                    "the button back after Retry-After",
+                    Duration::from_secs(4),
+                    |p| p["buy_disabled"] == false,
+                )
+                .await;
+        } else {
+            assert_eq!(
+                snap["buy_disabled"], false,
+                "a failed attempt may be retried"
+            );
+        }
+    }
+    assert!(texts[0].contains("wait 2 s"), "{texts:?}");
+    texts.sort();
+    texts.dedup();
+    assert_eq!(texts.len(), 4, "messages must differ: {texts:?}");
+    assert_eq!(app.attempts(sale).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_works_on_a_phone_sized_screen_with_the_keyboard_alone() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app().await;
+    let sale = app.create_sale("Phone", 0, 600, 5).await;
+    let browser = open_browser(360, 740).await;
+    browser.open(&app.page(sale)).await;
+    browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
+    browser.screenshot("16-phone-active").await;
+
+    let width = browser
+        .js("return [window.innerWidth, document.documentElement.scrollWidth]")
+        .await;
+    assert_eq!(width[0], 360, "viewport {width}");
+    assert!(
+        width[1].as_u64().unwrap() <= 360,
+        "horizontal scroll: {width}"
+    );
+
+    // Keyboard only: type the id, Tab reaches Buy Now, Enter buys.
+    let input = browser.client.find(Locator::Id("user-id")).await.unwrap();
+    input.send_keys("thumbs@example.com").await.unwrap();
+    input.send_keys("\u{E004}").await.unwrap(); // Tab
+    assert_eq!(browser.snapshot().await["focus"], "buy");
+    browser
+        .client
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys("\u{E007}") // Enter
+        .await
+        .unwrap();
+    // The answer and the pushed stock arrive independently: wait for both.
+    browser
+        .wait_for("confirmed, 4 left", LIVE, |p| {
+            p["result_class"] == "result result-confirmed" && p["remaining"] == "4"
+        })
+        .await;
+    browser.screenshot("17-phone-confirmed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_falls_back_to_polling_and_goes_live_again_after_the_server_returns() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut app = spawn_app().await;
+    let sale = app.create_sale("Restart", 0, 600, 5).await;
+    let browser = open_browser(1280, 900).await;
+    browser.open(&app.page(sale)).await;
+    browser
+        .wait_for("live", LIVE, |p| {
+            p["conn"] == "Live" && p["remaining"] == "5"
+        })
+        .await;
+
+    // The stream breaks (the service goes away): the page says so and keeps trying.
+    app.stop().await;
+    let offline = browser
+        .wait_for("offline", Duration::from_secs(5), |p| {
+            p["conn"] == "Connection lost, retrying…"
+        })
+        .await;
+    assert_eq!(
+        offline["state"], "active",
+        "the last known state stays on screen"
+    );
+    browser.screenshot("18-connection-lost").await;
+
+    // Back on the same port: the page picks up changes by itself, without a reload.
+    browser.js("window.__marker = 'same page'").await;
+    app.start().await;
+    assert_eq!(app.buy(sale, "after-restart").await["code"], "confirmed");
+    browser
+        .wait_for("4 left after the restart", Duration::from_secs(5), |p| {
+            p["remaining"] == "4"
+        })
+        .await;
+    // The stream is reopened with backoff (at most 15 s between tries).
+    let live = browser
+        .wait_for("live again", Duration::from_secs(20), |p| {
+            p["conn"] == "Live"
+        })
+        .await;
+    assert_eq!(live["marker"], "same page");
+    assert_eq!(app.buy(sale, "on-the-stream").await["code"], "confirmed");
+    browser
+        .wait_for("3 left over the stream", LIVE, |p| p["remaining"] == "3")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_is_served_gzipped_with_a_strong_etag_and_revalidates_with_304() {
+    let app = spawn_app().await;
+    let page = |encoding: &'static str| {
+        app.http
+            .get(format!("{}/", app.base))
+            .header("accept-encoding", encoding)
+    };
+
+    let zipped = page("gzip, br").send().await.unwrap();
+    assert_eq!(zipped.status(), 200);
+    let h = zipped.headers().clone();
+    assert_eq!(h["content-encoding"], "gzip");
+    assert_eq!(h["content-type"], "text/html; charset=utf-8");
+    assert_eq!(
+        h["cache-control"],
+        "public, max-age=60, stale-while-revalidate=300"
+    );
+    assert_eq!(h["vary"], "accept-encoding");
+    let tag = h["etag"].to_str().unwrap().to_owned();
+    assert!(tag.starts_with('"'), "a strong tag: {tag}");
+    let gz_len = zipped.bytes().await.unwrap().len();
+
+    let plain = page("identity").send().await.unwrap();
+    assert!(plain.headers().get("content-encoding").is_none());
+    assert_ne!(plain.headers()["etag"], tag.as_str());
+    let html = plain.text().await.unwrap();
+    assert!(
+        html.len() < 30 * 1024 && gz_len < html.len() / 2,
+        "{} / {gz_len}",
+        html.len()
+    );
+
+    let again = page("gzip")
+        .header("if-none-match", &tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"], tag.as_str());
+    assert!(again.bytes().await.unwrap().is_empty());
+}
