@@ -64,7 +64,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     );
     let (conns, cold) = scenario::open_connections(&targets, connections, cli.timeout()).await;
     if cold > 0 {
-        eprintln!("warning: {cold} connections could not be warmed");
+        eprintln!(
+            "warning: {cold} of {connections} connections could not be warmed \
+             (server down, or out of file descriptors: raise `ulimit -n`)"
+        );
     }
 
     let mut admin = Conn::new(Arc::clone(&targets[0]), cli.timeout());
