@@ -49,6 +49,14 @@ pub struct Config {
     /// PostgreSQL URL for `--store redis`.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// Prefix of every Redis key (`--store redis`): deployments sharing a Redis differ here.
+    #[arg(long, env = "FLASHSALE_REDIS_PREFIX", default_value = "flashsale")]
+    pub redis_prefix: String,
+
+    /// PostgreSQL schema of the tables (`--store redis`); created at start if missing.
+    #[arg(long, env = "FLASHSALE_PG_SCHEMA", default_value = "public")]
+    pub pg_schema: String,
 }
 
 impl Config {
@@ -63,6 +71,8 @@ impl Config {
             store: StoreKind::Embedded,
             redis_url: None,
             database_url: None,
+            redis_prefix: "flashsale".into(),
+            pg_schema: "public".into(),
         }
     }
 }
@@ -84,6 +94,8 @@ impl fmt::Debug for Config {
             .field("store", &self.store)
             .field("redis_url", &redacted(&self.redis_url))
             .field("database_url", &redacted(&self.database_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("pg_schema", &self.pg_schema)
             .finish()
     }
 }
@@ -117,6 +129,8 @@ mod tests {
             "FLASHSALE_STORE",
             "REDIS_URL",
             "DATABASE_URL",
+            "FLASHSALE_REDIS_PREFIX",
+            "FLASHSALE_PG_SCHEMA",
         ] {
             assert!(help.contains(env), "{env} missing from --help");
         }

@@ -9,6 +9,7 @@ use crate::http::{self, AppState, MAX_PURCHASES_IN_FLIGHT, Shared};
 use flashsale_core::{Clock, NewSale};
 use flashsale_store::SaleStore;
 use flashsale_store::embedded::EmbeddedStore;
+use flashsale_store::redis_pg::{RedisPgConfig, RedisPgStore};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,9 +39,9 @@ pub enum StartupError {
     /// The store could not be opened.
     #[error("cannot open the store: {0}")]
     Store(#[from] flashsale_store::StoreError),
-    /// The chosen backend is not available in this build.
+    /// A setting the chosen backend needs is missing (the message names the variable).
     #[error("{0}")]
-    Unsupported(&'static str),
+    MissingSetting(&'static str),
     /// The metrics recorder could not be built.
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
@@ -195,9 +196,26 @@ async fn open_store(
                 })??;
             Ok(Arc::new(store))
         }
-        StoreKind::Redis => Err(StartupError::Unsupported(
-            "the redis store is not built yet: use --store embedded (FLASHSALE_STORE=embedded)",
-        )),
+        StoreKind::Redis => {
+            // The scale-out store decides with Redis's clock (one clock for every instance),
+            // not the injected one.
+            let redis_url = config
+                .redis_url
+                .clone()
+                .ok_or(StartupError::MissingSetting(
+                    "--store redis needs REDIS_URL (--redis-url)",
+                ))?;
+            let database_url = config
+                .database_url
+                .clone()
+                .ok_or(StartupError::MissingSetting(
+                    "--store redis needs DATABASE_URL (--database-url)",
+                ))?;
+            let mut store_config = RedisPgConfig::new(redis_url, database_url);
+            store_config.key_prefix = config.redis_prefix.clone();
+            store_config.pg_schema = config.pg_schema.clone();
+            Ok(Arc::new(RedisPgStore::connect(store_config).await?))
+        }
     }
 }
 

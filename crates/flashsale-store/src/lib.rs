@@ -3,7 +3,7 @@
 //!
 //! - [`embedded`]: single node, no external service. Decisions in memory inside a per-sale
 //!   critical section, orders made durable in SQLite (WAL) by one group-committing writer.
-//! - `redis_pg` (scale-out): admission by a Redis script, orders durable in PostgreSQL.
+//! - [`redis_pg`] (scale-out): admission by a Redis script, orders durable in PostgreSQL.
 //!
 //! Every backend promises the same thing: a [`PurchaseOutcome::Confirmed`] is returned only
 //! once the order is durable, a failed write takes nothing, and no sequence of calls sells more
@@ -12,6 +12,7 @@
 pub mod embedded;
 mod error;
 mod model;
+pub mod redis_pg;
 
 pub use error::StoreError;
 pub use model::{Attempt, Order, PurchaseOutcome, RejectionCounts, SaleStatus, Summary};

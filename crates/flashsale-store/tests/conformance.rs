@@ -10,6 +10,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use flashsale_core::{
     IdempotencyKey, NewSale, NotActiveReason, Quantity, Rejection, SaleId, SaleState, UserId,
 };
@@ -404,3 +406,15 @@ async fn embedded() -> Harness {
 }
 
 conformance_suite!(embedded_store, super::embedded);
+
+/// The Redis + PostgreSQL backend on the local services, in its own schema and key prefix.
+async fn redis_pg() -> Harness {
+    let cfg = support::isolated(&support::redis_url(), &support::database_url());
+    let store = support::connect(&cfg).await;
+    Harness {
+        store: Arc::new(store),
+        _guard: Box::new(support::Cleanup { cfg }),
+    }
+}
+
+conformance_suite!(redis_pg_store, super::redis_pg);

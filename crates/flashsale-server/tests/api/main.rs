@@ -13,3 +13,4 @@ mod operations;
 mod orders;
 mod restart;
 mod sales;
+mod scale_out;

@@ -142,15 +142,20 @@ async fn a_bare_start_seeds_one_demo_sale_starting_in_30_seconds_and_a_restart_a
 }
 
 #[tokio::test]
-async fn starting_with_the_redis_store_fails_fast_with_a_clear_message() {
+async fn starting_with_the_redis_store_without_its_urls_fails_fast_naming_the_variable() {
     use flashsale_core::SystemClock;
     use flashsale_server::{Application, Config, StoreKind};
     use std::sync::Arc;
     let dir = tempfile::TempDir::new().unwrap();
     let mut config = Config::for_tests("127.0.0.1:0".parse().unwrap(), dir.path().into(), "t");
     config.store = StoreKind::Redis;
-    let Err(error) = Application::build(config, Arc::new(SystemClock)).await else {
-        panic!("started without a redis store");
+    let Err(error) = Application::build(config.clone(), Arc::new(SystemClock)).await else {
+        panic!("started without REDIS_URL");
     };
-    assert!(error.to_string().contains("not built yet"), "{error}");
+    assert!(error.to_string().contains("REDIS_URL"), "{error}");
+    config.redis_url = Some("redis://127.0.0.1:6379".into());
+    let Err(error) = Application::build(config, Arc::new(SystemClock)).await else {
+        panic!("started without DATABASE_URL");
+    };
+    assert!(error.to_string().contains("DATABASE_URL"), "{error}");
 }

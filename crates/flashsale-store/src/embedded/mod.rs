@@ -61,16 +61,18 @@ impl EmbeddedStore {
         })?;
         let (writes, rx) = mpsc::channel();
         let (acks, acks_rx) = mpsc::channel();
+        let flushing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer_flushing = Arc::clone(&flushing);
         let writer_books = Arc::clone(&books);
         let spawn_failed =
             |e: std::io::Error| StoreError::Internal(format!("cannot start writer thread: {e}"));
         std::thread::Builder::new()
             .name("flashsale-sync".into())
-            .spawn(move || writer::sync(wal, acks_rx))
+            .spawn(move || writer::sync(wal, acks_rx, flushing))
             .map_err(spawn_failed)?;
         let writer = std::thread::Builder::new()
             .name("flashsale-writer".into())
-            .spawn(move || writer::run(conn, rx, acks, writer_books))
+            .spawn(move || writer::run(conn, rx, acks, writer_flushing, writer_books))
             .map_err(spawn_failed)?;
         Ok(Self {
             clock,

@@ -25,12 +25,20 @@ use rusqlite::{Connection, params};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// The most writes committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 4096;
+/// While a flush is running, the writer gathers at least this many writes before committing:
+/// a group committed now would wait for the running flush anyway, and each commit costs CPU.
+/// Measured under wrk: without it, commits averaged 7 orders and took the CPU the HTTP layer
+/// needed. When the syncer is idle, whatever is queued is committed at once (low latency).
+const MIN_GROUP_WHILE_FLUSHING: usize = 64;
+/// How long the writer waits for more writes while gathering.
+const GATHER_WAIT: Duration = Duration::from_micros(200);
 /// How often counters are persisted while they change.
 const COUNTER_FLUSH: Duration = Duration::from_millis(500);
 
@@ -61,14 +69,16 @@ pub(crate) enum Ack {
 
 /// The syncer thread's body: fsyncs the WAL for every group the writer committed, then
 /// answers. Runs until the writer is gone.
-pub(crate) fn sync(wal: File, acks: Receiver<Vec<Ack>>) {
+pub(crate) fn sync(wal: File, acks: Receiver<Vec<Ack>>, flushing: Arc<AtomicBool>) {
     while let Ok(first) = acks.recv() {
         let mut groups = vec![first];
         groups.extend(acks.try_iter());
+        flushing.store(true, Ordering::Release);
         if let Err(e) = wal.sync_data() {
             tracing::error!(error = %e, "fsync of the WAL failed: stopping so that no answer is untrue");
             std::process::abort();
         }
+        flushing.store(false, Ordering::Release);
         let mut stop = false;
         for ack in groups.into_iter().flatten() {
             match ack {
@@ -92,6 +102,7 @@ pub(crate) fn run(
     mut conn: Connection,
     rx: Receiver<Write>,
     acks: Sender<Vec<Ack>>,
+    flushing: Arc<AtomicBool>,
     books: Arc<RwLock<BTreeMap<SaleId, Arc<SaleBook>>>>,
 ) {
     let mut saved: HashMap<SaleId, PersistedCounters> = HashMap::new();
@@ -107,11 +118,17 @@ pub(crate) fn run(
                 return;
             }
         }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
+        batch.extend(rx.try_iter().take(MAX_BATCH.saturating_sub(batch.len())));
+        while !batch.is_empty()
+            && batch.len() < MIN_GROUP_WHILE_FLUSHING
+            && flushing.load(Ordering::Acquire)
+        {
+            match rx.recv_timeout(GATHER_WAIT) {
                 Ok(write) => batch.push(write),
-                Err(_) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
             }
+            batch.extend(rx.try_iter().take(MAX_BATCH.saturating_sub(batch.len())));
         }
         let mut shutdown = None;
         let mut orders = Vec::with_capacity(batch.len());

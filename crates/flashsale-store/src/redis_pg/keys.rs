@@ -1,0 +1,85 @@
+//! Every Redis key the scale-out store uses, and nothing else names one.
+//!
+//! All keys of one sale share the hash tag `{<prefix>:sale:<id>}`, so they live in one slot
+//! and the admission script (which touches several of them atomically) also runs on Redis
+//! Cluster. The prefix is configurable: deployments share a Redis by prefix, and each test
+//! isolates itself with its own.
+
+use flashsale_core::SaleId;
+
+/// Builds key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// The keys of one sale (all in the same hash slot).
+#[derive(Debug, Clone)]
+pub struct SaleKeys {
+    /// Hash: `stock`, `limit`, `starts_us`, `ends_us`, `remaining`, `epoch`, `sold_out_us`.
+    /// Its absence means Redis lost the sale: it must be rebuilt from PostgreSQL.
+    pub meta: String,
+    /// Hash: user id -> units held (committed or reserved).
+    pub held: String,
+    /// Sorted set: order id of each live reservation, scored by its lease deadline (ms).
+    pub leases: String,
+    /// Hash: order id -> the reservation (`user\nquantity\ncreated_us\nkey\nepoch`).
+    pub reservations: String,
+    /// Hash: idempotency key -> the first outcome (see `admission.lua`).
+    pub idempotency: String,
+    /// String: held by the one instance rebuilding the sale.
+    pub rebuild_lock: String,
+}
+
+impl SaleKeys {
+    /// The five keys the scripts take, in their `KEYS` order.
+    pub fn script_keys(&self) -> [&str; 5] {
+        [
+            &self.meta,
+            &self.held,
+            &self.leases,
+            &self.reservations,
+            &self.idempotency,
+        ]
+    }
+}
+
+impl Keys {
+    /// Keys under `prefix` (for example `flashsale`).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The keys of sale `id`.
+    pub fn sale(&self, id: SaleId) -> SaleKeys {
+        let tag = format!("{{{}:sale:{}}}", self.prefix, id.0);
+        SaleKeys {
+            meta: format!("{tag}:meta"),
+            held: format!("{tag}:held"),
+            leases: format!("{tag}:leases"),
+            reservations: format!("{tag}:reservations"),
+            idempotency: format!("{tag}:idempotency"),
+            rebuild_lock: format!("{tag}:rebuild"),
+        }
+    }
+
+    /// A `SCAN MATCH` pattern covering every key under this prefix.
+    pub fn pattern(&self) -> String {
+        format!("{{{}:*", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_sale_shares_one_hash_tag() {
+        let k = Keys::new("fs").sale(SaleId(42));
+        for key in k.script_keys().into_iter().chain([k.rebuild_lock.as_str()]) {
+            assert!(key.starts_with("{fs:sale:42}:"), "{key}");
+        }
+    }
+}

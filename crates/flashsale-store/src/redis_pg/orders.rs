@@ -1,0 +1,390 @@
+//! Group commit of admitted orders to PostgreSQL.
+//!
+//! Buyers' tasks hand their admitted order to one batching task and wait; the task takes
+//! everything queued (up to `max_batch`) into one transaction of a few multi-row statements
+//! (`INSERT ... SELECT FROM UNNEST`), so one commit makes a whole group durable. `confirmed`
+//! is answered only after that commit. In the same transaction:
+//!
+//! - the sales rows are locked and each order's admission epoch checked against the sale's
+//!   (an order admitted before Redis lost its data and was rebuilt is refused: it is already
+//!   forgotten by the rebuilt state);
+//! - each order claims its `reservations` row as `committed` (`ON CONFLICT DO NOTHING`): an
+//!   order the reconciler already released loses, and is not written;
+//! - `buyers.held` and `sales.sold` are raised, their CHECKs refusing any oversell.
+//!
+//! When the transaction fails, the group's reservations are fenced as released (which also
+//! tells us whether an ambiguous commit in fact went through) and their stock handed back.
+//! If PostgreSQL cannot even be asked, the reservations are left to the reconciler.
+
+use super::scripts::Settle;
+use super::{Inner, pg_error};
+use crate::StoreError;
+use crate::model::Order;
+use flashsale_core::{IdempotencyKey, SaleId};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+/// Group commits in flight at once (groups of one sale overlap but for the `sold` update).
+const CONCURRENT_COMMITS: usize = 4;
+
+/// An admitted order waiting for its commit.
+pub(crate) struct PendingOrder {
+    pub order: Order,
+    /// The sale's epoch the order was admitted under.
+    pub epoch: i64,
+    pub key: Option<IdempotencyKey>,
+    pub reply: oneshot::Sender<Settlement>,
+}
+
+/// What became of a pending order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settlement {
+    /// Committed in PostgreSQL.
+    Confirmed,
+    /// Not committed; its stock is (or will be, by the reconciler) handed back.
+    Failed,
+}
+
+/// How a reservation was resolved in PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resolution {
+    Committed,
+    Released,
+}
+
+/// The sending side of the batching task.
+pub(crate) struct OrderWriter {
+    tx: mpsc::Sender<PendingOrder>,
+}
+
+impl OrderWriter {
+    /// Queues an order; gives it back if the writer has stopped.
+    pub(crate) async fn send(&self, order: PendingOrder) -> Result<(), PendingOrder> {
+        self.tx.send(order).await.map_err(|e| e.0)
+    }
+}
+
+/// Starts the batching task.
+pub(crate) fn spawn(
+    inner: &Arc<Inner>,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> OrderWriter {
+    let (tx, rx) = mpsc::channel(inner.cfg.max_batch * 4);
+    tracker.spawn(run(Arc::clone(inner), rx, cancel.clone(), tracker.clone()));
+    OrderWriter { tx }
+}
+
+async fn run(
+    inner: Arc<Inner>,
+    mut rx: mpsc::Receiver<PendingOrder>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let permits = Arc::new(Semaphore::new(CONCURRENT_COMMITS));
+    loop {
+        let first = tokio::select! {
+            first = rx.recv() => first,
+            _ = cancel.cancelled() => None,
+        };
+        let Some(first) = first else { break };
+        // Waiting for a permit first lets the queue grow into a bigger group meanwhile.
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            break;
+        };
+        let mut batch = vec![first];
+        while batch.len() < inner.cfg.max_batch {
+            match rx.try_recv() {
+                Ok(order) => batch.push(order),
+                Err(_) => break,
+            }
+        }
+        let inner = Arc::clone(&inner);
+        tracker.spawn(async move {
+            settle_batch(&inner, batch).await;
+            drop(permit);
+        });
+    }
+    // Shutting down: commit what was already queued, then stop.
+    rx.close();
+    let mut rest = Vec::new();
+    while let Ok(order) = rx.try_recv() {
+        rest.push(order);
+    }
+    if !rest.is_empty() {
+        settle_batch(&inner, rest).await;
+    }
+}
+
+/// Commits one group and answers each of its buyers.
+async fn settle_batch(inner: &Inner, batch: Vec<PendingOrder>) {
+    let outcome = commit(inner, &batch).await;
+    let resolutions: HashMap<Uuid, Resolution> = match outcome {
+        Ok(won) => batch
+            .iter()
+            .map(|p| {
+                let r = if won.contains(&p.order.order_id) {
+                    Resolution::Committed
+                } else {
+                    Resolution::Released
+                };
+                (p.order.order_id, r)
+            })
+            .collect(),
+        Err(e) => {
+            tracing::error!(error = %e, orders = batch.len(), "order group failed to commit");
+            let ids: Vec<(Uuid, SaleId)> = batch
+                .iter()
+                .map(|p| (p.order.order_id, p.order.sale_id))
+                .collect();
+            match resolve(inner, &ids).await {
+                Ok(found) => found,
+                Err(e) => {
+                    // PostgreSQL cannot be asked: the reservations stay until the reconciler
+                    // resolves them once it is back. The buyers are told nothing was taken,
+                    // which is what the reconciler will make true (no commit can land).
+                    tracing::warn!(error = %e, "cannot fence failed orders; reconciler will");
+                    HashMap::new()
+                }
+            }
+        }
+    };
+    let mut by_sale: BTreeMap<(SaleId, bool), Vec<Uuid>> = BTreeMap::new();
+    for p in &batch {
+        if let Some(r) = resolutions.get(&p.order.order_id) {
+            by_sale
+                .entry((p.order.sale_id, *r == Resolution::Committed))
+                .or_default()
+                .push(p.order.order_id);
+        }
+    }
+    for ((sale, committed), ids) in by_sale {
+        let how = if committed {
+            Settle::Confirm
+        } else {
+            Settle::Release
+        };
+        settle(inner, sale, how, &ids).await;
+    }
+    for p in batch {
+        let settlement = match resolutions.get(&p.order.order_id) {
+            Some(Resolution::Committed) => Settlement::Confirmed,
+            _ => Settlement::Failed,
+        };
+        // A buyer who went away still has their order committed; nothing to do.
+        let _ = p.reply.send(settlement);
+    }
+}
+
+/// Settles reservations in Redis; on failure the reconciler does it after the lease.
+pub(crate) async fn settle(inner: &Inner, sale: SaleId, how: Settle, ids: &[Uuid]) {
+    let keys = inner.keys.sale(sale);
+    let mut con = inner.con();
+    match inner
+        .redis_call("settle", inner.scripts.settle(&mut con, &keys, how, ids))
+        .await
+    {
+        Ok(_) => {
+            if how == Settle::Release
+                && let Some(entry) = inner.snapshot.get(sale)
+                && entry.remaining == 0
+            {
+                // Stock came back: let the next refresh say how much, but stop the fast
+                // path from answering sold out meanwhile.
+                inner.snapshot.set_remaining(sale, 1);
+            }
+        }
+        Err(e) => tracing::warn!(sale = %sale, error = %e, "cannot settle reservations yet"),
+    }
+}
+
+/// Releases reservations of orders that never reached PostgreSQL (shutting down).
+pub(crate) async fn release_unwritten(inner: &Inner, orders: &[Order]) {
+    let ids: Vec<(Uuid, SaleId)> = orders.iter().map(|o| (o.order_id, o.sale_id)).collect();
+    if let Ok(found) = resolve(inner, &ids).await {
+        for o in orders {
+            if found.get(&o.order_id) == Some(&Resolution::Released) {
+                settle(inner, o.sale_id, Settle::Release, &[o.order_id]).await;
+            }
+        }
+    }
+}
+
+/// Fences reservations: claims each one not yet resolved as `released`, then reads how every
+/// one of them was resolved. Whoever inserted the row first (a commit or a release) won.
+pub(crate) async fn resolve(
+    inner: &Inner,
+    ids: &[(Uuid, SaleId)],
+) -> Result<HashMap<Uuid, Resolution>, StoreError> {
+    let mut sorted = ids.to_vec();
+    // One lock order for every writer of `reservations`, so fences and commits never deadlock.
+    sorted.sort();
+    let order_ids: Vec<Uuid> = sorted.iter().map(|(id, _)| *id).collect();
+    let sale_ids: Vec<i64> = sorted.iter().map(|(_, s)| s.0).collect();
+    let client = inner.pg().await?;
+    inner
+        .pg_call(
+            "fence reservations",
+            client.execute(
+                "INSERT INTO reservations (order_id, sale_id, resolution)
+                 SELECT o, s, 'released' FROM UNNEST($1::uuid[], $2::int8[]) AS t(o, s)
+                 ON CONFLICT (order_id) DO NOTHING",
+                &[&order_ids, &sale_ids],
+            ),
+        )
+        .await?;
+    let rows = inner
+        .pg_call(
+            "read reservations",
+            client.query(
+                "SELECT order_id, resolution FROM reservations WHERE order_id = ANY($1)",
+                &[&order_ids],
+            ),
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let r = if row.get::<_, &str>(1) == "committed" {
+                Resolution::Committed
+            } else {
+                Resolution::Released
+            };
+            (row.get(0), r)
+        })
+        .collect())
+}
+
+/// One group-commit transaction; returns the order ids committed. A deadlock or
+/// serialisation failure (two groups holding the same buyer, rare) is retried once: the failed
+/// transaction was rolled back whole, so nothing of it can have landed.
+async fn commit(inner: &Inner, batch: &[PendingOrder]) -> Result<HashSet<Uuid>, StoreError> {
+    let mut retried = false;
+    loop {
+        let mut client = match inner.pg().await {
+            Ok(client) => client,
+            Err(e) => {
+                inner.pg_unreachable();
+                return Err(e);
+            }
+        };
+        match tokio::time::timeout(inner.cfg.pg_timeout, commit_tx(&mut client, batch)).await {
+            Ok(Ok(won)) => return Ok(won),
+            Ok(Err(e)) if !retried && retryable(&e) => retried = true,
+            Ok(Err(e)) => {
+                if e.is_closed() {
+                    inner.pg_unreachable();
+                }
+                drop_connection(client);
+                return Err(StoreError::Unavailable(format!(
+                    "postgres commit orders: {}",
+                    pg_error(&e)
+                )));
+            }
+            Err(_) => {
+                drop_connection(client);
+                return Err(StoreError::Timeout("postgres commit orders".into()));
+            }
+        }
+    }
+}
+
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
+/// A connection whose transaction failed or timed out may be mid-transaction: never hand it to
+/// anyone else.
+fn drop_connection(client: deadpool_postgres::Object) {
+    drop(deadpool_postgres::Object::take(client));
+}
+
+async fn commit_tx(
+    client: &mut deadpool_postgres::Object,
+    batch: &[PendingOrder],
+) -> Result<HashSet<Uuid>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let mut sale_ids: Vec<i64> = batch.iter().map(|p| p.order.sale_id.0).collect();
+    sale_ids.sort_unstable();
+    sale_ids.dedup();
+    // FOR KEY SHARE: concurrent groups of the same sale do not block each other here (only on
+    // the final `sold` update), but a rebuild's FOR UPDATE waits for every group in flight,
+    // and a group starting after the rebuild reads the new epoch.
+    let rows = tx
+        .query(
+            "SELECT id, epoch FROM sales WHERE id = ANY($1) ORDER BY id FOR KEY SHARE",
+            &[&sale_ids],
+        )
+        .await?;
+    let epochs: HashMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut fresh: Vec<&PendingOrder> = batch
+        .iter()
+        .filter(|p| epochs.get(&p.order.sale_id.0) == Some(&p.epoch))
+        .collect();
+    if fresh.is_empty() {
+        tx.commit().await?;
+        return Ok(HashSet::new());
+    }
+    // One lock order for every writer of `reservations` (see `resolve`).
+    fresh.sort_by_key(|p| p.order.order_id);
+    let ids: Vec<Uuid> = fresh.iter().map(|p| p.order.order_id).collect();
+    let sids: Vec<i64> = fresh.iter().map(|p| p.order.sale_id.0).collect();
+    let users: Vec<&str> = fresh.iter().map(|p| p.order.user_id.as_str()).collect();
+    let qtys: Vec<i32> = fresh.iter().map(|p| p.order.quantity as i32).collect();
+    let created: Vec<time::OffsetDateTime> = fresh.iter().map(|p| p.order.created_at).collect();
+    let keys: Vec<Option<&str>> = fresh
+        .iter()
+        .map(|p| p.key.as_ref().map(IdempotencyKey::as_str))
+        .collect();
+    // One statement: claim the fence rows, write the orders that won them, raise the buyers'
+    // holdings (one row per buyer, in one order for every instance so concurrent groups never
+    // deadlock) and the sales' `sold`. The CHECKs on `buyers` and `sales` refuse the whole
+    // group if it would put anyone over the limit or the sale over its stock.
+    let won: HashSet<Uuid> = tx
+        .query(
+            "WITH input AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int4[],
+                                      $5::timestamptz[], $6::text[])
+                     AS t(order_id, sale_id, user_id, quantity, created_at, idempotency_key)
+             ), won AS (
+                 INSERT INTO reservations (order_id, sale_id, resolution)
+                 SELECT order_id, sale_id, 'committed' FROM input ORDER BY order_id
+                 ON CONFLICT (order_id) DO NOTHING RETURNING order_id
+             ), ins AS (
+                 INSERT INTO orders (order_id, sale_id, user_id, quantity, created_at,
+                                     idempotency_key)
+                 SELECT i.* FROM input i JOIN won USING (order_id)
+                 RETURNING sale_id, user_id, quantity, created_at
+             ), held AS (
+                 INSERT INTO buyers AS b (sale_id, user_id, held, per_user_limit)
+                 SELECT ins.sale_id, ins.user_id, sum(ins.quantity)::int4, s.per_user_limit
+                 FROM ins JOIN sales s ON s.id = ins.sale_id
+                 GROUP BY ins.sale_id, ins.user_id, s.per_user_limit
+                 ORDER BY ins.sale_id, ins.user_id
+                 ON CONFLICT (sale_id, user_id) DO UPDATE SET held = b.held + excluded.held
+             ), sold AS (
+                 UPDATE sales SET sold = sales.sold + d.n,
+                     sold_out_at = CASE WHEN sales.sold + d.n = sales.stock
+                                        THEN COALESCE(sales.sold_out_at, d.last)
+                                        ELSE sales.sold_out_at END
+                 FROM (SELECT sale_id, sum(quantity)::int4 AS n, max(created_at) AS last
+                       FROM ins GROUP BY sale_id) d
+                 WHERE sales.id = d.sale_id
+             )
+             SELECT order_id FROM won",
+            &[&ids, &sids, &users, &qtys, &created, &keys],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.commit().await?;
+    Ok(won)
+}

@@ -1,0 +1,75 @@
+//! PostgreSQL migrations (under `crates/flashsale-store/migrations/`), applied at start.
+//!
+//! They run in one transaction under an advisory lock, so several instances starting at once
+//! apply each version exactly once; every statement is idempotent besides.
+
+use tokio_postgres::Client;
+
+/// The migrations, in order: (version, SQL).
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_scale_out.sql"))];
+
+/// An arbitrary, fixed advisory-lock key for migrations.
+const MIGRATION_LOCK: i64 = 0x666c_6173_6873;
+
+/// Whether `schema` is a plain identifier we can put in SQL unquoted-safe (quoted anyway).
+pub(crate) fn valid_schema(schema: &str) -> bool {
+    !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !schema.as_bytes()[0].is_ascii_digit()
+}
+
+/// Creates the schema if needed and applies the migrations not yet applied.
+pub(crate) async fn migrate(
+    client: &mut Client,
+    schema: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    // The session's timeouts are sized for purchases, not for schema changes.
+    tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+        .await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET LOCAL search_path TO \"{schema}\";
+         CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    integer     PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );"
+    ))
+    .await?;
+    for (version, sql) in MIGRATIONS {
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM schema_migrations WHERE version = $1",
+                &[version],
+            )
+            .await?
+            .is_some();
+        if !done {
+            tx.batch_execute(sql).await?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version) VALUES ($1)",
+                &[version],
+            )
+            .await?;
+        }
+    }
+    tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        assert!(valid_schema("public"));
+        assert!(valid_schema("t_123"));
+        for bad in ["", "1abc", "a-b", "A", "x\"y", &"s".repeat(64)] {
+            assert!(!valid_schema(bad), "{bad:?}");
+        }
+    }
+}

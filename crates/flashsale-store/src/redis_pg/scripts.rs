@@ -1,0 +1,274 @@
+//! The Redis scripts (each `.lua` file opens with its KEYS, ARGV and returns) and the parsing
+//! of their replies. Scripts are loaded once at start and called by SHA (`EVALSHA`, falling
+//! back to loading on `NOSCRIPT`, e.g. after Redis restarted).
+
+use super::Inner;
+use super::keys::SaleKeys;
+use crate::StoreError;
+use flashsale_core::{NotActiveReason, Rejection};
+use redis::Script;
+use redis::aio::ConnectionManager;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The loaded scripts.
+pub(crate) struct Scripts {
+    admission: Script,
+    settle: Script,
+    expired: Script,
+    restore: Script,
+}
+
+/// Whether a settled reservation was committed or released in PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// Committed: keep the stock taken, finalise the idempotency record.
+    Confirm,
+    /// Released: give the stock back.
+    Release,
+}
+
+/// What `admission.lua` decided.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// The sale's Redis state is gone; rebuild it and retry.
+    Missing,
+    /// Stock taken and a reservation recorded under `epoch`.
+    Admitted {
+        epoch: i64,
+        created_at: OffsetDateTime,
+        remaining: u32,
+    },
+    /// Not admitted (`replay`: the outcome of an earlier attempt with the same key).
+    Rejected { rejection: Rejection, replay: bool },
+    /// The idempotency key was first used with another user or quantity.
+    Reused,
+    /// The key's first attempt is still being committed.
+    Pending,
+    /// The key's first attempt was confirmed.
+    ReplayConfirmed {
+        order_id: Uuid,
+        created_at: OffsetDateTime,
+    },
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        Self {
+            admission: Script::new(include_str!("admission.lua")),
+            settle: Script::new(include_str!("settle.lua")),
+            expired: Script::new(include_str!("expired.lua")),
+            restore: Script::new(include_str!("restore.lua")),
+        }
+    }
+
+    /// Loads every script so the first purchases need no `NOSCRIPT` round trip.
+    pub(crate) async fn load(&self, inner: &Inner) -> Result<(), StoreError> {
+        for script in [&self.admission, &self.settle, &self.expired, &self.restore] {
+            let mut con = inner.con();
+            inner
+                .redis_call("SCRIPT LOAD", script.load_async(&mut con))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `admission.lua`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn admission(
+        &self,
+        con: &mut ConnectionManager,
+        keys: &SaleKeys,
+        user: &str,
+        quantity: u32,
+        idempotency_key: &str,
+        order_id: Uuid,
+        lease_ms: u64,
+    ) -> redis::RedisResult<Vec<String>> {
+        let mut inv = self.admission.prepare_invoke();
+        for key in keys.script_keys() {
+            inv.key(key);
+        }
+        inv.arg(user)
+            .arg(quantity)
+            .arg(idempotency_key)
+            .arg(order_id.to_string())
+            .arg(lease_ms);
+        inv.invoke_async(con).await
+    }
+
+    /// Runs `settle.lua`; returns how many reservations were settled.
+    pub(crate) async fn settle(
+        &self,
+        con: &mut ConnectionManager,
+        keys: &SaleKeys,
+        how: Settle,
+        order_ids: &[Uuid],
+    ) -> redis::RedisResult<u64> {
+        let mut inv = self.settle.prepare_invoke();
+        for key in keys.script_keys() {
+            inv.key(key);
+        }
+        inv.arg(match how {
+            Settle::Confirm => "confirm",
+            Settle::Release => "release",
+        });
+        for id in order_ids {
+            inv.arg(id.to_string());
+        }
+        inv.invoke_async(con).await
+    }
+
+    /// Runs `expired.lua`: up to `max` reservations whose lease ran out, with their records.
+    pub(crate) async fn expired(
+        &self,
+        con: &mut ConnectionManager,
+        keys: &SaleKeys,
+        max: usize,
+    ) -> redis::RedisResult<Vec<String>> {
+        self.expired
+            .key(&keys.leases)
+            .key(&keys.reservations)
+            .arg(max)
+            .invoke_async(con)
+            .await
+    }
+
+    /// Runs `restore.lua` with its ARGV; returns whether it wrote the meta.
+    pub(crate) async fn restore(
+        &self,
+        con: &mut ConnectionManager,
+        keys: &SaleKeys,
+        args: &[String],
+    ) -> redis::RedisResult<i64> {
+        let mut inv = self.restore.key(&keys.meta);
+        for arg in args {
+            inv.arg(arg);
+        }
+        inv.invoke_async(con).await
+    }
+}
+
+/// Redis's clock from a script reply (the second item), in microseconds.
+pub(crate) fn now_of(reply: &[String]) -> Option<i64> {
+    reply.get(1).and_then(|s| s.parse().ok())
+}
+
+/// An instant from microseconds since the epoch.
+pub(crate) fn from_micros(us: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Microseconds since the epoch.
+pub(crate) fn to_micros(at: OffsetDateTime) -> i64 {
+    (at.unix_timestamp_nanos() / 1_000) as i64
+}
+
+fn bad(reply: &[String]) -> StoreError {
+    StoreError::Internal(format!("unexpected admission reply {reply:?}"))
+}
+
+fn num<T: std::str::FromStr>(s: Option<&String>, reply: &[String]) -> Result<T, StoreError> {
+    s.and_then(|s| s.parse().ok()).ok_or_else(|| bad(reply))
+}
+
+/// A rejection from its script code and argument.
+fn rejection(code: &str, arg: u32) -> Option<Rejection> {
+    Some(match code {
+        "upcoming" => Rejection::NotActive(NotActiveReason::Upcoming),
+        "ended" => Rejection::NotActive(NotActiveReason::Ended),
+        "sold_out" => Rejection::SoldOut,
+        "already" => Rejection::AlreadyPurchased,
+        "limit" => Rejection::LimitExceeded { allowed: arg },
+        "insufficient" => Rejection::InsufficientStock { remaining: arg },
+        _ => return None,
+    })
+}
+
+impl Admission {
+    /// Parses the reply of `admission.lua` (see its header).
+    pub(crate) fn parse(reply: &[String]) -> Result<Self, StoreError> {
+        let status = reply
+            .first()
+            .map(String::as_str)
+            .ok_or_else(|| bad(reply))?;
+        Ok(match status {
+            "missing" => Admission::Missing,
+            "reused" => Admission::Reused,
+            "pending" => Admission::Pending,
+            "admit" => Admission::Admitted {
+                epoch: num(reply.get(2), reply)?,
+                created_at: from_micros(num(reply.get(1), reply)?),
+                remaining: num(reply.get(3), reply)?,
+            },
+            "reject" => {
+                let code = reply.get(2).ok_or_else(|| bad(reply))?;
+                let arg = num(reply.get(3), reply)?;
+                Admission::Rejected {
+                    rejection: rejection(code, arg).ok_or_else(|| bad(reply))?,
+                    replay: false,
+                }
+            }
+            "replay" => {
+                let record = reply.get(2).ok_or_else(|| bad(reply))?;
+                let fields: Vec<&str> = record.split('\n').collect();
+                match fields.first().copied() {
+                    Some("C") if fields.len() == 5 => Admission::ReplayConfirmed {
+                        order_id: fields[3].parse().map_err(|_| bad(reply))?,
+                        created_at: from_micros(fields[4].parse().map_err(|_| bad(reply))?),
+                    },
+                    Some("R") if fields.len() == 5 => Admission::Rejected {
+                        rejection: rejection(fields[3], fields[4].parse().map_err(|_| bad(reply))?)
+                            .ok_or_else(|| bad(reply))?,
+                        replay: true,
+                    },
+                    _ => return Err(bad(reply)),
+                }
+            }
+            _ => return Err(bad(reply)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn admission_replies_parse_into_outcomes() {
+        assert!(matches!(
+            Admission::parse(&s(&["admit", "1700000000000000", "3", "9"])).unwrap(),
+            Admission::Admitted {
+                epoch: 3,
+                remaining: 9,
+                ..
+            }
+        ));
+        assert!(matches!(
+            Admission::parse(&s(&["reject", "1", "limit", "2"])).unwrap(),
+            Admission::Rejected {
+                rejection: Rejection::LimitExceeded { allowed: 2 },
+                replay: false
+            }
+        ));
+        assert!(matches!(
+            Admission::parse(&s(&["replay", "1", "R\nbob\n1\nsold_out\n0"])).unwrap(),
+            Admission::Rejected {
+                rejection: Rejection::SoldOut,
+                replay: true
+            }
+        ));
+        let id = Uuid::now_v7();
+        let rec = format!("C\nbob\n1\n{id}\n1700000000000000");
+        assert!(matches!(
+            Admission::parse(&s(&["replay", "1", &rec])).unwrap(),
+            Admission::ReplayConfirmed { order_id, .. } if order_id == id
+        ));
+        assert!(Admission::parse(&s(&["what"])).is_err());
+    }
+}
