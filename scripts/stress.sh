@@ -90,10 +90,15 @@ else
   REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
   DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
   redis_args=(--store redis --redis-url "$REDIS_URL" --database-url "$DATABASE_URL")
+  # A key prefix and schema of its own: no keys or rows of an earlier run in the way.
+  if "$BIN/flashsale" --help 2>/dev/null | grep -q -- '--redis-prefix'; then
+    redis_args+=(--redis-prefix "$TOKEN" --pg-schema "${TOKEN//-/_}")
+  fi
   if ! "$BIN/flashsale" --help 2>/dev/null | grep -q -- '--redis-url'; then
     echo "== [redis x2] SKIPPED: this build has no --store redis"
   elif ! start_server redis-a "$TOKEN" "${redis_args[@]}" 2>/dev/null; then
-    echo "== [redis x2] SKIPPED: the scale-out store did not start ($(tail -1 "$WORK/redis-a.log"))"
+    why=$(grep -m1 -i 'error' "$WORK/redis-a.log" || tail -1 "$WORK/redis-a.log")
+    echo "== [redis x2] SKIPPED: the scale-out store did not start: $why"
   else
     a=$STARTED_URL
     if start_server redis-b "$TOKEN" "${redis_args[@]}"; then

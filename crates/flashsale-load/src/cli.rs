@@ -117,6 +117,12 @@ pub struct Cli {
     #[arg(long, default_value_t = 100)]
     pub verify_sample: usize,
 
+    /// Seconds to wait after the load for the status and the summary to agree on the stock
+    /// (a status snapshot may lag by milliseconds; reservations abandoned by shed attempts
+    /// are released by the scale-out store's reconciler after about 10 s).
+    #[arg(long, default_value_t = 15.0)]
+    pub settle: f64,
+
     /// Do not fail the run on transport errors, timeouts or shed (429/503) answers.
     #[arg(long)]
     pub allow_errors: bool,
@@ -130,6 +136,11 @@ impl Cli {
     /// The per-request timeout.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs_f64(self.timeout.max(0.001))
+    }
+
+    /// How long the invariant reads may wait for the figures to settle.
+    pub fn settle(&self) -> Duration {
+        Duration::from_secs_f64(self.settle.max(0.0))
     }
 
     /// The length of a timed run.

@@ -64,7 +64,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     );
     let (conns, cold) = scenario::open_connections(&targets, connections, cli.timeout()).await;
     if cold > 0 {
-        eprintln!("warning: {cold} connections could not be warmed");
+        eprintln!(
+            "warning: {cold} of {connections} connections could not be warmed \
+             (server down, or out of file descriptors: raise `ulimit -n`)"
+        );
     }
 
     let mut admin = Conn::new(Arc::clone(&targets[0]), cli.timeout());
@@ -157,15 +160,23 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     };
 
     if !cli.no_verify {
-        let status = api::sale_status(&mut admin, sale.sale_id).await?;
+        let (status, summary, settled_in) = settle(
+            &mut admin,
+            sale.sale_id,
+            cli.admin_token.is_some(),
+            cli.settle(),
+        )
+        .await?;
+        if settled_in > Duration::ZERO {
+            eprintln!(
+                "status and summary agreed {:.3} s after the load",
+                settled_in.as_secs_f64()
+            );
+        }
         report.final_stock = Some(status.stock_remaining);
         if status.stock_remaining == 0 {
             report.time_to_sell_out_s = tally.last_confirmation_micros.map(|m| m as f64 / 1e6);
         }
-        let summary = match &cli.admin_token {
-            Some(_) => Some(api::summary(&mut admin, sale.sale_id).await?),
-            None => None,
-        };
         let confirmed_users: BTreeSet<&str> = log
             .confirmations
             .iter()
@@ -213,6 +224,38 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     // A closed pipe (`| head`) is not worth a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
     Ok(report.passed)
+}
+
+/// Reads the status and the summary until their stock figures agree (remaining = total -
+/// confirmed units) or `within` has passed, and returns the last reading with the time it
+/// took. A store may serve the status from a snapshot or settle abandoned reservations in the
+/// background; a disagreement that outlasts `within` is left for the checks to report.
+async fn settle(
+    admin: &mut Conn,
+    sale_id: u64,
+    with_summary: bool,
+    within: Duration,
+) -> anyhow::Result<(api::SaleStatus, Option<api::Summary>, Duration)> {
+    let start = Instant::now();
+    loop {
+        let status = api::sale_status(admin, sale_id).await?;
+        let summary = match with_summary {
+            true => Some(api::summary(admin, sale_id).await?),
+            false => None,
+        };
+        let agree = summary.as_ref().is_none_or(|s| {
+            status.stock_total.checked_sub(s.confirmed_units) == Some(status.stock_remaining)
+        });
+        if agree || start.elapsed() >= within {
+            let waited = if agree {
+                start.elapsed()
+            } else {
+                Duration::ZERO
+            };
+            return Ok((status, summary, waited));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// When to release the workers: at the sale's start (by the server's clock, so a skewed
