@@ -7,6 +7,10 @@ use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+pub use crate::http::client_ip::TrustedProxies;
+pub use crate::http::limits::RateLimits;
 
 /// Which [`flashsale_store::SaleStore`] backend serves the sales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,11 +53,77 @@ pub struct Config {
     /// PostgreSQL URL for `--store redis`.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// Serve `/api/admin/*` only on this separate address (the public one then answers 404
+    /// there). Unset: admin routes are on `--listen`.
+    #[arg(long, env = "FLASHSALE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Per-client and per-buyer rate limits (429 `rate_limited`).
+    #[command(flatten)]
+    pub rate_limits: RateLimits,
+
+    /// Overload protection: in-flight and connection bounds, timeouts.
+    #[command(flatten)]
+    pub protection: Protection,
+}
+
+/// Bounds that keep the service answering quickly beyond capacity (NF-5).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Protection {
+    /// Purchases in flight beyond this are answered 503 `overloaded` at once, not queued.
+    #[arg(
+        long,
+        env = "FLASHSALE_MAX_INFLIGHT_PURCHASES",
+        default_value_t = 16_384
+    )]
+    pub max_inflight_purchases: usize,
+
+    /// Open connections beyond this wait in the kernel's accept queue.
+    #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// A request whose answer is not ready within this many milliseconds gets 503 `timeout`.
+    #[arg(long, env = "FLASHSALE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
+    /// A client must send a request's headers within this many milliseconds of starting it
+    /// (or of the connection becoming idle), else the connection is closed (slow clients).
+    #[arg(
+        long,
+        env = "FLASHSALE_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub header_read_timeout_ms: u64,
+}
+
+impl Protection {
+    /// The request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The header-read timeout.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+}
+
+impl Default for Protection {
+    fn default() -> Self {
+        Self {
+            max_inflight_purchases: 16_384,
+            max_connections: 10_000,
+            request_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+        }
+    }
 }
 
 impl Config {
     /// Defaults for tests and embedding: the given address and data directory, no demo sale,
-    /// the embedded store, and a fixed admin token.
+    /// the embedded store, a fixed admin token, and rate limits off (the tests send thousands
+    /// of buyers from 127.0.0.1; the limiter has its own tests).
     pub fn for_tests(listen: SocketAddr, data_dir: PathBuf, admin_token: &str) -> Self {
         Self {
             listen,
@@ -63,6 +133,9 @@ impl Config {
             store: StoreKind::Embedded,
             redis_url: None,
             database_url: None,
+            admin_listen: None,
+            rate_limits: RateLimits::disabled(),
+            protection: Protection::default(),
         }
     }
 }
@@ -84,6 +157,9 @@ impl fmt::Debug for Config {
             .field("store", &self.store)
             .field("redis_url", &redacted(&self.redis_url))
             .field("database_url", &redacted(&self.database_url))
+            .field("admin_listen", &self.admin_listen)
+            .field("rate_limits", &self.rate_limits)
+            .field("protection", &self.protection)
             .finish()
     }
 }
@@ -117,6 +193,13 @@ mod tests {
             "FLASHSALE_STORE",
             "REDIS_URL",
             "DATABASE_URL",
+            "FLASHSALE_ADMIN_LISTEN",
+            "FLASHSALE_RATE_LIMIT",
+            "FLASHSALE_TRUSTED_PROXIES",
+            "FLASHSALE_MAX_INFLIGHT_PURCHASES",
+            "FLASHSALE_MAX_CONNECTIONS",
+            "FLASHSALE_REQUEST_TIMEOUT_MS",
+            "FLASHSALE_HEADER_READ_TIMEOUT_MS",
         ] {
             assert!(help.contains(env), "{env} missing from --help");
         }
@@ -132,6 +215,14 @@ mod tests {
             !shown.contains("s3cret") && !shown.contains("pw@"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn rate_limits_are_on_by_default_and_can_be_switched_off() {
+        let on = Config::try_parse_from(["flashsale"]).unwrap();
+        assert!(on.rate_limits.enabled);
+        let off = Config::try_parse_from(["flashsale", "--rate-limit", "off"]).unwrap();
+        assert!(!off.rate_limits.enabled);
     }
 
     #[test]

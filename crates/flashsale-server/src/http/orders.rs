@@ -59,7 +59,8 @@ struct BuyerOrdersBody<'a> {
         (status = 413, description = "`payload_too_large`", body = crate::http::openapi::ErrorDoc),
         (status = 415, description = "`unsupported_media_type`", body = crate::http::openapi::ErrorDoc),
         (status = 422, description = "`idempotency_key_reused`", body = crate::http::openapi::ErrorDoc),
-        (status = 503, description = "`overloaded` or `unavailable`; nothing was taken; `Retry-After` set", body = crate::http::openapi::ErrorDoc),
+        (status = 429, description = "`rate_limited`: too many attempts from this address or buyer; `Retry-After` set", body = crate::http::openapi::ErrorDoc),
+        (status = 503, description = "`overloaded` or `unavailable` (nothing was taken), or `timeout` (outcome unknown); `Retry-After` set", body = crate::http::openapi::ErrorDoc),
     )
 )]
 pub async fn create_order(
@@ -97,6 +98,7 @@ async fn purchase(app: &AppState, sale_id: SaleId, request: Request) -> Result<O
     let body = json_body(request).await?;
     let raw: RawOrder<'_> = parse_object(&body)?;
     let user_id = UserId::parse(&raw.user_id)?;
+    app.limiter.check_buyer(&user_id)?;
     let quantity = match raw.quantity {
         None => Quantity::ONE,
         Some(n) => Quantity::parse(n, sale::MAX_PER_USER_LIMIT)?,
