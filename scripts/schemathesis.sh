@@ -46,7 +46,7 @@ curl -fs -X POST "$base/api/admin/sales" -H "authorization: Bearer $token" \
 
 # The event stream never ends by itself: a request timeout that lets it start, then cuts it.
 status=0
-"$venv/bin/schemathesis" run "$base/api/openapi.json" \
+"$venv/bin/schemathesis" --config-file scripts/schemathesis.toml run "$base/api/openapi.json" \
     --checks all \
     --header "Authorization: Bearer $token" \
     --max-time "$max_time" \

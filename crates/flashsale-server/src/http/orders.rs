@@ -135,13 +135,14 @@ async fn purchase(app: &AppState, sale_id: SaleId, request: Request) -> Result<O
     tag = "orders",
     params(
         ("sale_id" = i64, Path, description = "The sale's id"),
-        ("user_id" = String, Path, description = "The buyer's id (trimmed)"),
+        ("user_id" = String, Path, description = "The buyer's id (trimmed)", min_length = 1, max_length = 254, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"),
     ),
     responses(
         (status = 200, description = "The buyer's orders", body = crate::http::openapi::BuyerOrdersDoc),
         (status = 400, description = "`invalid_request`: bad user id", body = crate::http::openapi::ErrorDoc),
         (status = 404, description = "`order_not_found` or `sale_not_found`", body = crate::http::openapi::ErrorDoc),
-        (status = 503, description = "`unavailable`", body = crate::http::openapi::ErrorDoc),
+        (status = 429, description = "`rate_limited`; `Retry-After` set", body = crate::http::openapi::ErrorDoc),
+        (status = 503, description = "`unavailable` or `timeout`; `Retry-After` set", body = crate::http::openapi::ErrorDoc),
     )
 )]
 pub async fn get_orders(
