@@ -194,6 +194,12 @@ impl TestApp {
         let (dir, clock) = self.stop().await;
         spawn_in(dir, clock).await
     }
+
+    /// Like [`TestApp::restart`], with the test config changed by `configure`.
+    pub async fn restart_with(self, configure: impl FnOnce(&mut Config)) -> TestApp {
+        let (dir, clock) = self.stop().await;
+        spawn_configured(dir, clock, configure).await
+    }
 }
 
 /// Sends raw bytes over a fresh connection and returns everything the server answers.

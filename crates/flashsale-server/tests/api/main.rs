@@ -13,6 +13,7 @@ mod lifecycle;
 mod limits;
 mod operations;
 mod orders;
+mod overload;
 mod restart;
 mod sales;
 mod security;
