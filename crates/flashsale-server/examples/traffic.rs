@@ -7,6 +7,8 @@
 //! cargo run --release -p flashsale-server --example traffic -- \
 //!     BASE_URL RATE_PER_SEC SECONDS SALE_IDS [purchase|mixed]
 //! ```
+//! `RATE_PER_SEC` may instead be `cN`: closed loop, N workers each sending its next request
+//! as soon as its last is answered (the way wrk offers load), for comparing concurrency levels.
 //! `SALE_IDS` is a comma-separated list. `purchase`: every request buys one unit for a fresh
 //! buyer. `mixed`: 20% purchases, 60% status reads, 20% "did I get one?" reads, spread over the
 //! sales. Prints offered and served rates, answers by status and percentiles of served answers.
@@ -39,8 +41,12 @@ async fn main() {
         std::process::exit(2);
     }
     let base = args[1].trim_end_matches('/').to_owned();
-    let rate: u64 = args[2].parse().expect("RATE_PER_SEC is a number");
     let secs: u64 = args[3].parse().expect("SECONDS is a number");
+    if let Some(workers) = args[2].strip_prefix('c') {
+        let workers: u64 = workers.parse().expect("cN: N is a number");
+        return closed_loop(&base, workers, secs, &args[4]).await;
+    }
+    let rate: u64 = args[2].parse().expect("RATE_PER_SEC is a number");
     let sales: Vec<u64> = args[4]
         .split(',')
         .map(|s| s.parse().expect("SALE_IDS are numbers"))
@@ -90,6 +96,57 @@ async fn main() {
     while tasks.join_next().await.is_some() {}
     let elapsed = started.elapsed().as_secs_f64();
     let samples = samples.lock().await;
+    report(&samples, elapsed);
+}
+
+/// `workers` loops, each on its own connection, buying for fresh buyers in the first sale.
+async fn closed_loop(base: &str, workers: u64, secs: u64, sales: &str) {
+    let sale = sales.split(',').next().unwrap_or("1").to_owned();
+    let run = format!("{:x}", std::process::id());
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let url = format!("{base}/api/sales/{sale}/orders");
+        let run = run.clone();
+        tasks.spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .expect("a client");
+            let mut samples: Vec<Sample> = Vec::new();
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                i += 1;
+                let sent = Instant::now();
+                let status = match client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(format!(r#"{{"user_id":"c-{run}-{w}-{i}"}}"#))
+                    .send()
+                    .await
+                {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let _ = response.bytes().await;
+                        status
+                    }
+                    Err(_) => 0,
+                };
+                samples.push((status, sent.elapsed()));
+            }
+            samples
+        });
+    }
+    let mut samples = Vec::new();
+    while let Some(Ok(mut part)) = tasks.join_next().await {
+        samples.append(&mut part);
+    }
+    report(&samples, started.elapsed().as_secs_f64());
+}
+
+fn report(samples: &[Sample], elapsed: f64) {
+    let total = samples.len() as u64;
     let mut by_status: BTreeMap<u16, Vec<Duration>> = BTreeMap::new();
     for (status, latency) in samples.iter() {
         by_status.entry(*status).or_default().push(*latency);
@@ -101,7 +158,7 @@ async fn main() {
         .collect();
     served.sort();
     println!(
-        "offered {:.0}/s ({} requests in {:.1} s), served {:.0}/s",
+        "attempted {:.0}/s ({} requests in {:.1} s), served {:.0}/s",
         total as f64 / elapsed,
         total,
         elapsed,

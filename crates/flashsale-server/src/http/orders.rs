@@ -3,7 +3,8 @@
 //!
 //! `create_order` is the hot path: parse, one store call, map the outcome. No lock, no
 //! per-request setup beyond parsing: metric handles and the fixed rejection bodies are built
-//! once, and the body is borrowed from the request bytes where it has no escapes.
+//! once, and the body is borrowed from the request bytes where it has no escapes. The store
+//! call runs to completion in its own task even if the client goes away (see `purchase`).
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
@@ -16,6 +17,7 @@ use flashsale_core::{IdempotencyKey, Quantity, Rejection, SaleId, UserId, sale};
 use flashsale_store::{Attempt, Order, PurchaseOutcome};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// The purchase request body as sent, before validation.
 #[derive(Deserialize)]
@@ -109,7 +111,15 @@ async fn purchase(app: &AppState, sale_id: SaleId, request: Request) -> Result<O
         quantity,
         idempotency_key,
     };
-    match app.store.purchase(attempt).await? {
+    // The store call runs in its own task so that nothing can cancel it half way: a client
+    // hanging up or the request timeout drops this future, and a purchase dropped between its
+    // reservation and its commit would leave the stock taken in memory without the order
+    // being counted (the order itself is still written). The task always finishes.
+    let store = Arc::clone(&app.store);
+    let outcome = tokio::spawn(async move { store.purchase(attempt).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("the purchase task failed: {e}")))??;
+    match outcome {
         PurchaseOutcome::Confirmed(order) => Ok(order),
         PurchaseOutcome::Rejected { rejection, orders } => Err(match rejection {
             Rejection::NotActive(reason) => ApiError::SaleNotActive(reason),
