@@ -44,6 +44,22 @@ async fn a_purchase_past_the_request_timeout_is_503_timeout_and_leaves_the_books
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["code"], "timeout");
     assert_eq!(retry_after.unwrap(), "1");
+    // In the running process the purchase goes on to its end: the books balance (polled with
+    // a deadline, since the purchase may still be committing). Before purchases ran in their
+    // own task, the dropped purchase left its unit taken and its order uncounted.
+    let deadline = std::time::Instant::now() + GUARD;
+    loop {
+        let summary = app.summary(sale).await;
+        let taken = 10 - summary["stock_remaining"].as_i64().unwrap();
+        if summary["confirmed_units"].as_i64().unwrap() == taken {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "books never balanced: {summary}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // After a graceful restart with the normal timeout: stock taken = units on record.
     let app = app.restart().await;
     let (status, body) = app.orders(sale, "alice").await;
