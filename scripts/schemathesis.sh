@@ -48,6 +48,7 @@ curl -fs -X POST "$base/api/admin/sales" -H "authorization: Bearer $token" \
 status=0
 "$venv/bin/schemathesis" --config-file scripts/schemathesis.toml run "$base/api/openapi.json" \
     --checks all \
+    --exclude-checks ensure_resource_availability \
     --header "Authorization: Bearer $token" \
     --max-time "$max_time" \
     --request-timeout 5 \
