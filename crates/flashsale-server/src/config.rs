@@ -219,8 +219,14 @@ mod tests {
 
     #[test]
     fn rate_limits_are_on_by_default_and_can_be_switched_off() {
-        let on = Config::try_parse_from(["flashsale"]).unwrap();
-        assert!(on.rate_limits.enabled);
+        // Read the declared default rather than parse: CI may set FLASHSALE_RATE_LIMIT.
+        let command = Config::command();
+        let flag = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some("rate-limit"))
+            .unwrap();
+        assert_eq!(flag.get_default_values(), ["on"]);
+        assert!(RateLimits::default().enabled);
         let off = Config::try_parse_from(["flashsale", "--rate-limit", "off"]).unwrap();
         assert!(!off.rate_limits.enabled);
     }
