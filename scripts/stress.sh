@@ -46,7 +46,7 @@ start_server() { # name token extra-args...
   shift 2
   port=$(free_port)
   "$BIN/flashsale" --listen "127.0.0.1:$port" --data-dir "$WORK/$name" --admin-token "$token" \
-    --demo-sale false "$@" >"$WORK/$name.log" 2>&1 &
+    --demo-sale false --rate-limit off "$@" >"$WORK/$name.log" 2>&1 &
   local pid=$!
   SERVER_PIDS+=("$pid")
   local deadline=$((SECONDS + 60))

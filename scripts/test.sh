@@ -4,7 +4,7 @@
 # On a fresh machine of our kind it installs what the tests need and is missing (Debian's
 # chromium + chromium-driver for the browser tests), makes sure the local PostgreSQL and Redis
 # that the scale-out tests use are running, then runs the whole workspace's tests and the
-# stress scenario. Tests isolate themselves (own data dir, schema, key prefix, private
+# stress scenarios and schemathesis. Tests isolate themselves (own data dir, schema, key prefix, private
 # redis-server/postgres for the ones that stop or flush a service).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,8 @@ for _ in $(seq 1 50); do
 done
 
 cargo test --workspace --all-targets --no-fail-fast
-if [ -x scripts/stress.sh ]; then
-    scripts/stress.sh
-fi
+# T-7..T-10: the herd and duplicates scenarios against real servers (embedded, then two
+# scale-out instances), invariants checked from the server's own endpoints.
+scripts/stress.sh
+# The OpenAPI document against the running server: no response may violate it.
+scripts/schemathesis.sh

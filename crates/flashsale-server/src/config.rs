@@ -7,6 +7,10 @@ use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+pub use crate::http::client_ip::TrustedProxies;
+pub use crate::http::limits::RateLimits;
 
 /// Which [`flashsale_store::SaleStore`] backend serves the sales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -57,11 +61,76 @@ pub struct Config {
     /// PostgreSQL schema of the tables (`--store redis`); created at start if missing.
     #[arg(long, env = "FLASHSALE_PG_SCHEMA", default_value = "public")]
     pub pg_schema: String,
+    /// Serve `/api/admin/*` only on this separate address (the public one then answers 404
+    /// there). Unset: admin routes are on `--listen`.
+    #[arg(long, env = "FLASHSALE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Per-client and per-buyer rate limits (429 `rate_limited`).
+    #[command(flatten)]
+    pub rate_limits: RateLimits,
+
+    /// Overload protection: in-flight and connection bounds, timeouts.
+    #[command(flatten)]
+    pub protection: Protection,
+}
+
+/// Bounds that keep the service answering quickly beyond capacity (NF-5).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Protection {
+    /// Purchases in flight beyond this are answered 503 `overloaded` at once, not queued.
+    #[arg(
+        long,
+        env = "FLASHSALE_MAX_INFLIGHT_PURCHASES",
+        default_value_t = 16_384
+    )]
+    pub max_inflight_purchases: usize,
+
+    /// Open connections beyond this wait in the kernel's accept queue.
+    #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// A request whose answer is not ready within this many milliseconds gets 503 `timeout`.
+    #[arg(long, env = "FLASHSALE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
+    /// A client must send a request's headers within this many milliseconds of starting it
+    /// (or of the connection becoming idle), else the connection is closed (slow clients).
+    #[arg(
+        long,
+        env = "FLASHSALE_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub header_read_timeout_ms: u64,
+}
+
+impl Protection {
+    /// The request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The header-read timeout.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+}
+
+impl Default for Protection {
+    fn default() -> Self {
+        Self {
+            max_inflight_purchases: 16_384,
+            max_connections: 10_000,
+            request_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+        }
+    }
 }
 
 impl Config {
     /// Defaults for tests and embedding: the given address and data directory, no demo sale,
-    /// the embedded store, and a fixed admin token.
+    /// the embedded store, a fixed admin token, and rate limits off (the tests send thousands
+    /// of buyers from 127.0.0.1; the limiter has its own tests).
     pub fn for_tests(listen: SocketAddr, data_dir: PathBuf, admin_token: &str) -> Self {
         Self {
             listen,
@@ -73,6 +142,9 @@ impl Config {
             database_url: None,
             redis_prefix: "flashsale".into(),
             pg_schema: "public".into(),
+            admin_listen: None,
+            rate_limits: RateLimits::disabled(),
+            protection: Protection::default(),
         }
     }
 }
@@ -96,6 +168,9 @@ impl fmt::Debug for Config {
             .field("database_url", &redacted(&self.database_url))
             .field("redis_prefix", &self.redis_prefix)
             .field("pg_schema", &self.pg_schema)
+            .field("admin_listen", &self.admin_listen)
+            .field("rate_limits", &self.rate_limits)
+            .field("protection", &self.protection)
             .finish()
     }
 }
@@ -131,6 +206,13 @@ mod tests {
             "DATABASE_URL",
             "FLASHSALE_REDIS_PREFIX",
             "FLASHSALE_PG_SCHEMA",
+            "FLASHSALE_ADMIN_LISTEN",
+            "FLASHSALE_RATE_LIMIT",
+            "FLASHSALE_TRUSTED_PROXIES",
+            "FLASHSALE_MAX_INFLIGHT_PURCHASES",
+            "FLASHSALE_MAX_CONNECTIONS",
+            "FLASHSALE_REQUEST_TIMEOUT_MS",
+            "FLASHSALE_HEADER_READ_TIMEOUT_MS",
         ] {
             assert!(help.contains(env), "{env} missing from --help");
         }
@@ -146,6 +228,20 @@ mod tests {
             !shown.contains("s3cret") && !shown.contains("pw@"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn rate_limits_are_on_by_default_and_can_be_switched_off() {
+        // Read the declared default rather than parse: CI may set FLASHSALE_RATE_LIMIT.
+        let command = Config::command();
+        let flag = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some("rate-limit"))
+            .unwrap();
+        assert_eq!(flag.get_default_values(), ["on"]);
+        assert!(RateLimits::default().enabled);
+        let off = Config::try_parse_from(["flashsale", "--rate-limit", "off"]).unwrap();
+        assert!(!off.rate_limits.enabled);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! - [`config`]: the one `Config` (flags and `FLASHSALE_*` environment variables).
 //! - [`startup`]: [`startup::Application`]: bind, open the store, seed the demo sale, serve,
 //!   shut down gracefully (stop accepting, drain, end live streams, flush the store).
+//! - [`serve`]: the accept loop: connection limit, header-read timeout, peer addresses.
 //! - [`telemetry`]: logging (`RUST_LOG`, a request id on every line).
 //! - [`http`]: the router and one module per resource; the contract is `docs/api.md`.
 //!
@@ -13,6 +14,7 @@
 
 pub mod config;
 pub mod http;
+pub mod serve;
 pub mod startup;
 pub mod telemetry;
 

@@ -5,7 +5,8 @@
 //! tasks, and flushes the store.
 
 use crate::config::{Config, StoreKind, generate_admin_token};
-use crate::http::{self, AppState, MAX_PURCHASES_IN_FLIGHT, Shared};
+use crate::http::{self, AppState, Shared, Surface};
+use crate::serve::{ConnectionLimits, serve};
 use flashsale_core::{Clock, NewSale};
 use flashsale_store::SaleStore;
 use flashsale_store::embedded::EmbeddedStore;
@@ -51,6 +52,9 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     port: u16,
+    /// With `--admin-listen`: the admin routes' own listener and its port.
+    admin_listener: Option<(TcpListener, u16)>,
+    limits: ConnectionLimits,
     state: AppState,
     store: Arc<dyn SaleStore>,
     shutdown: CancellationToken,
@@ -70,20 +74,11 @@ impl Application {
             println!("admin token (set FLASHSALE_ADMIN_TOKEN to choose one): {token}");
             token
         });
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartupError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| StartupError::Bind {
-                addr: config.listen,
-                source,
-            })?
-            .port();
+        let (listener, port) = bind(config.listen).await?;
+        let admin_listener = match config.admin_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let state = AppState::new(Shared {
@@ -96,12 +91,26 @@ impl Application {
                 tasks.clone(),
             ),
             openapi: http::openapi::document(),
-            purchase_slots: Semaphore::new(MAX_PURCHASES_IN_FLIGHT),
+            purchase_slots: Semaphore::new(config.protection.max_inflight_purchases),
+            limiter: http::limits::Limiter::new(&config.rate_limits),
+            request_timeout: config.protection.request_timeout(),
         });
         tracing::info!(port, "listening");
+        if let Some((_, admin_port)) = &admin_listener {
+            tracing::info!(
+                port = admin_port,
+                "admin routes listening on their own address"
+            );
+        }
+        let limits = ConnectionLimits {
+            max_connections: config.protection.max_connections,
+            header_read_timeout: config.protection.header_read_timeout(),
+        };
         Ok(Self {
             listener,
             port,
+            admin_listener,
+            limits,
             state,
             store,
             shutdown,
@@ -114,6 +123,11 @@ impl Application {
         self.port
     }
 
+    /// The admin listener's port, with `--admin-listen`.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin_listener.as_ref().map(|(_, port)| *port)
+    }
+
     /// Cancelling this token shuts the application down as a signal would.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -123,6 +137,8 @@ impl Application {
     pub async fn run_until_stopped(self) -> io::Result<()> {
         let Self {
             listener,
+            admin_listener,
+            limits,
             state,
             store,
             shutdown,
@@ -138,15 +154,40 @@ impl Application {
                 loop {
                     tokio::select! {
                         () = shutdown.cancelled() => break,
-                        _ = tick.tick() => state.metrics.run_upkeep(),
+                        _ = tick.tick() => {
+                            state.metrics.run_upkeep();
+                            state.limiter.retain_recent();
+                        }
                     }
                 }
             })
         };
-        let serve = axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future();
-        let mut server = tokio::spawn(serve);
+        let mut server = match admin_listener {
+            None => tokio::spawn(serve(
+                listener,
+                http::router(state),
+                limits,
+                shutdown.clone(),
+            )),
+            Some((admin_listener, _)) => {
+                let public = serve(
+                    listener,
+                    http::router_for(state.clone(), Surface::Public),
+                    limits,
+                    shutdown.clone(),
+                );
+                let admin = serve(
+                    admin_listener,
+                    http::router_for(state, Surface::Admin),
+                    limits,
+                    shutdown.clone(),
+                );
+                tokio::spawn(async move {
+                    let (public, admin) = tokio::join!(public, admin);
+                    public.and(admin)
+                })
+            }
+        };
         let served = tokio::select! {
             result = &mut server => Some(result),
             () = shutdown.cancelled() => None,
@@ -180,6 +221,13 @@ impl Application {
         tracing::info!("stopped");
         served.map_err(io::Error::other)?
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, u16), StartupError> {
+    let bind_error = |source| StartupError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let port = listener.local_addr().map_err(bind_error)?.port();
+    Ok((listener, port))
 }
 
 async fn open_store(

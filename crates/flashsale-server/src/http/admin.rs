@@ -19,15 +19,20 @@ use utoipa::ToSchema;
 #[derive(Deserialize, ToSchema)]
 pub struct CreateSaleRequest {
     /// What is on sale (1-200 characters).
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
     /// Start, RFC 3339.
+    #[schema(format = DateTime)]
     starts_at: String,
     /// End, RFC 3339, strictly after the start.
+    #[schema(format = DateTime)]
     ends_at: String,
     /// Units on sale (1..=1,000,000,000).
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     stock: i64,
     /// Units one buyer may hold (1..=1,000, default 1).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
     per_user_limit: Option<i64>,
 }
 

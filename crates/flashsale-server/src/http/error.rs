@@ -54,8 +54,17 @@ pub enum ApiError {
     UnsupportedMediaType,
     /// 422 `idempotency_key_reused`: the key was first used with another user or quantity.
     IdempotencyKeyReused,
+    /// 429 `rate_limited`: this client or buyer sent too many requests; `Retry-After` set.
+    RateLimited {
+        /// Seconds until the bucket has a token again (at least 1).
+        retry_after_secs: u64,
+    },
     /// 503 `overloaded`: shed before any work; `Retry-After` set.
     Overloaded,
+    /// 503 `timeout`: the answer was not ready within the request timeout. For a purchase
+    /// the outcome is unknown (it may have been confirmed): the buyer checks their orders or
+    /// retries with the same `Idempotency-Key`. `Retry-After` set.
+    Timeout,
     /// 503 `unavailable` (a dependency is down or shutting down) or 500 `internal` (a bug);
     /// nothing was taken.
     Store(StoreError),
@@ -105,6 +114,14 @@ const UNSUPPORTED_MEDIA_TYPE: &str = fixed_body!(
 const IDEMPOTENCY_KEY_REUSED: &str = fixed_body!(
     "idempotency_key_reused",
     "this Idempotency-Key was used before with another user_id or quantity"
+);
+const RATE_LIMITED: &str = fixed_body!(
+    "rate_limited",
+    "too many requests from this client; retry after the time in Retry-After"
+);
+const TIMEOUT: &str = fixed_body!(
+    "timeout",
+    "the answer took too long; a purchase may still have been confirmed: check your orders or retry with the same Idempotency-Key"
 );
 const OVERLOADED: &str = fixed_body!("overloaded", "too many requests right now; retry shortly");
 const UNAVAILABLE: &str = fixed_body!(
@@ -159,7 +176,9 @@ impl ApiError {
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Overloaded => "overloaded",
+            ApiError::Timeout => "timeout",
             ApiError::Store(StoreError::Internal(_)) | ApiError::Internal(_) => "internal",
             ApiError::Store(_) => "unavailable",
         }
@@ -182,7 +201,8 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(StoreError::Internal(_)) | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -203,7 +223,9 @@ impl ApiError {
             ApiError::PayloadTooLarge => PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => UNSUPPORTED_MEDIA_TYPE,
             ApiError::IdempotencyKeyReused => IDEMPOTENCY_KEY_REUSED,
+            ApiError::RateLimited { .. } => RATE_LIMITED,
             ApiError::Overloaded => OVERLOADED,
+            ApiError::Timeout => TIMEOUT,
             ApiError::Store(StoreError::Internal(_)) | ApiError::Internal(_) => INTERNAL,
             ApiError::Store(_) => UNAVAILABLE,
             ApiError::InvalidRequest(message) => {
@@ -267,7 +289,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let ApiError::RateLimited { retry_after_secs } = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),
@@ -297,6 +321,10 @@ mod tests {
             ApiError::UnsupportedMediaType,
             ApiError::IdempotencyKeyReused,
             ApiError::Overloaded,
+            ApiError::Timeout,
+            ApiError::RateLimited {
+                retry_after_secs: 3,
+            },
             ApiError::Store(StoreError::ShuttingDown),
             ApiError::Store(StoreError::Internal("x".into())),
             ApiError::InvalidRequest("bad \"quote\"".into()),
@@ -306,5 +334,15 @@ mod tests {
             assert_eq!(v["code"], e.code());
             assert!(v["message"].is_string());
         }
+    }
+
+    #[test]
+    fn rate_limited_answers_carry_their_retry_after() {
+        let response = ApiError::RateLimited {
+            retry_after_secs: 3,
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
     }
 }

@@ -6,10 +6,12 @@
 //! extractors ([`extract`]) and the fallbacks answer `not_found` / `method_not_allowed`.
 
 pub mod admin;
+pub mod client_ip;
 pub mod error;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod orders;
@@ -27,6 +29,7 @@ use std::any::Any;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -78,10 +81,6 @@ pub mod routes {
     ];
 }
 
-/// Purchases in flight beyond this are shed with 503 `overloaded` instead of queueing without
-/// bound (NF-5). Far above the 2,000 simultaneous buyers of the stress tests.
-pub const MAX_PURCHASES_IN_FLIGHT: usize = 16_384;
-
 /// What every handler shares. One `Arc`, so cloning the state per request is one increment.
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
@@ -98,8 +97,12 @@ pub struct Shared {
     pub events: events::Broadcasts,
     /// The OpenAPI document, serialised once.
     pub openapi: Bytes,
-    /// Slots for purchases in flight.
+    /// Slots for purchases in flight (`--max-inflight-purchases`): past them, 503 at once.
     pub purchase_slots: Semaphore,
+    /// Per-address and per-buyer rate limits.
+    pub limiter: limits::Limiter,
+    /// How long an answer may take before 503 `timeout`.
+    pub request_timeout: Duration,
 }
 
 impl AppState {
@@ -116,22 +119,55 @@ impl Deref for AppState {
     }
 }
 
+/// Which routes a listener serves (`--admin-listen` splits them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Every route on one listener (the default).
+    All,
+    /// Everything but `/api/admin/*`, which answers 404 here.
+    Public,
+    /// Only `/api/admin/*` (plus health, readiness and metrics for the operator's probes).
+    Admin,
+}
+
 /// Builds the router with every route, the JSON fallbacks and the middleware stack.
 pub fn router(state: AppState) -> Router {
+    router_for(state, Surface::All)
+}
+
+/// Builds the router for one listener's [`Surface`].
+pub fn router_for(state: AppState, surface: Surface) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
-    Router::new()
-        .route(routes::FEATURED_SALE, get(sales::get_featured_sale))
-        .route(routes::SALE, get(sales::get_sale))
-        .route(routes::ORDERS, post(orders::create_order))
-        .route(routes::BUYER_ORDERS, get(orders::get_orders))
-        .route(routes::EVENTS, get(events::get_events))
-        .route(routes::ADMIN_SALES, post(admin::create_sale))
-        .route(routes::ADMIN_SUMMARY, get(admin::get_summary))
+    let mut routes = Router::new()
         .route(routes::HEALTHZ, get(health::healthz))
         .route(routes::READYZ, get(health::readyz))
-        .route(routes::METRICS, get(metrics::get_metrics))
-        .route(routes::OPENAPI, get(openapi::get_openapi))
-        .route(routes::PAGE, get(page::get_page))
+        .route(routes::METRICS, get(metrics::get_metrics));
+    if surface != Surface::Admin {
+        routes = routes
+            .route(routes::FEATURED_SALE, get(sales::get_featured_sale))
+            .route(routes::SALE, get(sales::get_sale))
+            .route(routes::ORDERS, post(orders::create_order))
+            .route(routes::BUYER_ORDERS, get(orders::get_orders))
+            .route(routes::EVENTS, get(events::get_events))
+            .route(routes::OPENAPI, get(openapi::get_openapi))
+            .route(routes::PAGE, get(page::get_page));
+    }
+    if surface != Surface::Public {
+        routes = routes
+            .route(routes::ADMIN_SALES, post(admin::create_sale))
+            .route(routes::ADMIN_SUMMARY, get(admin::get_summary));
+    }
+    routes
+        // A later layer wraps the earlier ones: metrics see every answer, the timeout covers
+        // the limiter and the handler, and the limiter refuses before any work.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit_by_address,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            answer_within_timeout,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
@@ -166,6 +202,22 @@ pub fn router(state: AppState) -> Router {
                 .layer(CatchPanicLayer::custom(panic_response)),
         )
         .with_state(state)
+}
+
+/// Answers 503 `timeout` when the handler has not produced a response in time. Only the wait
+/// for the response head counts: an event stream, once started, is not cut off.
+async fn answer_within_timeout(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(app.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(timeout = ?app.request_timeout, "request timed out");
+            ApiError::Timeout.into_response()
+        }
+    }
 }
 
 /// 404 `not_found` for unknown routes.

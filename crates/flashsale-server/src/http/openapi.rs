@@ -56,9 +56,16 @@ pub struct OrderDoc {
 #[schema(as = OrderRequest)]
 #[allow(dead_code)]
 pub struct OrderRequestDoc {
-    /// The buyer's id: trimmed, 1-254 characters, no control characters.
+    /// The buyer's id: trimmed, 1-254 characters, no control characters. The pattern says
+    /// so: no C0/DEL/C1 character, and at least one that is not whitespace.
+    #[schema(
+        min_length = 1,
+        max_length = 254,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     user_id: String,
     /// Units (default 1, at most the per-user limit).
+    #[schema(minimum = 1, maximum = 1000)]
     quantity: Option<u32>,
 }
 

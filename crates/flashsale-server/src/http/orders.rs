@@ -3,7 +3,8 @@
 //!
 //! `create_order` is the hot path: parse, one store call, map the outcome. No lock, no
 //! per-request setup beyond parsing: metric handles and the fixed rejection bodies are built
-//! once, and the body is borrowed from the request bytes where it has no escapes.
+//! once, and the body is borrowed from the request bytes where it has no escapes. The store
+//! call runs to completion in its own task even if the client goes away (see `purchase`).
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
@@ -16,6 +17,7 @@ use flashsale_core::{IdempotencyKey, Quantity, Rejection, SaleId, UserId, sale};
 use flashsale_store::{Attempt, Order, PurchaseOutcome};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// The purchase request body as sent, before validation.
 #[derive(Deserialize)]
@@ -59,7 +61,8 @@ struct BuyerOrdersBody<'a> {
         (status = 413, description = "`payload_too_large`", body = crate::http::openapi::ErrorDoc),
         (status = 415, description = "`unsupported_media_type`", body = crate::http::openapi::ErrorDoc),
         (status = 422, description = "`idempotency_key_reused`", body = crate::http::openapi::ErrorDoc),
-        (status = 503, description = "`overloaded` or `unavailable`; nothing was taken; `Retry-After` set", body = crate::http::openapi::ErrorDoc),
+        (status = 429, description = "`rate_limited`: too many attempts from this address or buyer; `Retry-After` set", body = crate::http::openapi::ErrorDoc),
+        (status = 503, description = "`overloaded` or `unavailable` (nothing was taken), or `timeout` (outcome unknown); `Retry-After` set", body = crate::http::openapi::ErrorDoc),
     )
 )]
 pub async fn create_order(
@@ -97,6 +100,7 @@ async fn purchase(app: &AppState, sale_id: SaleId, request: Request) -> Result<O
     let body = json_body(request).await?;
     let raw: RawOrder<'_> = parse_object(&body)?;
     let user_id = UserId::parse(&raw.user_id)?;
+    app.limiter.check_buyer(&user_id)?;
     let quantity = match raw.quantity {
         None => Quantity::ONE,
         Some(n) => Quantity::parse(n, sale::MAX_PER_USER_LIMIT)?,
@@ -107,7 +111,15 @@ async fn purchase(app: &AppState, sale_id: SaleId, request: Request) -> Result<O
         quantity,
         idempotency_key,
     };
-    match app.store.purchase(attempt).await? {
+    // The store call runs in its own task so that nothing can cancel it half way: a client
+    // hanging up or the request timeout drops this future, and a purchase dropped between its
+    // reservation and its commit would leave the stock taken in memory without the order
+    // being counted (the order itself is still written). The task always finishes.
+    let store = Arc::clone(&app.store);
+    let outcome = tokio::spawn(async move { store.purchase(attempt).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("the purchase task failed: {e}")))??;
+    match outcome {
         PurchaseOutcome::Confirmed(order) => Ok(order),
         PurchaseOutcome::Rejected { rejection, orders } => Err(match rejection {
             Rejection::NotActive(reason) => ApiError::SaleNotActive(reason),
@@ -133,13 +145,14 @@ async fn purchase(app: &AppState, sale_id: SaleId, request: Request) -> Result<O
     tag = "orders",
     params(
         ("sale_id" = i64, Path, description = "The sale's id"),
-        ("user_id" = String, Path, description = "The buyer's id (trimmed)"),
+        ("user_id" = String, Path, description = "The buyer's id (trimmed)", min_length = 1, max_length = 254, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"),
     ),
     responses(
         (status = 200, description = "The buyer's orders", body = crate::http::openapi::BuyerOrdersDoc),
         (status = 400, description = "`invalid_request`: bad user id", body = crate::http::openapi::ErrorDoc),
         (status = 404, description = "`order_not_found` or `sale_not_found`", body = crate::http::openapi::ErrorDoc),
-        (status = 503, description = "`unavailable`", body = crate::http::openapi::ErrorDoc),
+        (status = 429, description = "`rate_limited`; `Retry-After` set", body = crate::http::openapi::ErrorDoc),
+        (status = 503, description = "`unavailable` or `timeout`; `Retry-After` set", body = crate::http::openapi::ErrorDoc),
     )
 )]
 pub async fn get_orders(

@@ -26,6 +26,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`.
     pub address: String,
+    /// `http://127.0.0.1:<admin port>` when the app runs with `--admin-listen`.
+    pub admin_address: Option<String>,
     /// The clock the store decides with.
     pub clock: Arc<ManualClock>,
     /// A client with a connection pool.
@@ -40,19 +42,40 @@ pub async fn spawn_app() -> TestApp {
     spawn_in(TempDir::new().unwrap(), Arc::new(ManualClock::new(T0))).await
 }
 
+/// Starts an app like [`spawn_app`] with the test config changed by `configure` (e.g. rate
+/// limits on).
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let data_dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    spawn_configured(data_dir, clock, configure).await
+}
+
 async fn spawn_in(data_dir: TempDir, clock: Arc<ManualClock>) -> TestApp {
+    spawn_configured(data_dir, clock, |_| {}).await
+}
+
+async fn spawn_configured(
+    data_dir: TempDir,
+    clock: Arc<ManualClock>,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
     flashsale_server::telemetry::init();
-    let config = Config::for_tests(
+    let mut config = Config::for_tests(
         "127.0.0.1:0".parse().unwrap(),
         data_dir.path().to_path_buf(),
         ADMIN_TOKEN,
     );
+    configure(&mut config);
     let app = Application::build(config, clock.clone()).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
+    let admin_address = app
+        .admin_port()
+        .map(|port| format!("http://127.0.0.1:{port}"));
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
+        admin_address,
         clock,
         client: reqwest::Client::new(),
         data_dir,
@@ -170,6 +193,12 @@ impl TestApp {
     pub async fn restart(self) -> TestApp {
         let (dir, clock) = self.stop().await;
         spawn_in(dir, clock).await
+    }
+
+    /// Like [`TestApp::restart`], with the test config changed by `configure`.
+    pub async fn restart_with(self, configure: impl FnOnce(&mut Config)) -> TestApp {
+        let (dir, clock) = self.stop().await;
+        spawn_configured(dir, clock, configure).await
     }
 }
 
