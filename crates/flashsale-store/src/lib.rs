@@ -29,6 +29,10 @@ pub trait SaleStore: Send + Sync + 'static {
 
     /// Decides one attempt atomically (window, stock, limit, quantity, take, record) and, when
     /// admitted, returns only after the order is durable. `Err` means nothing was taken.
+    ///
+    /// Drive the returned future to completion (the HTTP layer runs it in its own task): once
+    /// stock is reserved, dropping it half-way leaves the reservation to be settled only by a
+    /// restart (embedded) or the reconciler's lease (scale-out), not by this call.
     async fn purchase(&self, attempt: Attempt) -> Result<PurchaseOutcome, StoreError>;
 
     /// One sale with its live figures, or `None` if there is no such sale.
