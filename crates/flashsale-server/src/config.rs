@@ -87,7 +87,10 @@ pub struct Protection {
     pub max_inflight_purchases: usize,
 
     /// Open connections beyond this wait in the kernel's accept queue.
-    #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    /// The default leaves room above a 10,000-connection herd: at exactly the herd's size,
+    /// accepts paused and the kernel's backlog overflowed (3,059 resets in a 10,000-connection
+    /// storm; none at 25,000). Needs `ulimit -n` above it.
+    #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS", default_value_t = 25_000)]
     pub max_connections: usize,
 
     /// A request whose answer is not ready within this many milliseconds gets 503 `timeout`.
@@ -120,7 +123,7 @@ impl Default for Protection {
     fn default() -> Self {
         Self {
             max_inflight_purchases: 16_384,
-            max_connections: 10_000,
+            max_connections: 25_000,
             request_timeout_ms: 10_000,
             header_read_timeout_ms: 10_000,
         }
