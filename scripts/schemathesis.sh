@@ -2,7 +2,10 @@
 # Runs schemathesis (PyPI) against a running flashsale: every operation of
 # /api/openapi.json, every check, with random valid and invalid inputs. Exits non-zero on any
 # violation of the published spec (issue 7). Bounded: SCHEMATHESIS_MAX_TIME seconds (default
-# 120) of fuzzing after the example and coverage phases.
+# 120) of fuzzing after the example phase. The coverage phase is skipped: with the pinned
+# versions on this machine's Python 3.11 it crashes inside hypothesis ("AST constructor
+# recursion depth mismatch" while describing a filter), a tool error that fails the run without
+# any check having failed; the examples, fuzzing and stateful phases cover every operation.
 #
 #   scripts/schemathesis.sh            # builds the release binary if needed
 #   FLASHSALE_BIN=target/debug/flashsale scripts/schemathesis.sh
@@ -16,7 +19,8 @@ bin=${FLASHSALE_BIN:-target/release/flashsale}
 
 if [ ! -x "$venv/bin/schemathesis" ]; then
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q 'schemathesis>=4,<5'
+    # Pinned: the versions this script was last checked with.
+    "$venv/bin/pip" install -q 'schemathesis==4.32.5' 'hypothesis==6.170.15'
 fi
 if [ -z "${FLASHSALE_BIN:-}" ]; then
     cargo build --release -q -p flashsale-server
@@ -45,16 +49,31 @@ curl -fs -X POST "$base/api/admin/sales" -H "authorization: Bearer $token" \
     >/dev/null
 
 # The event stream never ends by itself: a request timeout that lets it start, then cuts it.
+run_schemathesis() {
+    "$venv/bin/schemathesis" --config-file scripts/schemathesis.toml run "$base/api/openapi.json" \
+        --checks all \
+        --exclude-checks ensure_resource_availability \
+        --header "Authorization: Bearer $token" \
+        --max-time "$max_time" \
+        --request-timeout 5 \
+        --workers 2 \
+        --phases examples,fuzzing,stateful \
+        --exclude-path '/api/sales/{sale_id}/events' \
+        --no-color 2>&1 | tee "$data/schemathesis.out"
+    return "${PIPESTATUS[0]}"
+}
 status=0
-"$venv/bin/schemathesis" --config-file scripts/schemathesis.toml run "$base/api/openapi.json" \
-    --checks all \
-    --exclude-checks ensure_resource_availability \
-    --header "Authorization: Bearer $token" \
-    --max-time "$max_time" \
-    --request-timeout 5 \
-    --workers 2 \
-    --exclude-path '/api/sales/{sale_id}/events' \
-    --no-color || status=$?
+run_schemathesis || status=$?
+# schemathesis reports its own crashes ("Runtime Error" under ERRORS, seen once: a hypothesis
+# AST-cache error while describing a filter) with the same exit code as a violation. A run with
+# such errors and no FAILURES section found nothing wrong with the API but did not finish its
+# cases: run it once more with a fresh seed. Any failed check still fails at once.
+if [ "$status" -ne 0 ] && ! grep -q "= FAILURES =" "$data/schemathesis.out" \
+    && grep -q "Runtime Error" "$data/schemathesis.out"; then
+    echo "schemathesis.sh: schemathesis crashed internally (no check failed); running it once more" >&2
+    status=0
+    run_schemathesis || status=$?
+fi
 if grep -q "panicked" "$log"; then
     echo "schemathesis.sh: the server panicked:" >&2
     grep -A5 panicked "$log" >&2
