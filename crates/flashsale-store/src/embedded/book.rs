@@ -5,14 +5,31 @@
 //! makes the order durable, and takes it again to confirm or undo. Holding it across the disk
 //! write would serialise every buyer behind one fsync; releasing it lets one fsync commit a
 //! whole group of orders.
+//!
+//! Units are either `sold` (durable) or `pending` (reserved, write in flight). Admission counts
+//! pending units as taken, so nothing is ever oversold; everything that is *reported* (stock
+//! left, sold out, the buyer's orders) counts durable units only, so a failed write that gives
+//! its units back never takes a report back: a sale is sold out only once its last units are
+//! durable, and an ended sale never turns active again (FL-5). A refusal that a failed write
+//! could make untrue (`sold_out` while the last units are pending, `already_purchased` while
+//! the buyer's own order is pending) is not given: the attempt waits for those writes to settle
+//! and is decided again.
 
 use crate::model::{Order, PurchaseOutcome, RejectionCounts, SaleStatus};
-use flashsale_core::{Decision, IdempotencyKey, Quantity, Rejection, Sale, UserId, decide};
+use flashsale_core::{
+    Decision, IdempotencyKey, Quantity, Rejection, Sale, SaleState, UserId, decide,
+};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::watch;
+
+/// How long a key remembers a refusal while its sale is still open. Keys of confirmed orders
+/// are kept as long as the order (on disk); refusals are kept in memory only.
+pub const REFUSAL_RETENTION: time::Duration = time::Duration::minutes(10);
+/// The most refusals one sale remembers by key; the oldest is forgotten first.
+pub const MAX_REFUSED_KEYS: usize = 10_000;
 
 /// What an idempotency key was first used for.
 type Fingerprint = (UserId, Quantity);
@@ -24,31 +41,51 @@ pub(crate) type Settled = Option<Option<PurchaseOutcome>>;
 enum KeyEntry {
     /// The first attempt with this key is being written; duplicates wait on the channel.
     Pending(Fingerprint, watch::Receiver<Settled>),
-    /// The first attempt's outcome, replayed to every later use of the key.
-    Done(Fingerprint, PurchaseOutcome),
+    /// A durable order, replayed to every later use of the key.
+    Confirmed(Fingerprint, PurchaseOutcome),
+    /// A refusal decided at the instant given, replayed until [`REFUSAL_RETENTION`] has passed
+    /// or the sale has ended.
+    Refused(Fingerprint, PurchaseOutcome, OffsetDateTime),
 }
 
 #[derive(Default)]
 struct Buyer {
     /// Units admitted, including those whose write is in flight: the limit counts them.
     held: u32,
+    /// Units of `held` whose write is in flight.
+    pending: u32,
     /// Committed orders only: nothing is shown before it is durable.
     orders: Vec<Order>,
+    /// Dropped (which wakes every receiver) once `pending` is back to 0.
+    settled: Option<watch::Sender<()>>,
 }
 
 #[derive(Default)]
 struct Counters {
-    attempts: u64,
     confirmed_orders: u64,
     confirmed_units: u64,
+    /// Orders admitted whose write is in flight.
+    pending_orders: u64,
     rejections: RejectionCounts,
 }
 
 struct BookState {
-    remaining: u32,
+    /// Units in durable orders.
+    sold: u32,
+    /// Units reserved by orders whose write is in flight.
+    pending: u32,
+    /// Set once `sold` reaches the stock: the latest `created_at` of the sale's orders.
     sold_out_at: Option<OffsetDateTime>,
+    /// The latest `created_at` among durable orders.
+    last_sold_at: Option<OffsetDateTime>,
+    /// The clock guard: no attempt is decided at an instant before this one.
+    last_decided: OffsetDateTime,
     buyers: HashMap<UserId, Buyer>,
     keys: HashMap<IdempotencyKey, KeyEntry>,
+    /// Refused keys in the order they were stored, for retention and the bound.
+    refused: VecDeque<(IdempotencyKey, OffsetDateTime)>,
+    /// Dropped (which wakes every receiver) when `pending` is back to 0 or units are given back.
+    stock_settled: Option<watch::Sender<()>>,
     counters: Counters,
 }
 
@@ -58,6 +95,9 @@ pub(crate) enum Step {
     Answer(PurchaseOutcome),
     /// A duplicate of an attempt still in flight: wait for its outcome.
     Wait(watch::Receiver<Settled>),
+    /// The refusal depends on writes in flight: wait until the channel closes, then decide
+    /// again.
+    Retry(watch::Receiver<()>),
     /// Admitted: the caller must make `order` durable, then call `confirm` or `undo`.
     Reserved(Reservation),
 }
@@ -68,15 +108,27 @@ pub(crate) struct Reservation {
     pub order: Order,
     /// The idempotency key and the channel its duplicates wait on.
     pub key: Option<(IdempotencyKey, watch::Sender<Settled>)>,
-    /// This order took the last unit.
-    pub sold_out: bool,
 }
 
 /// Counters persisted by the writer so the summary survives a restart.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PersistedCounters {
+    /// Attempts decided: always confirmed + rejections + in flight.
     pub attempts: u64,
+    /// Rejections by reason.
     pub rejections: RejectionCounts,
+    /// The clock guard's instant, so a restart cannot re-open an ended sale either.
+    pub last_decided: OffsetDateTime,
+}
+
+impl Default for PersistedCounters {
+    fn default() -> Self {
+        Self {
+            attempts: 0,
+            rejections: RejectionCounts::default(),
+            last_decided: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
 }
 
 /// One sale and its live state.
@@ -88,14 +140,18 @@ pub(crate) struct SaleBook {
 impl SaleBook {
     /// A book for a sale with nothing sold yet.
     pub fn new(sale: Sale) -> Self {
-        let remaining = sale.stock;
         Self {
             sale: Arc::new(sale),
             state: Mutex::new(BookState {
-                remaining,
+                sold: 0,
+                pending: 0,
                 sold_out_at: None,
+                last_sold_at: None,
+                last_decided: OffsetDateTime::UNIX_EPOCH,
                 buyers: HashMap::new(),
                 keys: HashMap::new(),
+                refused: VecDeque::new(),
+                stock_settled: None,
                 counters: Counters::default(),
             }),
         }
@@ -109,30 +165,42 @@ impl SaleBook {
     /// Restores a committed order while rebuilding from disk.
     pub fn restore(&self, order: Order, key: Option<IdempotencyKey>) {
         let mut st = self.state.lock();
-        st.remaining = st.remaining.saturating_sub(order.quantity);
+        st.sold = st.sold.saturating_add(order.quantity);
         st.counters.confirmed_orders += 1;
         st.counters.confirmed_units += u64::from(order.quantity);
+        st.last_sold_at = st.last_sold_at.max(Some(order.created_at));
+        st.last_decided = st.last_decided.max(order.created_at);
         if let Some(key) = key {
             let fp = (order.user_id.clone(), Quantity::from_stored(order.quantity));
             st.keys.insert(
                 key,
-                KeyEntry::Done(fp, PurchaseOutcome::Confirmed(order.clone())),
+                KeyEntry::Confirmed(fp, PurchaseOutcome::Confirmed(order.clone())),
             );
         }
         let buyer = st.buyers.entry(order.user_id.clone()).or_default();
         buyer.held += order.quantity;
         buyer.orders.push(order);
+        if st.sold >= self.sale.stock {
+            // Derived from the orders, not from a flag: the same instant whichever order
+            // committed last.
+            st.sold_out_at = st.last_sold_at;
+        }
     }
 
-    /// Restores the sold-out instant and persisted counters while rebuilding from disk.
-    pub fn restore_meta(&self, sold_out_at: Option<OffsetDateTime>, counters: PersistedCounters) {
+    /// Restores the persisted counters and clock guard while rebuilding from disk.
+    pub fn restore_meta(&self, counters: PersistedCounters) {
         let mut st = self.state.lock();
-        st.sold_out_at = sold_out_at;
-        st.counters.attempts = counters.attempts;
         st.counters.rejections = counters.rejections;
+        st.last_decided = st.last_decided.max(counters.last_decided);
     }
 
-    /// Decides one attempt at `now` and reserves stock if admitted. Never blocks on I/O.
+    /// The latest instant this sale was decided at (the clock guard).
+    pub fn last_decided(&self) -> OffsetDateTime {
+        self.state.lock().last_decided
+    }
+
+    /// Decides one attempt at `now` (or at the last decided instant, if the clock went back)
+    /// and reserves stock if admitted. Never blocks on I/O.
     pub fn admit(
         &self,
         user: &UserId,
@@ -140,29 +208,71 @@ impl SaleBook {
         key: Option<&IdempotencyKey>,
         now: OffsetDateTime,
     ) -> Step {
-        let mut st = self.state.lock();
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        // The clock guard: a wall clock stepped back must not re-open an ended sale.
+        let now = now.max(st.last_decided);
+        st.last_decided = now;
+        let ended = matches!(
+            self.sale.state(now, self.sale.stock - st.sold),
+            SaleState::Ended(_)
+        );
+        if ended && !st.refused.is_empty() {
+            // Every later decision is the sale's final answer (FL-5): remembered refusals are
+            // no longer needed, and forgetting them makes a replay the same before and after
+            // a restart.
+            for (key, _) in st.refused.drain(..) {
+                if matches!(st.keys.get(&key), Some(KeyEntry::Refused(..))) {
+                    st.keys.remove(&key);
+                }
+            }
+        }
         if let Some(key) = key {
+            let same = |fp: &Fingerprint| fp.0 == *user && fp.1 == quantity;
             match st.keys.get(key) {
-                Some(KeyEntry::Done(fp, outcome)) => {
-                    return Step::Answer(if fp.0 == *user && fp.1 == quantity {
+                Some(KeyEntry::Confirmed(fp, outcome)) => {
+                    return Step::Answer(if same(fp) {
+                        outcome.clone()
+                    } else {
+                        PurchaseOutcome::IdempotencyKeyReused
+                    });
+                }
+                Some(KeyEntry::Refused(fp, outcome, at)) if *at + REFUSAL_RETENTION > now => {
+                    return Step::Answer(if same(fp) {
                         outcome.clone()
                     } else {
                         PurchaseOutcome::IdempotencyKeyReused
                     });
                 }
                 Some(KeyEntry::Pending(fp, rx)) => {
-                    return if fp.0 == *user && fp.1 == quantity {
+                    return if same(fp) {
                         Step::Wait(rx.clone())
                     } else {
                         Step::Answer(PurchaseOutcome::IdempotencyKeyReused)
                     };
                 }
-                None => {}
+                Some(KeyEntry::Refused(..)) | None => {}
             }
         }
-        st.counters.attempts += 1;
-        let held = st.buyers.get(user).map_or(0, |b| b.held);
-        match decide(&self.sale, now, st.remaining, held, quantity) {
+        let available = self.sale.stock - st.sold - st.pending;
+        let (held, buyer_pending) = st.buyers.get(user).map_or((0, 0), |b| (b.held, b.pending));
+        match decide(&self.sale, now, available, held, quantity) {
+            Decision::Reject(Rejection::SoldOut) if st.pending > 0 => Step::Retry(
+                st.stock_settled
+                    .get_or_insert_with(|| watch::channel(()).0)
+                    .subscribe(),
+            ),
+            Decision::Reject(Rejection::AlreadyPurchased | Rejection::LimitExceeded { .. })
+                if buyer_pending > 0 =>
+            {
+                let buyer = st.buyers.entry(user.clone()).or_default();
+                Step::Retry(
+                    buyer
+                        .settled
+                        .get_or_insert_with(|| watch::channel(()).0)
+                        .subscribe(),
+                )
+            }
             Decision::Reject(rejection) => {
                 st.counters.rejections.count(rejection);
                 let orders = match rejection {
@@ -174,20 +284,26 @@ impl SaleBook {
                     _ => Vec::new(),
                 };
                 let outcome = PurchaseOutcome::Rejected { rejection, orders };
-                if let Some(key) = key {
-                    let fp = (user.clone(), quantity);
-                    st.keys
-                        .insert(key.clone(), KeyEntry::Done(fp, outcome.clone()));
+                match key {
+                    // Once the sale has ended every answer is final and the same for every key:
+                    // nothing to remember (the sold-out fast path stores nothing).
+                    Some(key) if !ended => {
+                        self.remember_refusal(st, key, user, quantity, &outcome, now)
+                    }
+                    Some(key) => {
+                        st.keys.remove(key);
+                    }
+                    None => {}
                 }
                 Step::Answer(outcome)
             }
             Decision::Admit => {
                 let q = quantity.get();
-                st.remaining -= q;
-                if st.remaining == 0 {
-                    st.sold_out_at = Some(now);
-                }
-                st.buyers.entry(user.clone()).or_default().held += q;
+                st.pending += q;
+                st.counters.pending_orders += 1;
+                let buyer = st.buyers.entry(user.clone()).or_default();
+                buyer.held += q;
+                buyer.pending += q;
                 let order = Order {
                     order_id: uuid::Uuid::now_v7(),
                     sale_id: self.sale.id,
@@ -201,42 +317,90 @@ impl SaleBook {
                     st.keys.insert(key.clone(), KeyEntry::Pending(fp, rx));
                     (key.clone(), tx)
                 });
-                Step::Reserved(Reservation {
-                    order,
-                    key,
-                    sold_out: st.remaining == 0,
-                })
+                Step::Reserved(Reservation { order, key })
             }
         }
     }
 
+    /// Stores a refusal under its key, forgetting expired ones and the oldest past the bound.
+    fn remember_refusal(
+        &self,
+        st: &mut BookState,
+        key: &IdempotencyKey,
+        user: &UserId,
+        quantity: Quantity,
+        outcome: &PurchaseOutcome,
+        now: OffsetDateTime,
+    ) {
+        while let Some((old, at)) = st.refused.front() {
+            if st.refused.len() < MAX_REFUSED_KEYS && *at + REFUSAL_RETENTION > now {
+                break;
+            }
+            // Only the entry this record was pushed for: the key may since have been refused
+            // again (a newer record) or admitted.
+            if matches!(st.keys.get(old), Some(KeyEntry::Refused(_, _, stored)) if stored == at) {
+                st.keys.remove(old);
+            }
+            st.refused.pop_front();
+        }
+        let fp = (user.clone(), quantity);
+        st.keys
+            .insert(key.clone(), KeyEntry::Refused(fp, outcome.clone(), now));
+        st.refused.push_back((key.clone(), now));
+    }
+
     /// The reserved order is durable: show it, and settle its key.
     pub fn confirm(&self, reservation: Reservation) -> PurchaseOutcome {
-        let Reservation { order, key, .. } = reservation;
+        let Reservation { order, key } = reservation;
         let outcome = PurchaseOutcome::Confirmed(order.clone());
-        let mut st = self.state.lock();
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        let q = order.quantity;
+        st.pending -= q;
+        st.sold += q;
+        st.counters.pending_orders -= 1;
         st.counters.confirmed_orders += 1;
-        st.counters.confirmed_units += u64::from(order.quantity);
+        st.counters.confirmed_units += u64::from(q);
+        st.last_sold_at = st.last_sold_at.max(Some(order.created_at));
+        if st.sold == self.sale.stock {
+            st.sold_out_at = st.last_sold_at;
+        }
+        if st.pending == 0 {
+            drop(st.stock_settled.take());
+        }
         if let Some((key, tx)) = key {
-            let fp = (order.user_id.clone(), Quantity::from_stored(order.quantity));
-            st.keys.insert(key, KeyEntry::Done(fp, outcome.clone()));
+            let fp = (order.user_id.clone(), Quantity::from_stored(q));
+            st.keys
+                .insert(key, KeyEntry::Confirmed(fp, outcome.clone()));
             tx.send_replace(Some(Some(outcome.clone())));
         }
         if let Some(buyer) = st.buyers.get_mut(&order.user_id) {
+            buyer.pending -= q;
             buyer.orders.push(order);
+            if buyer.pending == 0 {
+                drop(buyer.settled.take());
+            }
         }
         outcome
     }
 
-    /// The reserved order could not be written: give the stock back, forget the key.
+    /// The reserved order could not be written: give the units back to admission (nothing
+    /// reported ever counted them), forget the key, and wake attempts that waited on it.
     pub fn undo(&self, reservation: Reservation) {
-        let Reservation { order, key, .. } = reservation;
-        let mut st = self.state.lock();
-        st.remaining += order.quantity;
-        st.sold_out_at = None;
+        let Reservation { order, key } = reservation;
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        let q = order.quantity;
+        st.pending -= q;
+        st.counters.pending_orders -= 1;
         st.counters.rejections.unavailable += 1;
+        drop(st.stock_settled.take());
         if let Some(buyer) = st.buyers.get_mut(&order.user_id) {
-            buyer.held -= order.quantity;
+            buyer.held -= q;
+            buyer.pending -= q;
+            if buyer.pending == 0 {
+                drop(buyer.settled.take());
+            }
         }
         if let Some((key, tx)) = key {
             st.keys.remove(&key);
@@ -244,12 +408,12 @@ impl SaleBook {
         }
     }
 
-    /// The live figures.
+    /// The live figures: durable units only.
     pub fn status(&self) -> SaleStatus {
         let st = self.state.lock();
         SaleStatus {
             sale: Arc::clone(&self.sale),
-            remaining: st.remaining,
+            remaining: self.sale.stock - st.sold,
             sold_out_at: st.sold_out_at,
         }
     }
@@ -264,23 +428,31 @@ impl SaleBook {
     }
 
     /// The operator's counters: (attempts, confirmed orders, confirmed units, rejections).
+    /// Attempts are derived, so `attempts = confirmed + rejections + in flight` always holds,
+    /// also after a crash lost the last unflushed rejection counts.
     pub fn counters(&self) -> (u64, u64, u64, RejectionCounts) {
         let st = self.state.lock();
         let c = &st.counters;
         (
-            c.attempts,
+            c.confirmed_orders + c.rejections.total() + c.pending_orders,
             c.confirmed_orders,
             c.confirmed_units,
             c.rejections,
         )
     }
 
+    /// How many idempotency keys this sale holds in memory (confirmed, pending and refused).
+    pub fn key_count(&self) -> usize {
+        self.state.lock().keys.len()
+    }
+
     /// The counters the writer persists.
     pub fn persisted_counters(&self) -> PersistedCounters {
-        let st = self.state.lock();
+        let (attempts, _, _, rejections) = self.counters();
         PersistedCounters {
-            attempts: st.counters.attempts,
-            rejections: st.counters.rejections,
+            attempts,
+            rejections,
+            last_decided: self.last_decided(),
         }
     }
 }

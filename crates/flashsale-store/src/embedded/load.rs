@@ -8,6 +8,7 @@ use rusqlite::Connection;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use time::OffsetDateTime;
 
 /// Opens the database with the durability settings the store relies on.
 pub(crate) fn connect(path: &Path) -> rusqlite::Result<Connection> {
@@ -55,9 +56,9 @@ pub(crate) fn spawn_checkpointer(
 pub(crate) fn rebuild(conn: &Connection) -> rusqlite::Result<BTreeMap<SaleId, Arc<SaleBook>>> {
     let mut books = BTreeMap::new();
     let mut sales = conn.prepare(
-        "SELECT s.id, s.name, s.starts_at_us, s.ends_at_us, s.stock, s.per_user_limit, s.sold_out_at_us,
-                c.attempts, c.sale_not_active, c.sold_out, c.already_purchased, c.limit_exceeded,
-                c.insufficient_stock, c.unavailable
+        "SELECT s.id, s.name, s.starts_at_us, s.ends_at_us, s.stock, s.per_user_limit,
+                c.last_decided_us, c.attempts, c.sale_not_active, c.sold_out, c.already_purchased,
+                c.limit_exceeded, c.insufficient_stock, c.unavailable
          FROM sales s LEFT JOIN sale_counters c ON c.sale_id = s.id",
     )?;
     let mut rows = sales.query([])?;
@@ -70,11 +71,16 @@ pub(crate) fn rebuild(conn: &Connection) -> rusqlite::Result<BTreeMap<SaleId, Ar
             stock: row.get(4)?,
             per_user_limit: row.get(5)?,
         };
-        let sold_out_at = row.get::<_, Option<i64>>(6)?.map(from_micros);
+        // `sales.sold_out_at_us` is not read back: the sold-out instant is derived from the
+        // orders themselves (see `SaleBook::restore`), so no flag can disagree with them.
+        let last_decided = row
+            .get::<_, Option<i64>>(6)?
+            .map_or(OffsetDateTime::UNIX_EPOCH, from_micros);
         let n = |i: usize| -> rusqlite::Result<u64> {
             Ok(row.get::<_, Option<i64>>(i)?.unwrap_or(0) as u64)
         };
         let counters = PersistedCounters {
+            last_decided,
             attempts: n(7)?,
             rejections: RejectionCounts {
                 sale_not_active: n(8)?,
@@ -86,7 +92,7 @@ pub(crate) fn rebuild(conn: &Connection) -> rusqlite::Result<BTreeMap<SaleId, Ar
             },
         };
         let book = SaleBook::new(sale);
-        book.restore_meta(sold_out_at, counters);
+        book.restore_meta(counters);
         books.insert(book.sale().id, Arc::new(book));
     }
     let mut orders = conn.prepare(

@@ -2,9 +2,14 @@
 //!
 //! Decisions are taken in memory, in each sale's [`book::SaleBook`] critical section; orders
 //! are made durable by one [`writer`] thread in SQLite (WAL), committed in groups, each group
-//! answered only after a syncer thread has fsynced the WAL behind it. `confirmed` is answered only after the order's group has committed; if the commit
-//! fails the reservation is undone and the buyer gets `unavailable`. On open, memory is rebuilt
-//! from the database, so a crash (even `kill -9`) loses nothing that was confirmed.
+//! answered only after a syncer thread has fsynced the WAL behind it. `confirmed` is answered
+//! only after the order's group has committed; if the commit fails the reservation is undone
+//! and the buyer gets `unavailable`. On open, memory is rebuilt from the database, so a crash
+//! (even `kill -9`) loses nothing that was confirmed.
+//!
+//! Time only moves forward here: [`EmbeddedStore::now`] never returns an instant before one it
+//! returned already, and each sale never decides at an instant before its last decision (kept
+//! on disk with the counters), so a wall clock stepped back cannot re-open an ended sale.
 
 mod book;
 mod load;
@@ -13,12 +18,14 @@ mod writer;
 
 use crate::{Attempt, Order, PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary};
 use async_trait::async_trait;
+pub use book::{MAX_REFUSED_KEYS, REFUSAL_RETENTION};
 use book::{SaleBook, Step};
 use flashsale_core::{Clock, NewSale, Sale, SaleId, UserId};
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -33,6 +40,8 @@ pub struct EmbeddedStore {
     books: Arc<RwLock<BTreeMap<SaleId, Arc<SaleBook>>>>,
     writes: mpsc::Sender<Write>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The latest instant `now` returned, in nanoseconds since the epoch (the clock guard).
+    high_water: AtomicI64,
     /// Dropping the sender stops the checkpoint thread.
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     path: PathBuf,
@@ -51,6 +60,11 @@ impl EmbeddedStore {
         let path = data_dir.join(DB_FILE);
         let conn = load::connect(&path).map_err(|e| unavailable(&path, e))?;
         let books = load::rebuild(&conn).map_err(|e| unavailable(&path, e))?;
+        let high_water = books
+            .values()
+            .map(|b| b.last_decided())
+            .max()
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         let books = Arc::new(RwLock::new(books));
         let (stop_checkpoints, stop_rx) = mpsc::channel();
         let checkpointer =
@@ -64,11 +78,12 @@ impl EmbeddedStore {
         let flushing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer_flushing = Arc::clone(&flushing);
         let writer_books = Arc::clone(&books);
+        let syncer_books = Arc::clone(&books);
         let spawn_failed =
             |e: std::io::Error| StoreError::Internal(format!("cannot start writer thread: {e}"));
         std::thread::Builder::new()
             .name("flashsale-sync".into())
-            .spawn(move || writer::sync(wal, acks_rx, flushing))
+            .spawn(move || writer::sync(wal, acks_rx, flushing, syncer_books))
             .map_err(spawn_failed)?;
         let writer = std::thread::Builder::new()
             .name("flashsale-writer".into())
@@ -79,6 +94,7 @@ impl EmbeddedStore {
             books,
             writes,
             writer: Mutex::new(Some(writer)),
+            high_water: AtomicI64::new(nanos(high_water)),
             checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             path,
         })
@@ -87,6 +103,12 @@ impl EmbeddedStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How many idempotency keys a sale holds in memory (confirmed, pending, and refusals
+    /// still retained), or `None` if there is no such sale. For measuring the bound.
+    pub fn idempotency_keys(&self, id: SaleId) -> Option<usize> {
+        self.book(id).map(|b| b.key_count())
     }
 
     fn book(&self, id: SaleId) -> Option<Arc<SaleBook>> {
@@ -101,6 +123,11 @@ impl EmbeddedStore {
     }
 }
 
+/// Nanoseconds since the epoch (i64 covers 1677..2262, far wider than any sale).
+fn nanos(at: OffsetDateTime) -> i64 {
+    at.unix_timestamp_nanos() as i64
+}
+
 fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(format!("database {}: {e}", path.display()))
 }
@@ -109,21 +136,12 @@ fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
 impl SaleStore for EmbeddedStore {
     async fn create_sale(&self, new: NewSale) -> Result<Sale, StoreError> {
         let (reply, rx) = oneshot::channel();
-        let id = self
-            .send(
-                Write::CreateSale {
-                    new: new.clone(),
-                    reply,
-                },
-                rx,
-            )
+        // The syncer adds the sale's book once the sale is durable, whether or not this future
+        // is still there to hear about it: a caller that goes away cannot leave a sale on disk
+        // that answers 404.
+        self.send(Write::CreateSale { new, reply }, rx)
             .await?
-            .map_err(StoreError::Unavailable)?;
-        let sale = new.with_id(id);
-        self.books
-            .write()
-            .insert(id, Arc::new(SaleBook::new(sale.clone())));
-        Ok(sale)
+            .map_err(StoreError::Unavailable)
     }
 
     async fn purchase(&self, attempt: Attempt) -> Result<PurchaseOutcome, StoreError> {
@@ -136,33 +154,39 @@ impl SaleStore for EmbeddedStore {
         }
         // Stored instants have microsecond precision; deciding at the stored precision keeps
         // an order's `created_at` identical before and after a restart.
-        let now = flashsale_core::sale::truncate_to_micros(self.clock.now());
-        let step = book.admit(
-            &attempt.user_id,
-            attempt.quantity,
-            attempt.idempotency_key.as_ref(),
-            now,
-        );
-        let reservation = match step {
-            Step::Answer(outcome) => return Ok(outcome),
-            Step::Wait(mut rx) => {
-                // A duplicate of an attempt in flight: the first one decides for both.
-                let settled = rx
-                    .wait_for(Option::is_some)
-                    .await
-                    .map_err(|_| StoreError::ShuttingDown)?
-                    .clone();
-                return settled.flatten().ok_or_else(|| {
-                    StoreError::Unavailable("the first attempt with this key failed".into())
-                });
+        let reservation = loop {
+            let now = flashsale_core::sale::truncate_to_micros(self.now());
+            let step = book.admit(
+                &attempt.user_id,
+                attempt.quantity,
+                attempt.idempotency_key.as_ref(),
+                now,
+            );
+            match step {
+                Step::Answer(outcome) => return Ok(outcome),
+                Step::Wait(mut rx) => {
+                    // A duplicate of an attempt in flight: the first one decides for both.
+                    let settled = rx
+                        .wait_for(Option::is_some)
+                        .await
+                        .map_err(|_| StoreError::ShuttingDown)?
+                        .clone();
+                    return settled.flatten().ok_or_else(|| {
+                        StoreError::Unavailable("the first attempt with this key failed".into())
+                    });
+                }
+                // The refusal hinged on writes in flight; the sender is dropped once they
+                // settle (closing the channel is the signal), then decide again.
+                Step::Retry(mut rx) => {
+                    let _ = rx.changed().await;
+                }
+                Step::Reserved(reservation) => break reservation,
             }
-            Step::Reserved(reservation) => reservation,
         };
         let (reply, rx) = oneshot::channel();
         let write = Write::Order {
             order: reservation.order.clone(),
             key: reservation.key.as_ref().map(|(k, _)| k.clone()),
-            sold_out: reservation.sold_out,
             reply,
         };
         match self.send(write, rx).await {
@@ -217,7 +241,11 @@ impl SaleStore for EmbeddedStore {
     }
 
     fn now(&self) -> OffsetDateTime {
-        self.clock.now()
+        // Never an instant before one already returned: status and decisions both read this.
+        let now = nanos(self.clock.now());
+        let seen = self.high_water.fetch_max(now, Ordering::AcqRel);
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(seen.max(now)))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
 
     async fn shutdown(&self) {

@@ -8,7 +8,10 @@
 use rusqlite::Connection;
 use time::OffsetDateTime;
 
-/// Creates the tables if they do not exist.
+/// Creates the tables if they do not exist, and adds columns that later versions need.
+///
+/// `sale_counters.last_decided_us` is the clock guard: the latest instant the sale was decided
+/// at, so that a restart on a clock stepped back still refuses an ended sale.
 ///
 /// `orders` has no index beyond its keys on purpose: per-buyer reads are served from memory, and
 /// every extra index is another random page written (and fsynced) per order.
@@ -41,9 +44,20 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              already_purchased  INTEGER NOT NULL,
              limit_exceeded     INTEGER NOT NULL,
              insufficient_stock INTEGER NOT NULL,
-             unavailable        INTEGER NOT NULL
+             unavailable        INTEGER NOT NULL,
+             last_decided_us    INTEGER
          );",
-    )
+    )?;
+    // Data directories created before the clock guard lack its column.
+    let has_guard: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('sale_counters') WHERE name = 'last_decided_us'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_guard {
+        conn.execute_batch("ALTER TABLE sale_counters ADD COLUMN last_decided_us INTEGER")?;
+    }
+    Ok(())
 }
 
 /// Microseconds since the epoch.

@@ -15,11 +15,15 @@
 //! store gives their stock back. A failed fsync leaves the outcome on disk unknown; like
 //! PostgreSQL, we then stop the process rather than answer anything untrue: a restart rebuilds
 //! memory from what the disk really holds.
+//!
+//! Each order group also writes the counters of the sales that changed, in the same
+//! transaction, so the persisted rejections never lag the orders by more than the quiet
+//! periods in between (flushed every [`COUNTER_FLUSH`]).
 
 use super::book::{PersistedCounters, SaleBook};
 use super::schema::to_micros;
 use crate::model::Order;
-use flashsale_core::{IdempotencyKey, NewSale, SaleId};
+use flashsale_core::{IdempotencyKey, NewSale, Sale, SaleId};
 use parking_lot::RwLock;
 use rusqlite::{Connection, params};
 use std::collections::{BTreeMap, HashMap};
@@ -48,13 +52,12 @@ pub(crate) enum Write {
     Order {
         order: Order,
         key: Option<IdempotencyKey>,
-        sold_out: bool,
         reply: oneshot::Sender<Result<(), String>>,
     },
-    /// Create a sale and return its id.
+    /// Create a sale, add its book once durable, and return it.
     CreateSale {
         new: NewSale,
-        reply: oneshot::Sender<Result<SaleId, String>>,
+        reply: oneshot::Sender<Result<Sale, String>>,
     },
     /// Commit what is queued, persist counters, reply once durable, and stop.
     Shutdown { reply: oneshot::Sender<()> },
@@ -63,13 +66,18 @@ pub(crate) enum Write {
 /// A reply the syncer sends once the WAL is on disk.
 pub(crate) enum Ack {
     Order(oneshot::Sender<Result<(), String>>),
-    Sale(oneshot::Sender<Result<SaleId, String>>, SaleId),
+    Sale(oneshot::Sender<Result<Sale, String>>, Sale),
     Shutdown(oneshot::Sender<()>),
 }
 
 /// The syncer thread's body: fsyncs the WAL for every group the writer committed, then
 /// answers. Runs until the writer is gone.
-pub(crate) fn sync(wal: File, acks: Receiver<Vec<Ack>>, flushing: Arc<AtomicBool>) {
+pub(crate) fn sync(
+    wal: File,
+    acks: Receiver<Vec<Ack>>,
+    flushing: Arc<AtomicBool>,
+    books: Arc<RwLock<BTreeMap<SaleId, Arc<SaleBook>>>>,
+) {
     while let Ok(first) = acks.recv() {
         let mut groups = vec![first];
         groups.extend(acks.try_iter());
@@ -84,7 +92,14 @@ pub(crate) fn sync(wal: File, acks: Receiver<Vec<Ack>>, flushing: Arc<AtomicBool
             match ack {
                 // A buyer who went away still had its order committed; nothing to do.
                 Ack::Order(reply) => drop(reply.send(Ok(()))),
-                Ack::Sale(reply, id) => drop(reply.send(Ok(id))),
+                // The book is added here, not by the caller, so a caller that went away still
+                // leaves a sale that answers.
+                Ack::Sale(reply, sale) => {
+                    books
+                        .write()
+                        .insert(sale.id, Arc::new(SaleBook::new(sale.clone())));
+                    drop(reply.send(Ok(sale)));
+                }
                 Ack::Shutdown(reply) => {
                     let _ = reply.send(());
                     stop = true;
@@ -135,27 +150,24 @@ pub(crate) fn run(
         let mut durable = Vec::with_capacity(batch.len() + 1);
         for write in batch.drain(..) {
             match write {
-                Write::Order {
-                    order,
-                    key,
-                    sold_out,
-                    reply,
-                } => orders.push((order, key, sold_out, reply)),
+                Write::Order { order, key, reply } => orders.push((order, key, reply)),
                 Write::CreateSale { new, reply } => match create_sale(&conn, &new) {
-                    Ok(id) => durable.push(Ack::Sale(reply, id)),
+                    Ok(id) => durable.push(Ack::Sale(reply, new.with_id(id))),
                     Err(e) => drop(reply.send(Err(e.to_string()))),
                 },
                 Write::Shutdown { reply } => shutdown = Some(reply),
             }
         }
         if !orders.is_empty() {
-            match commit_orders(&mut conn, &orders) {
+            let changed = changed_counters(&books, &saved);
+            match commit_orders(&mut conn, &orders, &changed) {
                 Ok(()) => {
-                    durable.extend(orders.into_iter().map(|(_, _, _, reply)| Ack::Order(reply)))
+                    saved.extend(changed);
+                    durable.extend(orders.into_iter().map(|(_, _, reply)| Ack::Order(reply)))
                 }
                 Err(e) => {
                     tracing::error!(error = %e, orders = orders.len(), "order batch failed to commit");
-                    for (_, _, _, reply) in orders {
+                    for (_, _, reply) in orders {
                         let _ = reply.send(Err(e.to_string()));
                     }
                 }
@@ -177,11 +189,14 @@ pub(crate) fn run(
 type PendingOrder = (
     Order,
     Option<IdempotencyKey>,
-    bool,
     oneshot::Sender<Result<(), String>>,
 );
 
-fn commit_orders(conn: &mut Connection, orders: &[PendingOrder]) -> rusqlite::Result<()> {
+fn commit_orders(
+    conn: &mut Connection,
+    orders: &[PendingOrder],
+    counters: &[(SaleId, PersistedCounters)],
+) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut insert = tx.prepare_cached(
@@ -189,7 +204,7 @@ fn commit_orders(conn: &mut Connection, orders: &[PendingOrder]) -> rusqlite::Re
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         let mut sold: BTreeMap<SaleId, i64> = BTreeMap::new();
-        for (order, key, _, _) in orders {
+        for (order, key, _) in orders {
             insert.execute(params![
                 order.order_id.as_bytes().as_slice(),
                 order.sale_id.0,
@@ -201,18 +216,20 @@ fn commit_orders(conn: &mut Connection, orders: &[PendingOrder]) -> rusqlite::Re
             *sold.entry(order.sale_id).or_default() += i64::from(order.quantity);
         }
         let mut add_sold = tx.prepare_cached("UPDATE sales SET sold = sold + ?2 WHERE id = ?1")?;
+        // The sold-out instant is the latest admission among the sale's orders, whichever
+        // group commits last: the order that took the last unit may commit in an earlier group
+        // than one admitted before it. The subquery runs once per sale, when it sells out.
+        let mut sold_out = tx.prepare_cached(
+            "UPDATE sales SET sold_out_at_us =
+                 (SELECT max(created_at_us) FROM orders WHERE sale_id = ?1)
+             WHERE id = ?1 AND sold = stock AND sold_out_at_us IS NULL",
+        )?;
         for (sale, units) in sold {
             add_sold.execute(params![sale.0, units])?;
-        }
-        let mut sold_out = tx.prepare_cached(
-            "UPDATE sales SET sold_out_at_us = ?2 WHERE id = ?1 AND sold = stock",
-        )?;
-        for (order, _, last, _) in orders {
-            if *last {
-                sold_out.execute(params![order.sale_id.0, to_micros(order.created_at)])?;
-            }
+            sold_out.execute(params![sale.0])?;
         }
     }
+    write_counters(&tx, counters)?;
     tx.commit()
 }
 
@@ -230,52 +247,67 @@ fn create_sale(conn: &Connection, new: &NewSale) -> rusqlite::Result<SaleId> {
     Ok(SaleId(conn.last_insert_rowid()))
 }
 
+/// The sales whose counters changed since they were last written.
+fn changed_counters(
+    books: &RwLock<BTreeMap<SaleId, Arc<SaleBook>>>,
+    saved: &HashMap<SaleId, PersistedCounters>,
+) -> Vec<(SaleId, PersistedCounters)> {
+    books
+        .read()
+        .iter()
+        .map(|(id, book)| (*id, book.persisted_counters()))
+        .filter(|(id, c)| saved.get(id) != Some(c))
+        .collect()
+}
+
 fn flush_counters(
     conn: &mut Connection,
     books: &RwLock<BTreeMap<SaleId, Arc<SaleBook>>>,
     saved: &mut HashMap<SaleId, PersistedCounters>,
 ) {
-    let changed: Vec<(SaleId, PersistedCounters)> = books
-        .read()
-        .iter()
-        .map(|(id, book)| (*id, book.persisted_counters()))
-        .filter(|(id, c)| saved.get(id) != Some(c))
-        .collect();
+    let changed = changed_counters(books, saved);
     if changed.is_empty() {
         return;
     }
-    let result = (|| -> rusqlite::Result<()> {
-        let tx = conn.transaction()?;
-        {
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO sale_counters (sale_id, attempts, sale_not_active, sold_out, already_purchased,
-                                            limit_exceeded, insufficient_stock, unavailable)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (sale_id) DO UPDATE SET
-                     attempts = excluded.attempts, sale_not_active = excluded.sale_not_active,
-                     sold_out = excluded.sold_out, already_purchased = excluded.already_purchased,
-                     limit_exceeded = excluded.limit_exceeded,
-                     insufficient_stock = excluded.insufficient_stock, unavailable = excluded.unavailable",
-            )?;
-            for (id, c) in &changed {
-                let r = &c.rejections;
-                upsert.execute(params![
-                    id.0,
-                    c.attempts as i64,
-                    r.sale_not_active as i64,
-                    r.sold_out as i64,
-                    r.already_purchased as i64,
-                    r.limit_exceeded as i64,
-                    r.insufficient_stock as i64,
-                    r.unavailable as i64
-                ])?;
-            }
-        }
+    let result = conn.transaction().and_then(|tx| {
+        write_counters(&tx, &changed)?;
         tx.commit()
-    })();
+    });
     match result {
         Ok(()) => saved.extend(changed),
         // Counters are statistics: a failed flush is retried next time, orders are unaffected.
         Err(e) => tracing::warn!(error = %e, "could not persist sale counters"),
     }
+}
+
+fn write_counters(
+    tx: &rusqlite::Transaction<'_>,
+    changed: &[(SaleId, PersistedCounters)],
+) -> rusqlite::Result<()> {
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO sale_counters (sale_id, attempts, sale_not_active, sold_out, already_purchased,
+                                    limit_exceeded, insufficient_stock, unavailable, last_decided_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (sale_id) DO UPDATE SET
+             attempts = excluded.attempts, sale_not_active = excluded.sale_not_active,
+             sold_out = excluded.sold_out, already_purchased = excluded.already_purchased,
+             limit_exceeded = excluded.limit_exceeded,
+             insufficient_stock = excluded.insufficient_stock, unavailable = excluded.unavailable,
+             last_decided_us = max(coalesce(last_decided_us, 0), excluded.last_decided_us)",
+    )?;
+    for (id, c) in changed {
+        let r = &c.rejections;
+        upsert.execute(params![
+            id.0,
+            c.attempts as i64,
+            r.sale_not_active as i64,
+            r.sold_out as i64,
+            r.already_purchased as i64,
+            r.limit_exceeded as i64,
+            r.insufficient_stock as i64,
+            r.unavailable as i64,
+            to_micros(c.last_decided)
+        ])?;
+    }
+    Ok(())
 }
