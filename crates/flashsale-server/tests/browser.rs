@@ -312,15 +312,22 @@ async fn open_browser(width: u32, height: u32) -> Browser {
     }
 }
 
-/// Wraps `fetch` so the test can count the page's purchase requests and hold them back
-/// (not sent until released) to look at the pending state or let the world change first.
+/// Wraps `fetch` so the test can count the page's purchase requests, record their
+/// `Idempotency-Key`s, hold them back (not sent until released) to look at the pending state or
+/// let the world change first, or lose the next answer on its way back (`__loseAnswer`).
 const INSTRUMENT_FETCH: &str = r#"
     if (!window.__posts) {
-      window.__posts = 0; window.__hold = false; window.__held = [];
+      window.__posts = 0; window.__hold = false; window.__held = []; window.__keys = [];
+      window.__loseAnswer = false;
       const real = window.fetch.bind(window);
       window.fetch = (url, init) => {
         if (!init || init.method !== "POST") return real(url, init);
         window.__posts++;
+        window.__keys.push((init.headers || {})["idempotency-key"] || null);
+        if (window.__loseAnswer) {
+          window.__loseAnswer = false;
+          return real(url, init).then(() => { throw new TypeError("connection lost"); });
+        }
         if (!window.__hold) return real(url, init);
         return new Promise((ok, fail) => window.__held.push(() => real(url, init).then(ok, fail)));
       };
@@ -350,6 +357,7 @@ const SNAPSHOT: &str = r#"
       focus: document.activeElement ? document.activeElement.id : "",
       conn: $("conn").textContent,
       posts: window.__posts || 0,
+      keys: window.__keys || [],
       marker: window.__marker || null,
     };
 "#;
@@ -1017,4 +1025,57 @@ async fn the_page_is_served_gzipped_with_a_strong_etag_and_revalidates_with_304(
     assert_eq!(again.status(), 304);
     assert_eq!(again.headers()["etag"], tag.as_str());
     assert!(again.bytes().await.unwrap().is_empty());
+}
+
+/// Issue 10: the page sends one `Idempotency-Key` per intended purchase. A retry after the
+/// answer was lost reuses it, so the server replays the order instead of deciding again; the
+/// next purchase (another buyer id) gets a fresh key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_the_same_purchase_reuses_its_idempotency_key() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app().await;
+    let sale = app.create_sale("One key per purchase", 0, 600, 5).await;
+    let browser = open_browser(1280, 900).await;
+    browser.open(&app.page(sale)).await;
+    browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
+    browser.type_id("retry@example.com").await;
+    // The order is confirmed on the server but the answer never reaches the page.
+    browser.js("window.__loseAnswer = true").await;
+    browser.click("buy").await;
+    browser
+        .wait_for("the lost answer", LIVE, |p| {
+            p["result_class"] == "result result-network-error" && p["buy_disabled"] == false
+        })
+        .await;
+    // The buyer presses Buy Now again: the same purchase, so the same key, and the server
+    // replays the confirmed order (no second decision).
+    browser.click("buy").await;
+    let done = browser
+        .wait_for("confirmed by the replay", LIVE, |p| {
+            p["result_class"] == "result result-confirmed"
+        })
+        .await;
+    let keys = done["keys"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 2, "{done:#}");
+    assert!(keys[0].is_string(), "no key sent: {done:#}");
+    assert_eq!(keys[0], keys[1], "the retry sent another key");
+    assert_eq!(app.attempts(sale).await, 1, "the retry was decided again");
+    let order_id = s(
+        &app.orders_of(sale, "retry@example.com").await["orders"][0],
+        "order_id",
+    );
+    assert!(s(&done, "result").contains(&order_id), "{done:#}");
+
+    // Another buyer id is another purchase: a fresh key.
+    browser.type_id("second@example.com").await;
+    browser.click("buy").await;
+    let second = browser
+        .wait_for("second confirmed", LIVE, |p| {
+            p["result_class"] == "result result-confirmed" && p["posts"] == 3
+        })
+        .await;
+    let keys = second["keys"].as_array().unwrap();
+    assert_ne!(keys[2], keys[1], "a new purchase reused the last key");
 }
