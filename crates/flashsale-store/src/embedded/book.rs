@@ -214,7 +214,8 @@ impl SaleBook {
         let now = now.max(st.last_decided);
         st.last_decided = now;
         let ended = matches!(
-            self.sale.state(now, self.sale.stock - st.sold),
+            self.sale
+                .state(now, self.sale.stock.saturating_sub(st.sold)),
             SaleState::Ended(_)
         );
         if ended && !st.refused.is_empty() {
@@ -254,7 +255,7 @@ impl SaleBook {
                 Some(KeyEntry::Refused(..)) | None => {}
             }
         }
-        let available = self.sale.stock - st.sold - st.pending;
+        let available = self.sale.stock.saturating_sub(st.sold + st.pending);
         let (held, buyer_pending) = st.buyers.get(user).map_or((0, 0), |b| (b.held, b.pending));
         match decide(&self.sale, now, available, held, quantity) {
             Decision::Reject(Rejection::SoldOut) if st.pending > 0 => Step::Retry(
@@ -413,7 +414,7 @@ impl SaleBook {
         let st = self.state.lock();
         SaleStatus {
             sale: Arc::clone(&self.sale),
-            remaining: self.sale.stock - st.sold,
+            remaining: self.sale.stock.saturating_sub(st.sold),
             sold_out_at: st.sold_out_at,
         }
     }
