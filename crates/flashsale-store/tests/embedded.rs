@@ -184,3 +184,22 @@ async fn the_database_itself_refuses_to_record_more_than_the_stock() {
     let ok = conn.execute("UPDATE sales SET sold = 2 WHERE id = ?1", [sale.id.0]);
     assert_eq!(ok.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn a_second_store_on_the_same_directory_is_refused_until_the_first_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path());
+    let refused = EmbeddedStore::open(dir.path(), Arc::new(SystemClock));
+    let Err(StoreError::Unavailable(message)) = refused else {
+        panic!("a second store opened the same directory");
+    };
+    assert!(
+        message.contains("in use by another flashsale process")
+            && message.contains(&dir.path().display().to_string()),
+        "{message}"
+    );
+    first.shutdown().await;
+    drop(first);
+    let reopened = EmbeddedStore::open(dir.path(), Arc::new(SystemClock));
+    assert!(reopened.is_ok(), "the lock outlived its store");
+}

@@ -26,6 +26,8 @@ use writer::Write;
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "flashsale.db";
+/// The lock file inside the data directory: one process at a time owns the directory.
+pub const LOCK_FILE: &str = "flashsale.lock";
 
 /// The embedded store. Cheap to share behind an `Arc`.
 pub struct EmbeddedStore {
@@ -36,6 +38,9 @@ pub struct EmbeddedStore {
     /// Dropping the sender stops the checkpoint thread.
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     path: PathBuf,
+    /// Holds the data directory's exclusive lock; the OS releases it when this is dropped or
+    /// the process dies (even by `kill -9`), so a stale lock file never blocks a restart.
+    _lock: std::fs::File,
 }
 
 impl EmbeddedStore {
@@ -48,6 +53,7 @@ impl EmbeddedStore {
                 data_dir.display()
             ))
         })?;
+        let lock = lock_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let conn = load::connect(&path).map_err(|e| unavailable(&path, e))?;
         let books = load::rebuild(&conn).map_err(|e| unavailable(&path, e))?;
@@ -81,6 +87,7 @@ impl EmbeddedStore {
             writer: Mutex::new(Some(writer)),
             checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             path,
+            _lock: lock,
         })
     }
 
@@ -98,6 +105,30 @@ impl EmbeddedStore {
             .send(write)
             .map_err(|_| StoreError::ShuttingDown)?;
         reply.await.map_err(|_| StoreError::ShuttingDown)
+    }
+}
+
+/// Takes the data directory's exclusive lock: two processes writing one database would each
+/// trust its own memory of the stock and oversell.
+fn lock_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
+            "data directory {} is in use by another flashsale process (it holds {})",
+            data_dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
     }
 }
 
