@@ -76,7 +76,7 @@ pub async fn create_order(
     };
     match result {
         Ok(order) => {
-            app.metrics.purchases.record("confirmed");
+            app.metrics.record_purchase("confirmed");
             let body = ConfirmedBody {
                 code: "confirmed",
                 order: &order,
@@ -84,7 +84,7 @@ pub async fn create_order(
             (StatusCode::CREATED, Json(body)).into_response()
         }
         Err(e) => {
-            app.metrics.purchases.record(e.code());
+            app.metrics.record_purchase(e.code());
             e.into_response()
         }
     }
