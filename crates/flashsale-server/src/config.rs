@@ -271,7 +271,12 @@ mod tests {
                 "{flag}: {shown}"
             );
         }
-        for (spelling, on) in [("on", true), ("true", true), ("off", false), ("false", false)] {
+        for (spelling, on) in [
+            ("on", true),
+            ("true", true),
+            ("off", false),
+            ("false", false),
+        ] {
             let config = Config::try_parse_from([
                 "flashsale",
                 "--demo-sale",

@@ -245,7 +245,8 @@ impl Application {
 fn bind_cause(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::AddrInUse => {
-            "the address is already in use (another flashsale?); choose another with --listen".into()
+            "the address is already in use (another flashsale?); choose another with --listen"
+                .into()
         }
         io::ErrorKind::PermissionDenied => {
             "permission denied (ports below 1024 need privileges)".into()

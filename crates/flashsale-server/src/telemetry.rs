@@ -46,7 +46,11 @@ mod tests {
     #[test]
     fn log_instants_are_rfc_3339_in_utc() {
         let mut out = String::new();
-        write_rfc3339(&mut out, time::macros::datetime!(2026-11-30 0:18:57.934099 UTC)).unwrap();
+        write_rfc3339(
+            &mut out,
+            time::macros::datetime!(2026-11-30 0:18:57.934099 UTC),
+        )
+        .unwrap();
         assert_eq!(out, "2026-11-30T00:18:57.934099Z");
         assert!(OffsetDateTime::parse(&out, &Rfc3339).is_ok());
     }

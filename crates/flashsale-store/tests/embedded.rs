@@ -1,5 +1,6 @@
-//! Durability of the embedded store (SPEC NF-4, NF-6): what was confirmed survives a reopen,
-//! a failed disk write takes nothing, and the database refuses an oversell on its own.
+//! Durability of the embedded store (NF-4, NF-6 in docs/requirements.md): what was confirmed
+//! survives a reopen, a failed disk write takes nothing, and the database refuses an oversell on
+//! its own.
 
 #![allow(clippy::unwrap_used)]
 

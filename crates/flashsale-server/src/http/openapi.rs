@@ -162,10 +162,10 @@ impl Modify for WebPage {
                     .content("image/svg+xml", ContentBuilder::new().build()),
             )
             .build();
-        openapi
-            .paths
-            .paths
-            .insert("/favicon.ico".to_owned(), PathItem::new(HttpMethod::Get, icon));
+        openapi.paths.paths.insert(
+            "/favicon.ico".to_owned(),
+            PathItem::new(HttpMethod::Get, icon),
+        );
     }
 }
 

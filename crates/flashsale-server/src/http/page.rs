@@ -1,4 +1,4 @@
-//! `GET /`: the buyer's web page ([requirements: the web page](../../../../docs/requirements.md#5-the-web-page)),
+//! `GET /`: the buyer's web page (docs/requirements.md#5-the-web-page),
 //! and `GET /favicon.ico`, both embedded in the binary so the service needs no files at run time.
 //!
 //! The page is one self-contained HTML file (`assets/index.html`: markup, style and script, no

@@ -54,16 +54,22 @@ async fn metrics_show_only_series_that_happened() {
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .collect();
     for line in &samples {
-        let is_counter =
-            line.starts_with("http_requests_total") || line.starts_with("flashsale_purchases_total");
-        assert!(!(is_counter && line.ends_with(" 0")), "zero series {line} in\n{text}");
+        let is_counter = line.starts_with("http_requests_total")
+            || line.starts_with("flashsale_purchases_total");
+        assert!(
+            !(is_counter && line.ends_with(" 0")),
+            "zero series {line} in\n{text}"
+        );
     }
     for never in [
         r#"route="/api/admin/sales/{sale_id}/summary""#,
         r#"status="415""#,
         r#"code="internal""#,
     ] {
-        assert!(!text.contains(never), "{never} never happened but is in\n{text}");
+        assert!(
+            !text.contains(never),
+            "{never} never happened but is in\n{text}"
+        );
     }
 }
 
@@ -73,11 +79,19 @@ async fn the_favicon_is_served_and_linked_from_the_page() {
     let response = app.get("/favicon.ico").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "image/svg+xml");
-    assert!(response.headers()["cache-control"].to_str().unwrap().contains("max-age"));
+    assert!(
+        response.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("max-age")
+    );
     assert!(response.text().await.unwrap().starts_with("<svg"));
     let page = app.get("/").await.text().await.unwrap();
     let head = &page[..page.find("</head>").unwrap()];
-    assert!(head.contains(r#"<link rel="icon" href="/favicon.ico""#), "{head}");
+    assert!(
+        head.contains(r#"<link rel="icon" href="/favicon.ico""#),
+        "{head}"
+    );
 }
 
 #[tokio::test]

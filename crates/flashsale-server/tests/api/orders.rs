@@ -331,5 +331,8 @@ async fn a_bad_quantity_is_explained_with_the_sales_own_limit() {
         r#"{"user_id": "u", "quantity": 0}"#.into(),
     )
     .await;
-    assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("sale_not_found")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("sale_not_found"))
+    );
 }
