@@ -35,8 +35,8 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// Bearer token for the admin API. Unset: generated once, printed, and kept in
-    /// `<data-dir>/admin-token` (with `--store redis`: generated at each start).
+    /// Bearer token for the admin API; unset: generated once, kept in <data-dir>/admin-token
+    /// (per run with --store redis).
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
