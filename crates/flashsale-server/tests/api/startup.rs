@@ -136,7 +136,7 @@ async fn the_generated_admin_token_is_kept_across_restarts_and_an_explicit_one_w
         let token = token.clone();
         async move { assert_eq!(create_with(port, &token).await, StatusCode::CREATED) }
     };
-    while_serving(first, created.clone()).await;
+    while_serving(first, created).await;
 
     let again = build(dir.path(), None).await;
     while_serving(again, created).await;
