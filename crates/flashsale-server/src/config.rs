@@ -42,7 +42,7 @@ pub struct Config {
 
     /// Create a demo sale (starts 30 s after start, lasts 10 min, 100 units) when no sale exists.
     #[arg(long, env = "FLASHSALE_DEMO_SALE", default_value = "on", value_parser = switch(),
-        action = ArgAction::Set)]
+        value_name = "ON|OFF", action = ArgAction::Set)]
     pub demo_sale: bool,
 
     /// Storage backend.
@@ -266,7 +266,8 @@ mod tests {
                 .find(|entry| entry.starts_with(&flag[2..]))
                 .unwrap();
             assert!(
-                shown.contains("[default: on]")
+                shown.starts_with(&format!("{} <ON|OFF>", &flag[2..]))
+                    && shown.contains("[default: on]")
                     && shown.contains("[possible values: on, off, true, false]"),
                 "{flag}: {shown}"
             );

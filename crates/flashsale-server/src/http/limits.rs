@@ -37,6 +37,7 @@ pub struct RateLimits {
         env = "FLASHSALE_RATE_LIMIT",
         default_value = "on",
         value_parser = crate::config::switch(),
+        value_name = "ON|OFF",
         action = clap::ArgAction::Set,
     )]
     pub enabled: bool,
