@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces docs/benchmarks.md in one run on one machine (SPEC section 8, issue 5).
+# Reproduces docs/benchmarks.md in one run on one machine (docs/requirements.md#8-the-performance-bar, issue 5).
 #
 # Starts, on 127.0.0.1 only:
 #   - the ceiling: flashsale-ceiling, a trivial axum handler (every figure is divided by it);

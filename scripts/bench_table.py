@@ -9,7 +9,7 @@ import sys
 # Which ceiling row a scenario is divided by: purchases and sold-out rejections are POSTs of
 # the same body, status reads are GETs.
 CEILING_OF = {"purchase": "purchase", "sold_out": "purchase", "status": "status"}
-# SPEC/issue 5 targets, as a share of the ceiling.
+# Issue 5 targets, as a share of the ceiling.
 TARGET = {
     ("embedded", "purchase"): 0.5,
     ("redis-1", "purchase"): 0.3,

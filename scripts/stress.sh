@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI stress step (SPEC T-7..T-10, NF-1; issue 5 item 2): against a freshly started embedded
+# CI stress step (T-7..T-10, NF-1 in docs/requirements.md; issue 5 item 2): against a freshly started embedded
 # flashsale server, run
 #   - herd:       1,000 concurrent buyers released at the start instant vs 100 units;
 #   - duplicates: 300 buyers x 5 concurrent attempts each, per-user limit 2, 1,000 units;

@@ -15,7 +15,7 @@ pub enum ValidationError {
     #[error("user_id must not contain control characters")]
     UserIdControlChar,
     /// The quantity is below 1 or above the sale's per-user limit.
-    #[error("quantity must be between 1 and the per-user limit ({limit})")]
+    #[error("quantity must be between 1 and {limit} (this sale's per-user limit)")]
     QuantityOutOfRange {
         /// The sale's per-user limit.
         limit: u32,

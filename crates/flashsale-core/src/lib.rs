@@ -1,5 +1,6 @@
 //! The flash-sale domain, with no I/O: what a sale is, which state it is in at a given instant
-//! (SPEC section 2), and how one purchase attempt is decided (SPEC section 3).
+//! (docs/requirements.md#2-sale-lifecycle), and how one purchase attempt is decided
+//! (docs/requirements.md#3-stock-and-purchase-rules).
 //!
 //! Everything here is a pure function of its inputs. Time is always passed in (see [`clock`]),
 //! so every boundary (exactly at the start, exactly at the end) can be tested exactly, and the

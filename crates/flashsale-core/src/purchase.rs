@@ -1,5 +1,6 @@
-//! The purchase rules (SPEC section 3): one attempt, decided against the sale, the instant of
-//! decision, the remaining stock and what the buyer already holds.
+//! The purchase rules (docs/requirements.md#3-stock-and-purchase-rules): one attempt, decided
+//! against the sale, the instant of decision, the remaining stock and what the buyer already
+//! holds.
 //!
 //! Stores call [`decide`] inside their atomic step (a critical section, or a Redis script that
 //! mirrors it), so these rules are the single statement of what is admitted.

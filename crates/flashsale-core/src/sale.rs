@@ -1,5 +1,5 @@
-//! A sale and its lifecycle (SPEC section 2): the state is derived from the clock and the
-//! remaining stock, never stored as a flag that a job flips.
+//! A sale and its lifecycle (docs/requirements.md#2-sale-lifecycle): the state is derived from
+//! the clock and the remaining stock, never stored as a flag that a job flips.
 
 use crate::error::ValidationError;
 use crate::ids::SaleId;
@@ -111,7 +111,7 @@ pub enum EndReason {
     SoldOut,
 }
 
-/// The state of a sale at one instant (SPEC section 2 table).
+/// The state of a sale at one instant (the table of docs/requirements.md#2-sale-lifecycle).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SaleState {
     /// `now < starts_at` (FL-1).

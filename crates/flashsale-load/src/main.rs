@@ -1,5 +1,5 @@
 //! `flashsale-load`: drives a flashsale service over HTTP only and checks it kept its
-//! promises (SPEC T-7..T-10, NF-1, NF-2, NF-5).
+//! promises (T-7..T-10, NF-1, NF-2, NF-5 in docs/requirements.md).
 //!
 //! A run: open and warm every connection ([`scenario::open_connections`]), create the sale
 //! through the admin API (or read the one given), release all workers at the sale's start

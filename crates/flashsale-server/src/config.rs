@@ -2,6 +2,7 @@
 //! (shown by `--help`), with defaults in code so a bare `flashsale` runs. Tests build `Config`
 //! values directly (port 0, no environment).
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Parser, ValueEnum};
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
@@ -34,12 +35,14 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// Bearer token for the admin API; a random one is generated and printed when unset.
+    /// Bearer token for the admin API; unset: generated once, kept in <data-dir>/admin-token
+    /// (per run with --store redis).
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
     /// Create a demo sale (starts 30 s after start, lasts 10 min, 100 units) when no sale exists.
-    #[arg(long, env = "FLASHSALE_DEMO_SALE", default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, env = "FLASHSALE_DEMO_SALE", default_value = "on", value_parser = switch(),
+        value_name = "ON|OFF", action = ArgAction::Set)]
     pub demo_sale: bool,
 
     /// Storage backend.
@@ -73,6 +76,12 @@ pub struct Config {
     /// Overload protection: in-flight and connection bounds, timeouts.
     #[command(flatten)]
     pub protection: Protection,
+}
+
+/// The values every on/off flag accepts, and shows in `--help`: `on`/`off`, or `true`/`false`
+/// (older scripts use those).
+pub fn switch() -> impl TypedValueParser<Value = bool> {
+    PossibleValuesParser::new(["on", "off", "true", "false"]).map(|v| v == "on" || v == "true")
 }
 
 /// Bounds that keep the service answering quickly beyond capacity (NF-5).
@@ -152,7 +161,9 @@ impl Config {
     }
 }
 
-/// Secrets (the admin token and the URLs, which may carry passwords) never reach the log.
+/// Secrets (the admin token and the URLs, which may carry passwords) never reach the log. The
+/// admin token is left out: start-up logs where it came from (given, loaded or generated) once
+/// it is known.
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fn redacted(value: &Option<String>) -> &'static str {
@@ -164,7 +175,6 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
-            .field("admin_token", &redacted(&self.admin_token))
             .field("demo_sale", &self.demo_sale)
             .field("store", &self.store)
             .field("redis_url", &redacted(&self.redis_url))
@@ -245,6 +255,40 @@ mod tests {
         assert!(RateLimits::default().enabled);
         let off = Config::try_parse_from(["flashsale", "--rate-limit", "off"]).unwrap();
         assert!(!off.rate_limits.enabled);
+    }
+
+    #[test]
+    fn both_switches_accept_and_show_the_same_spellings() {
+        let help = Config::command().render_long_help().to_string();
+        for flag in ["--demo-sale", "--rate-limit"] {
+            let shown = help
+                .split("\n      --")
+                .find(|entry| entry.starts_with(&flag[2..]))
+                .unwrap();
+            assert!(
+                shown.starts_with(&format!("{} <ON|OFF>", &flag[2..]))
+                    && shown.contains("[default: on]")
+                    && shown.contains("[possible values: on, off, true, false]"),
+                "{flag}: {shown}"
+            );
+        }
+        for (spelling, on) in [
+            ("on", true),
+            ("true", true),
+            ("off", false),
+            ("false", false),
+        ] {
+            let config = Config::try_parse_from([
+                "flashsale",
+                "--demo-sale",
+                spelling,
+                "--rate-limit",
+                spelling,
+            ])
+            .unwrap();
+            assert_eq!((config.demo_sale, config.rate_limits.enabled), (on, on));
+        }
+        assert!(Config::try_parse_from(["flashsale", "--demo-sale", "yes"]).is_err());
     }
 
     #[test]

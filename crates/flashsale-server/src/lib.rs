@@ -1,7 +1,9 @@
 //! The flashsale HTTP service as a library, so tests can start it in-process on port 0.
 //!
+//! - [`admin_token`]: the admin token, given or generated once and kept in the data directory.
 //! - [`config`]: the one `Config` (flags and `FLASHSALE_*` environment variables).
-//! - [`startup`]: [`startup::Application`]: bind, open the store, seed the demo sale, serve,
+//! - [`startup`]: [`startup::Application`]: bind, open the store, resolve the admin token,
+//!   seed the demo sale, serve,
 //!   shut down gracefully (stop accepting, drain, end live streams, flush the store).
 //! - [`serve`]: the accept loop: connection limit, header-read timeout, peer addresses.
 //! - [`telemetry`]: logging (`RUST_LOG`, a request id on every line).
@@ -12,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin_token;
 pub mod config;
 pub mod http;
 pub mod serve;

@@ -16,9 +16,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     telemetry::init();
-    let app = Application::build(config, Arc::new(SystemClock))
-        .await
-        .context("starting the flashsale service")?;
+    let app = match Application::build(config, Arc::new(SystemClock)).await {
+        Ok(app) => app,
+        Err(e) => {
+            // One line that says what to do (each error's message carries its cause), and
+            // nothing was served.
+            tracing::error!("cannot start: {e}");
+            std::process::exit(1);
+        }
+    };
     app.run_until_stopped()
         .await
         .context("serving the flashsale API")?;

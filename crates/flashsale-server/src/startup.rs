@@ -1,9 +1,11 @@
 //! Startup and shutdown: [`Application::build`] does everything that can fail before traffic
-//! (bind, open the store, seed the demo sale); [`Application::run_until_stopped`] serves until
+//! (bind first, so a taken port fails before anything is created; then open the store, resolve
+//! the admin token, seed the demo sale); [`Application::run_until_stopped`] serves until
 //! SIGTERM/SIGINT (or [`Application::shutdown_token`] is cancelled), then stops accepting,
 //! drains in-flight requests within [`DRAIN_DEADLINE`], ends live streams, stops background
 //! tasks, and flushes the store.
 
+use crate::admin_token::{self, TokenFileError, TokenSource};
 use crate::config::{Config, StoreKind, generate_admin_token};
 use crate::http::{self, AppState, Shared, Surface};
 use crate::serve::{ConnectionLimits, serve};
@@ -29,14 +31,19 @@ const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 /// Why the service could not start.
 #[derive(Debug, Error)]
 pub enum StartupError {
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    /// The listen address could not be bound (the cause is in the message, not chained, so
+    /// that the one line printed says it once).
+    #[error("cannot listen on {addr}: {}", bind_cause(.source))]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// The cause.
+        #[source]
         source: io::Error,
     },
+    /// The admin token file could not be read or written.
+    #[error(transparent)]
+    TokenFile(#[from] TokenFileError),
     /// The store could not be opened.
     #[error("cannot open the store: {0}")]
     Store(#[from] flashsale_store::StoreError),
@@ -62,23 +69,34 @@ pub struct Application {
 }
 
 impl Application {
-    /// Binds, opens the store, seeds the demo sale if asked and none exists.
+    /// Binds first (a taken port fails before anything is created), then opens the store,
+    /// resolves the admin token, and seeds the demo sale if asked and none exists.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
-        tracing::info!(?config, "starting flashsale");
-        let store = open_store(&config, clock).await?;
-        if config.demo_sale {
-            seed_demo_sale(store.as_ref()).await?;
-        }
-        let admin_token = config.admin_token.clone().unwrap_or_else(|| {
-            let token = generate_admin_token();
-            println!("admin token (set FLASHSALE_ADMIN_TOKEN to choose one): {token}");
-            token
-        });
         let (listener, port) = bind(config.listen).await?;
         let admin_listener = match config.admin_listen {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        let store = open_store(&config, clock).await?;
+        let (admin_token, token_source) = match (&config.admin_token, config.store) {
+            (Some(token), _) => (token.clone(), TokenSource::Given),
+            (None, StoreKind::Embedded) => admin_token::load_or_create(&config.data_dir)?,
+            (None, StoreKind::Redis) => (generate_admin_token(), TokenSource::GeneratedForThisRun),
+        };
+        tracing::info!(?config, admin_token = %token_source, "starting flashsale");
+        match &token_source {
+            TokenSource::Given | TokenSource::Loaded(_) => {}
+            TokenSource::Generated(path) => println!(
+                "admin token (generated once, stored in {}; --admin-token overrides it): {admin_token}",
+                path.display()
+            ),
+            TokenSource::GeneratedForThisRun => println!(
+                "admin token (generated for this run; give every instance the same --admin-token): {admin_token}"
+            ),
+        }
+        if config.demo_sale {
+            seed_demo_sale(store.as_ref()).await?;
+        }
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let state = AppState::new(Shared {
@@ -95,7 +113,7 @@ impl Application {
             limiter: http::limits::Limiter::new(&config.rate_limits),
             request_timeout: config.protection.request_timeout(),
         });
-        tracing::info!(port, "listening");
+        tracing::info!(url = %page_url(config.listen, port), "listening: open the page at this URL");
         if let Some((_, admin_port)) = &admin_listener {
             tracing::info!(
                 port = admin_port,
@@ -223,6 +241,31 @@ impl Application {
     }
 }
 
+/// The cause of a failed bind in words a newcomer can act on.
+fn bind_cause(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            "the address is already in use (another flashsale?); choose another with --listen"
+                .into()
+        }
+        io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need privileges)".into()
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// The URL to open in a browser: an unspecified address (0.0.0.0, ::) is reachable locally as
+/// loopback; the actual port replaces 0.
+fn page_url(listen: SocketAddr, port: u16) -> String {
+    let ip = match listen.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
+        ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}/", SocketAddr::new(ip, port))
+}
+
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, u16), StartupError> {
     let bind_error = |source| StartupError::Bind { addr, source };
     let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
@@ -278,7 +321,11 @@ async fn seed_demo_sale(store: &dyn SaleStore) -> Result<(), StartupError> {
     let new = NewSale::parse("Demo sale", starts_at, ends_at, 100, 1)
         .map_err(|e| flashsale_store::StoreError::Internal(format!("demo sale is invalid: {e}")))?;
     let sale = store.create_sale(new).await?;
-    tracing::info!(sale = %sale.id, starts_at = %sale.starts_at, "created the demo sale");
+    let starts_at = sale
+        .starts_at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| format!("<{e}>"));
+    tracing::info!(sale = %sale.id, %starts_at, "created the demo sale");
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! The buyer's page (SPEC section 5, FE-1..FE-7) in real headless Chromium.
+//! The buyer's page (FE-1..FE-7, docs/requirements.md#5-the-web-page) in real headless Chromium.
 //!
 //! Each test starts the real service in-process on port 0, most with a [`ManualClock`] (so the
 //! start and end instants are moved to, never slept towards; one runs on the system clock),

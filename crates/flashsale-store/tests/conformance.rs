@@ -1,4 +1,5 @@
-//! One conformance suite, run unchanged against every `SaleStore` backend (SPEC sections 2-3).
+//! One conformance suite, run unchanged against every `SaleStore` backend (docs/requirements.md
+//! sections 2-3).
 //!
 //! Windows are set relative to the real clock (a sale that started a second ago, one that starts
 //! in an hour, one that ended an hour ago), because the scale-out backend decides with the

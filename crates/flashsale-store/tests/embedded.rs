@@ -1,5 +1,6 @@
-//! Durability of the embedded store (SPEC NF-4, NF-6): what was confirmed survives a reopen,
-//! a failed disk write takes nothing, and the database refuses an oversell on its own.
+//! Durability of the embedded store (NF-4, NF-6 in docs/requirements.md): what was confirmed
+//! survives a reopen, a failed disk write takes nothing, and the database refuses an oversell on
+//! its own.
 
 #![allow(clippy::unwrap_used)]
 
@@ -817,4 +818,21 @@ async fn reopen_equivalence_under_random_batch_failures() {
     assert_eq!(killed, before);
     assert_eq!(summary.attempts, child_attempts, "attempts after kill -9");
     store.shutdown().await;
+#[tokio::test]
+async fn a_second_store_on_the_same_directory_is_refused_until_the_first_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path());
+    let refused = EmbeddedStore::open(dir.path(), Arc::new(SystemClock));
+    let Err(StoreError::Unavailable(message)) = refused else {
+        panic!("a second store opened the same directory");
+    };
+    assert!(
+        message.contains("in use by another flashsale process")
+            && message.contains(&dir.path().display().to_string()),
+        "{message}"
+    );
+    first.shutdown().await;
+    drop(first);
+    let reopened = EmbeddedStore::open(dir.path(), Arc::new(SystemClock));
+    assert!(reopened.is_ok(), "the lock outlived its store");
 }

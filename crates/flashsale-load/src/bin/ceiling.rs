@@ -1,7 +1,8 @@
 //! `flashsale-ceiling`: the trivial axum server every benchmark figure is divided by
-//! (SPEC section 8). It answers the same routes as the service with the same JSON shapes but
-//! keeps no state: parsing the purchase body and writing a small answer is all it does, so it
-//! measures what this machine, this HTTP stack and this client can do at all.
+//! (docs/requirements.md#8-the-performance-bar). It answers the same routes as the service with
+//! the same JSON shapes but keeps no state: parsing the purchase body and writing a small answer
+//! is all it does, so it measures what this machine, this HTTP stack and this client can do at
+//! all.
 
 use axum::extract::Path;
 use axum::http::StatusCode;

@@ -31,12 +31,13 @@ use std::num::NonZeroU32;
 /// The rate-limit settings (flags and `FLASHSALE_*` variables).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RateLimits {
-    /// Rate limiting on or off (`on`/`off`, `true`/`false`).
+    /// Per-address and per-buyer rate limits (429 `rate_limited`); off for load tests.
     #[arg(
         long = "rate-limit",
         env = "FLASHSALE_RATE_LIMIT",
         default_value = "on",
-        value_parser = clap::builder::BoolishValueParser::new(),
+        value_parser = crate::config::switch(),
+        value_name = "ON|OFF",
         action = clap::ArgAction::Set,
     )]
     pub enabled: bool,

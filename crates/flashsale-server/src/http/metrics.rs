@@ -1,8 +1,11 @@
 //! `/metrics` (Prometheus text) and the middleware that measures every route.
 //!
 //! Each application owns its own recorder (no global), so tests running several apps in one
-//! process see their own figures. Every handle is registered once at startup: measuring a
-//! request is a map lookup by the matched route and two atomic updates, with no allocation.
+//! process see their own figures. A series is registered the first time it happens, so the
+//! text shows what happened and not hundreds of zeros for route/status pairs that never occur
+//! (a `GET` route answering 201, a probe answering 415). The slots are laid out at startup:
+//! measuring a request is a map lookup by the matched route, a once-cell load and two atomic
+//! updates; only a series' first use allocates.
 //!
 //! - `http_requests_total{route, status}`, `http_request_duration_seconds{route}` (histogram);
 //! - `flashsale_purchases_total{code}`: purchase answers by outcome code.
@@ -14,8 +17,10 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics::{Counter, Histogram, Key, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::PrometheusRecorder;
 use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 /// Histogram buckets for request latency, in seconds.
@@ -61,37 +66,26 @@ const PURCHASE_CODES: &[&str] = &[
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
-/// One route's handles.
+/// One route's handles, each registered on first use.
 struct RouteMetrics {
-    latency: Histogram,
-    by_status: Vec<Counter>,
-    other: Counter,
+    route: &'static str,
+    latency: OnceLock<Histogram>,
+    /// One per entry of [`STATUSES`], then `other`.
+    by_status: Vec<OnceLock<Counter>>,
 }
 
-/// Purchase answers by code.
-pub struct PurchaseMetrics {
-    by_code: Vec<(&'static str, Counter)>,
-}
-
-impl PurchaseMetrics {
-    /// Counts one answer with `code`.
-    pub fn record(&self, code: &str) {
-        if let Some((_, counter)) = self.by_code.iter().find(|(c, _)| *c == code) {
-            counter.increment(1);
-        }
-    }
-}
-
-/// The application's metrics: the exporter handle and every pre-registered series.
+/// The application's metrics: the recorder, its exporter handle, and a slot per series.
 pub struct Metrics {
+    recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     routes: HashMap<&'static str, RouteMetrics>,
     /// Purchase answers by code.
-    pub purchases: PurchaseMetrics,
+    purchases: Vec<(&'static str, OnceLock<Counter>)>,
 }
 
 impl Metrics {
-    /// Builds a recorder with explicit buckets and registers every series.
+    /// Builds a recorder with explicit buckets and describes every metric; series appear when
+    /// first recorded.
     pub fn new() -> Result<Self, BuildError> {
         let recorder = PrometheusBuilder::new()
             .set_buckets(LATENCY_BUCKETS)?
@@ -114,40 +108,36 @@ impl Metrics {
         let routes = routes::ALL
             .iter()
             .map(|&route| {
-                let counter = |status: &'static str| {
-                    let labels = vec![Label::new("route", route), Label::new("status", status)];
-                    recorder.register_counter(
-                        &Key::from_parts("http_requests_total", labels),
-                        &METADATA,
-                    )
-                };
                 let metrics = RouteMetrics {
-                    latency: recorder.register_histogram(
-                        &Key::from_parts(
-                            "http_request_duration_seconds",
-                            vec![Label::new("route", route)],
-                        ),
-                        &METADATA,
-                    ),
-                    by_status: STATUSES.iter().map(|(_, s)| counter(s)).collect(),
-                    other: counter("other"),
+                    route,
+                    latency: OnceLock::new(),
+                    by_status: (0..=STATUSES.len()).map(|_| OnceLock::new()).collect(),
                 };
                 (route, metrics)
             })
             .collect();
         let by_code = PURCHASE_CODES
             .iter()
-            .map(|&code| {
-                let key =
-                    Key::from_parts("flashsale_purchases_total", vec![Label::new("code", code)]);
-                (code, recorder.register_counter(&key, &METADATA))
-            })
+            .map(|&code| (code, OnceLock::new()))
             .collect();
         Ok(Self {
             handle: recorder.handle(),
+            recorder,
             routes,
-            purchases: PurchaseMetrics { by_code },
+            purchases: by_code,
         })
+    }
+
+    /// Counts one purchase answer with `code`.
+    pub fn record_purchase(&self, code: &str) {
+        if let Some((code, cell)) = self.purchases.iter().find(|(c, _)| *c == code) {
+            let counter = cell.get_or_init(|| {
+                let key =
+                    Key::from_parts("flashsale_purchases_total", vec![Label::new("code", *code)]);
+                self.recorder.register_counter(&key, &METADATA)
+            });
+            counter.increment(1);
+        }
     }
 
     /// Drains histogram samples into their buckets; run periodically.
@@ -156,14 +146,31 @@ impl Metrics {
     }
 
     fn record(&self, route: &str, status: StatusCode, started: Instant) {
-        if let Some(m) = self.routes.get(route) {
-            m.latency.record(started.elapsed().as_secs_f64());
-            let counter = STATUSES
-                .iter()
-                .position(|(s, _)| *s == status)
-                .map_or(&m.other, |i| &m.by_status[i]);
-            counter.increment(1);
-        }
+        let Some(m) = self.routes.get(route) else {
+            return;
+        };
+        let latency = m.latency.get_or_init(|| {
+            let key = Key::from_parts(
+                "http_request_duration_seconds",
+                vec![Label::new("route", m.route)],
+            );
+            self.recorder.register_histogram(&key, &METADATA)
+        });
+        latency.record(started.elapsed().as_secs_f64());
+        let index = STATUSES
+            .iter()
+            .position(|(s, _)| *s == status)
+            .unwrap_or(STATUSES.len());
+        let Some(cell) = m.by_status.get(index) else {
+            return;
+        };
+        let counter = cell.get_or_init(|| {
+            let label = STATUSES.get(index).map_or("other", |(_, s)| s);
+            let labels = vec![Label::new("route", m.route), Label::new("status", label)];
+            self.recorder
+                .register_counter(&Key::from_parts("http_requests_total", labels), &METADATA)
+        });
+        counter.increment(1);
     }
 }
 

@@ -64,6 +64,8 @@ pub mod routes {
     pub const OPENAPI: &str = "/api/openapi.json";
     /// The web page.
     pub const PAGE: &str = "/";
+    /// The page's icon.
+    pub const FAVICON: &str = "/favicon.ico";
     /// Every route, for metrics.
     pub const ALL: &[&str] = &[
         FEATURED_SALE,
@@ -78,6 +80,7 @@ pub mod routes {
         METRICS,
         OPENAPI,
         PAGE,
+        FAVICON,
     ];
 }
 
@@ -150,7 +153,8 @@ pub fn router_for(state: AppState, surface: Surface) -> Router {
             .route(routes::BUYER_ORDERS, get(orders::get_orders))
             .route(routes::EVENTS, get(events::get_events))
             .route(routes::OPENAPI, get(openapi::get_openapi))
-            .route(routes::PAGE, get(page::get_page));
+            .route(routes::PAGE, get(page::get_page))
+            .route(routes::FAVICON, get(page::get_favicon));
     }
     if surface != Surface::Public {
         routes = routes

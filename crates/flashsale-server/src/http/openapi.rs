@@ -133,7 +133,7 @@ impl Modify for AdminToken {
     }
 }
 
-/// Declares `GET /`, whose handler lives with the page's assets.
+/// Declares `GET /` and `GET /favicon.ico`, whose handlers live with the page's assets.
 struct WebPage;
 
 impl Modify for WebPage {
@@ -152,6 +152,20 @@ impl Modify for WebPage {
             .paths
             .paths
             .insert("/".to_owned(), PathItem::new(HttpMethod::Get, operation));
+        let icon = OperationBuilder::new()
+            .tag("operations")
+            .summary(Some("The page's icon"))
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("An SVG icon")
+                    .content("image/svg+xml", ContentBuilder::new().build()),
+            )
+            .build();
+        openapi.paths.paths.insert(
+            "/favicon.ico".to_owned(),
+            PathItem::new(HttpMethod::Get, icon),
+        );
     }
 }
 

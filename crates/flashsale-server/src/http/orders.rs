@@ -76,7 +76,7 @@ pub async fn create_order(
     };
     match result {
         Ok(order) => {
-            app.metrics.purchases.record("confirmed");
+            app.metrics.record_purchase("confirmed");
             let body = ConfirmedBody {
                 code: "confirmed",
                 order: &order,
@@ -84,7 +84,7 @@ pub async fn create_order(
             (StatusCode::CREATED, Json(body)).into_response()
         }
         Err(e) => {
-            app.metrics.purchases.record(e.code());
+            app.metrics.record_purchase(e.code());
             e.into_response()
         }
     }
@@ -103,7 +103,10 @@ async fn purchase(app: &AppState, sale_id: SaleId, request: Request) -> Result<O
     app.limiter.check_buyer(&user_id)?;
     let quantity = match raw.quantity {
         None => Quantity::ONE,
-        Some(n) => Quantity::parse(n, sale::MAX_PER_USER_LIMIT)?,
+        Some(n) => match Quantity::parse(n, sale::MAX_PER_USER_LIMIT) {
+            Ok(quantity) => quantity,
+            Err(_) => return Err(bad_quantity(app, sale_id).await),
+        },
     };
     let attempt = Attempt {
         sale_id,
@@ -135,6 +138,19 @@ async fn purchase(app: &AppState, sale_id: SaleId, request: Request) -> Result<O
             Err(flashsale_core::ValidationError::QuantityOutOfRange { limit }.into())
         }
         PurchaseOutcome::IdempotencyKeyReused => Err(ApiError::IdempotencyKeyReused),
+    }
+}
+
+/// The answer to a quantity below 1 or above every sale's limit, in the sale's own numbers (a
+/// rare, wrong request: reading the sale here costs the hot path nothing).
+async fn bad_quantity(app: &AppState, sale_id: SaleId) -> ApiError {
+    match app.store.status(sale_id).await {
+        Ok(Some(status)) => flashsale_core::ValidationError::QuantityOutOfRange {
+            limit: status.sale.per_user_limit,
+        }
+        .into(),
+        Ok(None) => ApiError::SaleNotFound,
+        Err(e) => e.into(),
     }
 }
 

@@ -1,5 +1,5 @@
-//! `GET /`: the buyer's web page (SPEC section 5), embedded in the binary so the service needs
-//! no files at run time.
+//! `GET /`: the buyer's web page (docs/requirements.md#5-the-web-page),
+//! and `GET /favicon.ico`, both embedded in the binary so the service needs no files at run time.
 //!
 //! The page is one self-contained HTML file (`assets/index.html`: markup, style and script, no
 //! build step, nothing from other hosts). Under a herd every buyer loads it at the same moment,
@@ -23,6 +23,9 @@ use std::sync::LazyLock;
 
 /// The page's HTML.
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
+
+/// The icon browsers show in the tab (a bolt): tiny, so served as is, never compressed.
+const FAVICON_SVG: &str = include_str!("../../assets/favicon.svg");
 
 /// Fit for a CDN: short freshness, background revalidation, one copy for everybody.
 const CACHE_CONTROL: &str = "public, max-age=60, stale-while-revalidate=300";
@@ -76,6 +79,20 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
         (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
+}
+
+/// Serves the favicon (an SVG, linked from the page's head; browsers that ask for
+/// `/favicon.ico` on their own get it too). It never changes within a build: cache for a day.
+pub async fn get_favicon() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        FAVICON_SVG,
+    )
+        .into_response()
 }
 
 /// Serves the single web page: gzip when the client accepts it, `304` when its copy is current.

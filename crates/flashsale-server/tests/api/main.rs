@@ -1,5 +1,5 @@
-//! Integration tests over real HTTP (SPEC T-4..T-6, NF-1, NF-4): each test starts the service
-//! on port 0 with a fresh data directory and a manual clock (see [`helpers`]).
+//! Integration tests over real HTTP (T-4..T-6, NF-1, NF-4 in docs/requirements.md): each test
+//! starts the service on port 0 with a fresh data directory and a manual clock (see [`helpers`]).
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,3 +18,4 @@ mod restart;
 mod sales;
 mod scale_out;
 mod security;
+mod startup;

@@ -44,6 +44,57 @@ async fn metrics_count_requests_per_route_and_purchases_per_outcome() {
 }
 
 #[tokio::test]
+async fn metrics_show_only_series_that_happened() {
+    let app = spawn_app().await;
+    let sale = app.active_sale(1, 1).await;
+    app.buy(sale, "a").await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let samples: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    for line in &samples {
+        let is_counter = line.starts_with("http_requests_total")
+            || line.starts_with("flashsale_purchases_total");
+        assert!(
+            !(is_counter && line.ends_with(" 0")),
+            "zero series {line} in\n{text}"
+        );
+    }
+    for never in [
+        r#"route="/api/admin/sales/{sale_id}/summary""#,
+        r#"status="415""#,
+        r#"code="internal""#,
+    ] {
+        assert!(
+            !text.contains(never),
+            "{never} never happened but is in\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_favicon_is_served_and_linked_from_the_page() {
+    let app = spawn_app().await;
+    let response = app.get("/favicon.ico").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "image/svg+xml");
+    assert!(
+        response.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("max-age")
+    );
+    assert!(response.text().await.unwrap().starts_with("<svg"));
+    let page = app.get("/").await.text().await.unwrap();
+    let head = &page[..page.find("</head>").unwrap()];
+    assert!(
+        head.contains(r#"<link rel="icon" href="/favicon.ico""#),
+        "{head}"
+    );
+}
+
+#[tokio::test]
 async fn openapi_document_describes_every_route() {
     let app = spawn_app().await;
     let (status, doc) = read(app.get("/api/openapi.json").await).await;
@@ -62,6 +113,7 @@ async fn openapi_document_describes_every_route() {
         "/readyz",
         "/metrics",
         "/api/openapi.json",
+        "/favicon.ico",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }

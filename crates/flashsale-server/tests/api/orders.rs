@@ -300,3 +300,39 @@ async fn reusing_an_idempotency_key_with_another_body_is_422_idempotency_key_reu
         assert_eq!(body["code"], "idempotency_key_reused");
     }
 }
+
+#[tokio::test]
+async fn a_bad_quantity_is_explained_with_the_sales_own_limit() {
+    let app = spawn_app().await;
+    let one = app.active_sale(10, 1).await;
+    let three = app.active_sale(10, 3).await;
+    for (sale, quantity, limit) in [
+        (one, 0, 1),
+        (one, -1, 1),
+        (one, 2, 1),
+        (one, 100_000, 1),
+        (three, 0, 3),
+        (three, 4, 3),
+        (three, 100_000, 3),
+    ] {
+        let body = format!(r#"{{"user_id": "u", "quantity": {quantity}}}"#);
+        let (status, body) = post_raw(&app, sale, Some("application/json"), body).await;
+        assert_invalid(status, &body, "bad quantity");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("between 1 and {limit}")),
+            "quantity {quantity} on a limit-{limit} sale: {message}"
+        );
+    }
+    let (status, body) = post_raw(
+        &app,
+        999_999,
+        Some("application/json"),
+        r#"{"user_id": "u", "quantity": 0}"#.into(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("sale_not_found"))
+    );
+}

@@ -33,6 +33,8 @@ use writer::Write;
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "flashsale.db";
+/// The lock file inside the data directory: one process at a time owns the directory.
+pub const LOCK_FILE: &str = "flashsale.lock";
 
 /// The embedded store. Cheap to share behind an `Arc`.
 pub struct EmbeddedStore {
@@ -45,6 +47,9 @@ pub struct EmbeddedStore {
     /// Dropping the sender stops the checkpoint thread.
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     path: PathBuf,
+    /// Holds the data directory's exclusive lock; the OS releases it when this is dropped or
+    /// the process dies (even by `kill -9`), so a stale lock file never blocks a restart.
+    _lock: std::fs::File,
 }
 
 impl EmbeddedStore {
@@ -57,6 +62,7 @@ impl EmbeddedStore {
                 data_dir.display()
             ))
         })?;
+        let lock = lock_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let conn = load::connect(&path).map_err(|e| unavailable(&path, e))?;
         let books = load::rebuild(&conn).map_err(|e| unavailable(&path, e))?;
@@ -97,6 +103,7 @@ impl EmbeddedStore {
             high_water: AtomicI64::new(nanos(high_water)),
             checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             path,
+            _lock: lock,
         })
     }
 
@@ -126,6 +133,28 @@ impl EmbeddedStore {
 /// Nanoseconds since the epoch (i64 covers 1677..2262, far wider than any sale).
 fn nanos(at: OffsetDateTime) -> i64 {
     at.unix_timestamp_nanos() as i64
+/// Takes the data directory's exclusive lock: two processes writing one database would each
+/// trust its own memory of the stock and oversell.
+fn lock_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
+            "data directory {} is in use by another flashsale process (it holds {})",
+            data_dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
 }
 
 fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
