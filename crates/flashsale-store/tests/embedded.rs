@@ -818,6 +818,8 @@ async fn reopen_equivalence_under_random_batch_failures() {
     assert_eq!(killed, before);
     assert_eq!(summary.attempts, child_attempts, "attempts after kill -9");
     store.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_second_store_on_the_same_directory_is_refused_until_the_first_is_dropped() {
     let dir = tempfile::tempdir().unwrap();

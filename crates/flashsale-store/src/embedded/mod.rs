@@ -133,6 +133,8 @@ impl EmbeddedStore {
 /// Nanoseconds since the epoch (i64 covers 1677..2262, far wider than any sale).
 fn nanos(at: OffsetDateTime) -> i64 {
     at.unix_timestamp_nanos() as i64
+}
+
 /// Takes the data directory's exclusive lock: two processes writing one database would each
 /// trust its own memory of the stock and oversell.
 fn lock_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
