@@ -213,7 +213,10 @@ mod tests {
         assert_eq!(UserId::parse("jose\u{301}").unwrap(), composed);
         assert_eq!(UserId::parse("jo\u{200B}s\u{E9}").unwrap(), composed);
         // Not an email address: case is part of the id.
-        assert_ne!(UserId::parse("Alice").unwrap(), UserId::parse("alice").unwrap());
+        assert_ne!(
+            UserId::parse("Alice").unwrap(),
+            UserId::parse("alice").unwrap()
+        );
         // Lower-casing an email can decompose; the result is composed again.
         let dotted = UserId::parse("\u{130}@example.com").unwrap();
         assert_eq!(dotted.as_str(), "i\u{307}@example.com");

@@ -3,7 +3,9 @@
 //! - [`config`]: the one `Config` (flags and `FLASHSALE_*` environment variables).
 //! - [`startup`]: [`startup::Application`]: bind, open the store, seed the demo sale, serve,
 //!   shut down gracefully (stop accepting, drain, end live streams, flush the store).
-//! - [`serve`]: the accept loop: connection limit, header-read timeout, peer addresses.
+//! - [`serve`]: the accept loop: connection limits (total and per address), header-read
+//!   timeout, peer addresses.
+//! - [`address_slots`]: what each client address holds open (connections, event streams).
 //! - [`telemetry`]: logging (`RUST_LOG`, a request id on every line).
 //! - [`http`]: the router and one module per resource; the contract is `docs/api.md`.
 //!
@@ -12,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod address_slots;
 pub mod config;
 pub mod http;
 pub mod serve;
