@@ -373,7 +373,7 @@ mod tests {
 
     #[test]
     fn the_default_connection_budget_leaves_descriptors_for_the_rest() {
-        assert_eq!(budget_for_open_files(20_000), 19_000);
+        assert_eq!(budget_for_open_files(20_000), 18_976);
         assert_eq!(budget_for_open_files(1_024), 922);
         assert_eq!(budget_for_open_files(1_048_576), 1_047_552);
         assert_eq!(budget_for_open_files(40), 16);

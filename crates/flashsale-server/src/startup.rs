@@ -96,6 +96,14 @@ impl Application {
         };
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        // `--rate-limit off` (load tests from one machine) lifts every per-address bound.
+        let per_address = |max: usize| {
+            if config.rate_limits.enabled {
+                max
+            } else {
+                usize::MAX
+            }
+        };
         let state = AppState::new(Shared {
             store: Arc::clone(&store),
             admin_token: admin_token.into_bytes().into_boxed_slice(),
@@ -111,7 +119,7 @@ impl Application {
             request_timeout: config.protection.request_timeout(),
             body_timeout: config.protection.body_timeout(),
             known_sales: http::known_sales::KnownSales::default(),
-            streams: AddressSlots::new(config.protection.max_streams_per_ip),
+            streams: AddressSlots::new(per_address(config.protection.max_streams_per_ip)),
             stream_lifetime: config.protection.stream_lifetime(),
             ops_listener: ops_listener.is_some(),
         });
@@ -139,7 +147,7 @@ impl Application {
         }
         let limits = ConnectionLimits {
             max_connections: budget.max_connections,
-            max_connections_per_ip: config.protection.max_connections_per_ip,
+            max_connections_per_ip: per_address(config.protection.max_connections_per_ip),
             trusted_proxies: config.rate_limits.trusted_proxies.clone(),
             header_read_timeout: config.protection.header_read_timeout(),
         };

@@ -569,7 +569,8 @@ mod tests {
         // An attempt that was not confirmed gives its unit back; a confirmed one keeps it.
         held.pop();
         held.pop().unwrap().keep();
-        assert!(limiter.reserve_share(&sale, ip, 1).unwrap().is_some());
+        let last = limiter.reserve_share(&sale, ip, 1).unwrap();
+        assert!(last.is_some());
         assert!(limiter.reserve_share(&sale, ip, 1).is_err());
         // Another address has its own share.
         let other = Some("192.0.2.2".parse().unwrap());
