@@ -130,3 +130,20 @@ pub async fn serve(
     graceful.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fixed_429_declares_its_body_length_and_is_json() {
+        let text = std::str::from_utf8(TOO_MANY_CONNECTIONS).unwrap_or_default();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        assert_eq!(json["code"], "rate_limited");
+    }
+}

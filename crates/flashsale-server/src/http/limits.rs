@@ -435,10 +435,10 @@ pub async fn limit_by_address(
         _ => Class::Read,
     };
     // Without a peer address (a router called in-process) there is nobody to charge.
-    if let Some(client) = app.limiter.client_of(&request) {
-        if let Err(e) = app.limiter.check_address(class, client) {
-            return refuse_unread(request, e.into_response()).await;
-        }
+    if let Some(client) = app.limiter.client_of(&request)
+        && let Err(e) = app.limiter.check_address(class, client)
+    {
+        return refuse_unread(request, e.into_response()).await;
     }
     next.run(request).await
 }

@@ -32,6 +32,8 @@ pub struct ErrorDoc {
     stock_remaining: Option<u32>,
     /// `sale_not_active`: `upcoming` or `ended`.
     state: Option<String>,
+    /// `address_limit_reached`: units one client address may hold in this sale.
+    address_share: Option<u32>,
 }
 
 /// A durable order.
