@@ -175,7 +175,7 @@ async fn purchase(app: &AppState, sale_id: SaleId, request: Request) -> Result<O
     tag = "orders",
     params(
         ("sale_id" = i64, Path, description = "The sale's id"),
-        ("user_id" = String, Path, description = "The buyer's id (normalised as in docs/api.md)", min_length = 1, max_length = 254, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"),
+        ("user_id" = String, Path, description = "The buyer's id (normalised as in docs/api.md)", min_length = 1, max_length = 254, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb][^\\u0000-\\u001f\\u007f-\\u009f]*$"),
     ),
     responses(
         (status = 200, description = "The buyer's orders", body = crate::http::openapi::BuyerOrdersDoc),
