@@ -319,8 +319,16 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if matches!(self, ApiError::BodyTimeout) {
-            // The rest of the body may still arrive: the connection cannot be reused.
+        if matches!(
+            self,
+            ApiError::BodyTimeout
+                | ApiError::PayloadTooLarge
+                | ApiError::UnsupportedMediaType
+                | ApiError::Unauthorized
+        ) {
+            // Refused with the body unread (or only partly read): hyper cannot reuse the
+            // connection, so say so, or a keep-alive client's next request meets a closed
+            // socket.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let ApiError::RateLimited { retry_after_secs } = self {

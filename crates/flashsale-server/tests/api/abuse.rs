@@ -334,6 +334,34 @@ async fn a_429_sent_before_the_body_is_read_leaves_a_keep_alive_connection_worki
 }
 
 #[tokio::test]
+async fn refusals_that_leave_the_body_unread_say_connection_close() {
+    let app = limited(|_| {}).await;
+    let sale = app.active_sale(100, 1).await;
+    let cases = [
+        // 415: the body is never read.
+        format!(
+            "POST /api/sales/{sale}/orders HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\n\
+             content-length: 5\r\n\r\nhello"
+        ),
+        // 413 on the declared length: the body is never read.
+        format!(
+            "POST /api/sales/{sale}/orders HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             content-length: 5000\r\n\r\n{{}}"
+        ),
+        // 401: the token is checked before the body.
+        "POST /api/admin/sales HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: 2\r\n\r\n{}"
+            .to_owned(),
+    ];
+    for request in cases {
+        let mut conn = connect_from(2, &app.address).await;
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut conn).await.expect("an answer");
+        assert!(head.contains("connection: close"), "{head}{body}");
+    }
+}
+
+#[tokio::test]
 async fn a_purchase_shed_as_overloaded_leaves_a_keep_alive_connection_working() {
     let app = limited(|c| c.protection.max_inflight_purchases = 0).await;
     let sale = app.active_sale(100, 1).await;
