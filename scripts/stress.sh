@@ -81,7 +81,7 @@ stress() {
 if [ -n "${STRESS_TARGETS:-}" ]; then
   stress given "$STRESS_TARGETS" "${FLASHSALE_ADMIN_TOKEN:?FLASHSALE_ADMIN_TOKEN is needed with STRESS_TARGETS}"
 else
-  TOKEN=stress-$RANDOM$RANDOM
+  TOKEN=stress-admin-token-$RANDOM$RANDOM
   start_server embedded "$TOKEN" || exit 2
   stress embedded "$STARTED_URL" "$TOKEN"
 

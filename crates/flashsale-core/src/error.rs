@@ -24,7 +24,7 @@ pub enum ValidationError {
     #[error("name must be 1 to 200 characters")]
     BadName,
     /// `ends_at` is not strictly after `starts_at`.
-    #[error("ends_at must be strictly after starts_at")]
+    #[error("ends_at must be strictly after starts_at (instants are kept to the microsecond)")]
     EndNotAfterStart,
     /// The stock is below 1 or above the maximum.
     #[error("stock must be between 1 and 1000000000")]

@@ -1,8 +1,10 @@
 //! Parsed newtypes: once a value has one of these types it is known to be valid.
 
 use crate::error::ValidationError;
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
+use unicode_normalization::UnicodeNormalization;
 
 /// A sale's identifier, assigned by the store (positive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -25,7 +27,16 @@ impl fmt::Display for SaleId {
     }
 }
 
-/// A buyer's self-reported id: trimmed, 1 to 254 characters, no control characters.
+/// A buyer's self-reported id, normalised so that one person typing their id differently is
+/// still one buyer. The rule (docs/api.md, "Buyer ids"), in order:
+///
+/// 1. Unicode NFC (a precomposed `é` and `e` + combining accent are the same id);
+/// 2. invisible format characters (Unicode category Cf: zero-width space and joiners, the
+///    byte-order mark, bidirectional marks, soft hyphen...) are removed;
+/// 3. surrounding whitespace is trimmed;
+/// 4. an id containing `@` is an email address and is lower-cased in full.
+///
+/// The result must be 1 to 254 characters with no control characters.
 ///
 /// Cheap to clone (shared), because the stores keep it in several indexes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,9 +46,16 @@ impl UserId {
     /// The longest id accepted, in characters (an email address's maximum).
     pub const MAX_CHARS: usize = 254;
 
-    /// Trims and validates a raw id.
+    /// Normalises and validates a raw id.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        let trimmed = raw.trim();
+        // Most ids are ASCII: NFC and Cf removal leave them unchanged, so they skip both and
+        // allocate once (the `Arc`), or twice for an email with capitals.
+        let normalised: Cow<'_, str> = if raw.is_ascii() {
+            Cow::Borrowed(raw)
+        } else {
+            Cow::Owned(raw.nfc().filter(|c| !is_format_char(*c)).collect())
+        };
+        let trimmed = normalised.trim();
         if trimmed.is_empty() {
             return Err(ValidationError::EmptyUserId);
         }
@@ -47,6 +65,19 @@ impl UserId {
         }
         if trimmed.chars().any(char::is_control) {
             return Err(ValidationError::UserIdControlChar);
+        }
+        if trimmed.contains('@') && trimmed.chars().any(|c| c.to_lowercase().ne([c])) {
+            let lower = trimmed.to_lowercase();
+            // Lower-casing can decompose (`İ` becomes `i` + U+0307); compose again.
+            let lower: String = if lower.is_ascii() {
+                lower
+            } else {
+                lower.nfc().collect()
+            };
+            if lower.chars().count() > Self::MAX_CHARS {
+                return Err(ValidationError::UserIdTooLong);
+            }
+            return Ok(Self(Arc::from(lower)));
         }
         Ok(Self(Arc::from(trimmed)))
     }
@@ -124,9 +155,80 @@ impl IdempotencyKey {
     }
 }
 
+/// Whether `c` is in Unicode's general category Cf (format: invisible characters that change
+/// how text around them is shown). The ranges are those of Unicode 16; the category changes
+/// rarely, and a new format character missing here only means two spellings of one id stay
+/// distinct, as before this rule.
+fn is_format_char(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spellings_of_one_email_address_are_one_buyer() {
+        // Issue 17: these were distinct buyers, so one person could buy once per spelling.
+        let canonical = UserId::parse("alice@example.com").unwrap();
+        for variant in [
+            "Alice@example.com",
+            "alice@EXAMPLE.com",
+            " ALICE@Example.Com ",
+            "ali\u{200B}ce@example.com",
+            "\u{FEFF}alice@example.com\u{200D}",
+            "alice\u{00AD}@example.com",
+            "\u{202E}alice@example.com",
+        ] {
+            assert_eq!(UserId::parse(variant).unwrap(), canonical, "{variant:?}");
+        }
+    }
+
+    #[test]
+    fn ids_are_composed_to_nfc_and_plain_names_keep_their_case() {
+        let composed = UserId::parse("jos\u{E9}").unwrap();
+        assert_eq!(UserId::parse("jose\u{301}").unwrap(), composed);
+        assert_eq!(UserId::parse("jo\u{200B}s\u{E9}").unwrap(), composed);
+        // Not an email address: case is part of the id.
+        assert_ne!(
+            UserId::parse("Alice").unwrap(),
+            UserId::parse("alice").unwrap()
+        );
+        // Lower-casing an email can decompose; the result is composed again.
+        let dotted = UserId::parse("\u{130}@example.com").unwrap();
+        assert_eq!(dotted.as_str(), "i\u{307}@example.com");
+    }
+
+    #[test]
+    fn an_id_of_only_invisible_characters_is_empty() {
+        assert_eq!(
+            UserId::parse("\u{200B}\u{200C} \u{FEFF}"),
+            Err(ValidationError::EmptyUserId)
+        );
+    }
 
     #[test]
     fn user_id_is_trimmed() {

@@ -46,7 +46,8 @@ pub struct NewSale {
 }
 
 impl NewSale {
-    /// Validates raw fields: name 1..=200 chars (trimmed), end strictly after start,
+    /// Validates raw fields: name 1..=200 chars (trimmed), end strictly after start once both
+    /// are truncated to whole microseconds (the stored precision),
     /// stock 1..=[`MAX_STOCK`], per-user limit 1..=[`MAX_PER_USER_LIMIT`].
     pub fn parse(
         name: &str,
@@ -62,6 +63,11 @@ impl NewSale {
         {
             return Err(ValidationError::BadName);
         }
+        // Storage keeps microseconds (PostgreSQL's precision); truncate once, here, so every
+        // store round-trips the same instants, and compare what will be stored: a window that
+        // exists only below a microsecond would be empty once stored.
+        let starts_at = truncate_to_micros(starts_at.to_offset(time::UtcOffset::UTC));
+        let ends_at = truncate_to_micros(ends_at.to_offset(time::UtcOffset::UTC));
         if ends_at <= starts_at {
             return Err(ValidationError::EndNotAfterStart);
         }
@@ -73,10 +79,8 @@ impl NewSale {
         }
         Ok(Self {
             name: name.to_owned(),
-            // Storage keeps microseconds (PostgreSQL's precision); truncate once, here, so
-            // every store round-trips the same instants.
-            starts_at: truncate_to_micros(starts_at.to_offset(time::UtcOffset::UTC)),
-            ends_at: truncate_to_micros(ends_at.to_offset(time::UtcOffset::UTC)),
+            starts_at,
+            ends_at,
             stock: stock as u32,
             per_user_limit: per_user_limit as u32,
         })
@@ -212,6 +216,21 @@ mod tests {
         NewSale::parse("Widget", START, END, i64::from(stock), 1)
             .unwrap()
             .with_id(SaleId(id))
+    }
+
+    #[test]
+    fn a_window_shorter_than_a_microsecond_is_refused_as_invalid() {
+        // Issue 17: both instants truncate to the same microsecond, so the stored window would
+        // be empty (PostgreSQL's CHECK refused it and the API answered 503).
+        let start = START + Duration::nanoseconds(100);
+        let end = START + Duration::nanoseconds(200);
+        assert_eq!(
+            NewSale::parse("Widget", start, end, 10, 1),
+            Err(ValidationError::EndNotAfterStart)
+        );
+        // One whole microsecond is a (tiny) valid window.
+        let sale = NewSale::parse("Widget", START, START + Duration::microseconds(1), 10, 1);
+        assert!(sale.is_ok());
     }
 
     #[test]

@@ -35,8 +35,8 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// Bearer token for the admin API; unset: generated once, kept in <data-dir>/admin-token
-    /// (per run with --store redis).
+    /// Bearer token for the admin API, at least 16 characters (a shorter or empty one stops the
+    /// start); unset: generated once, kept in <data-dir>/admin-token (per run with --store redis).
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
@@ -69,6 +69,12 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
 
+    /// Serve `/healthz`, `/readyz` and `/metrics` on this separate address too, with its own
+    /// connection budget, so probes get through when the public one is spent; `/metrics` then
+    /// leaves the public address. Unset: all on `--listen`.
+    #[arg(long, env = "FLASHSALE_OPS_LISTEN")]
+    pub ops_listen: Option<SocketAddr>,
+
     /// Per-client and per-buyer rate limits (429 `rate_limited`).
     #[command(flatten)]
     pub rate_limits: RateLimits,
@@ -95,12 +101,29 @@ pub struct Protection {
     )]
     pub max_inflight_purchases: usize,
 
-    /// Open connections beyond this wait in the kernel's accept queue.
-    /// The default leaves room above a 10,000-connection herd: at exactly the herd's size,
-    /// accepts paused and the kernel's backlog overflowed (3,059 resets in a 10,000-connection
-    /// storm; none at 25,000). Needs `ulimit -n` above it.
-    #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS", default_value_t = 25_000)]
-    pub max_connections: usize,
+    /// Open connections beyond this wait in the kernel's accept queue. Default: the process's
+    /// open-file limit (`ulimit -n`) less a tenth (at most 1,024) kept for the store, the
+    /// listeners and the log; computed and logged at start.
+    #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Open connections one client address may hold; more are answered 429 and closed.
+    /// Connections from `--trusted-proxies` are not counted (each carries many clients).
+    #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS_PER_IP", default_value_t = 512,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections_per_ip: usize,
+
+    /// Open event streams one client address may hold; more are answered 429 (the page
+    /// then polls).
+    #[arg(long, env = "FLASHSALE_MAX_STREAMS_PER_IP", default_value_t = 256,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_streams_per_ip: usize,
+
+    /// An event stream ends after this many seconds (give or take a tenth); the page
+    /// reconnects.
+    #[arg(long, env = "FLASHSALE_STREAM_LIFETIME_SECS", default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub stream_lifetime_secs: u64,
 
     /// A request whose answer is not ready within this many milliseconds gets 503 `timeout`.
     #[arg(long, env = "FLASHSALE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
@@ -126,13 +149,89 @@ impl Protection {
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
     }
+
+    /// How long a request body may take to arrive: the header-read allowance, but always
+    /// inside the request timeout, so a missing body is 408 `body_timeout` (nothing taken)
+    /// rather than 503 `timeout` (outcome unknown).
+    pub fn body_timeout(&self) -> Duration {
+        self.header_read_timeout()
+            .min(self.request_timeout() / 2)
+            .max(Duration::from_millis(1))
+    }
+
+    /// An event stream's lifetime.
+    pub fn stream_lifetime(&self) -> Duration {
+        Duration::from_secs(self.stream_lifetime_secs)
+    }
+
+    /// `--max-connections`, or the default derived from the open-file limit.
+    pub fn connection_budget(&self) -> ConnectionBudget {
+        match self.max_connections {
+            Some(n) => ConnectionBudget {
+                max_connections: n.max(1),
+                open_file_limit: None,
+            },
+            None => {
+                let limit = open_file_limit();
+                ConnectionBudget {
+                    max_connections: budget_for_open_files(limit),
+                    open_file_limit: Some(limit),
+                }
+            }
+        }
+    }
+}
+
+/// The connection bound in force and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionBudget {
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// The soft open-file limit it was derived from; `None` when `--max-connections` was set.
+    pub open_file_limit: Option<u64>,
+}
+
+/// The soft `RLIMIT_NOFILE`; "unlimited" counts as a million.
+fn open_file_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1_000_000)
+}
+
+/// Connections that fit in `limit` descriptors: a tenth (32 to 1,024) is kept for the store's
+/// files, the listeners, the log and outgoing connections, so accepting never runs the
+/// process out of descriptors (which fails the store's writes, not just the accept).
+pub fn budget_for_open_files(limit: u64) -> usize {
+    let headroom = (limit / 10).clamp(32, 1_024);
+    usize::try_from(limit.saturating_sub(headroom))
+        .unwrap_or(usize::MAX)
+        .max(16)
+}
+
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
+/// Refuses an admin token too short to resist guessing (an empty one used to switch the
+/// admin API off silently; a one-character one was accepted).
+pub fn check_admin_token(token: &str) -> Result<(), String> {
+    let chars = token.trim().chars().count();
+    if chars < MIN_ADMIN_TOKEN_CHARS {
+        return Err(format!(
+            "the admin token (FLASHSALE_ADMIN_TOKEN / --admin-token) must be at least \
+             {MIN_ADMIN_TOKEN_CHARS} characters, got {chars}; unset it to have one generated"
+        ));
+    }
+    Ok(())
 }
 
 impl Default for Protection {
     fn default() -> Self {
         Self {
             max_inflight_purchases: 16_384,
-            max_connections: 25_000,
+            max_connections: None,
+            max_connections_per_ip: 512,
+            max_streams_per_ip: 256,
+            stream_lifetime_secs: 300,
             request_timeout_ms: 10_000,
             header_read_timeout_ms: 10_000,
         }
@@ -155,6 +254,7 @@ impl Config {
             redis_prefix: "flashsale".into(),
             pg_schema: "public".into(),
             admin_listen: None,
+            ops_listen: None,
             rate_limits: RateLimits::disabled(),
             protection: Protection::default(),
         }
@@ -182,6 +282,7 @@ impl fmt::Debug for Config {
             .field("redis_prefix", &self.redis_prefix)
             .field("pg_schema", &self.pg_schema)
             .field("admin_listen", &self.admin_listen)
+            .field("ops_listen", &self.ops_listen)
             .field("rate_limits", &self.rate_limits)
             .field("protection", &self.protection)
             .finish()
@@ -224,6 +325,11 @@ mod tests {
             "FLASHSALE_TRUSTED_PROXIES",
             "FLASHSALE_MAX_INFLIGHT_PURCHASES",
             "FLASHSALE_MAX_CONNECTIONS",
+            "FLASHSALE_MAX_CONNECTIONS_PER_IP",
+            "FLASHSALE_MAX_STREAMS_PER_IP",
+            "FLASHSALE_STREAM_LIFETIME_SECS",
+            "FLASHSALE_OPS_LISTEN",
+            "FLASHSALE_PURCHASE_SHARE_PER_IP",
             "FLASHSALE_REQUEST_TIMEOUT_MS",
             "FLASHSALE_HEADER_READ_TIMEOUT_MS",
         ] {
@@ -296,5 +402,31 @@ mod tests {
         let (a, b) = (generate_admin_token(), generate_admin_token());
         assert_eq!(a.len(), 32);
         assert_ne!(a, b);
+        assert!(check_admin_token(&a).is_ok());
+    }
+
+    #[test]
+    fn empty_and_short_admin_tokens_are_refused() {
+        for weak in ["", " ", "x", "fifteen-chars-x", "   padded-short   "] {
+            let err = check_admin_token(weak).unwrap_err();
+            assert!(err.contains("at least 16"), "{err}");
+        }
+        assert!(check_admin_token("sixteen-chars-ok").is_ok());
+    }
+
+    #[test]
+    fn the_default_connection_budget_leaves_descriptors_for_the_rest() {
+        assert_eq!(budget_for_open_files(20_000), 18_976);
+        assert_eq!(budget_for_open_files(1_024), 922);
+        assert_eq!(budget_for_open_files(1_048_576), 1_047_552);
+        assert_eq!(budget_for_open_files(40), 16);
+        // Derived from this process's own limit when the flag is absent.
+        let derived = Protection::default().connection_budget();
+        assert!(derived.open_file_limit.is_some());
+        let set = Protection {
+            max_connections: Some(7),
+            ..Protection::default()
+        };
+        assert_eq!(set.connection_budget().max_connections, 7);
     }
 }

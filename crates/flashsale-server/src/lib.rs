@@ -5,7 +5,9 @@
 //! - [`startup`]: [`startup::Application`]: bind, open the store, resolve the admin token,
 //!   seed the demo sale, serve,
 //!   shut down gracefully (stop accepting, drain, end live streams, flush the store).
-//! - [`serve`]: the accept loop: connection limit, header-read timeout, peer addresses.
+//! - [`serve`]: the accept loop: connection limits (total and per address), header-read
+//!   timeout, peer addresses.
+//! - [`address_slots`]: what each client address holds open (connections, event streams).
 //! - [`telemetry`]: logging (`RUST_LOG`, a request id on every line).
 //! - [`http`]: the router and one module per resource; the contract is `docs/api.md`.
 //!
@@ -14,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+pub mod address_slots;
 pub mod admin_token;
 pub mod config;
 pub mod http;

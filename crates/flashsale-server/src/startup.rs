@@ -5,8 +5,9 @@
 //! drains in-flight requests within [`DRAIN_DEADLINE`], ends live streams, stops background
 //! tasks, and flushes the store.
 
+use crate::address_slots::AddressSlots;
 use crate::admin_token::{self, TokenFileError, TokenSource};
-use crate::config::{Config, StoreKind, generate_admin_token};
+use crate::config::{Config, StoreKind, check_admin_token, generate_admin_token};
 use crate::http::{self, AppState, Shared, Surface};
 use crate::serve::{ConnectionLimits, serve};
 use flashsale_core::{Clock, NewSale};
@@ -25,6 +26,8 @@ use tokio_util::task::TaskTracker;
 
 /// How long in-flight requests may take to finish once shutdown starts.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// Connections the `--ops-listen` address accepts at once (probes and a metrics scraper).
+const OPS_MAX_CONNECTIONS: usize = 64;
 /// How often histogram samples are folded into buckets.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
@@ -50,6 +53,9 @@ pub enum StartupError {
     /// A setting the chosen backend needs is missing (the message names the variable).
     #[error("{0}")]
     MissingSetting(&'static str),
+    /// A setting is unusable (the message says which and why).
+    #[error("{0}")]
+    BadSetting(String),
     /// The metrics recorder could not be built.
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
@@ -61,6 +67,8 @@ pub struct Application {
     port: u16,
     /// With `--admin-listen`: the admin routes' own listener and its port.
     admin_listener: Option<(TcpListener, u16)>,
+    /// With `--ops-listen`: the probes' own listener and its port.
+    ops_listener: Option<(TcpListener, u16)>,
     limits: ConnectionLimits,
     state: AppState,
     store: Arc<dyn SaleStore>,
@@ -72,8 +80,15 @@ impl Application {
     /// Binds first (a taken port fails before anything is created), then opens the store,
     /// resolves the admin token, and seeds the demo sale if asked and none exists.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        if let Some(token) = &config.admin_token {
+            check_admin_token(token).map_err(StartupError::BadSetting)?;
+        }
         let (listener, port) = bind(config.listen).await?;
         let admin_listener = match config.admin_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let ops_listener = match config.ops_listen {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
@@ -99,6 +114,14 @@ impl Application {
         }
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        // `--rate-limit off` (load tests from one machine) lifts every per-address bound.
+        let per_address = |max: usize| {
+            if config.rate_limits.enabled {
+                max
+            } else {
+                usize::MAX
+            }
+        };
         let state = AppState::new(Shared {
             store: Arc::clone(&store),
             admin_token: admin_token.into_bytes().into_boxed_slice(),
@@ -112,6 +135,11 @@ impl Application {
             purchase_slots: Semaphore::new(config.protection.max_inflight_purchases),
             limiter: http::limits::Limiter::new(&config.rate_limits),
             request_timeout: config.protection.request_timeout(),
+            body_timeout: config.protection.body_timeout(),
+            known_sales: http::known_sales::KnownSales::default(),
+            streams: AddressSlots::new(per_address(config.protection.max_streams_per_ip)),
+            stream_lifetime: config.protection.stream_lifetime(),
+            ops_listener: ops_listener.is_some(),
         });
         tracing::info!(url = %page_url(config.listen, port), "listening: open the page at this URL");
         if let Some((_, admin_port)) = &admin_listener {
@@ -120,14 +148,32 @@ impl Application {
                 "admin routes listening on their own address"
             );
         }
+        if let Some((_, ops_port)) = &ops_listener {
+            tracing::info!(port = ops_port, "health, readiness and metrics listening");
+        }
+        let budget = config.protection.connection_budget();
+        match budget.open_file_limit {
+            Some(limit) => tracing::info!(
+                max_connections = budget.max_connections,
+                open_file_limit = limit,
+                "connection budget derived from the open-file limit"
+            ),
+            None => tracing::info!(
+                max_connections = budget.max_connections,
+                "connection budget"
+            ),
+        }
         let limits = ConnectionLimits {
-            max_connections: config.protection.max_connections,
+            max_connections: budget.max_connections,
+            max_connections_per_ip: per_address(config.protection.max_connections_per_ip),
+            trusted_proxies: config.rate_limits.trusted_proxies.clone(),
             header_read_timeout: config.protection.header_read_timeout(),
         };
         Ok(Self {
             listener,
             port,
             admin_listener,
+            ops_listener,
             limits,
             state,
             store,
@@ -146,6 +192,11 @@ impl Application {
         self.admin_listener.as_ref().map(|(_, port)| *port)
     }
 
+    /// The probes' listener port, with `--ops-listen`.
+    pub fn ops_port(&self) -> Option<u16> {
+        self.ops_listener.as_ref().map(|(_, port)| *port)
+    }
+
     /// Cancelling this token shuts the application down as a signal would.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -156,6 +207,7 @@ impl Application {
         let Self {
             listener,
             admin_listener,
+            ops_listener,
             limits,
             state,
             store,
@@ -180,8 +232,22 @@ impl Application {
                 }
             })
         };
-        let mut server = match admin_listener {
-            None => tokio::spawn(serve(
+        let ops = ops_listener.map(|(ops_listener, _)| {
+            // Its own small budget, apart from the public one: probes always find room.
+            let ops_limits = ConnectionLimits {
+                max_connections: OPS_MAX_CONNECTIONS,
+                max_connections_per_ip: OPS_MAX_CONNECTIONS,
+                ..limits.clone()
+            };
+            serve(
+                ops_listener,
+                http::router_for(state.clone(), Surface::Ops),
+                ops_limits,
+                shutdown.clone(),
+            )
+        });
+        let main = match admin_listener {
+            None => futures_util::future::Either::Left(serve(
                 listener,
                 http::router(state),
                 limits,
@@ -191,7 +257,7 @@ impl Application {
                 let public = serve(
                     listener,
                     http::router_for(state.clone(), Surface::Public),
-                    limits,
+                    limits.clone(),
                     shutdown.clone(),
                 );
                 let admin = serve(
@@ -200,12 +266,21 @@ impl Application {
                     limits,
                     shutdown.clone(),
                 );
-                tokio::spawn(async move {
+                futures_util::future::Either::Right(async move {
                     let (public, admin) = tokio::join!(public, admin);
                     public.and(admin)
                 })
             }
         };
+        let mut server = tokio::spawn(async move {
+            match ops {
+                None => main.await,
+                Some(ops) => {
+                    let (main, ops) = tokio::join!(main, ops);
+                    main.and(ops)
+                }
+            }
+        });
         let served = tokio::select! {
             result = &mut server => Some(result),
             () = shutdown.cancelled() => None,

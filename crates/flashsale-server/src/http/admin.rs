@@ -108,8 +108,10 @@ pub struct SummaryBody {
         (status = 201, description = "The new sale", body = SaleBody),
         (status = 400, description = "`invalid_request`", body = crate::http::openapi::ErrorDoc),
         (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorDoc),
+        (status = 408, description = "`body_timeout`", body = crate::http::openapi::ErrorDoc),
         (status = 413, description = "`payload_too_large`", body = crate::http::openapi::ErrorDoc),
         (status = 415, description = "`unsupported_media_type`", body = crate::http::openapi::ErrorDoc),
+        (status = 429, description = "`rate_limited`: too many failed logins from this address", body = crate::http::openapi::ErrorDoc),
         (status = 503, description = "`unavailable`", body = crate::http::openapi::ErrorDoc),
     )
 )]
@@ -118,7 +120,7 @@ pub async fn create_sale(
     _: AdminAuth,
     request: Request,
 ) -> Result<(StatusCode, Json<SaleBody>), ApiError> {
-    let body = json_body(request).await?;
+    let body = json_body(request, app.body_timeout).await?;
     let raw: CreateSaleRequest = parse_object(&body)?;
     let new = NewSale::parse(
         &raw.name,
@@ -156,6 +158,7 @@ fn instant(field: &str, raw: &str) -> Result<OffsetDateTime, ApiError> {
         (status = 200, description = "The summary", body = SummaryBody),
         (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorDoc),
         (status = 404, description = "`sale_not_found`", body = crate::http::openapi::ErrorDoc),
+        (status = 429, description = "`rate_limited`: too many failed logins from this address", body = crate::http::openapi::ErrorDoc),
         (status = 503, description = "`unavailable`", body = crate::http::openapi::ErrorDoc),
     )
 )]

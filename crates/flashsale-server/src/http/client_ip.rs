@@ -3,6 +3,10 @@
 //! trusted hop appended) to the first address that is not itself a trusted proxy. Anything a
 //! client writes to the left of that is ignored, so a client cannot pick its own rate-limit
 //! key by sending the header itself.
+//!
+//! Limits count per [`rate_key`]: an IPv4 address, or an IPv6 client's /64 (one household or
+//! one host is given a whole /64, so counting full IPv6 addresses would give a single client
+//! billions of buckets).
 
 use axum::http::HeaderMap;
 use ipnet::IpNet;
@@ -48,6 +52,18 @@ impl TrustedProxies {
             }
         }
         client
+    }
+}
+
+/// The key an address is limited and counted by: IPv4 (or IPv4-mapped IPv6) as is, any other
+/// IPv6 address reduced to its /64 network.
+pub fn rate_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -129,6 +145,21 @@ mod tests {
         let trusted: TrustedProxies = "10.0.0.0/8".parse().unwrap();
         let got = trusted.client_ip(ip("10.0.0.1"), &headers(&["1.2.3.4, bogus, 10.0.0.2"]));
         assert_eq!(got, ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64_and_ipv4_by_the_address() {
+        assert_eq!(
+            rate_key(ip("2001:db8:1:2:aaaa::1")),
+            rate_key(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"))
+        );
+        assert_eq!(rate_key(ip("2001:db8:1:2::7")), ip("2001:db8:1:2::"));
+        assert_ne!(
+            rate_key(ip("2001:db8:1:2::1")),
+            rate_key(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(rate_key(ip("192.0.2.9")), ip("192.0.2.9"));
+        assert_eq!(rate_key(ip("::ffff:192.0.2.9")), ip("192.0.2.9"));
     }
 
     #[test]

@@ -48,6 +48,15 @@ pub enum ApiError {
     },
     /// 409 `sale_not_active`: the sale is upcoming or ended by time.
     SaleNotActive(NotActiveReason),
+    /// 409 `address_limit_reached`: this client address already holds (or is buying) its
+    /// share of the sale (`--purchase-share-per-ip`).
+    AddressShareTaken {
+        /// Units one address may hold in this sale.
+        share: u32,
+    },
+    /// 408 `body_timeout`: the request body did not arrive in time; nothing was read or taken.
+    /// The connection is closed.
+    BodyTimeout,
     /// 413 `payload_too_large`: body over the limit.
     PayloadTooLarge,
     /// 415 `unsupported_media_type`: `content-type` is not `application/json`.
@@ -115,6 +124,10 @@ const IDEMPOTENCY_KEY_REUSED: &str = fixed_body!(
     "idempotency_key_reused",
     "this Idempotency-Key was used before with another user_id or quantity"
 );
+const BODY_TIMEOUT: &str = fixed_body!(
+    "body_timeout",
+    "the request body did not arrive in time; nothing was taken"
+);
 const RATE_LIMITED: &str = fixed_body!(
     "rate_limited",
     "too many requests from this client; retry after the time in Retry-After"
@@ -143,6 +156,8 @@ struct ErrorBody<'a> {
     allowed: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stock_remaining: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address_share: Option<u32>,
 }
 
 impl<'a> ErrorBody<'a> {
@@ -154,6 +169,7 @@ impl<'a> ErrorBody<'a> {
             orders: None,
             allowed: None,
             stock_remaining: None,
+            address_share: None,
         }
     }
 }
@@ -173,6 +189,8 @@ impl ApiError {
             ApiError::SoldOut => "sold_out",
             ApiError::InsufficientStock { .. } => "insufficient_stock",
             ApiError::SaleNotActive(_) => "sale_not_active",
+            ApiError::AddressShareTaken { .. } => "address_limit_reached",
+            ApiError::BodyTimeout => "body_timeout",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
@@ -197,7 +215,9 @@ impl ApiError {
             | ApiError::LimitExceeded { .. }
             | ApiError::SoldOut
             | ApiError::InsufficientStock { .. }
-            | ApiError::SaleNotActive(_) => StatusCode::CONFLICT,
+            | ApiError::SaleNotActive(_)
+            | ApiError::AddressShareTaken { .. } => StatusCode::CONFLICT,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -224,6 +244,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => UNSUPPORTED_MEDIA_TYPE,
             ApiError::IdempotencyKeyReused => IDEMPOTENCY_KEY_REUSED,
             ApiError::RateLimited { .. } => RATE_LIMITED,
+            ApiError::BodyTimeout => BODY_TIMEOUT,
             ApiError::Overloaded => OVERLOADED,
             ApiError::Timeout => TIMEOUT,
             ApiError::Store(StoreError::Internal(_)) | ApiError::Internal(_) => INTERNAL,
@@ -248,6 +269,15 @@ impl ApiError {
                     ..ErrorBody::new(
                         "limit_exceeded",
                         "this quantity would take the buyer over the per-user limit",
+                    )
+                });
+            }
+            ApiError::AddressShareTaken { share } => {
+                return to_bytes(&ErrorBody {
+                    address_share: Some(*share),
+                    ..ErrorBody::new(
+                        "address_limit_reached",
+                        "buyers from this network address already hold their share of this sale",
                     )
                 });
             }
@@ -289,6 +319,18 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if matches!(
+            self,
+            ApiError::BodyTimeout
+                | ApiError::PayloadTooLarge
+                | ApiError::UnsupportedMediaType
+                | ApiError::Unauthorized
+        ) {
+            // Refused with the body unread (or only partly read): hyper cannot reuse the
+            // connection, so say so, or a keep-alive client's next request meets a closed
+            // socket.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let ApiError::RateLimited { retry_after_secs } = self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         } else if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -328,6 +370,8 @@ mod tests {
             ApiError::Store(StoreError::ShuttingDown),
             ApiError::Store(StoreError::Internal("x".into())),
             ApiError::InvalidRequest("bad \"quote\"".into()),
+            ApiError::AddressShareTaken { share: 10 },
+            ApiError::BodyTimeout,
         ];
         for e in all {
             let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();

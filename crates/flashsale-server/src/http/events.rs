@@ -6,12 +6,18 @@
 //! status at once, then every change, and a fresh status after 5 s of silence (heartbeat).
 //! The broadcaster stops when its last stream closes; every stream ends when the application
 //! shuts down, so open streams never hold up a graceful shutdown.
+//!
+//! Streams are bounded (issue 17): one client address holds at most `--max-streams-per-ip`
+//! (past it, 429 `rate_limited`), and each stream ends after `--stream-lifetime-secs` (give or
+//! take a tenth, so streams opened together do not all reconnect together). The page treats
+//! the end like a dropped stream: it polls and reconnects within a second or two.
 
+use crate::address_slots::AddressSlot;
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::SalePath;
 use crate::http::sales::SaleBody;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use flashsale_core::{SaleId, SaleState};
@@ -20,6 +26,7 @@ use futures_util::stream;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -155,12 +162,21 @@ async fn broadcast(
     responses(
         (status = 200, description = "`text/event-stream`: `event: sale` messages whose data is the status body", content_type = "text/event-stream"),
         (status = 404, description = "`sale_not_found`", body = crate::http::openapi::ErrorDoc),
+        (status = 429, description = "`rate_limited`: this address has too many streams open (or sent too many reads); `Retry-After` set", body = crate::http::openapi::ErrorDoc),
     )
 )]
 pub async fn get_events(
     State(app): State<AppState>,
     SalePath(id): SalePath,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    // Without a peer address (a router called in-process) there is nobody to count.
+    let slot = match app.limiter.client_of(&request) {
+        Some(client) => Some(app.streams.try_take(client).ok_or(ApiError::RateLimited {
+            retry_after_secs: HEARTBEAT.as_secs(),
+        })?),
+        None => None,
+    };
     let rx = app
         .events
         .subscribe(id)
@@ -172,6 +188,8 @@ pub async fn get_events(
             first: true,
             store: Arc::clone(&app.events.store),
             shutdown: app.events.shutdown.clone(),
+            ends: tokio::time::Instant::now() + jittered(app.stream_lifetime),
+            _slot: slot,
         },
         Feed::next,
     );
@@ -184,6 +202,17 @@ struct Feed {
     first: bool,
     store: Arc<dyn SaleStore>,
     shutdown: CancellationToken,
+    /// When the server ends this stream.
+    ends: tokio::time::Instant,
+    /// The address's stream slot, given back when the stream ends.
+    _slot: Option<AddressSlot>,
+}
+
+/// `lifetime` give or take a tenth.
+fn jittered(lifetime: Duration) -> Duration {
+    // A fresh `RandomState` holds fresh random keys: enough randomness for spreading.
+    let unit = RandomState::new().hash_one(0u8) % 1_000;
+    lifetime.mul_f64(0.9 + 0.2 * (unit as f64) / 1_000.0)
 }
 
 impl Feed {
@@ -195,6 +224,7 @@ impl Feed {
         }
         let json = tokio::select! {
             () = self.shutdown.cancelled() => return None,
+            () = tokio::time::sleep_until(self.ends) => return None,
             changed = self.rx.changed() => {
                 changed.ok()?;
                 Arc::clone(&self.rx.borrow_and_update()).json.clone()

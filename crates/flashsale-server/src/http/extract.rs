@@ -1,5 +1,5 @@
 //! Our own extractors, so that every refusal is an [`ApiError`] in JSON (never axum's text):
-//! path ids, the admin bearer token, and JSON bodies (size limit, content type).
+//! path ids, the admin bearer token, and JSON bodies (size limit, content type, a deadline).
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use flashsale_core::{SaleId, UserId};
 use futures_util::StreamExt;
 use std::borrow::Cow;
+use std::time::Duration;
 
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 4096;
@@ -62,16 +63,26 @@ impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let client = state
+            .limiter
+            .client_of_parts(&parts.extensions, &parts.headers);
+        // Before comparing: a locked-out address learns nothing from further guesses.
+        state.limiter.admin_locked(client)?;
         let presented = parts
             .headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .ok_or(ApiError::Unauthorized)?;
-        if constant_time_eq(presented, &state.admin_token) {
-            Ok(AdminAuth)
-        } else {
-            Err(ApiError::Unauthorized)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if presented.is_some_and(|token| constant_time_eq(token, &state.admin_token)) {
+            return Ok(AdminAuth);
         }
+        // Operators want to see guessing: INFO, with the client's address (never the token).
+        tracing::info!(
+            client = %client.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+            token_sent = presented.is_some(),
+            "admin authentication failed"
+        );
+        state.limiter.admin_failed(client);
+        Err(ApiError::Unauthorized)
     }
 }
 
@@ -85,8 +96,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Reads a JSON request body: 415 unless `content-type` is `application/json`, 413 over
-/// [`MAX_BODY_BYTES`]. Usually the body is one chunk, returned without copying.
-pub async fn json_body(request: Request) -> Result<Bytes, ApiError> {
+/// [`MAX_BODY_BYTES`], 408 `body_timeout` when it has not all arrived within `deadline`
+/// (a client that declares more than it sends; nothing was read, so nothing was taken).
+/// Usually the body is one chunk, returned without copying.
+pub async fn json_body(request: Request, deadline: Duration) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(deadline, read_json_body(request)).await {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::BodyTimeout),
+    }
+}
+
+async fn read_json_body(request: Request) -> Result<Bytes, ApiError> {
     let headers = request.headers();
     let is_json = headers
         .get(header::CONTENT_TYPE)

@@ -5,28 +5,51 @@
 //! - purchases per client address: stops one script hammering `POST .../orders` with made-up
 //!   buyer ids. Its burst is large because many real buyers can share one address (an office
 //!   or a carrier-grade NAT) and they all press "Buy Now" in the same second;
-//! - purchases per buyer id: a person clicks a few times, a script hundreds;
-//! - reads per client address (status, buyer orders, events, page, OpenAPI): looser, since
-//!   the page polls when its event stream drops.
+//! - purchases per buyer id *and* address: a person clicks a few times, a script hundreds.
+//!   Charged only once the sale is known to exist and to be inside its window, and keyed by the
+//!   address too, so nobody can spend someone else's budget by naming their id (issue 17);
+//! - reads per client address (status, buyer orders, events, page, OpenAPI, metrics): looser,
+//!   since the page polls when its event stream drops.
 //!
-//! Health, readiness and metrics are never limited (monitoring must see an overloaded
-//! service). The client address comes from [`client_ip`](super::client_ip): `X-Forwarded-For`
-//! counts only from `--trusted-proxies`. Idle buckets are dropped by [`Limiter::retain_recent`],
-//! which the startup's upkeep task calls every few seconds, so memory follows the set of
-//! recently active clients, not every client ever seen.
+//! Two bounds are not rates:
+//! - a per-address share of each sale ([`AddressShares`]): one address holds at most
+//!   `--purchase-share-per-ip` percent of a sale's stock (confirmed plus in flight), so no
+//!   burst, however fast, empties a sale from one address;
+//! - failed admin logins per address ([`AdminFailures`]): after ten in a minute, every admin
+//!   request from that address is 429 until the minute is over.
+//!
+//! Health and readiness are never limited (monitoring must see an overloaded service). The
+//! client address comes from [`client_ip`](super::client_ip): `X-Forwarded-For` counts only
+//! from `--trusted-proxies`, and an IPv6 client counts as its /64. Idle buckets are dropped by
+//! [`Limiter::retain_recent`], which the startup's upkeep task calls every few seconds, so
+//! memory follows the set of recently active clients, not every client ever seen.
 
-use crate::http::client_ip::TrustedProxies;
+use crate::http::client_ip::{TrustedProxies, rate_key};
 use crate::http::error::ApiError;
+use crate::http::extract::MAX_BODY_BYTES;
 use crate::http::{AppState, routes};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{Extensions, HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use flashsale_core::UserId;
+use flashsale_core::{Sale, SaleId, UserId};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a refused request's small body may take to arrive before the connection is closed
+/// instead of kept alive.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Failed admin logins an address may make per [`ADMIN_FAILURE_WINDOW`].
+pub const ADMIN_FAILURES_ALLOWED: u32 = 10;
+/// The window over which failed admin logins are counted.
+pub const ADMIN_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 /// The rate-limit settings (flags and `FLASHSALE_*` variables).
 #[derive(Debug, Clone, clap::Args)]
@@ -55,6 +78,12 @@ pub struct RateLimits {
     #[arg(long, env = "FLASHSALE_PURCHASE_BURST_PER_IP", default_value_t = 100,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub purchase_burst_per_ip: u32,
+
+    /// Percent of a sale's stock one client address may take (confirmed plus in flight);
+    /// 100 switches the share off. At least the sale's per-user limit.
+    #[arg(long, env = "FLASHSALE_PURCHASE_SHARE_PER_IP", default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub purchase_share_per_ip: u32,
 
     /// Purchases per second per buyer id (steady rate).
     #[arg(long, env = "FLASHSALE_PURCHASE_RATE_PER_USER", default_value_t = 2,
@@ -95,6 +124,7 @@ impl Default for RateLimits {
             trusted_proxies: TrustedProxies::default(),
             purchase_rate_per_ip: 20,
             purchase_burst_per_ip: 100,
+            purchase_share_per_ip: 10,
             purchase_rate_per_user: 2,
             purchase_burst_per_user: 5,
             read_rate_per_ip: 100,
@@ -108,8 +138,10 @@ pub struct Limiter {
     enabled: bool,
     trusted: TrustedProxies,
     purchases_by_ip: DefaultKeyedRateLimiter<IpAddr>,
-    purchases_by_user: DefaultKeyedRateLimiter<UserId>,
+    purchases_by_buyer: DefaultKeyedRateLimiter<(UserId, Option<IpAddr>)>,
     reads_by_ip: DefaultKeyedRateLimiter<IpAddr>,
+    shares: Arc<AddressShares>,
+    admin_failures: AdminFailures,
     clock: DefaultClock,
 }
 
@@ -130,7 +162,7 @@ impl Limiter {
                 settings.purchase_rate_per_ip,
                 settings.purchase_burst_per_ip,
             )),
-            purchases_by_user: RateLimiter::keyed(quota(
+            purchases_by_buyer: RateLimiter::keyed(quota(
                 settings.purchase_rate_per_user,
                 settings.purchase_burst_per_user,
             )),
@@ -138,16 +170,80 @@ impl Limiter {
                 settings.read_rate_per_ip,
                 settings.read_burst_per_ip,
             )),
+            shares: Arc::new(AddressShares::new(settings.purchase_share_per_ip)),
+            admin_failures: AdminFailures::default(),
             clock: DefaultClock::default(),
         }
     }
 
-    /// Charges one purchase attempt to `user`; `Err(RateLimited)` when their bucket is empty.
-    pub fn check_buyer(&self, user: &UserId) -> Result<(), ApiError> {
+    /// Whether limiting is on.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The proxies whose `X-Forwarded-For` is believed.
+    pub fn trusted(&self) -> &TrustedProxies {
+        &self.trusted
+    }
+
+    /// The limiting key of the client that sent a request from `peer` with `headers`.
+    pub fn client_key(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        rate_key(self.trusted.client_ip(peer, headers))
+    }
+
+    /// The limiting key of a request's client; `None` for a router called in-process.
+    pub fn client_of(&self, request: &Request) -> Option<IpAddr> {
+        self.client_of_parts(request.extensions(), request.headers())
+    }
+
+    /// [`Limiter::client_of`] from a request's parts.
+    pub fn client_of_parts(&self, extensions: &Extensions, headers: &HeaderMap) -> Option<IpAddr> {
+        extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| self.client_key(addr.ip(), headers))
+    }
+
+    /// Charges one purchase attempt to `user` from `client`; `Err(RateLimited)` when their
+    /// bucket is empty. Call it only for a sale that exists and is inside its window.
+    pub fn check_buyer(&self, user: &UserId, client: Option<IpAddr>) -> Result<(), ApiError> {
         if !self.enabled {
             return Ok(());
         }
-        self.check(&self.purchases_by_user, user)
+        // `UserId` is an `Arc`: the key costs an increment, not a copy of the id.
+        self.check(&self.purchases_by_buyer, &(user.clone(), client))
+    }
+
+    /// Reserves `units` of `sale` for `client`'s share; `Err(AddressShareTaken)` when the
+    /// address already holds (or is buying) its share. Keep the reservation when the purchase
+    /// is confirmed; dropping it gives the units back.
+    pub fn reserve_share(
+        &self,
+        sale: &Sale,
+        client: Option<IpAddr>,
+        units: u32,
+    ) -> Result<Option<ShareReservation>, ApiError> {
+        match client {
+            Some(client) if self.enabled => {
+                AddressShares::reserve(&self.shares, sale, client, units).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Records a failed admin login from `client` (see [`Limiter::admin_locked`]).
+    pub fn admin_failed(&self, client: Option<IpAddr>) {
+        if let Some(client) = client.filter(|_| self.enabled) {
+            self.admin_failures.record(client, Instant::now());
+        }
+    }
+
+    /// `Err(RateLimited)` when `client` has failed admin logins too often recently: checked
+    /// before the token is compared, so a locked-out address learns nothing from its guesses.
+    pub fn admin_locked(&self, client: Option<IpAddr>) -> Result<(), ApiError> {
+        match client {
+            Some(client) if self.enabled => self.admin_failures.check(client, Instant::now()),
+            _ => Ok(()),
+        }
     }
 
     /// Forgets buckets that have refilled completely (their clients have been quiet).
@@ -156,13 +252,14 @@ impl Limiter {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
-        self.purchases_by_user.retain_recent();
-        self.purchases_by_user.shrink_to_fit();
+        self.purchases_by_buyer.retain_recent();
+        self.purchases_by_buyer.shrink_to_fit();
+        self.admin_failures.forget_before(Instant::now());
     }
 
     /// Buckets currently held (for tests and metrics).
     pub fn tracked_keys(&self) -> usize {
-        self.purchases_by_ip.len() + self.reads_by_ip.len() + self.purchases_by_user.len()
+        self.purchases_by_ip.len() + self.reads_by_ip.len() + self.purchases_by_buyer.len()
     }
 
     fn check<K: Clone + Hash + Eq>(
@@ -189,6 +286,130 @@ impl Limiter {
     }
 }
 
+/// Units of each sale held per address: confirmed, plus reserved by purchases in flight, so
+/// that pipelined attempts cannot overshoot the share between the check and the commit.
+///
+/// Per instance and in memory, like the buckets: behind N instances without client affinity an
+/// address can take up to N shares, and a restart forgets what was taken (the stock it sold is
+/// gone either way). Entries are created by purchases that reserve units, so their number is
+/// bounded by the orders confirmed; an entry going back to zero is removed.
+pub struct AddressShares {
+    percent: u32,
+    held: Mutex<HashMap<(SaleId, IpAddr), u32>>,
+}
+
+/// Units reserved for one attempt; given back on drop unless [`ShareReservation::keep`] is
+/// called.
+pub struct ShareReservation {
+    shares: Arc<AddressShares>,
+    key: (SaleId, IpAddr),
+    units: u32,
+}
+
+impl AddressShares {
+    fn new(percent: u32) -> Self {
+        Self {
+            percent: percent.clamp(1, 100),
+            held: Mutex::default(),
+        }
+    }
+
+    /// The units one address may hold in `sale`: `percent` of the stock rounded up, at least
+    /// the per-user limit (one buyer can always buy what the sale allows them).
+    pub fn share_of(percent: u32, sale: &Sale) -> u32 {
+        let share = (u64::from(sale.stock) * u64::from(percent)).div_ceil(100);
+        u32::try_from(share)
+            .unwrap_or(u32::MAX)
+            .max(sale.per_user_limit)
+    }
+
+    fn reserve(
+        shares: &Arc<Self>,
+        sale: &Sale,
+        client: IpAddr,
+        units: u32,
+    ) -> Result<ShareReservation, ApiError> {
+        if shares.percent >= 100 {
+            // Switched off: reserve nothing, and never refuse.
+            return Ok(ShareReservation {
+                shares: Arc::clone(shares),
+                key: (sale.id, client),
+                units: 0,
+            });
+        }
+        let share = Self::share_of(shares.percent, sale);
+        let key = (sale.id, client);
+        let mut held = shares.held.lock();
+        let current = held.get(&key).copied().unwrap_or(0);
+        if current.saturating_add(units) > share {
+            return Err(ApiError::AddressShareTaken { share });
+        }
+        held.insert(key, current + units);
+        Ok(ShareReservation {
+            shares: Arc::clone(shares),
+            key,
+            units,
+        })
+    }
+}
+
+impl ShareReservation {
+    /// The purchase was confirmed: the units stay counted.
+    pub fn keep(mut self) {
+        self.units = 0;
+    }
+}
+
+impl Drop for ShareReservation {
+    fn drop(&mut self) {
+        if self.units == 0 {
+            return;
+        }
+        let mut held = self.shares.held.lock();
+        if let Some(count) = held.get_mut(&self.key) {
+            *count = count.saturating_sub(self.units);
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Failed admin logins per address in a fixed window.
+#[derive(Default)]
+struct AdminFailures(Mutex<HashMap<IpAddr, (Instant, u32)>>);
+
+impl AdminFailures {
+    fn check(&self, client: IpAddr, now: Instant) -> Result<(), ApiError> {
+        match self.0.lock().get(&client) {
+            Some(&(since, count))
+                if count >= ADMIN_FAILURES_ALLOWED && now < since + ADMIN_FAILURE_WINDOW =>
+            {
+                let wait = (since + ADMIN_FAILURE_WINDOW).saturating_duration_since(now);
+                Err(ApiError::RateLimited {
+                    retry_after_secs: wait.as_secs().max(1),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn record(&self, client: IpAddr, now: Instant) {
+        let mut failures = self.0.lock();
+        let entry = failures.entry(client).or_insert((now, 0));
+        if now >= entry.0 + ADMIN_FAILURE_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+
+    fn forget_before(&self, now: Instant) {
+        self.0
+            .lock()
+            .retain(|_, (since, _)| now < *since + ADMIN_FAILURE_WINDOW);
+    }
+}
+
 fn quota(per_second: u32, burst: u32) -> Quota {
     // clap refuses 0 for both; `MIN` keeps this total for values built in code.
     let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
@@ -210,22 +431,44 @@ pub async fn limit_by_address(
         .get::<MatchedPath>()
         .map(|p| p.as_str())
     {
-        Some(routes::HEALTHZ | routes::READYZ | routes::METRICS) => Class::Exempt,
+        Some(routes::HEALTHZ | routes::READYZ) => Class::Exempt,
         Some(routes::ORDERS) => Class::Purchase,
         _ => Class::Read,
     };
     // Without a peer address (a router called in-process) there is nobody to charge.
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
-    if let Some(peer) = peer {
-        let client = app.limiter.trusted.client_ip(peer, request.headers());
-        if let Err(e) = app.limiter.check_address(class, client) {
-            return e.into_response();
-        }
+    if let Some(client) = app.limiter.client_of(&request)
+        && let Err(e) = app.limiter.check_address(class, client)
+    {
+        return refuse_unread(request, e.into_response()).await;
     }
     next.run(request).await
+}
+
+/// Answers `response` to a request whose body has not been read. A small declared body is read
+/// and dropped first, so the connection stays usable for the client's next request (hyper
+/// would otherwise close it without saying so, and a keep-alive client's next write would hit
+/// a closed socket); any other body gets `Connection: close`, so the client knows.
+pub async fn refuse_unread(request: Request, mut response: Response) -> Response {
+    let headers = request.headers();
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let drained = match (chunked, declared) {
+        (false, None | Some(0)) => true,
+        (false, Some(len)) if len <= MAX_BODY_BYTES as u64 => {
+            let body = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES);
+            matches!(tokio::time::timeout(DRAIN_TIMEOUT, body).await, Ok(Ok(_)))
+        }
+        _ => false,
+    };
+    if !drained {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 #[cfg(test)]
@@ -241,15 +484,24 @@ mod tests {
             ..RateLimits::default()
         });
         let alice = UserId::parse("alice").unwrap();
+        let home: Option<IpAddr> = Some("192.0.2.1".parse().unwrap());
         for _ in 0..3 {
-            assert!(limiter.check_buyer(&alice).is_ok());
+            assert!(limiter.check_buyer(&alice, home).is_ok());
         }
-        match limiter.check_buyer(&alice) {
+        match limiter.check_buyer(&alice, home) {
             Err(ApiError::RateLimited { retry_after_secs }) => assert_eq!(retry_after_secs, 1),
             other => panic!("expected rate_limited, got {other:?}"),
         }
         // Another buyer has their own bucket.
-        assert!(limiter.check_buyer(&UserId::parse("bob").unwrap()).is_ok());
+        assert!(
+            limiter
+                .check_buyer(&UserId::parse("bob").unwrap(), home)
+                .is_ok()
+        );
+        // So has the same id sent from another address: naming alice elsewhere cannot spend
+        // alice's budget.
+        let elsewhere = Some("198.51.100.7".parse().unwrap());
+        assert!(limiter.check_buyer(&alice, elsewhere).is_ok());
     }
 
     #[test]
@@ -260,7 +512,7 @@ mod tests {
         });
         let alice = UserId::parse("alice").unwrap();
         for _ in 0..100 {
-            assert!(limiter.check_buyer(&alice).is_ok());
+            assert!(limiter.check_buyer(&alice, None).is_ok());
         }
     }
 
@@ -278,5 +530,68 @@ mod tests {
         assert!(limiter.check_address(Class::Read, ip).is_ok());
         assert!(limiter.check_address(Class::Read, ip).is_err());
         assert!(limiter.check_address(Class::Exempt, ip).is_ok());
+    }
+
+    fn sale(stock: u32, per_user_limit: u32) -> Sale {
+        let start = time::macros::datetime!(2026-11-22 12:00 UTC);
+        flashsale_core::NewSale::parse(
+            "Widget",
+            start,
+            start + time::Duration::minutes(10),
+            i64::from(stock),
+            i64::from(per_user_limit),
+        )
+        .unwrap()
+        .with_id(SaleId(1))
+    }
+
+    #[test]
+    fn the_share_is_a_percent_of_the_stock_and_at_least_the_per_user_limit() {
+        assert_eq!(AddressShares::share_of(10, &sale(100, 1)), 10);
+        assert_eq!(AddressShares::share_of(10, &sale(101, 1)), 11);
+        assert_eq!(AddressShares::share_of(10, &sale(5, 1)), 1);
+        assert_eq!(AddressShares::share_of(10, &sale(20, 5)), 5);
+        assert_eq!(AddressShares::share_of(100, &sale(7, 1)), 7);
+    }
+
+    #[test]
+    fn an_address_reserves_up_to_its_share_and_failed_attempts_give_units_back() {
+        let limiter = Limiter::new(&RateLimits::default());
+        let sale = sale(100, 1);
+        let ip = Some("192.0.2.1".parse().unwrap());
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            held.push(limiter.reserve_share(&sale, ip, 1).unwrap().unwrap());
+        }
+        assert!(matches!(
+            limiter.reserve_share(&sale, ip, 1),
+            Err(ApiError::AddressShareTaken { share: 10 })
+        ));
+        // An attempt that was not confirmed gives its unit back; a confirmed one keeps it.
+        held.pop();
+        held.pop().unwrap().keep();
+        let last = limiter.reserve_share(&sale, ip, 1).unwrap();
+        assert!(last.is_some());
+        assert!(limiter.reserve_share(&sale, ip, 1).is_err());
+        // Another address has its own share.
+        let other = Some("192.0.2.2".parse().unwrap());
+        assert!(limiter.reserve_share(&sale, other, 1).is_ok());
+    }
+
+    #[test]
+    fn ten_failed_admin_logins_lock_the_address_for_the_window() {
+        let failures = AdminFailures::default();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..ADMIN_FAILURES_ALLOWED {
+            assert!(failures.check(ip, t0).is_ok());
+            failures.record(ip, t0);
+        }
+        assert!(failures.check(ip, t0).is_err());
+        assert!(failures.check("192.0.2.2".parse().unwrap(), t0).is_ok());
+        let later = t0 + ADMIN_FAILURE_WINDOW;
+        assert!(failures.check(ip, later).is_ok());
+        failures.forget_before(later);
+        assert!(failures.0.lock().is_empty());
     }
 }

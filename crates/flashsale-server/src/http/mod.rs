@@ -4,6 +4,7 @@
 //! Every answer a client can get is JSON (except `/metrics`, `/` and the event stream): axum's
 //! own text rejections never escape, because bodies and path parameters are read by our own
 //! extractors ([`extract`]) and the fallbacks answer `not_found` / `method_not_allowed`.
+//! Every answer carries `X-Content-Type-Options: nosniff` and `Referrer-Policy: no-referrer`.
 
 pub mod admin;
 pub mod client_ip;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod known_sales;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
@@ -18,6 +20,7 @@ pub mod orders;
 pub mod page;
 pub mod sales;
 
+use crate::address_slots::AddressSlots;
 use crate::http::error::ApiError;
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Request};
@@ -26,6 +29,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use flashsale_store::SaleStore;
 use std::any::Any;
+use std::hash::{BuildHasher, RandomState};
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +40,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 /// Route paths, shared by the router and the per-route metrics.
@@ -106,6 +111,16 @@ pub struct Shared {
     pub limiter: limits::Limiter,
     /// How long an answer may take before 503 `timeout`.
     pub request_timeout: Duration,
+    /// How long a request body may take to arrive before 408 `body_timeout`.
+    pub body_timeout: Duration,
+    /// Sales seen so far (does the sale exist, is it in its window?).
+    pub known_sales: known_sales::KnownSales,
+    /// Open event streams per client address (`--max-streams-per-ip`).
+    pub streams: Arc<AddressSlots>,
+    /// How long one event stream lasts before the server ends it (the page reconnects).
+    pub stream_lifetime: Duration,
+    /// With `--ops-listen`, `/metrics` is served there only.
+    pub ops_listener: bool,
 }
 
 impl AppState {
@@ -131,6 +146,9 @@ pub enum Surface {
     Public,
     /// Only `/api/admin/*` (plus health, readiness and metrics for the operator's probes).
     Admin,
+    /// Only health, readiness and metrics (`--ops-listen`): probes get through even when the
+    /// public listener's connection budget is spent.
+    Ops,
 }
 
 /// Builds the router with every route, the JSON fallbacks and the middleware stack.
@@ -143,9 +161,12 @@ pub fn router_for(state: AppState, surface: Surface) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
     let mut routes = Router::new()
         .route(routes::HEALTHZ, get(health::healthz))
-        .route(routes::READYZ, get(health::readyz))
-        .route(routes::METRICS, get(metrics::get_metrics));
-    if surface != Surface::Admin {
+        .route(routes::READYZ, get(health::readyz));
+    // With an ops listener, the metrics (which tell how busy the sale is) leave the public one.
+    if !state.ops_listener || matches!(surface, Surface::Ops | Surface::Admin) {
+        routes = routes.route(routes::METRICS, get(metrics::get_metrics));
+    }
+    if matches!(surface, Surface::All | Surface::Public) {
         routes = routes
             .route(routes::FEATURED_SALE, get(sales::get_featured_sale))
             .route(routes::SALE, get(sales::get_sale))
@@ -156,7 +177,7 @@ pub fn router_for(state: AppState, surface: Surface) -> Router {
             .route(routes::PAGE, get(page::get_page))
             .route(routes::FAVICON, get(page::get_favicon));
     }
-    if surface != Surface::Public {
+    if matches!(surface, Surface::All | Surface::Admin) {
         routes = routes
             .route(routes::ADMIN_SALES, post(admin::create_sale))
             .route(routes::ADMIN_SUMMARY, get(admin::get_summary));
@@ -203,6 +224,15 @@ pub fn router_for(state: AppState, surface: Surface) -> Router {
                         .on_failure(()),
                 )
                 .layer(PropagateRequestIdLayer::new(x_request_id))
+                // Browsers must not guess a JSON error into HTML, nor send our URLs elsewhere.
+                .layer(SetResponseHeaderLayer::if_not_present(
+                    axum::http::header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                ))
+                .layer(SetResponseHeaderLayer::if_not_present(
+                    axum::http::header::REFERRER_POLICY,
+                    HeaderValue::from_static("no-referrer"),
+                ))
                 .layer(CatchPanicLayer::custom(panic_response)),
         )
         .with_state(state)
@@ -243,13 +273,23 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     ApiError::Internal(format!("handler panicked: {detail}")).into_response()
 }
 
-/// Request ids from a process-wide counter: unique per process, cheap, and easy to grep.
-#[derive(Clone, Default)]
-struct NextRequestId(Arc<AtomicU64>);
+/// Request ids: a process-wide counter hashed under a key drawn at start, as 16 hex digits.
+/// Unique in practice (a 64-bit keyed hash of distinct counters), cheap, easy to grep, and,
+/// unlike the bare counter, they do not tell a client how many requests the service has had.
+#[derive(Clone)]
+struct NextRequestId(Arc<(AtomicU64, RandomState)>);
+
+impl Default for NextRequestId {
+    fn default() -> Self {
+        Self(Arc::new((AtomicU64::new(0), RandomState::new())))
+    }
+}
 
 impl MakeRequestId for NextRequestId {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
-        Some(RequestId::new(HeaderValue::from(n)))
+        let (counter, key) = &*self.0;
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{:016x}", key.hash_one(n));
+        HeaderValue::from_str(&id).ok().map(RequestId::new)
     }
 }

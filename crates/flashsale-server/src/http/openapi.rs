@@ -32,6 +32,8 @@ pub struct ErrorDoc {
     stock_remaining: Option<u32>,
     /// `sale_not_active`: `upcoming` or `ended`.
     state: Option<String>,
+    /// `address_limit_reached`: units one client address may hold in this sale.
+    address_share: Option<u32>,
 }
 
 /// A durable order.
@@ -56,12 +58,13 @@ pub struct OrderDoc {
 #[schema(as = OrderRequest)]
 #[allow(dead_code)]
 pub struct OrderRequestDoc {
-    /// The buyer's id: trimmed, 1-254 characters, no control characters. The pattern says
-    /// so: no C0/DEL/C1 character, and at least one that is not whitespace.
+    /// The buyer's id: normalised (docs/api.md, "Buyer ids"), 1-254 characters, no control
+    /// characters. The pattern says so: no C0/DEL/C1 character, and at least one that is
+    /// neither whitespace nor an invisible format character.
     #[schema(
         min_length = 1,
         max_length = 254,
-        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb][^\\u0000-\\u001f\\u007f-\\u009f]*$"
     )]
     user_id: String,
     /// Units (default 1, at most the per-user limit).

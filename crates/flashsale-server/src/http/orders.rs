@@ -9,6 +9,7 @@
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::{BuyerPath, SalePath, json_body, parse_object};
+use crate::http::limits::refuse_unread;
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -57,7 +58,8 @@ struct BuyerOrdersBody<'a> {
         (status = 201, description = "`confirmed`: the order is durable", body = crate::http::openapi::ConfirmedDoc),
         (status = 400, description = "`invalid_request`", body = crate::http::openapi::ErrorDoc),
         (status = 404, description = "`sale_not_found`", body = crate::http::openapi::ErrorDoc),
-        (status = 409, description = "`already_purchased`, `limit_exceeded`, `sold_out`, `insufficient_stock` or `sale_not_active`", body = crate::http::openapi::ErrorDoc),
+        (status = 408, description = "`body_timeout`: the body did not arrive in time; nothing taken", body = crate::http::openapi::ErrorDoc),
+        (status = 409, description = "`already_purchased`, `limit_exceeded`, `sold_out`, `insufficient_stock`, `sale_not_active` or `address_limit_reached`", body = crate::http::openapi::ErrorDoc),
         (status = 413, description = "`payload_too_large`", body = crate::http::openapi::ErrorDoc),
         (status = 415, description = "`unsupported_media_type`", body = crate::http::openapi::ErrorDoc),
         (status = 422, description = "`idempotency_key_reused`", body = crate::http::openapi::ErrorDoc),
@@ -70,10 +72,12 @@ pub async fn create_order(
     SalePath(sale_id): SalePath,
     request: Request,
 ) -> Response {
-    let result = match app.purchase_slots.try_acquire() {
-        Ok(_slot) => purchase(&app, sale_id, request).await,
-        Err(_) => Err(ApiError::Overloaded),
+    let Ok(_slot) = app.purchase_slots.try_acquire() else {
+        app.metrics.record_purchase(ApiError::Overloaded.code());
+        // Shed before reading the body: drain it (or close) so keep-alive clients can go on.
+        return refuse_unread(request, ApiError::Overloaded.into_response()).await;
     };
+    let result = purchase(&app, sale_id, request).await;
     match result {
         Ok(order) => {
             app.metrics.record_purchase("confirmed");
@@ -97,16 +101,35 @@ async fn purchase(app: &AppState, sale_id: SaleId, request: Request) -> Result<O
         .map(|v| v.to_str().unwrap_or("\u{0}"))
         .map(IdempotencyKey::parse)
         .transpose()?;
-    let body = json_body(request).await?;
+    let client = app.limiter.client_of(&request);
+    let body = json_body(request, app.body_timeout).await?;
     let raw: RawOrder<'_> = parse_object(&body)?;
     let user_id = UserId::parse(&raw.user_id)?;
-    app.limiter.check_buyer(&user_id)?;
     let quantity = match raw.quantity {
         None => Quantity::ONE,
         Some(n) => match Quantity::parse(n, sale::MAX_PER_USER_LIMIT) {
             Ok(quantity) => quantity,
             Err(_) => return Err(bad_quantity(app, sale_id).await),
         },
+    };
+    let share = if app.limiter.enabled() {
+        // The buyer's bucket and the address's share are charged only for a sale that exists
+        // and is inside its window: an attempt refused for any other reason must not spend
+        // anyone's budget (naming a victim's id against a missing sale locked them out).
+        let sale = app
+            .known_sales
+            .get(app.store.as_ref(), sale_id)
+            .await?
+            .ok_or(ApiError::SaleNotFound)?;
+        let now = app.store.now();
+        if sale.starts_at <= now && now < sale.ends_at {
+            app.limiter.check_buyer(&user_id, client)?;
+            app.limiter.reserve_share(&sale, client, quantity.get())?
+        } else {
+            None
+        }
+    } else {
+        None
     };
     let attempt = Attempt {
         sale_id,
@@ -117,11 +140,18 @@ async fn purchase(app: &AppState, sale_id: SaleId, request: Request) -> Result<O
     // The store call runs in its own task so that nothing can cancel it half way: a client
     // hanging up or the request timeout drops this future, and a purchase dropped between its
     // reservation and its commit would leave the stock taken in memory without the order
-    // being counted (the order itself is still written). The task always finishes.
+    // being counted (the order itself is still written). The task always finishes, and keeps
+    // the address's share reserved exactly when the order is confirmed.
     let store = Arc::clone(&app.store);
-    let outcome = tokio::spawn(async move { store.purchase(attempt).await })
-        .await
-        .map_err(|e| ApiError::Internal(format!("the purchase task failed: {e}")))??;
+    let outcome = tokio::spawn(async move {
+        let outcome = store.purchase(attempt).await;
+        if let (Ok(PurchaseOutcome::Confirmed(_)), Some(share)) = (&outcome, share) {
+            share.keep();
+        }
+        outcome
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("the purchase task failed: {e}")))??;
     match outcome {
         PurchaseOutcome::Confirmed(order) => Ok(order),
         PurchaseOutcome::Rejected { rejection, orders } => Err(match rejection {
@@ -161,7 +191,7 @@ async fn bad_quantity(app: &AppState, sale_id: SaleId) -> ApiError {
     tag = "orders",
     params(
         ("sale_id" = i64, Path, description = "The sale's id"),
-        ("user_id" = String, Path, description = "The buyer's id (trimmed)", min_length = 1, max_length = 254, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"),
+        ("user_id" = String, Path, description = "The buyer's id (normalised as in docs/api.md)", min_length = 1, max_length = 254, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890\\u0891\\u08e2\\u180e\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb][^\\u0000-\\u001f\\u007f-\\u009f]*$"),
     ),
     responses(
         (status = 200, description = "The buyer's orders", body = crate::http::openapi::BuyerOrdersDoc),

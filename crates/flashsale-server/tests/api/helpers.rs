@@ -28,6 +28,8 @@ pub struct TestApp {
     pub address: String,
     /// `http://127.0.0.1:<admin port>` when the app runs with `--admin-listen`.
     pub admin_address: Option<String>,
+    /// `http://127.0.0.1:<ops port>` when the app runs with `--ops-listen`.
+    pub ops_address: Option<String>,
     /// The clock the store decides with.
     pub clock: Arc<ManualClock>,
     /// A client with a connection pool.
@@ -71,11 +73,15 @@ async fn spawn_configured(
     let admin_address = app
         .admin_port()
         .map(|port| format!("http://127.0.0.1:{port}"));
+    let ops_address = app
+        .ops_port()
+        .map(|port| format!("http://127.0.0.1:{port}"));
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
         admin_address,
+        ops_address,
         clock,
         client: reqwest::Client::new(),
         data_dir,

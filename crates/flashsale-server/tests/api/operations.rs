@@ -173,7 +173,11 @@ async fn a_bare_start_seeds_one_demo_sale_starting_in_30_seconds_and_a_restart_a
     let dir = tempfile::TempDir::new().unwrap();
     let clock = Arc::new(ManualClock::new(crate::helpers::T0));
     for _ in 0..2 {
-        let mut config = Config::for_tests("127.0.0.1:0".parse().unwrap(), dir.path().into(), "t");
+        let mut config = Config::for_tests(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path().into(),
+            "operations-admin-token",
+        );
         config.demo_sale = true;
         let app = Application::build(config, clock.clone()).await.unwrap();
         let base = format!("http://127.0.0.1:{}", app.port());
@@ -199,7 +203,11 @@ async fn starting_with_the_redis_store_without_its_urls_fails_fast_naming_the_va
     use flashsale_server::{Application, Config, StoreKind};
     use std::sync::Arc;
     let dir = tempfile::TempDir::new().unwrap();
-    let mut config = Config::for_tests("127.0.0.1:0".parse().unwrap(), dir.path().into(), "t");
+    let mut config = Config::for_tests(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().into(),
+        "operations-admin-token",
+    );
     config.store = StoreKind::Redis;
     let Err(error) = Application::build(config.clone(), Arc::new(SystemClock)).await else {
         panic!("started without REDIS_URL");

@@ -111,7 +111,7 @@ async fn read_answer(stream: &mut TcpStream) -> String {
 
 #[tokio::test]
 async fn a_connection_past_max_connections_waits_until_another_closes() {
-    let app = spawn_app_with(|c| c.protection.max_connections = 1).await;
+    let app = spawn_app_with(|c| c.protection.max_connections = Some(1)).await;
     let addr = app.address.trim_start_matches("http://").to_owned();
     let mut first = TcpStream::connect(&addr).await.unwrap();
     assert!(exchange(&mut first).await.contains("200 OK"));

@@ -109,7 +109,7 @@ async fn a_taken_port_fails_in_one_line_and_creates_nothing() {
 #[tokio::test]
 async fn a_second_process_on_the_same_data_dir_exits_at_once_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
-    let first = build(dir.path(), Some("t")).await;
+    let first = build(dir.path(), Some("startup-test-admin-token")).await;
     let output = run_binary("127.0.0.1:0", dir.path());
     assert!(!output.status.success());
     let line = the_one_line(&output);
@@ -142,10 +142,13 @@ async fn the_generated_admin_token_is_kept_across_restarts_and_an_explicit_one_w
     while_serving(again, created).await;
     assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
 
-    let explicit = build(dir.path(), Some("chosen-token")).await;
+    let explicit = build(dir.path(), Some("chosen-admin-token-0123")).await;
     while_serving(explicit, |port| async move {
         assert_eq!(create_with(port, &token).await, StatusCode::UNAUTHORIZED);
-        assert_eq!(create_with(port, "chosen-token").await, StatusCode::CREATED);
+        assert_eq!(
+            create_with(port, "chosen-admin-token-0123").await,
+            StatusCode::CREATED
+        );
     })
     .await;
 }
