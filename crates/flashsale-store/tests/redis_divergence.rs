@@ -11,6 +11,7 @@ mod support;
 use flashsale_core::{IdempotencyKey, NewSale, Quantity, Rejection, SaleId, UserId};
 use flashsale_store::redis_pg::RedisPgConfig;
 use flashsale_store::{Attempt, PurchaseOutcome, SaleStore, StoreError};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -479,4 +480,167 @@ async fn a_rebuild_step_without_the_lock_or_with_an_older_epoch_changes_nothing(
     assert_eq!(state().await, (Some("mine".into()), 0));
     assert_eq!(run("mine", "unlock", None).await, "ok");
     assert_eq!(state().await, (None, 0));
+}
+
+/// Finding 8: one sale whose reconciliation fails (here its leases key has the wrong type) no
+/// longer starves the sales after it: their expired reservations are still released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sale_that_fails_to_reconcile_does_not_starve_the_others() {
+    let redis_server = support::PrivateRedis::start();
+    let mut cfg = isolated(&redis_server.url(), &support::database_url());
+    cfg.reconcile_interval = Duration::from_secs(3600);
+    let _cleanup = Cleanup { cfg: cfg.clone() };
+    let store = connect(&cfg).await;
+    let broken = store.create_sale(active(10, 1)).await.unwrap();
+    let healthy = store.create_sale(active(10, 1)).await.unwrap();
+    assert!(
+        broken.id < healthy.id,
+        "the broken sale must come first in the round"
+    );
+    let mut con = support::redis(&cfg).await;
+    let (b, h) = (tag(&cfg, broken.id), tag(&cfg, healthy.id));
+    // A reservation whose instance died: stock and holding taken, lease long expired.
+    let order = Uuid::now_v7();
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg(format!("{b}:leases"))
+        .arg("not a sorted set")
+        .ignore()
+        .cmd("HINCRBY")
+        .arg(format!("{h}:meta"))
+        .arg("remaining")
+        .arg(-1)
+        .ignore()
+        .cmd("HINCRBY")
+        .arg(format!("{h}:held"))
+        .arg("ghost")
+        .arg(1)
+        .ignore()
+        .cmd("ZADD")
+        .arg(format!("{h}:leases"))
+        .arg(0)
+        .arg(order.to_string())
+        .ignore()
+        .cmd("HSET")
+        .arg(format!("{h}:reservations"))
+        .arg(order.to_string())
+        .arg("ghost\n1\n1\n\n2")
+        .ignore()
+        .query_async(&mut con)
+        .await
+        .unwrap();
+
+    assert!(
+        store.reconcile_now().await.is_err(),
+        "the broken sale's error is reported"
+    );
+    let (left, reserved) = redis_stock(&cfg, healthy.id).await;
+    assert_eq!((left, reserved), (10, 0), "the healthy sale was starved");
+    assert_invariants(&cfg, healthy.id, &[]).await;
+    store.shutdown().await;
+}
+
+/// A TCP proxy to PostgreSQL that, while `cut` is set, drops any reply acknowledging an
+/// `INSERT` (its `CommandComplete`, sent once the statement committed) and closes that
+/// connection: the write landed, its client never hears so (an ambiguous write).
+struct CutProxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+}
+
+impl CutProxy {
+    async fn start(upstream: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&cut);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+                let flag = Arc::clone(&flag);
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let acknowledges_insert = buf[..n].windows(9).any(|w| w == b"INSERT 0 ");
+                        if (flag.load(Ordering::SeqCst) && acknowledges_insert)
+                            || cw.write_all(&buf[..n]).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    // Dropping both halves closes the client's side.
+                });
+            }
+        });
+        Self { port, cut }
+    }
+}
+
+/// Finding 8: a counter flush that landed although its answer was lost is not added again
+/// when retried (nor counted twice by the summary meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_counter_flush_whose_answer_was_lost_is_not_counted_twice() {
+    let direct = isolated(&support::redis_url(), &support::database_url());
+    let _cleanup = Cleanup {
+        cfg: direct.clone(),
+    };
+    let upstream: u16 = tokio_postgres::Config::from_str(&direct.database_url)
+        .unwrap()
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432);
+    let proxy = CutProxy::start(upstream).await;
+    let mut cfg = direct.clone();
+    let mut url = url_with_port(&direct.database_url, proxy.port);
+    std::mem::swap(&mut cfg.database_url, &mut url);
+    let store = connect(&cfg).await;
+    let sale = store.create_sale(active(10, 1)).await.unwrap();
+    for i in 0..5 {
+        assert!(confirmed(&buy(&store, sale.id, &format!("b-{i}")).await).is_some());
+    }
+    let pg = support::pg(&direct).await;
+    let attempts = || {
+        let pg = &pg;
+        async move {
+            pg.query_opt(
+                "SELECT attempts FROM sale_counters WHERE sale_id = $1",
+                &[&sale.id.0],
+            )
+            .await
+            .unwrap()
+            .map_or(0, |r| r.get::<_, i64>(0))
+        }
+    };
+    // The next flush lands, and its answer is lost.
+    proxy.cut.store(true, Ordering::SeqCst);
+    let landed = eventually(Duration::from_secs(10), || async { attempts().await == 5 }).await;
+    proxy.cut.store(false, Ordering::SeqCst);
+    assert!(landed, "the counters were never flushed");
+
+    let summary = store.summary(sale.id).await.unwrap().unwrap();
+    assert_eq!(
+        summary.attempts, 5,
+        "the summary counts the lost flush twice"
+    );
+    store.shutdown().await;
+    assert_eq!(attempts().await, 5, "the retried flush was added twice");
+}
+
+fn url_with_port(url: &str, port: u16) -> String {
+    let config = tokio_postgres::Config::from_str(url).unwrap();
+    let user = config.get_user().unwrap_or("postgres");
+    let db = config.get_dbname().unwrap_or("postgres");
+    format!("postgres://{user}@127.0.0.1:{port}/{db}")
 }
