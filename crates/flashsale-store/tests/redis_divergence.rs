@@ -387,6 +387,40 @@ async fn a_sale_with_100000_buyers_is_rebuilt_in_bounded_steps() {
         .await
         .unwrap();
     assert_eq!(held, 100_001);
+    // What the audit script costs Redis (it blocks Redis while it runs): the full pass over
+    // 200,001 records, and the bounded one the reconciler runs on a sale this size.
+    let audit = redis::Script::new(include_str!("../src/redis_pg/audit.lua"));
+    let t = tag(&cfg, sale.id);
+    for full_max in [1_000_000, 5_000] {
+        let (audit, t, url) = (audit.clone(), t.clone(), cfg.redis_url.clone());
+        // A blocking connection: no client-side response timeout on the long full pass.
+        let (elapsed, held) = tokio::task::spawn_blocking(move || {
+            let mut sync = redis::Client::open(url).unwrap().get_connection().unwrap();
+            let started = Instant::now();
+            let reply: Vec<String> = audit
+                .key(format!("{t}:meta"))
+                .key(format!("{t}:held"))
+                .key(format!("{t}:reservations"))
+                .key(format!("{t}:idempotency"))
+                .arg(full_max)
+                .invoke(&mut sync)
+                .unwrap();
+            (started.elapsed(), reply[5].clone())
+        })
+        .await
+        .unwrap();
+        println!(
+            "audit.lua with at most {full_max} records summed: {elapsed:?} (held sum {held:?})"
+        );
+        assert_eq!(held, if full_max > 200_001 { "100001" } else { "" });
+    }
+    let epoch = pg_epoch(&cfg, sale.id).await;
+    store.reconcile_now().await.unwrap();
+    assert_eq!(
+        pg_epoch(&cfg, sale.id).await,
+        epoch,
+        "a healthy sale was rebuilt"
+    );
     assert_invariants(&cfg, sale.id, &[order]).await;
     store.shutdown().await;
 }
@@ -643,4 +677,94 @@ fn url_with_port(url: &str, port: u16) -> String {
     let user = config.get_user().unwrap_or("postgres");
     let db = config.get_dbname().unwrap_or("postgres");
     format!("postgres://{user}@127.0.0.1:{port}/{db}")
+}
+
+/// The audit must never take a healthy sale for a diverged one: a herd on two instances, with
+/// every reconciler auditing every 20 ms while commits are in flight, triggers no rebuild
+/// (the epoch never moves) and no buyer gets 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auditing_during_a_herd_never_rebuilds_a_healthy_sale() {
+    let mut cfg = isolated(&support::redis_url(), &support::database_url());
+    cfg.reconcile_interval = Duration::from_millis(20);
+    let _cleanup = Cleanup { cfg: cfg.clone() };
+    let a = Arc::new(connect(&cfg).await);
+    let b = Arc::new(connect(&cfg).await);
+    let sale = a.create_sale(active(300, 1)).await.unwrap();
+    let epoch = pg_epoch(&cfg, sale.id).await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(600));
+    let mut tasks = Vec::new();
+    for i in 0..600 {
+        let store = Arc::clone(if i % 2 == 0 { &a } else { &b });
+        let barrier = Arc::clone(&barrier);
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut outcomes = Vec::new();
+            // Each buyer also tries again later: the herd lasts several audit rounds.
+            for _ in 0..3 {
+                outcomes.push(buy(&*store, sale.id, &format!("buyer-{i}")).await);
+                tokio::task::yield_now().await;
+            }
+            outcomes
+        }));
+    }
+    let mut kept = Vec::new();
+    for task in tasks {
+        for outcome in task.await.unwrap() {
+            match outcome {
+                Ok(PurchaseOutcome::Confirmed(order)) => kept.push(order.order_id),
+                Ok(PurchaseOutcome::Rejected { .. }) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(kept.len(), 300);
+    a.reconcile_now().await.unwrap();
+    assert_eq!(
+        pg_epoch(&cfg, sale.id).await,
+        epoch,
+        "a healthy sale was rebuilt"
+    );
+    assert_invariants(&cfg, sale.id, &kept).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Finding 1 (iii): a reservation whose record Redis lost while its stock stayed taken (so no
+/// lease will ever bring it back) is released by the audit's rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stock_of_a_reservation_lost_from_redis_is_released() {
+    let redis_server = support::PrivateRedis::start();
+    let mut cfg = isolated(&redis_server.url(), &support::database_url());
+    cfg.reconcile_interval = Duration::from_secs(3600);
+    let _cleanup = Cleanup { cfg: cfg.clone() };
+    let store = connect(&cfg).await;
+    let sale = store.create_sale(active(5, 1)).await.unwrap();
+    let kept = confirmed(&buy(&store, sale.id, "alice").await).unwrap();
+    let mut con = support::redis(&cfg).await;
+    let t = tag(&cfg, sale.id);
+    let _: () = redis::pipe()
+        .cmd("HINCRBY")
+        .arg(format!("{t}:meta"))
+        .arg("remaining")
+        .arg(-1)
+        .ignore()
+        .cmd("HINCRBY")
+        .arg(format!("{t}:held"))
+        .arg("ghost")
+        .arg(1)
+        .ignore()
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(redis_stock(&cfg, sale.id).await, (3, 0));
+
+    store.reconcile_now().await.unwrap();
+    assert_eq!(
+        redis_stock(&cfg, sale.id).await,
+        (4, 0),
+        "the lost reservation's stock is still taken"
+    );
+    assert!(confirmed(&buy(&store, sale.id, "ghost").await).is_some());
+    assert_invariants(&cfg, sale.id, &[kept]).await;
+    store.shutdown().await;
 }

@@ -165,17 +165,20 @@ impl Scripts {
         inv.invoke_async(con).await
     }
 
-    /// Runs `audit.lua`: what Redis holds of a sale (see its header).
+    /// Runs `audit.lua`: what Redis holds of a sale (see its header); holdings and keys are
+    /// summed only if there are at most `full_max` of them.
     pub(crate) async fn audit(
         &self,
         con: &mut ConnectionManager,
         keys: &SaleKeys,
+        full_max: usize,
     ) -> redis::RedisResult<Vec<String>> {
         self.audit
             .key(&keys.meta)
             .key(&keys.held)
             .key(&keys.reservations)
             .key(&keys.idempotency)
+            .arg(full_max)
             .invoke_async(con)
             .await
     }
