@@ -128,7 +128,8 @@ async fn audit(inner: &Inner, sale: &Sale) -> Result<(), StoreError> {
     let mut con = inner.con();
     // The audit is one pass over the sale's holdings and keys (it blocks Redis for that
     // long): one instance per interval is enough.
-    let interval_ms = inner.cfg.reconcile_interval.as_millis().max(1) as u64;
+    // A little under the interval, so this instance's own next round is never locked out.
+    let interval_ms = (inner.cfg.reconcile_interval.as_millis() * 9 / 10).max(1) as u64;
     let mine: Option<String> = inner
         .redis_call(
             "audit lock",
