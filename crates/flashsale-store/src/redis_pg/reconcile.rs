@@ -497,3 +497,60 @@ async fn read_for_rebuild(
         keys,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy() -> Audit {
+        Audit {
+            redis_epoch: 3,
+            pg_epoch: 3,
+            taken: 12,
+            held: Some(12),
+            confirmed_keys: Some(4),
+            reserved: 2,
+            settled: 10,
+            settled_keys: 4,
+        }
+    }
+
+    #[test]
+    fn an_audit_agrees_only_when_every_figure_matches_postgres() {
+        assert!(healthy().agrees());
+        assert!(
+            Audit {
+                held: None,
+                confirmed_keys: None,
+                ..healthy()
+            }
+            .agrees(),
+            "a large sale is judged on its epoch and stock taken"
+        );
+        let diverged = [
+            Audit {
+                redis_epoch: 2,
+                ..healthy()
+            },
+            Audit {
+                taken: 7,
+                ..healthy()
+            },
+            Audit {
+                held: Some(11),
+                ..healthy()
+            },
+            Audit {
+                confirmed_keys: Some(3),
+                ..healthy()
+            },
+            Audit {
+                reserved: 1,
+                ..healthy()
+            },
+        ];
+        for audit in diverged {
+            assert!(!audit.agrees(), "{audit:?}");
+        }
+    }
+}
