@@ -4,12 +4,18 @@
 //! once a second, so no Redis write is spent on statistics and they survive Redis losing its
 //! data. The summary reads PostgreSQL and adds this instance's unflushed deltas; other
 //! instances' last second may be missing from it.
+//!
+//! A flush is idempotent: it carries an id recorded in `counter_flushes` in the same statement,
+//! and a flush that failed is retried later with the same id and the same deltas (new counts
+//! go to the next one). So a flush that in fact landed although its answer was lost (the
+//! connection broke around COMMIT) is never added twice.
 
 use super::Inner;
 use crate::{RejectionCounts, SaleStatus, StoreError, Summary};
 use flashsale_core::{Rejection, SaleId};
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use uuid::Uuid;
 
 /// Counts not yet flushed.
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,13 +37,20 @@ impl Delta {
     }
 }
 
+/// Deltas taken for one flush, with the id that makes applying them idempotent.
+struct Batch {
+    id: Uuid,
+    deltas: Vec<(SaleId, Delta)>,
+}
+
 /// This instance's unflushed counts, per sale.
 #[derive(Default)]
 pub(crate) struct Counters {
     deltas: Mutex<HashMap<SaleId, Delta>>,
-    /// Held by a flush from taking the deltas until PostgreSQL has them, and by a summary
-    /// while it reads both, so a summary never sees a delta twice or not at all.
-    flushing: tokio::sync::Mutex<()>,
+    /// A flush that failed (it may or may not have landed), retried first with its own id.
+    /// The lock is held by a flush from taking the deltas until PostgreSQL has them, and by a
+    /// summary while it reads both, so a summary never sees a delta twice or not at all.
+    unsent: tokio::sync::Mutex<Option<Batch>>,
 }
 
 impl Counters {
@@ -65,25 +78,32 @@ impl Counters {
         self.deltas.lock().get(&id).copied().unwrap_or_default()
     }
 
-    /// Adds the deltas to PostgreSQL; on failure they are kept for the next flush.
+    /// Adds the deltas to PostgreSQL. A failed flush is kept whole, with its id, and retried
+    /// first next time; new deltas wait for the flush after it.
     pub(crate) async fn flush(&self, inner: &Inner) -> Result<(), StoreError> {
-        let _flushing = self.flushing.lock().await;
-        let taken: Vec<(SaleId, Delta)> = self.deltas.lock().drain().collect();
-        if taken.is_empty() {
+        let mut unsent = self.unsent.lock().await;
+        if let Some(batch) = unsent.as_ref() {
+            write(inner, batch).await?;
+            *unsent = None;
+        }
+        let deltas: Vec<(SaleId, Delta)> = self.deltas.lock().drain().collect();
+        if deltas.is_empty() {
             return Ok(());
         }
-        let result = write(inner, &taken).await;
+        let batch = Batch {
+            id: Uuid::now_v7(),
+            deltas,
+        };
+        let result = write(inner, &batch).await;
         if result.is_err() {
-            let mut deltas = self.deltas.lock();
-            for (id, d) in &taken {
-                deltas.entry(*id).or_default().add(d);
-            }
+            *unsent = Some(batch);
         }
         result
     }
 }
 
-async fn write(inner: &Inner, taken: &[(SaleId, Delta)]) -> Result<(), StoreError> {
+async fn write(inner: &Inner, batch: &Batch) -> Result<(), StoreError> {
+    let taken = &batch.deltas;
     let col =
         |f: fn(&Delta) -> u64| -> Vec<i64> { taken.iter().map(|(_, d)| f(d) as i64).collect() };
     let ids: Vec<i64> = taken.iter().map(|(id, _)| id.0).collect();
@@ -103,10 +123,17 @@ async fn write(inner: &Inner, taken: &[(SaleId, Delta)]) -> Result<(), StoreErro
         .pg_call(
             "flush counters",
             client.execute(
-                "INSERT INTO sale_counters AS c (sale_id, attempts, sale_not_active, sold_out,
+                "WITH first AS (
+                     INSERT INTO counter_flushes (flush_id) VALUES ($9)
+                     ON CONFLICT (flush_id) DO NOTHING RETURNING flush_id
+                 ), pruned AS (
+                     DELETE FROM counter_flushes WHERE flushed_at < now() - interval '1 day'
+                 )
+                 INSERT INTO sale_counters AS c (sale_id, attempts, sale_not_active, sold_out,
                      already_purchased, limit_exceeded, insufficient_stock, unavailable)
                  SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::int8[],
                                       $5::int8[], $6::int8[], $7::int8[], $8::int8[])
+                 WHERE EXISTS (SELECT 1 FROM first)
                  ON CONFLICT (sale_id) DO UPDATE SET
                      attempts = c.attempts + excluded.attempts,
                      sale_not_active = c.sale_not_active + excluded.sale_not_active,
@@ -124,6 +151,7 @@ async fn write(inner: &Inner, taken: &[(SaleId, Delta)]) -> Result<(), StoreErro
                     &limit,
                     &insufficient,
                     &unavailable,
+                    &batch.id,
                 ],
             ),
         )
@@ -135,7 +163,8 @@ async fn write(inner: &Inner, taken: &[(SaleId, Delta)]) -> Result<(), StoreErro
 /// instance has not flushed yet.
 pub(crate) async fn summary(inner: &Inner, status: SaleStatus) -> Result<Summary, StoreError> {
     let id = status.sale.id;
-    let _flushing = inner.counters.flushing.lock().await;
+    let unsent = inner.counters.unsent.lock().await;
+    let unsent_id = unsent.as_ref().map(|b| b.id);
     let client = inner.pg().await?;
     let row = inner
         .pg_call(
@@ -144,10 +173,11 @@ pub(crate) async fn summary(inner: &Inner, status: SaleStatus) -> Result<Summary
                 "SELECT (SELECT count(*) FROM orders WHERE sale_id = $1),
                         (SELECT COALESCE(sum(quantity), 0)::int8 FROM orders WHERE sale_id = $1),
                         c.attempts, c.sale_not_active, c.sold_out, c.already_purchased,
-                        c.limit_exceeded, c.insufficient_stock, c.unavailable
+                        c.limit_exceeded, c.insufficient_stock, c.unavailable,
+                        EXISTS (SELECT 1 FROM counter_flushes WHERE flush_id = $2)
                  FROM (SELECT 1) AS one
                  LEFT JOIN sale_counters c ON c.sale_id = $1",
-                &[&id.0],
+                &[&id.0, &unsent_id],
             ),
         )
         .await?;
@@ -164,6 +194,13 @@ pub(crate) async fn summary(inner: &Inner, status: SaleStatus) -> Result<Summary
         },
     };
     counted.add(&inner.counters.pending(id));
+    // A failed flush counts as pending unless it did land after all.
+    if let Some(batch) = unsent.as_ref()
+        && !row.get::<_, bool>(9)
+        && let Some((_, d)) = batch.deltas.iter().find(|(sale, _)| *sale == id)
+    {
+        counted.add(d);
+    }
     Ok(Summary {
         status,
         attempts: counted.attempts,

@@ -29,6 +29,9 @@ pub struct SaleKeys {
     pub idempotency: String,
     /// String: held by the one instance rebuilding the sale.
     pub rebuild_lock: String,
+    /// String: held for one reconciler interval by the instance auditing the sale, so one
+    /// instance, not all of them, pays for the audit each round.
+    pub audit_lock: String,
 }
 
 impl SaleKeys {
@@ -62,6 +65,7 @@ impl Keys {
             reservations: format!("{tag}:reservations"),
             idempotency: format!("{tag}:idempotency"),
             rebuild_lock: format!("{tag}:rebuild"),
+            audit_lock: format!("{tag}:audit"),
         }
     }
 
@@ -78,7 +82,11 @@ mod tests {
     #[test]
     fn every_key_of_a_sale_shares_one_hash_tag() {
         let k = Keys::new("fs").sale(SaleId(42));
-        for key in k.script_keys().into_iter().chain([k.rebuild_lock.as_str()]) {
+        for key in k
+            .script_keys()
+            .into_iter()
+            .chain([k.rebuild_lock.as_str(), k.audit_lock.as_str()])
+        {
             assert!(key.starts_with("{fs:sale:42}:"), "{key}");
         }
     }

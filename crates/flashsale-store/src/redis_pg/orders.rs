@@ -10,7 +10,9 @@
 //!   forgotten by the rebuilt state);
 //! - each order claims its `reservations` row as `committed` (`ON CONFLICT DO NOTHING`): an
 //!   order the reconciler already released loses, and is not written;
-//! - `buyers.held` and `sales.sold` are raised, their CHECKs refusing any oversell.
+//! - `buyers.held` and `sales.sold` are raised, their CHECKs refusing any oversell. A CHECK
+//!   violation (Redis admitted what it should not have, e.g. after a partial data loss) splits
+//!   the group in halves, recursively, so only the offending orders fail, never the group.
 //!
 //! When the transaction fails, the group's reservations are fenced as released (which also
 //! tells us whether an ambiguous commit in fact went through) and their stock handed back.
@@ -259,35 +261,74 @@ pub(crate) async fn resolve(
         .collect())
 }
 
-/// One group-commit transaction; returns the order ids committed. A deadlock or
-/// serialisation failure (two groups holding the same buyer, rare) is retried once: the failed
-/// transaction was rolled back whole, so nothing of it can have landed.
+/// Commits a group; returns the order ids committed. If the group's one statement breaks a
+/// CHECK (a buyer over the limit or the sale over its stock: Redis admitted an order it should
+/// not have, e.g. after losing part of its data), the group is split in halves and each half
+/// committed on its own, down to single orders: only the offending orders fail, never the
+/// whole group. Any other failure ends it; the caller then asks the fence what landed.
 async fn commit(inner: &Inner, batch: &[PendingOrder]) -> Result<HashSet<Uuid>, StoreError> {
+    let mut won = HashSet::new();
+    let mut todo = vec![batch];
+    while let Some(part) = todo.pop() {
+        match commit_part(inner, part).await {
+            Ok(part_won) => won.extend(part_won),
+            Err(Failure::Check(_)) if part.len() > 1 => {
+                let (a, b) = part.split_at(part.len() / 2);
+                todo.push(b);
+                todo.push(a);
+            }
+            Err(Failure::Check(e)) => {
+                // Not written; its buyer is told nothing was taken, which is true.
+                tracing::warn!(order = %part[0].order.order_id, sale = %part[0].order.sale_id,
+                    error = %e, "order refused by PostgreSQL's CHECK; Redis admitted it wrongly");
+            }
+            Err(Failure::Other(e)) => return Err(e),
+        }
+    }
+    Ok(won)
+}
+
+/// Why one transaction of a group failed.
+enum Failure {
+    /// A CHECK constraint refused the statement (nothing was written).
+    Check(String),
+    Other(StoreError),
+}
+
+/// One group-commit transaction. A deadlock or serialisation failure (two groups holding the
+/// same buyer, rare) is retried once: the failed transaction was rolled back whole, so nothing
+/// of it can have landed.
+async fn commit_part(inner: &Inner, batch: &[PendingOrder]) -> Result<HashSet<Uuid>, Failure> {
     let mut retried = false;
     loop {
         let mut client = match inner.pg().await {
             Ok(client) => client,
             Err(e) => {
                 inner.pg_unreachable();
-                return Err(e);
+                return Err(Failure::Other(e));
             }
         };
         match tokio::time::timeout(inner.cfg.pg_timeout, commit_tx(&mut client, batch)).await {
             Ok(Ok(won)) => return Ok(won),
             Ok(Err(e)) if !retried && retryable(&e) => retried = true,
+            Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION) => {
+                return Err(Failure::Check(pg_error(&e)));
+            }
             Ok(Err(e)) => {
                 if e.is_closed() {
                     inner.pg_unreachable();
                 }
                 drop_connection(client);
-                return Err(StoreError::Unavailable(format!(
+                return Err(Failure::Other(StoreError::Unavailable(format!(
                     "postgres commit orders: {}",
                     pg_error(&e)
-                )));
+                ))));
             }
             Err(_) => {
                 drop_connection(client);
-                return Err(StoreError::Timeout("postgres commit orders".into()));
+                return Err(Failure::Other(StoreError::Timeout(
+                    "postgres commit orders".into(),
+                )));
             }
         }
     }
@@ -346,7 +387,8 @@ async fn commit_tx(
     // One statement: claim the fence rows, write the orders that won them, raise the buyers'
     // holdings (one row per buyer, in one order for every instance so concurrent groups never
     // deadlock) and the sales' `sold`. The CHECKs on `buyers` and `sales` refuse the whole
-    // group if it would put anyone over the limit or the sale over its stock.
+    // statement if it would put anyone over the limit or the sale over its stock (`commit`
+    // then splits the group to find the offending orders).
     let won: HashSet<Uuid> = tx
         .query(
             "WITH input AS (

@@ -6,7 +6,10 @@
 use tokio_postgres::Client;
 
 /// The migrations, in order: (version, SQL).
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_scale_out.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/0001_scale_out.sql")),
+    (2, include_str!("../../migrations/0002_counter_flushes.sql")),
+];
 
 /// An arbitrary, fixed advisory-lock key for migrations.
 const MIGRATION_LOCK: i64 = 0x666c_6173_6873;

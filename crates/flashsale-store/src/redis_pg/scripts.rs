@@ -16,7 +16,8 @@ pub(crate) struct Scripts {
     admission: Script,
     settle: Script,
     expired: Script,
-    restore: Script,
+    rebuild: Script,
+    audit: Script,
 }
 
 /// Whether a settled reservation was committed or released in PostgreSQL.
@@ -58,13 +59,20 @@ impl Scripts {
             admission: Script::new(include_str!("admission.lua")),
             settle: Script::new(include_str!("settle.lua")),
             expired: Script::new(include_str!("expired.lua")),
-            restore: Script::new(include_str!("restore.lua")),
+            rebuild: Script::new(include_str!("rebuild.lua")),
+            audit: Script::new(include_str!("audit.lua")),
         }
     }
 
     /// Loads every script so the first purchases need no `NOSCRIPT` round trip.
     pub(crate) async fn load(&self, inner: &Inner) -> Result<(), StoreError> {
-        for script in [&self.admission, &self.settle, &self.expired, &self.restore] {
+        for script in [
+            &self.admission,
+            &self.settle,
+            &self.expired,
+            &self.rebuild,
+            &self.audit,
+        ] {
             let mut con = inner.con();
             inner
                 .redis_call("SCRIPT LOAD", script.load_async(&mut con))
@@ -134,18 +142,45 @@ impl Scripts {
             .await
     }
 
-    /// Runs `restore.lua` with its ARGV; returns whether it wrote the meta.
-    pub(crate) async fn restore(
+    /// Runs one step of `rebuild.lua` under the lock `token`; `keys` follow the lock.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn rebuild(
         &self,
         con: &mut ConnectionManager,
-        keys: &SaleKeys,
+        lock: &str,
+        token: &str,
+        lock_ms: u64,
+        step: &str,
+        keys: &[&str],
         args: &[String],
-    ) -> redis::RedisResult<i64> {
-        let mut inv = self.restore.key(&keys.meta);
+    ) -> redis::RedisResult<String> {
+        let mut inv = self.rebuild.key(lock);
+        for key in keys {
+            inv.key(*key);
+        }
+        inv.arg(token).arg(lock_ms).arg(step);
         for arg in args {
             inv.arg(arg);
         }
         inv.invoke_async(con).await
+    }
+
+    /// Runs `audit.lua`: what Redis holds of a sale (see its header); holdings and keys are
+    /// summed only if there are at most `full_max` of them.
+    pub(crate) async fn audit(
+        &self,
+        con: &mut ConnectionManager,
+        keys: &SaleKeys,
+        full_max: usize,
+    ) -> redis::RedisResult<Vec<String>> {
+        self.audit
+            .key(&keys.meta)
+            .key(&keys.held)
+            .key(&keys.reservations)
+            .key(&keys.idempotency)
+            .arg(full_max)
+            .invoke_async(con)
+            .await
     }
 }
 
