@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub use crate::http::client_ip::TrustedProxies;
 pub use crate::http::limits::RateLimits;
+pub use crate::tls::TlsSettings;
 
 /// Which [`flashsale_store::SaleStore`] backend serves the sales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -73,6 +74,10 @@ pub struct Config {
     /// Overload protection: in-flight and connection bounds, timeouts.
     #[command(flatten)]
     pub protection: Protection,
+
+    /// Native TLS: certificate and key files (both listeners then serve HTTPS only).
+    #[command(flatten)]
+    pub tls: TlsSettings,
 }
 
 /// Bounds that keep the service answering quickly beyond capacity (NF-5).
@@ -148,6 +153,7 @@ impl Config {
             admin_listen: None,
             rate_limits: RateLimits::disabled(),
             protection: Protection::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -174,6 +180,7 @@ impl fmt::Debug for Config {
             .field("admin_listen", &self.admin_listen)
             .field("rate_limits", &self.rate_limits)
             .field("protection", &self.protection)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -216,6 +223,8 @@ mod tests {
             "FLASHSALE_MAX_CONNECTIONS",
             "FLASHSALE_REQUEST_TIMEOUT_MS",
             "FLASHSALE_HEADER_READ_TIMEOUT_MS",
+            "FLASHSALE_TLS_CERT",
+            "FLASHSALE_TLS_KEY",
         ] {
             assert!(help.contains(env), "{env} missing from --help");
         }
@@ -245,6 +254,21 @@ mod tests {
         assert!(RateLimits::default().enabled);
         let off = Config::try_parse_from(["flashsale", "--rate-limit", "off"]).unwrap();
         assert!(!off.rate_limits.enabled);
+    }
+
+    #[test]
+    fn tls_cert_and_key_go_together() {
+        let both =
+            Config::try_parse_from(["flashsale", "--tls-cert", "c.pem", "--tls-key", "k.pem"])
+                .unwrap();
+        assert_eq!(both.tls.tls_cert, Some(PathBuf::from("c.pem")));
+        for lone in [["--tls-cert", "c.pem"], ["--tls-key", "k.pem"]] {
+            let error = Config::try_parse_from(["flashsale", lone[0], lone[1]]).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument
+            );
+        }
     }
 
     #[test]

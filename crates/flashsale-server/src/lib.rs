@@ -4,6 +4,7 @@
 //! - [`startup`]: [`startup::Application`]: bind, open the store, seed the demo sale, serve,
 //!   shut down gracefully (stop accepting, drain, end live streams, flush the store).
 //! - [`serve`]: the accept loop: connection limit, header-read timeout, peer addresses.
+//! - [`tls`]: native HTTPS (rustls; HTTP/2 and HTTP/1.1 by ALPN; certificate reload on SIGHUP).
 //! - [`telemetry`]: logging (`RUST_LOG`, a request id on every line).
 //! - [`http`]: the router and one module per resource; the contract is `docs/api.md`.
 //!
@@ -17,6 +18,7 @@ pub mod http;
 pub mod serve;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::{Config, StoreKind};
 pub use startup::Application;

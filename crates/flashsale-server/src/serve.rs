@@ -6,6 +6,8 @@
 //! - A client must send each request's headers within `--header-read-timeout`, or its
 //!   connection is closed: a slow-loris client holds a permit for that long at most.
 //! - Every request carries `ConnectInfo<SocketAddr>` (the peer), which the rate limiter reads.
+//! - With a TLS acceptor each connection is handed to [`crate::tls`] (handshake, then HTTP/2
+//!   or HTTP/1.1 by ALPN) under the same permit and drain.
 //!
 //! Shutdown: when `shutdown` is cancelled the listener is dropped (no new connections), each
 //! open connection finishes its in-flight request and closes, and the future returns once all
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -43,6 +46,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -78,6 +82,18 @@ pub async fn serve(
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request
             });
+        if let Some(tls) = &tls {
+            crate::tls::spawn_connection(
+                tls.clone(),
+                stream,
+                peer,
+                service,
+                limits.header_read_timeout,
+                graceful.watcher(),
+                permit,
+            );
+            continue;
+        }
         let connection =
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);

@@ -7,6 +7,7 @@
 use crate::config::{Config, StoreKind, generate_admin_token};
 use crate::http::{self, AppState, Shared, Surface};
 use crate::serve::{ConnectionLimits, serve};
+use crate::tls::Tls;
 use flashsale_core::{Clock, NewSale};
 use flashsale_store::SaleStore;
 use flashsale_store::embedded::EmbeddedStore;
@@ -43,6 +44,9 @@ pub enum StartupError {
     /// A setting the chosen backend needs is missing (the message names the variable).
     #[error("{0}")]
     MissingSetting(&'static str),
+    /// The TLS certificate or key could not be loaded.
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The metrics recorder could not be built.
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
@@ -55,6 +59,8 @@ pub struct Application {
     /// With `--admin-listen`: the admin routes' own listener and its port.
     admin_listener: Option<(TcpListener, u16)>,
     limits: ConnectionLimits,
+    /// With `--tls-cert`/`--tls-key`: the certificate served on every listener.
+    tls: Option<Tls>,
     state: AppState,
     store: Arc<dyn SaleStore>,
     shutdown: CancellationToken,
@@ -65,6 +71,8 @@ impl Application {
     /// Binds, opens the store, seeds the demo sale if asked and none exists.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
         tracing::info!(?config, "starting flashsale");
+        // Before the store: a bad certificate path fails in milliseconds, not after migrations.
+        let tls = Tls::from_settings(&config.tls)?;
         let store = open_store(&config, clock).await?;
         if config.demo_sale {
             seed_demo_sale(store.as_ref()).await?;
@@ -95,7 +103,7 @@ impl Application {
             limiter: http::limits::Limiter::new(&config.rate_limits),
             request_timeout: config.protection.request_timeout(),
         });
-        tracing::info!(port, "listening");
+        tracing::info!(port, tls = tls.is_some(), "listening");
         if let Some((_, admin_port)) = &admin_listener {
             tracing::info!(
                 port = admin_port,
@@ -111,6 +119,7 @@ impl Application {
             port,
             admin_listener,
             limits,
+            tls,
             state,
             store,
             shutdown,
@@ -139,6 +148,7 @@ impl Application {
             listener,
             admin_listener,
             limits,
+            tls,
             state,
             store,
             shutdown,
@@ -146,6 +156,10 @@ impl Application {
             ..
         } = self;
         let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let acceptor = tls.as_ref().map(Tls::acceptor);
+        if let Some(tls) = tls {
+            tasks.spawn(tls.reload_on_sighup(shutdown.clone()));
+        }
         let upkeep = {
             let state = state.clone();
             let shutdown = shutdown.clone();
@@ -167,6 +181,7 @@ impl Application {
                 listener,
                 http::router(state),
                 limits,
+                acceptor,
                 shutdown.clone(),
             )),
             Some((admin_listener, _)) => {
@@ -174,12 +189,14 @@ impl Application {
                     listener,
                     http::router_for(state.clone(), Surface::Public),
                     limits,
+                    acceptor.clone(),
                     shutdown.clone(),
                 );
                 let admin = serve(
                     admin_listener,
                     http::router_for(state, Surface::Admin),
                     limits,
+                    acceptor,
                     shutdown.clone(),
                 );
                 tokio::spawn(async move {

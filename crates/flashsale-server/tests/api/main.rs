@@ -18,3 +18,4 @@ mod restart;
 mod sales;
 mod scale_out;
 mod security;
+mod tls;
