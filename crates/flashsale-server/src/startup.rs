@@ -171,6 +171,7 @@ impl Application {
                         _ = tick.tick() => {
                             state.metrics.run_upkeep();
                             state.limiter.retain_recent();
+                            state.metrics.sample_store(state.store.as_ref()).await;
                         }
                     }
                 }
