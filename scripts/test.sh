@@ -43,3 +43,5 @@ cargo test --workspace --all-targets --no-fail-fast
 scripts/stress.sh
 # The OpenAPI document against the running server: no response may violate it.
 scripts/schemathesis.sh
+# deploy/ checked by the real tools (compose, checkov, promtool, nginx -t), then run for real.
+scripts/deploy-check.sh && scripts/deploy-test.sh
