@@ -11,6 +11,7 @@ mod fuzz_http;
 mod helpers;
 mod lifecycle;
 mod limits;
+mod monitoring;
 mod operations;
 mod orders;
 mod overload;
