@@ -5,6 +5,7 @@
 #   - checkov                 (PyPI: Dockerfile + Kubernetes manifests + secrets scan)
 #   - promtool check config / check rules / test rules   (Debian `prometheus`)
 #   - nginx -t                (Debian `nginx`; upstream host names rendered as 127.0.0.1)
+#   - systemd-analyze verify  (the unit; ExecStart pointed at /bin/true, the binary is not installed)
 #   - the Grafana dashboard is valid JSON (its metric names: `cargo test --test deploy`)
 # Installs what is missing: Debian packages with apt-get (as root), Python tools in venvs
 # under target/deploy-tools (reused on the next run; delete the directory to refresh).
@@ -18,6 +19,7 @@ CHECKOV_VERSION=3.3.30
 need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if ((${#need[@]})); then
     if [ "$(id -u)" != 0 ]; then
         echo "deploy-check: please install the Debian packages: ${need[*]}" >&2
@@ -83,6 +85,11 @@ trap 'rm -rf "$work"' EXIT
 sed -e 's/flashsale-[0-9]:8080/127.0.0.1:8080/' \
     -e "s#/var/cache/nginx/flashsale#$work/cache#" deploy/nginx/nginx.conf >"$work/nginx.conf"
 nginx -t -q -p "$work" -c "$work/nginx.conf" -g "pid $work/nginx.pid; error_log stderr;"
+
+step "systemd-analyze verify (deploy/systemd/flashsale.service)"
+sed 's#^ExecStart=.*#ExecStart=/bin/true#' deploy/systemd/flashsale.service >"$work/flashsale.service"
+findings=$(systemd-analyze verify "$work/flashsale.service" 2>&1 || echo "systemd-analyze exited non-zero")
+[ -z "$findings" ] || { echo "$findings" >&2; exit 1; }
 
 step "Grafana dashboard JSON"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["panels"], "no panels"' \
