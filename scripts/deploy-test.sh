@@ -7,8 +7,9 @@
 #   - Debian Prometheus scraping the instances every second with deploy/prometheus/alerts.yml.
 # Then, with the load tool connecting from 200 loopback addresses (127.0.0.2..):
 #   1. the herd (1,000 buyers, 100 units) straight at the instances, then through nginx:
-#      both must pass the stress verifier with no buyer rate limited (nginx forwards each
-#      buyer's address and the instances tell them apart);
+#      both must pass the stress verifier, sell every unit with no failed request, and rate
+#      limit nobody (nginx forwards each buyer's address and the instances tell them apart);
+#      the page is then served from nginx's cache and the event stream passes unbuffered;
 #   2. the same herd from ONE address through nginx: the per-address limit must answer 429;
 #   3. a 3,000-buyer herd through nginx with one instance killed -9 as soon as its first
 #      purchase arrives: the verifier must pass (no oversell, every confirmation on record;
@@ -158,13 +159,27 @@ shed_count() { # file outcome
 }
 
 # --- 1. the herd, direct and through nginx -----------------------------------------------
-load herd-direct --target "$DIRECT" --buyers 1000 --stock 100 --source-ips 200
-load herd-nginx --target "$LB" --buyers 1000 --stock 100 --source-ips 200
+# --allow-errors: on a busy CI machine a few purchases may be shed (503 unavailable when Redis
+# or PostgreSQL answer slower than the store's timeout); what this step proves is checked
+# below: every unit sold, no transport error or 502, and nobody rate limited.
+load herd-direct --target "$DIRECT" --buyers 1000 --stock 100 --source-ips 200 --allow-errors
+load herd-nginx --target "$LB" --buyers 1000 --stock 100 --source-ips 200 --allow-errors
 for label in herd-direct herd-nginx; do
     limited=$(shed_count "$OUT/$label.txt" rate_limited)
     [ -z "$limited" ] || [ "$limited" = 0 ] \
         || fail "$label: $limited buyers rate limited although each address sent few purchases"
+    grep -q '^errors *none' "$OUT/$label.txt" || fail "$label: requests failed: $(grep -m1 '^errors' "$OUT/$label.txt")"
+    grep -q '^confirmed *100$' "$OUT/$label.txt" || fail "$label: not all 100 units were sold"
 done
+
+# The page is served from nginx's cache; the event stream passes through unbuffered (a
+# buffered proxy would hold the first small event back).
+curl -fsS -o /dev/null "$LB/"
+cache=$(curl -fsS -D - -o /dev/null "$LB/" | tr -d '\r' | awk -F': ' 'tolower($1) == "x-cache-status" {print $2}')
+[ "$cache" = HIT ] || fail "the page was not served from nginx's cache (X-Cache-Status: '$cache')"
+events=$(curl -sS -N --max-time 3 "$LB/api/sales/1/events" 2>/dev/null || true)
+grep -q '^event: sale' <<<"$events" || fail "no event of sale 1 through nginx within 3 s"
+echo "== deploy-test: page cached by nginx (HIT), events streamed through it"
 
 # --- 2. one address through nginx: the per-address limit still applies ------------------
 load herd-nginx-one-address --target "$LB" --buyers 1000 --stock 100 --source-ips 1 --allow-errors
@@ -183,14 +198,19 @@ victim_pid=${INSTANCE_PIDS[2]}
 ) &
 herd_pid=$!
 PIDS+=($herd_pid)
-# Kill the instance once the herd's first orders are committed (read from PostgreSQL, which
-# answers while the instances are busy): mid-herd by construction, not by a sleep. Each
-# instance then still holds hundreds of the herd's requests.
+# Kill the instance at the herd's first admission (read from Redis, which answers while the
+# instances are busy): mid-herd by construction, not by a sleep; nginx has by then handed each
+# instance its share of the herd, so the victim dies holding requests in flight.
 deadline=$((SECONDS + 60))
-until [ "$(psql -qtAX "$DATABASE_URL" -c "SELECT count(*) FROM \"$NAME\".orders WHERE sale_id = (SELECT max(id) FROM \"$NAME\".sales)" 2>/dev/null || echo 0)" -gt 0 ] \
-    && [ "$(psql -qtAX "$DATABASE_URL" -c "SELECT count(*) FROM \"$NAME\".sales" 2>/dev/null || echo 0)" -ge 4 ]; do
-    [ $SECONDS -lt $deadline ] || fail "no order of the last herd was committed within 60 s"
-    sleep 0.01
+sale=""
+until [ -n "$sale" ]; do
+    [ $SECONDS -lt $deadline ] || fail "the kill herd created no sale within 60 s"
+    sale=$(sed -n 's/^sale \([0-9]*\) .*/\1/p' "$OUT/herd-nginx-kill.txt" 2>/dev/null | head -1)
+    sleep 0.05
+done
+until [ "$(redis-cli -u "$REDIS_URL" HLEN "{$NAME:sale:$sale}:held" 2>/dev/null || echo 0)" -gt 0 ]; do
+    [ $SECONDS -lt $deadline ] || fail "no buyer of sale $sale was admitted within 60 s"
+    sleep 0.005
 done
 kill -9 "$victim_pid"
 killed_at=$SECONDS
