@@ -24,8 +24,10 @@ use tokio_util::task::TaskTracker;
 
 /// How long in-flight requests may take to finish once shutdown starts.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
-/// How often histogram samples are folded into buckets.
+/// How often histogram samples are folded into buckets (and the store sampled for metrics).
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+/// Longest the store's metrics sample may take (its pings have their own, shorter timeouts).
+const STORE_SAMPLE_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Why the service could not start.
 #[derive(Debug, Error)]
@@ -171,7 +173,11 @@ impl Application {
                         _ = tick.tick() => {
                             state.metrics.run_upkeep();
                             state.limiter.retain_recent();
-                            state.metrics.sample_store(state.store.as_ref()).await;
+                            // Bounded: a hung dependency must not stop the histogram upkeep.
+                            let sample = state.metrics.sample_store(state.store.as_ref());
+                            if tokio::time::timeout(STORE_SAMPLE_DEADLINE, sample).await.is_err() {
+                                tracing::warn!("sampling the store for metrics timed out");
+                            }
                         }
                     }
                 }
