@@ -242,3 +242,62 @@ pub(crate) fn spawn_connection<S>(
         drop(permit);
     });
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Writes a fresh self-signed pair for `localhost` into `dir`; returns the leaf's DER.
+    fn write_pair(dir: &Path) -> Vec<u8> {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), signing_key.serialize_pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    fn served(tls: &Tls) -> Vec<u8> {
+        tls.cert.current.read().cert[0].to_vec()
+    }
+
+    #[test]
+    fn a_failed_reload_keeps_the_served_pair_and_a_good_one_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = write_pair(dir.path());
+        let tls = Tls::load(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
+        assert_eq!(served(&tls), first);
+
+        std::fs::write(dir.path().join("key.pem"), "not a key").unwrap();
+        let error = tls.reload().unwrap_err();
+        assert!(matches!(error, TlsError::Key { .. }), "{error}");
+        assert_eq!(
+            served(&tls),
+            first,
+            "a failed reload must keep the old pair"
+        );
+
+        // A certificate with another pair's key: rustls refuses the mismatch.
+        let second = write_pair(dir.path());
+        let stray = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(dir.path().join("key.pem"), stray.serialize_pem()).unwrap();
+        assert!(matches!(tls.reload(), Err(TlsError::Rejected(_))));
+        assert_eq!(served(&tls), first);
+
+        let third = write_pair(dir.path());
+        assert_ne!(second, third);
+        tls.reload().unwrap();
+        assert_eq!(served(&tls), third);
+    }
+
+    #[test]
+    fn an_empty_certificate_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pair(dir.path());
+        std::fs::write(dir.path().join("cert.pem"), "").unwrap();
+        let error = Tls::load(&dir.path().join("cert.pem"), &dir.path().join("key.pem"))
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("cert.pem"), "{error}");
+    }
+}
