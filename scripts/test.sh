@@ -67,6 +67,9 @@ run_suite stress scripts/stress.sh
 run_suite schemathesis scripts/schemathesis.sh
 # The README's quickstart, extracted from README.md and run as written against a fresh server.
 run_suite readme-quickstart scripts/readme_quickstart.sh
+# deploy/ checked by the real tools (compose, checkov, promtool, nginx -t), then run for real.
+run_suite deploy-check scripts/deploy-check.sh
+run_suite deploy-test scripts/deploy-test.sh
 
 echo
 echo "== test.sh: summary"

@@ -100,6 +100,11 @@ pub struct Cli {
     #[arg(long)]
     pub user_prefix: Option<String>,
 
+    /// Connect from this many loopback addresses (127.0.0.2 on), round robin, so a server or
+    /// proxy on loopback sees that many clients (per-address rate limits); 0: the default.
+    #[arg(long, default_value_t = 0, env = "FLASHSALE_LOAD_SOURCE_IPS")]
+    pub source_ips: u16,
+
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,

@@ -12,9 +12,14 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Hands out source addresses round robin across every connection of the run.
+static NEXT_SOURCE: AtomicUsize = AtomicUsize::new(0);
 
 /// One service instance: where to connect and what to send as `Host`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +30,8 @@ pub struct Target {
     pub host: String,
     /// The URL as given, for reports.
     pub url: String,
+    /// Local addresses to connect from, round robin (empty: the kernel picks).
+    pub sources: Arc<[IpAddr]>,
 }
 
 impl Target {
@@ -43,8 +50,36 @@ impl Target {
             addr: format!("{}:{port}", authority.host()),
             host: authority.as_str().to_owned(),
             url: url.to_owned(),
+            sources: Arc::from([]),
         })
     }
+
+    /// Connects to the target, from the next source address when there are some.
+    async fn connect(&self) -> std::io::Result<TcpStream> {
+        if self.sources.is_empty() {
+            return TcpStream::connect(&self.addr).await;
+        }
+        let source = self.sources[NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % self.sources.len()];
+        let peer = tokio::net::lookup_host(&self.addr)
+            .await?
+            .find(|a| a.is_ipv4() == source.is_ipv4())
+            .ok_or_else(|| std::io::Error::other("no address of the source's family"))?;
+        let socket = if source.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        socket.connect(peer).await
+    }
+}
+
+/// `n` loopback source addresses from 127.0.0.2 on (`--source-ips`); the whole 127/8 is
+/// local on Linux, so each is a distinct client address to a server or proxy on loopback.
+pub fn loopback_sources(n: u16) -> Vec<IpAddr> {
+    (0..u32::from(n))
+        .map(|i| IpAddr::from(std::net::Ipv4Addr::from(0x7f00_0002 + i)))
+        .collect()
 }
 
 /// Why a request got no HTTP answer.
@@ -111,7 +146,9 @@ impl Conn {
         }
         self.sender = None;
         let connect = async {
-            let stream = TcpStream::connect(&self.target.addr)
+            let stream = self
+                .target
+                .connect()
                 .await
                 .map_err(|_| TransportError::Connect)?;
             // Small request/answer pairs: Nagle would add up to 40 ms to each.
@@ -205,6 +242,14 @@ mod tests {
         assert_eq!(t.host, "127.0.0.1:8080");
         let t = Target::parse("http://localhost").expect("valid");
         assert_eq!(t.addr, "localhost:80");
+    }
+
+    #[test]
+    fn loopback_sources_start_at_127_0_0_2() {
+        let s = loopback_sources(300);
+        assert_eq!(s.len(), 300);
+        assert_eq!(s[0].to_string(), "127.0.0.2");
+        assert_eq!(s[299].to_string(), "127.0.1.45");
     }
 
     #[test]

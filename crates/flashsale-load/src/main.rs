@@ -49,7 +49,12 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     let targets: Vec<Arc<Target>> = cli
         .targets
         .iter()
-        .map(|t| Target::parse(t).map(Arc::new))
+        .map(|t| {
+            Target::parse(t).map(|mut target| {
+                target.sources = client::loopback_sources(cli.source_ips).into();
+                Arc::new(target)
+            })
+        })
         .collect::<anyhow::Result<_>>()?;
     anyhow::ensure!(!targets.is_empty(), "no --target given");
     let prefix = match &cli.user_prefix {

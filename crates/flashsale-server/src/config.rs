@@ -12,6 +12,7 @@ use std::time::Duration;
 
 pub use crate::http::client_ip::TrustedProxies;
 pub use crate::http::limits::RateLimits;
+pub use crate::tls::TlsSettings;
 
 /// Which [`flashsale_store::SaleStore`] backend serves the sales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -82,6 +83,10 @@ pub struct Config {
     /// Overload protection: in-flight and connection bounds, timeouts.
     #[command(flatten)]
     pub protection: Protection,
+
+    /// Native TLS: certificate and key files (both listeners then serve HTTPS only).
+    #[command(flatten)]
+    pub tls: TlsSettings,
 }
 
 /// The values every on/off flag accepts, and shows in `--help`: `on`/`off`, or `true`/`false`
@@ -257,6 +262,7 @@ impl Config {
             ops_listen: None,
             rate_limits: RateLimits::disabled(),
             protection: Protection::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -285,6 +291,7 @@ impl fmt::Debug for Config {
             .field("ops_listen", &self.ops_listen)
             .field("rate_limits", &self.rate_limits)
             .field("protection", &self.protection)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -332,6 +339,8 @@ mod tests {
             "FLASHSALE_PURCHASE_SHARE_PER_IP",
             "FLASHSALE_REQUEST_TIMEOUT_MS",
             "FLASHSALE_HEADER_READ_TIMEOUT_MS",
+            "FLASHSALE_TLS_CERT",
+            "FLASHSALE_TLS_KEY",
         ] {
             assert!(help.contains(env), "{env} missing from --help");
         }
@@ -395,6 +404,21 @@ mod tests {
             assert_eq!((config.demo_sale, config.rate_limits.enabled), (on, on));
         }
         assert!(Config::try_parse_from(["flashsale", "--demo-sale", "yes"]).is_err());
+    }
+
+    #[test]
+    fn tls_cert_and_key_go_together() {
+        let both =
+            Config::try_parse_from(["flashsale", "--tls-cert", "c.pem", "--tls-key", "k.pem"])
+                .unwrap();
+        assert_eq!(both.tls.tls_cert, Some(PathBuf::from("c.pem")));
+        for lone in [["--tls-cert", "c.pem"], ["--tls-key", "k.pem"]] {
+            let error = Config::try_parse_from(["flashsale", lone[0], lone[1]]).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument
+            );
+        }
     }
 
     #[test]

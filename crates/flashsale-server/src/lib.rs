@@ -8,6 +8,7 @@
 //! - [`serve`]: the accept loop: connection limits (total and per address), header-read
 //!   timeout, peer addresses.
 //! - [`address_slots`]: what each client address holds open (connections, event streams).
+//! - [`tls`]: native HTTPS (rustls; HTTP/2 and HTTP/1.1 by ALPN; certificate reload on SIGHUP).
 //! - [`telemetry`]: logging (`RUST_LOG`, a request id on every line).
 //! - [`http`]: the router and one module per resource; the contract is `docs/api.md`.
 //!
@@ -23,6 +24,7 @@ pub mod http;
 pub mod serve;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::{Config, StoreKind};
 pub use startup::Application;

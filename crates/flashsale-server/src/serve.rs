@@ -12,6 +12,8 @@
 //! - A request head may take at most [`MAX_HEAD_BYTES`] of buffer (hyper answers 431 past it):
 //!   unfinished headers cost a connection at most that much memory, not hyper's 400 KB.
 //! - Every request carries `ConnectInfo<SocketAddr>` (the peer), which the rate limiter reads.
+//! - With a TLS acceptor each connection is handed to [`crate::tls`] (handshake, then HTTP/2
+//!   or HTTP/1.1 by ALPN) under the same permit and drain.
 //!
 //! Shutdown: when `shutdown` is cancelled the listener is dropped (no new connections), each
 //! open connection finishes its in-flight request and closes, and the future returns once all
@@ -30,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -65,6 +68,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -115,6 +119,18 @@ pub async fn serve(
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request
             });
+        if let Some(tls) = &tls {
+            crate::tls::spawn_connection(
+                tls.clone(),
+                stream,
+                peer,
+                service,
+                limits.header_read_timeout,
+                graceful.watcher(),
+                (permit, address_slot),
+            );
+            continue;
+        }
         let connection =
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);

@@ -10,6 +10,7 @@ use crate::admin_token::{self, TokenFileError, TokenSource};
 use crate::config::{Config, StoreKind, check_admin_token, generate_admin_token};
 use crate::http::{self, AppState, Shared, Surface};
 use crate::serve::{ConnectionLimits, serve};
+use crate::tls::Tls;
 use flashsale_core::{Clock, NewSale};
 use flashsale_store::SaleStore;
 use flashsale_store::embedded::EmbeddedStore;
@@ -28,8 +29,10 @@ use tokio_util::task::TaskTracker;
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Connections the `--ops-listen` address accepts at once (probes and a metrics scraper).
 const OPS_MAX_CONNECTIONS: usize = 64;
-/// How often histogram samples are folded into buckets.
+/// How often histogram samples are folded into buckets (and the store sampled for metrics).
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+/// Longest the store's metrics sample may take (its pings have their own, shorter timeouts).
+const STORE_SAMPLE_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Why the service could not start.
 #[derive(Debug, Error)]
@@ -56,6 +59,9 @@ pub enum StartupError {
     /// A setting is unusable (the message says which and why).
     #[error("{0}")]
     BadSetting(String),
+    /// The TLS certificate or key could not be loaded.
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The metrics recorder could not be built.
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
@@ -70,6 +76,8 @@ pub struct Application {
     /// With `--ops-listen`: the probes' own listener and its port.
     ops_listener: Option<(TcpListener, u16)>,
     limits: ConnectionLimits,
+    /// With `--tls-cert`/`--tls-key`: the certificate served on every listener.
+    tls: Option<Tls>,
     state: AppState,
     store: Arc<dyn SaleStore>,
     shutdown: CancellationToken,
@@ -83,6 +91,8 @@ impl Application {
         if let Some(token) = &config.admin_token {
             check_admin_token(token).map_err(StartupError::BadSetting)?;
         }
+        // Before binding and the store: a bad certificate path fails in milliseconds.
+        let tls = Tls::from_settings(&config.tls)?;
         let (listener, port) = bind(config.listen).await?;
         let admin_listener = match config.admin_listen {
             Some(addr) => Some(bind(addr).await?),
@@ -141,7 +151,10 @@ impl Application {
             stream_lifetime: config.protection.stream_lifetime(),
             ops_listener: ops_listener.is_some(),
         });
-        tracing::info!(url = %page_url(config.listen, port), "listening: open the page at this URL");
+        tracing::info!(
+            url = %page_url(config.listen, port, tls.is_some()),
+            "listening: open the page at this URL"
+        );
         if let Some((_, admin_port)) = &admin_listener {
             tracing::info!(
                 port = admin_port,
@@ -175,6 +188,7 @@ impl Application {
             admin_listener,
             ops_listener,
             limits,
+            tls,
             state,
             store,
             shutdown,
@@ -209,6 +223,7 @@ impl Application {
             admin_listener,
             ops_listener,
             limits,
+            tls,
             state,
             store,
             shutdown,
@@ -216,6 +231,10 @@ impl Application {
             ..
         } = self;
         let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let acceptor = tls.as_ref().map(Tls::acceptor);
+        if let Some(tls) = tls {
+            tasks.spawn(tls.reload_on_sighup(shutdown.clone()));
+        }
         let upkeep = {
             let state = state.clone();
             let shutdown = shutdown.clone();
@@ -227,6 +246,11 @@ impl Application {
                         _ = tick.tick() => {
                             state.metrics.run_upkeep();
                             state.limiter.retain_recent();
+                            // Bounded: a hung dependency must not stop the histogram upkeep.
+                            let sample = state.metrics.sample_store(state.store.as_ref());
+                            if tokio::time::timeout(STORE_SAMPLE_DEADLINE, sample).await.is_err() {
+                                tracing::warn!("sampling the store for metrics timed out");
+                            }
                         }
                     }
                 }
@@ -243,6 +267,7 @@ impl Application {
                 ops_listener,
                 http::router_for(state.clone(), Surface::Ops),
                 ops_limits,
+                acceptor.clone(),
                 shutdown.clone(),
             )
         });
@@ -251,6 +276,7 @@ impl Application {
                 listener,
                 http::router(state),
                 limits,
+                acceptor,
                 shutdown.clone(),
             )),
             Some((admin_listener, _)) => {
@@ -258,12 +284,14 @@ impl Application {
                     listener,
                     http::router_for(state.clone(), Surface::Public),
                     limits.clone(),
+                    acceptor.clone(),
                     shutdown.clone(),
                 );
                 let admin = serve(
                     admin_listener,
                     http::router_for(state, Surface::Admin),
                     limits,
+                    acceptor,
                     shutdown.clone(),
                 );
                 futures_util::future::Either::Right(async move {
@@ -332,13 +360,14 @@ fn bind_cause(e: &io::Error) -> String {
 
 /// The URL to open in a browser: an unspecified address (0.0.0.0, ::) is reachable locally as
 /// loopback; the actual port replaces 0.
-fn page_url(listen: SocketAddr, port: u16) -> String {
+fn page_url(listen: SocketAddr, port: u16, tls: bool) -> String {
     let ip = match listen.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
         ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
         ip => ip,
     };
-    format!("http://{}/", SocketAddr::new(ip, port))
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}/", SocketAddr::new(ip, port))
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, u16), StartupError> {

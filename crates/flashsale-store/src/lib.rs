@@ -51,6 +51,18 @@ pub trait SaleStore: Send + Sync + 'static {
     /// `Ok` when every dependency answers (for `/readyz`).
     async fn ready(&self) -> Result<(), StoreError>;
 
+    /// Each external dependency by name with whether it answers now (for the
+    /// `flashsale_dependency_up` metric); none for a store without external services.
+    async fn dependencies(&self) -> Vec<(&'static str, bool)> {
+        Vec::new()
+    }
+
+    /// Expired reservations whose stock went back, since start (for the
+    /// `flashsale_reservations_released_total` metric); 0 for a store without leases.
+    fn reservations_released(&self) -> u64 {
+        0
+    }
+
     /// The instant this store decides admission at, as best known here: the injected clock
     /// for the embedded store, the shared store's clock for scale-out.
     fn now(&self) -> OffsetDateTime;

@@ -8,7 +8,12 @@
 //! updates; only a series' first use allocates.
 //!
 //! - `http_requests_total{route, status}`, `http_request_duration_seconds{route}` (histogram);
-//! - `flashsale_purchases_total{code}`: purchase answers by outcome code.
+//! - `flashsale_purchases_total{code}`: purchase answers by outcome code;
+//! - sampled from the store every few seconds by [`Metrics::sample_store`] (for alerts that
+//!   must not depend on traffic or on a prober): `flashsale_ready` (what `/readyz` would
+//!   answer), `flashsale_dependency_up{dependency}` (Redis, PostgreSQL),
+//!   `flashsale_reservations_released_total` (expired reservations whose stock went back) and
+//!   `flashsale_sale_stock_remaining{sale_id}` (sales not yet past their end).
 
 use crate::http::AppState;
 use crate::http::routes;
@@ -16,9 +21,11 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use metrics::{Counter, Histogram, Key, Label, Metadata, Recorder, Unit};
-use metrics_exporter_prometheus::PrometheusRecorder;
-use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
+use flashsale_store::SaleStore;
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{
+    BuildError, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -60,6 +67,9 @@ const PURCHASE_CODES: &[&str] = &[
     "rate_limited",
     "overloaded",
     "unavailable",
+    "timeout",
+    "address_limit_reached",
+    "body_timeout",
     "internal",
 ];
 
@@ -76,11 +86,14 @@ struct RouteMetrics {
 
 /// The application's metrics: the recorder, its exporter handle, and a slot per series.
 pub struct Metrics {
+    /// Kept to register the per-sale and per-dependency series as they appear.
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     routes: HashMap<&'static str, RouteMetrics>,
     /// Purchase answers by code.
     purchases: Vec<(&'static str, OnceLock<Counter>)>,
+    ready: Gauge,
+    released: Counter,
 }
 
 impl Metrics {
@@ -105,6 +118,31 @@ impl Metrics {
             None,
             "Purchase answers by outcome code".into(),
         );
+        recorder.describe_gauge(
+            "flashsale_ready".into(),
+            None,
+            "1 when the store and its dependencies answer (as /readyz), else 0".into(),
+        );
+        recorder.describe_gauge(
+            "flashsale_dependency_up".into(),
+            None,
+            "1 when the dependency (redis, postgres) answers a ping, else 0".into(),
+        );
+        recorder.describe_counter(
+            "flashsale_reservations_released_total".into(),
+            None,
+            "Expired reservations whose stock this instance's reconciler gave back".into(),
+        );
+        recorder.describe_gauge(
+            "flashsale_sale_stock_remaining".into(),
+            None,
+            "Units not yet taken, per sale not past its end".into(),
+        );
+        let ready = recorder.register_gauge(&Key::from_name("flashsale_ready"), &METADATA);
+        let released = recorder.register_counter(
+            &Key::from_name("flashsale_reservations_released_total"),
+            &METADATA,
+        );
         let routes = routes::ALL
             .iter()
             .map(|&route| {
@@ -125,6 +163,8 @@ impl Metrics {
             recorder,
             routes,
             purchases: by_code,
+            ready,
+            released,
         })
     }
 
@@ -137,6 +177,35 @@ impl Metrics {
                 self.recorder.register_counter(&key, &METADATA)
             });
             counter.increment(1);
+        }
+    }
+
+    /// Samples the store's readiness, dependencies, released reservations and open sales'
+    /// stock (every upkeep tick, off the request path).
+    pub async fn sample_store(&self, store: &dyn SaleStore) {
+        let ready = store.ready().await.is_ok();
+        self.ready.set(f64::from(u8::from(ready)));
+        for (dependency, up) in store.dependencies().await {
+            let key = Key::from_parts(
+                "flashsale_dependency_up",
+                vec![Label::new("dependency", dependency)],
+            );
+            self.recorder
+                .register_gauge(&key, &METADATA)
+                .set(f64::from(u8::from(up)));
+        }
+        self.released.absolute(store.reservations_released());
+        if let Ok(statuses) = store.statuses().await {
+            let now = store.now();
+            for status in statuses.iter().filter(|s| now < s.sale.ends_at) {
+                let key = Key::from_parts(
+                    "flashsale_sale_stock_remaining",
+                    vec![Label::new("sale_id", status.sale.id.to_string())],
+                );
+                self.recorder
+                    .register_gauge(&key, &METADATA)
+                    .set(f64::from(status.remaining));
+            }
         }
     }
 

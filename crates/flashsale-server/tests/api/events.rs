@@ -7,7 +7,10 @@ use serde_json::Value;
 use std::time::Duration;
 
 /// Reads the next `event: sale` message's data within `deadline`.
-async fn next_sale_event(response: &mut reqwest::Response, buffer: &mut String) -> Option<Value> {
+pub(crate) async fn next_sale_event(
+    response: &mut reqwest::Response,
+    buffer: &mut String,
+) -> Option<Value> {
     loop {
         if let Some(end) = buffer.find("\n\n") {
             let message: String = buffer.drain(..end + 2).collect();

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::Semaphore;
 
-const TOKEN: &str = "scale-out-admin-token";
+pub(crate) const TOKEN: &str = "scale-out-admin-token";
 
 fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -25,8 +25,8 @@ fn database_url() -> String {
 }
 
 /// Drops the test's schema and keys, however the test ends.
-struct Cleanup {
-    name: String,
+pub(crate) struct Cleanup {
+    pub(crate) name: String,
 }
 
 impl Drop for Cleanup {
@@ -65,7 +65,7 @@ impl Drop for Cleanup {
     }
 }
 
-async fn spawn_instance(name: &str) -> (String, tokio_util::sync::CancellationToken) {
+pub(crate) async fn spawn_instance(name: &str) -> (String, tokio_util::sync::CancellationToken) {
     let dir = std::env::temp_dir();
     let mut config = Config::for_tests("127.0.0.1:0".parse().unwrap(), dir, TOKEN);
     config.store = StoreKind::Redis;

@@ -37,7 +37,7 @@ use scripts::Scripts;
 use snapshot::Snapshot;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -108,6 +108,8 @@ pub(crate) struct Inner {
     /// Until when (Unix ms) purchases are refused before admission because PostgreSQL could
     /// not be reached: admitting them would only strand their stock until it is back.
     pg_down_until_ms: AtomicI64,
+    /// Expired reservations released by this instance's reconciler (stock given back).
+    released: AtomicU64,
 }
 
 /// The scale-out store (Redis admission + PostgreSQL durability). Cheap to share in an `Arc`.
@@ -147,6 +149,7 @@ impl RedisPgStore {
             scripts: Scripts::new(),
             snapshot: Snapshot::default(),
             pg_down_until_ms: AtomicI64::new(0),
+            released: AtomicU64::new(0),
             counters: Counters::default(),
             cfg,
         });
@@ -585,6 +588,15 @@ impl SaleStore for RedisPgStore {
     async fn ready(&self) -> Result<(), StoreError> {
         self.inner.ping_redis().await?;
         self.inner.ping_pg().await
+    }
+
+    async fn dependencies(&self) -> Vec<(&'static str, bool)> {
+        let (redis, pg) = tokio::join!(self.inner.ping_redis(), self.inner.ping_pg());
+        vec![("redis", redis.is_ok()), ("postgres", pg.is_ok())]
+    }
+
+    fn reservations_released(&self) -> u64 {
+        self.inner.released.load(Ordering::Relaxed)
     }
 
     fn now(&self) -> OffsetDateTime {

@@ -264,6 +264,11 @@ async fn reconcile_sale(inner: &Inner, id: SaleId) -> Result<usize, StoreError> 
         };
         tracing::info!(sale = %id, count = ids.len(), ?how, "reconciler resolved expired reservations");
         orders::settle(inner, id, how, ids).await;
+        if !*committed {
+            inner
+                .released
+                .fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
     }
     Ok(ids.len())
 }
