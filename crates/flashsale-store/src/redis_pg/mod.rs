@@ -188,10 +188,10 @@ impl RedisPgStore {
         &self.inner.keys
     }
 
-    /// Resolves expired reservations now, as the periodic reconciler does; returns how many
-    /// were resolved.
+    /// Resolves expired reservations and audits every sale now, as the periodic reconciler
+    /// does (but whoever audited last); returns how many reservations were resolved.
     pub async fn reconcile_now(&self) -> Result<usize, StoreError> {
-        reconcile::reconcile_all(&self.inner).await
+        reconcile::reconcile_all(&self.inner, reconcile::AuditPace::Now).await
     }
 
     async fn sale(&self, id: SaleId) -> Result<Option<Arc<Sale>>, StoreError> {

@@ -55,7 +55,7 @@ pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = reconcile_all(&inner).await {
+        if let Err(e) = reconcile_all(&inner, AuditPace::OncePerInterval).await {
             tracing::debug!(error = %e, "reconciler: will retry");
         }
     }
@@ -65,7 +65,7 @@ pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
 /// Redis state with PostgreSQL (rebuilt if they disagree). Returns how many reservations were
 /// resolved. A sale that fails does not stop the round: the others are still reconciled, and
 /// the first error is returned at the end.
-pub(crate) async fn reconcile_all(inner: &Inner) -> Result<usize, StoreError> {
+pub(crate) async fn reconcile_all(inner: &Inner, pace: AuditPace) -> Result<usize, StoreError> {
     let sales: Vec<Arc<Sale>> = inner.snapshot.all().into_iter().map(|s| s.sale).collect();
     let mut total = 0;
     let mut first_error = None;
@@ -73,7 +73,7 @@ pub(crate) async fn reconcile_all(inner: &Inner) -> Result<usize, StoreError> {
         let result = match reconcile_sale(inner, sale.id).await {
             Ok(n) => {
                 total += n;
-                audit(inner, sale).await
+                audit(inner, sale, pace).await
             }
             Err(e) => Err(e),
         };
@@ -86,6 +86,15 @@ pub(crate) async fn reconcile_all(inner: &Inner) -> Result<usize, StoreError> {
         Some(e) => Err(e),
         None => Ok(total),
     }
+}
+
+/// How often a sale is audited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuditPace {
+    /// The periodic round: one instance per interval audits each sale (the audit lock).
+    OncePerInterval,
+    /// An explicit call (`reconcile_now`): audit now, whoever audited last.
+    Now,
 }
 
 /// What Redis holds of a sale (`audit.lua`) and what PostgreSQL says it should be.
@@ -123,26 +132,8 @@ impl Audit {
 
 /// Compares a sale's Redis state with PostgreSQL and rebuilds it if they disagree twice in a
 /// row (once could be a rebuild by another instance between the two reads).
-async fn audit(inner: &Inner, sale: &Sale) -> Result<(), StoreError> {
-    let keys = inner.keys.sale(sale.id);
-    let mut con = inner.con();
-    // The audit is one pass over the sale's holdings and keys (it blocks Redis for that
-    // long): one instance per interval is enough.
-    // A little under the interval, so this instance's own next round is never locked out.
-    let interval_ms = (inner.cfg.reconcile_interval.as_millis() * 9 / 10).max(1) as u64;
-    let mine: Option<String> = inner
-        .redis_call(
-            "audit lock",
-            redis::cmd("SET")
-                .arg(&keys.audit_lock)
-                .arg(1)
-                .arg("NX")
-                .arg("PX")
-                .arg(interval_ms)
-                .query_async(&mut con),
-        )
-        .await?;
-    if mine.is_none() {
+async fn audit(inner: &Inner, sale: &Sale, pace: AuditPace) -> Result<(), StoreError> {
+    if pace == AuditPace::OncePerInterval && !take_audit_lock(inner, sale.id).await? {
         return Ok(());
     }
     let Some(first) = read_audit(inner, sale.id).await? else {
@@ -161,6 +152,29 @@ async fn audit(inner: &Inner, sale: &Sale) -> Result<(), StoreError> {
     rebuild_diverged(inner, sale, second.redis_epoch)
         .await
         .map(drop)
+}
+
+/// Takes this interval's audit lock of a sale; false when another round already has it.
+async fn take_audit_lock(inner: &Inner, id: SaleId) -> Result<bool, StoreError> {
+    let keys = inner.keys.sale(id);
+    let mut con = inner.con();
+    // The audit is one pass over the sale's holdings and keys (it blocks Redis for that
+    // long): one instance per interval is enough.
+    // A little under the interval, so this instance's own next round is never locked out.
+    let interval_ms = (inner.cfg.reconcile_interval.as_millis() * 9 / 10).max(1) as u64;
+    let mine: Option<String> = inner
+        .redis_call(
+            "audit lock",
+            redis::cmd("SET")
+                .arg(&keys.audit_lock)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(interval_ms)
+                .query_async(&mut con),
+        )
+        .await?;
+    Ok(mine.is_some())
 }
 
 /// One audit; `None` if the sale's Redis state is missing.
