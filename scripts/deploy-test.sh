@@ -50,7 +50,7 @@ rm -f "$OUT"/*.txt
 
 WORK=$(mktemp -d)
 NAME=deploy_$$_$RANDOM
-TOKEN=deploy-$RANDOM$RANDOM
+TOKEN=deploy-admin-token-$RANDOM$RANDOM   # 16+ characters (shorter stops the start)
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
