@@ -9,7 +9,9 @@ pub enum StoreError {
     /// A dependency (disk, Redis, PostgreSQL) refused or is unreachable (HTTP 503 `unavailable`).
     #[error("store unavailable: {0}")]
     Unavailable(String),
-    /// A dependency did not answer in time (HTTP 503 `unavailable`).
+    /// A dependency did not answer in time, so the outcome of a write is not known (HTTP 503
+    /// `timeout`: the buyer checks their orders or retries with the same key). A store that
+    /// knows nothing was taken answers `Unavailable` instead.
     #[error("store timed out: {0}")]
     Timeout(String),
     /// The store is shutting down (HTTP 503 `unavailable`).

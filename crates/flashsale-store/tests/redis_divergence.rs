@@ -402,6 +402,7 @@ async fn a_sale_with_100000_buyers_is_rebuilt_in_bounded_steps() {
                 .key(format!("{t}:held"))
                 .key(format!("{t}:reservations"))
                 .key(format!("{t}:idempotency"))
+                .key(format!("{t}:reserving"))
                 .arg(full_max)
                 .invoke(&mut sync)
                 .unwrap();
@@ -443,6 +444,8 @@ async fn a_rebuild_step_without_the_lock_or_with_an_older_epoch_changes_nothing(
         format!("{t}:leases"),
         format!("{t}:reservations"),
         format!("{t}:idempotency"),
+        format!("{t}:refused"),
+        format!("{t}:reserving"),
     ];
     let mut con = support::redis(&cfg).await;
     let _: () = redis::pipe()
@@ -471,7 +474,9 @@ async fn a_rebuild_step_without_the_lock_or_with_an_older_epoch_changes_nothing(
             .key(&held)
             .key(&others[0])
             .key(&others[1])
-            .key(&others[2]);
+            .key(&others[2])
+            .key(&others[3])
+            .key(&others[4]);
         inv.arg(token).arg(10_000).arg(step);
         if let Some(epoch) = epoch {
             inv.arg(epoch);

@@ -74,8 +74,9 @@ pub enum ApiError {
     /// the outcome is unknown (it may have been confirmed): the buyer checks their orders or
     /// retries with the same `Idempotency-Key`. `Retry-After` set.
     Timeout,
-    /// 503 `unavailable` (a dependency is down or shutting down) or 500 `internal` (a bug);
-    /// nothing was taken.
+    /// 503 `unavailable` (a dependency is down or shutting down; nothing was taken), 503
+    /// `timeout` (a dependency did not answer in time: the outcome is unknown, as for
+    /// [`ApiError::Timeout`]) or 500 `internal` (a bug).
     Store(StoreError),
     /// 500 `internal`: a bug in this process (e.g. a panic caught by the middleware).
     Internal(String),
@@ -198,6 +199,7 @@ impl ApiError {
             ApiError::Overloaded => "overloaded",
             ApiError::Timeout => "timeout",
             ApiError::Store(StoreError::Internal(_)) | ApiError::Internal(_) => "internal",
+            ApiError::Store(StoreError::Timeout(_)) => "timeout",
             ApiError::Store(_) => "unavailable",
         }
     }
@@ -248,6 +250,7 @@ impl ApiError {
             ApiError::Overloaded => OVERLOADED,
             ApiError::Timeout => TIMEOUT,
             ApiError::Store(StoreError::Internal(_)) | ApiError::Internal(_) => INTERNAL,
+            ApiError::Store(StoreError::Timeout(_)) => TIMEOUT,
             ApiError::Store(_) => UNAVAILABLE,
             ApiError::InvalidRequest(message) => {
                 return to_bytes(&ErrorBody::new("invalid_request", message));
@@ -368,6 +371,7 @@ mod tests {
                 retry_after_secs: 3,
             },
             ApiError::Store(StoreError::ShuttingDown),
+            ApiError::Store(StoreError::Timeout("x".into())),
             ApiError::Store(StoreError::Internal("x".into())),
             ApiError::InvalidRequest("bad \"quote\"".into()),
             ApiError::AddressShareTaken { share: 10 },

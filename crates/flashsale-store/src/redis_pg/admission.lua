@@ -1,36 +1,56 @@
 -- admission.lua: decides one purchase attempt atomically, mirroring flashsale_core::decide.
 --
--- KEYS[1] meta          hash  stock, limit, starts_us, ends_us, remaining, epoch, sold_out_us
+-- KEYS[1] meta          hash  stock, limit, starts_us, ends_us, remaining, reserved, epoch,
+--                             sold_out_us, clock_us
 -- KEYS[2] held          hash  user id -> units held (committed + reserved)
 -- KEYS[3] leases        zset  order id -> lease deadline (ms, Redis clock)
 -- KEYS[4] reservations  hash  order id -> "user\nquantity\ncreated_us\nkey\nepoch"
 -- KEYS[5] idempotency   hash  key -> first outcome (records below)
+-- KEYS[6] refused       zset  key of each remembered refusal -> when (ms)
+-- KEYS[7] reserving     hash  user id -> units of the buyer's live reservations
 -- ARGV[1] user id (trimmed, no control characters, so "\n" is a safe separator)
 -- ARGV[2] quantity (1..limit, checked by the caller against the same limit)
 -- ARGV[3] idempotency key, or "" for none
 -- ARGV[4] order id to use if admitted (UUID v7 chosen by the caller)
 -- ARGV[5] lease in milliseconds
+-- ARGV[6] how long a refusal is remembered by its key (ms)
+-- ARGV[7] the most refusals remembered per sale (the oldest is forgotten first)
 --
--- The clock is Redis's own (TIME): one clock for every instance.
+-- The clock is Redis's own (TIME): one clock for every instance, guarded so that it never
+-- goes back for a sale: an instant before `clock_us` (the clock stepped back, or a failover
+-- to a host whose clock is behind) is taken as `clock_us`, so an ended sale stays ended.
 -- Returns an array whose first two items are {status, now_us}:
 --   {"missing", now}                          the sale's state is gone: rebuild it, retry
 --   {"admit", now, epoch, remaining}          stock taken, reservation recorded with a lease
---   {"reject", now, code, arg}                code: upcoming | ended | sold_out | already |
---                                             limit (arg = allowed) | insufficient (arg = left)
+--   {"reject", now, code, arg, final}         code: upcoming | ended | sold_out | already |
+--                                             limit (arg = allowed) | insufficient (arg = left);
+--                                             final "1": no later decision can differ (ended, or
+--                                             sold out with nothing in flight)
+--   {"wait", now}                             refused for a buyer whose own reservations are
+--                                             still in flight: their outcome decides, retry
 --   {"reused", now}                           the key was first used by another user/quantity
 --   {"pending", now}                          the key's first attempt is still being committed
 --   {"replay", now, record}                   the key's first outcome, one of
 --                                             "C\nuser\nq\norder_id\ncreated_us" (confirmed)
 --                                             "R\nuser\nq\ncode\narg" (rejected)
--- Idempotency records: "P\nuser\nq\norder_id" while pending, then C or R as above.
+-- Idempotency records: "P\nuser\nq\norder_id" while pending, then C or R as above. A refusal
+-- is remembered only while a later decision could differ; final refusals are not stored (the
+-- same answer is decided again), and stored ones are forgotten after ARGV[6], beyond ARGV[7],
+-- and once the sale's answer is final.
 
 local function fmt(n) return string.format('%.0f', n) end
 
+local meta = redis.call('HMGET', KEYS[1], 'limit', 'starts_us', 'ends_us', 'remaining',
+  'epoch', 'reserved', 'clock_us')
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local clock = tonumber(meta[7] or '0')
+if now_us < clock then
+  now_us = clock
+end
 local now = fmt(now_us)
+local now_ms = math.floor(now_us / 1000)
 
-local meta = redis.call('HMGET', KEYS[1], 'limit', 'starts_us', 'ends_us', 'remaining', 'epoch')
 if not meta[1] then
   return {'missing', now}
 end
@@ -57,15 +77,32 @@ local starts = tonumber(meta[2])
 local ends = tonumber(meta[3])
 local remaining = tonumber(meta[4])
 local epoch = meta[5]
+local reserved = tonumber(meta[6] or '0')
+
+-- Forgets up to `n` remembered refusals, oldest first, among those scored up to `upto`.
+local function forget(upto, n)
+  local old = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', upto, 'LIMIT', 0, n)
+  for _, k in ipairs(old) do
+    local rec = redis.call('HGET', KEYS[5], k)
+    if rec and string.sub(rec, 1, 1) == 'R' then
+      redis.call('HDEL', KEYS[5], k)
+    end
+    redis.call('ZREM', KEYS[6], k)
+  end
+end
 
 -- State first (upcoming, sold out, ended), then the buyer's limit, then the quantity.
-local code, arg = nil, 0
+local code, arg, final = nil, 0, false
 if now_us < starts then
   code = 'upcoming'
 elseif remaining <= 0 then
-  code = 'sold_out'
+  code, final = 'sold_out', reserved <= 0
 elseif now_us >= ends then
-  code = 'ended'
+  code, final = 'ended', true
+  if clock < ends then
+    -- The first decision past the end: from now on no step of the clock re-opens the sale.
+    redis.call('HSET', KEYS[1], 'clock_us', now)
+  end
 else
   local held = tonumber(redis.call('HGET', KEYS[2], user) or '0')
   local allowed = limit - held
@@ -76,22 +113,43 @@ else
   elseif q > remaining then
     code, arg = 'insufficient', remaining
   end
+  if (code == 'already' or code == 'limit')
+      and tonumber(redis.call('HGET', KEYS[7], user) or '0') > 0 then
+    -- Part of what the buyer holds is still being committed: if it fails, this refusal
+    -- would be untrue (and the buyer would be told about orders that do not exist).
+    return {'wait', now}
+  end
 end
 
 if code then
-  if key ~= '' then
+  if final then
+    if redis.call('ZCARD', KEYS[6]) > 0 then
+      forget('+inf', 64)
+    end
+  elseif key ~= '' then
+    forget(fmt(now_ms - tonumber(ARGV[6])), 16)
+    local over = redis.call('ZCARD', KEYS[6]) - tonumber(ARGV[7]) + 1
+    if over > 0 then
+      local oldest = redis.call('ZRANGE', KEYS[6], 0, math.min(over, 16) - 1, 'WITHSCORES')
+      if #oldest > 0 then
+        forget(oldest[#oldest], math.min(over, 16))
+      end
+    end
     redis.call('HSET', KEYS[5], key, 'R\n' .. user .. '\n' .. qty .. '\n' .. code .. '\n' .. fmt(arg))
+    redis.call('ZADD', KEYS[6], now_ms, key)
   end
-  return {'reject', now, code, fmt(arg)}
+  return {'reject', now, code, fmt(arg), final and '1' or '0'}
 end
 
 remaining = remaining - q
-redis.call('HSET', KEYS[1], 'remaining', fmt(remaining))
+redis.call('HSET', KEYS[1], 'remaining', fmt(remaining), 'reserved', fmt(reserved + q),
+  'clock_us', now)
 if remaining == 0 then
   redis.call('HSET', KEYS[1], 'sold_out_us', now)
 end
 redis.call('HINCRBY', KEYS[2], user, q)
-redis.call('ZADD', KEYS[3], fmt(math.floor(now_us / 1000) + tonumber(ARGV[5])), order_id)
+redis.call('HINCRBY', KEYS[7], user, q)
+redis.call('ZADD', KEYS[3], fmt(now_ms + tonumber(ARGV[5])), order_id)
 redis.call('HSET', KEYS[4], order_id, user .. '\n' .. qty .. '\n' .. now .. '\n' .. key .. '\n' .. epoch)
 if key ~= '' then
   redis.call('HSET', KEYS[5], key, 'P\n' .. user .. '\n' .. qty .. '\n' .. order_id)

@@ -1,27 +1,28 @@
 -- audit.lua: what Redis holds of a sale, for the reconciler to compare with PostgreSQL
 -- (see reconcile.rs). Read-only, one atomic snapshot.
 --
--- KEYS[1] meta  KEYS[2] held  KEYS[3] reservations  KEYS[4] idempotency
+-- KEYS[1] meta  KEYS[2] held  KEYS[3] reservations  KEYS[4] idempotency  KEYS[5] reserving
 -- ARGV[1] the most holdings + idempotency records to sum (a script blocks Redis while it runs)
 -- Returns {"missing", now_us} if meta is gone, else
 -- {"ok", now_us, epoch, stock, remaining, held_sum, confirmed_keys, reserved_units,
---  order_id, order_id, ...} with the order id of every live reservation; held_sum and
--- confirmed_keys are "" when there are more records than ARGV[1] (then only the epoch and the
--- stock taken are compared, which is what a real partial loss, a lost suffix of writes,
--- changes anyway).
+--  meta_reserved, reserving_sum, order_id, order_id, ...} with the order id of every live
+-- reservation; meta_reserved is meta's `reserved` counter; held_sum, confirmed_keys and
+-- reserving_sum are "" when there are more records than ARGV[1] (then only the epoch, the
+-- stock taken and the reserved counter are compared, which is what a real partial loss, a
+-- lost suffix of writes, changes anyway).
 -- Cost: one pass over the live reservations, and over the holdings and records if few.
 
 local function fmt(n) return string.format('%.0f', n) end
 
 local t = redis.call('TIME')
 local now = fmt(tonumber(t[1]) * 1000000 + tonumber(t[2]))
-local meta = redis.call('HMGET', KEYS[1], 'epoch', 'stock', 'remaining')
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'stock', 'remaining', 'reserved')
 if not meta[1] then
   return {'missing', now}
 end
-local held, confirmed = '', ''
+local held, confirmed, reserving = '', '', ''
 if redis.call('HLEN', KEYS[2]) + redis.call('HLEN', KEYS[4]) <= tonumber(ARGV[1]) then
-  local h, c = 0, 0
+  local h, c, r = 0, 0, 0
   for _, v in ipairs(redis.call('HVALS', KEYS[2])) do
     h = h + tonumber(v)
   end
@@ -30,9 +31,13 @@ if redis.call('HLEN', KEYS[2]) + redis.call('HLEN', KEYS[4]) <= tonumber(ARGV[1]
       c = c + 1
     end
   end
-  held, confirmed = fmt(h), fmt(c)
+  for _, v in ipairs(redis.call('HVALS', KEYS[5])) do
+    r = r + tonumber(v)
+  end
+  held, confirmed, reserving = fmt(h), fmt(c), fmt(r)
 end
-local out = {'ok', now, meta[1], meta[2], meta[3], held, confirmed, '0'}
+local out = {'ok', now, meta[1], meta[2], meta[3], held, confirmed, '0', meta[4] or '0',
+  reserving}
 local reserved = 0
 local all = redis.call('HGETALL', KEYS[3])
 for i = 1, #all, 2 do

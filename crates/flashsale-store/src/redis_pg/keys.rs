@@ -16,8 +16,10 @@ pub struct Keys {
 /// The keys of one sale (all in the same hash slot).
 #[derive(Debug, Clone)]
 pub struct SaleKeys {
-    /// Hash: `stock`, `limit`, `starts_us`, `ends_us`, `remaining`, `epoch`, `sold_out_us`.
-    /// Its absence means Redis lost the sale: it must be rebuilt from PostgreSQL.
+    /// Hash: `stock`, `limit`, `starts_us`, `ends_us`, `remaining` (free units), `reserved`
+    /// (units of live reservations), `epoch`, `sold_out_us`, `clock_us` (the last instant an
+    /// admission decided with). Its absence means Redis lost the sale: it must be rebuilt from
+    /// PostgreSQL.
     pub meta: String,
     /// Hash: user id -> units held (committed or reserved).
     pub held: String,
@@ -27,6 +29,11 @@ pub struct SaleKeys {
     pub reservations: String,
     /// Hash: idempotency key -> the first outcome (see `admission.lua`).
     pub idempotency: String,
+    /// Sorted set: idempotency key of each remembered refusal, scored by when (ms), so that
+    /// refusals are forgotten after a retention and beyond a bound.
+    pub refused: String,
+    /// Hash: user id -> units of that buyer's live reservations (not yet settled).
+    pub reserving: String,
     /// String: held by the one instance rebuilding the sale.
     pub rebuild_lock: String,
     /// String: held for one reconciler interval by the instance auditing the sale, so one
@@ -35,14 +42,16 @@ pub struct SaleKeys {
 }
 
 impl SaleKeys {
-    /// The five keys the scripts take, in their `KEYS` order.
-    pub fn script_keys(&self) -> [&str; 5] {
+    /// The seven keys the scripts take, in their `KEYS` order.
+    pub fn script_keys(&self) -> [&str; 7] {
         [
             &self.meta,
             &self.held,
             &self.leases,
             &self.reservations,
             &self.idempotency,
+            &self.refused,
+            &self.reserving,
         ]
     }
 }
@@ -64,6 +73,8 @@ impl Keys {
             leases: format!("{tag}:leases"),
             reservations: format!("{tag}:reservations"),
             idempotency: format!("{tag}:idempotency"),
+            refused: format!("{tag}:refused"),
+            reserving: format!("{tag}:reserving"),
             rebuild_lock: format!("{tag}:rebuild"),
             audit_lock: format!("{tag}:audit"),
         }

@@ -34,6 +34,7 @@ use keys::Keys;
 use orders::{OrderWriter, PendingOrder, Settlement};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use scripts::Scripts;
+use scripts::Settle;
 use snapshot::Snapshot;
 use std::future::Future;
 use std::sync::Arc;
@@ -228,9 +229,22 @@ impl RedisPgStore {
                 }
                 scripts::Admission::Pending => {
                     // The first attempt with this key is being committed: its outcome is ours.
+                    // Its instance may have died; then only the reconciler settles it, after
+                    // the lease. Until then the outcome is unknown, and saying so (not
+                    // "nothing was taken") keeps the client on the same key.
                     if tokio::time::Instant::now() >= deadline {
-                        return Err(StoreError::Unavailable(
+                        return Err(StoreError::Timeout(
                             "the first attempt with this key is still in flight".into(),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                scripts::Admission::Wait => {
+                    // Refused for holding the limit, but part of the holding is still being
+                    // committed: if it fails the refusal is untrue, so wait for its outcome.
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(StoreError::Timeout(
+                            "the buyer's earlier purchase is still in flight".into(),
                         ));
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -248,22 +262,22 @@ impl RedisPgStore {
                         created_at,
                     }));
                 }
-                scripts::Admission::Rejected { rejection, replay } => {
+                scripts::Admission::Rejected {
+                    rejection,
+                    replay,
+                    last,
+                } => {
                     if !replay {
                         inner.counters.attempt(sale.id, Some(rejection));
                     }
-                    if rejection == Rejection::SoldOut {
-                        inner.snapshot.set_remaining(sale.id, 0);
+                    if last && rejection == Rejection::SoldOut {
+                        // Every unit is confirmed: the fast path may answer from here on.
+                        inner.snapshot.lower_remaining(sale.id, 0, None);
                     }
                     return Ok(self.rejected(sale.id, &attempt.user_id, rejection).await);
                 }
-                scripts::Admission::Admitted {
-                    epoch,
-                    created_at,
-                    remaining,
-                } => {
+                scripts::Admission::Admitted { epoch, created_at } => {
                     inner.counters.attempt(sale.id, None);
-                    inner.snapshot.admitted(sale.id, remaining, created_at);
                     let order = Order {
                         order_id,
                         sale_id: sale.id,
@@ -291,7 +305,8 @@ impl RedisPgStore {
             reply,
         };
         let settled = match self.writer.send(pending).await {
-            Ok(()) => rx.await.unwrap_or(Settlement::Failed),
+            // The writer went away with the order: whether it landed is not known here.
+            Ok(()) => rx.await.unwrap_or(Settlement::Unknown),
             Err(pending) => {
                 // Shutting down: nothing was written, so hand the stock back (best effort;
                 // the reconciler releases it after the lease otherwise).
@@ -307,7 +322,22 @@ impl RedisPgStore {
                     "the order could not be made durable; nothing was taken".into(),
                 ))
             }
+            Settlement::Unknown => Err(StoreError::Timeout(
+                "the order's commit may or may not have landed; the reconciler decides it".into(),
+            )),
         }
+    }
+
+    /// A status from the snapshot, unless the snapshot is too old to say it: a sale that could
+    /// still change is not answered from a view Redis has not confirmed for a while.
+    fn current(&self, status: SaleStatus) -> Result<SaleStatus, StoreError> {
+        let over = status.remaining == 0 || self.now() >= status.sale.ends_at;
+        if !over && self.inner.snapshot.stale() {
+            return Err(StoreError::Unavailable(
+                "the sale's figures cannot be read from Redis right now".into(),
+            ));
+        }
+        Ok(status)
     }
 
     async fn rejected(&self, id: SaleId, user: &UserId, rejection: Rejection) -> PurchaseOutcome {
@@ -439,22 +469,26 @@ impl Inner {
         order_id: uuid::Uuid,
     ) -> Result<scripts::Admission, StoreError> {
         let keys = self.keys.sale(id);
-        let lease = self.cfg.lease.as_millis() as u64;
-        let key = attempt.idempotency_key.as_ref().map_or("", |k| k.as_str());
-        let reply: Vec<String> = self
-            .redis_call(
-                "admission",
-                self.scripts.admission(
-                    &mut self.con(),
-                    &keys,
-                    attempt.user_id.as_str(),
-                    attempt.quantity.get(),
-                    key,
-                    order_id,
-                    lease,
-                ),
-            )
-            .await?;
+        let args = scripts::AdmissionArgs {
+            user: attempt.user_id.as_str(),
+            quantity: attempt.quantity.get(),
+            idempotency_key: attempt.idempotency_key.as_ref().map_or("", |k| k.as_str()),
+            order_id,
+            lease_ms: self.cfg.lease.as_millis() as u64,
+        };
+        let mut con = self.con();
+        let call = self.scripts.admission(&mut con, &keys, &args);
+        let reply: Vec<String> = match self.redis_call("admission", call).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                // The script may have run (a reply lost or late): its reservation would hold
+                // the stock and the buyer's limit until the lease ran out. This order id is
+                // never committed (only this call could have sent it to the writer), so
+                // nothing was taken whatever happened; release it now rather than in a lease.
+                orders::settle(self, id, Settle::Release, &[order_id]).await;
+                return Err(StoreError::Unavailable(format!("{e}; nothing was taken")));
+            }
+        };
         let admission = scripts::Admission::parse(&reply)?;
         self.snapshot.observe_clock(scripts::now_of(&reply));
         Ok(admission)
@@ -558,17 +592,26 @@ impl SaleStore for RedisPgStore {
     }
 
     async fn status(&self, id: SaleId) -> Result<Option<SaleStatus>, StoreError> {
-        if let Some(entry) = self.inner.snapshot.get(id) {
-            return Ok(Some(entry.status()));
-        }
-        Ok(snapshot::load_one(&self.inner, id)
-            .await?
-            .and_then(|_| self.inner.snapshot.get(id))
-            .map(|entry| entry.status()))
+        let entry = match self.inner.snapshot.get(id) {
+            Some(entry) => entry,
+            None => match snapshot::load_one(&self.inner, id)
+                .await?
+                .and_then(|_| self.inner.snapshot.get(id))
+            {
+                Some(entry) => entry,
+                None => return Ok(None),
+            },
+        };
+        self.current(entry.status()).map(Some)
     }
 
     async fn statuses(&self) -> Result<Vec<SaleStatus>, StoreError> {
-        Ok(self.inner.snapshot.all())
+        self.inner
+            .snapshot
+            .all()
+            .into_iter()
+            .map(|status| self.current(status))
+            .collect()
     }
 
     async fn orders(&self, id: SaleId, user: &UserId) -> Result<Option<Vec<Order>>, StoreError> {

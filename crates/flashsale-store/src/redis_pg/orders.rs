@@ -47,8 +47,12 @@ pub(crate) struct PendingOrder {
 pub(crate) enum Settlement {
     /// Committed in PostgreSQL.
     Confirmed,
-    /// Not committed; its stock is (or will be, by the reconciler) handed back.
+    /// Not committed, and it never will be: its stock is (or will be, by the reconciler)
+    /// handed back.
     Failed,
+    /// Not known: the commit failed in a way that may have landed (an error or timeout around
+    /// COMMIT) and PostgreSQL could not be asked which. The reconciler decides it later.
+    Unknown,
 }
 
 /// How a reservation was resolved in PostgreSQL.
@@ -125,7 +129,8 @@ async fn run(
 /// Commits one group and answers each of its buyers.
 async fn settle_batch(inner: &Inner, batch: Vec<PendingOrder>) {
     let outcome = commit(inner, &batch).await;
-    let resolutions: HashMap<Uuid, Resolution> = match outcome {
+    // `None`: how the group ended is not known (see `Settlement::Unknown`).
+    let resolutions: Option<HashMap<Uuid, Resolution>> = match outcome {
         Ok(won) => batch
             .iter()
             .map(|p| {
@@ -136,7 +141,8 @@ async fn settle_batch(inner: &Inner, batch: Vec<PendingOrder>) {
                 };
                 (p.order.order_id, r)
             })
-            .collect(),
+            .collect::<HashMap<_, _>>()
+            .into(),
         Err(e) => {
             tracing::error!(error = %e, orders = batch.len(), "order group failed to commit");
             let ids: Vec<(Uuid, SaleId)> = batch
@@ -144,20 +150,21 @@ async fn settle_batch(inner: &Inner, batch: Vec<PendingOrder>) {
                 .map(|p| (p.order.order_id, p.order.sale_id))
                 .collect();
             match resolve(inner, &ids).await {
-                Ok(found) => found,
+                Ok(found) => Some(found),
                 Err(e) => {
                     // PostgreSQL cannot be asked: the reservations stay until the reconciler
-                    // resolves them once it is back. The buyers are told nothing was taken,
-                    // which is what the reconciler will make true (no commit can land).
+                    // resolves them once it is back. The failed commit may have landed (the
+                    // error may have come after COMMIT reached the server), so the buyers are
+                    // told the outcome is not known, never that nothing was taken.
                     tracing::warn!(error = %e, "cannot fence failed orders; reconciler will");
-                    HashMap::new()
+                    None
                 }
             }
         }
     };
     let mut by_sale: BTreeMap<(SaleId, bool), Vec<Uuid>> = BTreeMap::new();
     for p in &batch {
-        if let Some(r) = resolutions.get(&p.order.order_id) {
+        if let Some(r) = resolutions.as_ref().and_then(|r| r.get(&p.order.order_id)) {
             by_sale
                 .entry((p.order.sale_id, *r == Resolution::Committed))
                 .or_default()
@@ -173,9 +180,13 @@ async fn settle_batch(inner: &Inner, batch: Vec<PendingOrder>) {
         settle(inner, sale, how, &ids).await;
     }
     for p in batch {
-        let settlement = match resolutions.get(&p.order.order_id) {
-            Some(Resolution::Committed) => Settlement::Confirmed,
-            _ => Settlement::Failed,
+        let settlement = match &resolutions {
+            None => Settlement::Unknown,
+            Some(r) => match r.get(&p.order.order_id) {
+                Some(Resolution::Committed) => Settlement::Confirmed,
+                // Fenced as released, or (a bug) missing: no commit of it can land any more.
+                _ => Settlement::Failed,
+            },
         };
         // A buyer who went away still has their order committed; nothing to do.
         let _ = p.reply.send(settlement);
@@ -190,16 +201,13 @@ pub(crate) async fn settle(inner: &Inner, sale: SaleId, how: Settle, ids: &[Uuid
         .redis_call("settle", inner.scripts.settle(&mut con, &keys, how, ids))
         .await
     {
-        Ok(_) => {
-            if how == Settle::Release
-                && let Some(entry) = inner.snapshot.get(sale)
-                && entry.remaining == 0
-            {
-                // Stock came back: let the next refresh say how much, but stop the fast
-                // path from answering sold out meanwhile.
-                inner.snapshot.set_remaining(sale, 1);
-            }
+        // Confirmed units show in status at once (a release changes nothing there).
+        Ok((_, Some(unconfirmed), sold_out_at)) => {
+            inner
+                .snapshot
+                .lower_remaining(sale, unconfirmed, sold_out_at)
         }
+        Ok((_, None, _)) => {}
         Err(e) => tracing::warn!(sale = %sale, error = %e, "cannot settle reservations yet"),
     }
 }

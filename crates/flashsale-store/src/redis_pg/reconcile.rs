@@ -110,6 +110,10 @@ struct Audit {
     confirmed_keys: Option<i64>,
     /// Units of live reservations in Redis.
     reserved: i64,
+    /// Meta's `reserved` counter, which must equal `reserved`.
+    reserved_counter: i64,
+    /// Sum of the per-buyer reserved units (`None`: too many to sum in one script).
+    reserving: Option<i64>,
     /// Units PostgreSQL committed for orders admitted before the audit and not reserved then.
     settled: i64,
     /// Keyed orders among those.
@@ -123,6 +127,8 @@ impl Audit {
         let expected = self.settled + self.reserved;
         self.redis_epoch == self.pg_epoch
             && self.taken == expected
+            && self.reserved_counter == self.reserved
+            && self.reserving.is_none_or(|r| r == self.reserved)
             && self.held.is_none_or(|held| held == expected)
             && self
                 .confirmed_keys
@@ -204,7 +210,8 @@ async fn read_audit(inner: &Inner, id: SaleId) -> Result<Option<Audit>, StoreErr
     let (now_us, redis_epoch, stock, remaining) = (num(1)?, num(2)?, num(3)?, num(4)?);
     let optional = |i: usize| reply.get(i).and_then(|s| s.parse().ok());
     let (held, confirmed_keys, reserved) = (optional(5), optional(6), num(7)?);
-    let reserved_ids: Vec<Uuid> = reply[8..].iter().filter_map(|s| s.parse().ok()).collect();
+    let (reserved_counter, reserving) = (num(8)?, optional(9));
+    let reserved_ids: Vec<Uuid> = reply[10..].iter().filter_map(|s| s.parse().ok()).collect();
     let at = scripts::from_micros(now_us);
     let client = inner.pg().await?;
     // Orders admitted up to the audit's instant (admission stamps them with Redis's clock),
@@ -238,6 +245,8 @@ async fn read_audit(inner: &Inner, id: SaleId) -> Result<Option<Audit>, StoreErr
         held,
         confirmed_keys,
         reserved,
+        reserved_counter,
+        reserving,
         settled: row.get(1),
         settled_keys: row.get(2),
     }))
@@ -374,12 +383,13 @@ async fn rebuild_locked(lock: &Lock<'_>, sale: &Sale, seen: Option<i64>) -> Resu
     let inner = lock.inner;
     let keys = inner.keys.sale(sale.id);
     let mut con = inner.con();
-    let current: Option<i64> = inner
+    let (current, clock_us): (Option<i64>, Option<i64>) = inner
         .redis_call(
-            "HGET epoch",
-            redis::cmd("HGET")
+            "HMGET epoch",
+            redis::cmd("HMGET")
                 .arg(&keys.meta)
                 .arg("epoch")
+                .arg("clock_us")
                 .query_async(&mut con),
         )
         .await?;
@@ -396,17 +406,7 @@ async fn rebuild_locked(lock: &Lock<'_>, sale: &Sale, seen: Option<i64>) -> Resu
     // The epoch is checked before anything is deleted: a slower rebuilder (older epoch) must
     // not wipe what a faster one restored.
     let begun = lock
-        .must(
-            "begin",
-            &[
-                &keys.meta,
-                &keys.held,
-                &keys.leases,
-                &keys.reservations,
-                &keys.idempotency,
-            ],
-            &[state.epoch.to_string()],
-        )
+        .must("begin", &keys.script_keys(), &[state.epoch.to_string()])
         .await?;
     if begun == "newer" {
         return Ok(());
@@ -439,6 +439,12 @@ async fn rebuild_locked(lock: &Lock<'_>, sale: &Sale, seen: Option<i64>) -> Resu
             .sold_out_at
             .map(|t| scripts::to_micros(t).to_string())
             .unwrap_or_default(),
+        // The clock guard survives the rebuild: what the old state had decided with, or at
+        // least the instant of the last order PostgreSQL holds.
+        clock_us
+            .unwrap_or(0)
+            .max(state.last_order_at.map_or(0, scripts::to_micros))
+            .to_string(),
     ];
     lock.must("restore", &[&keys.meta], &args).await?;
     inner.snapshot.set_remaining(sale.id, remaining);
@@ -451,6 +457,8 @@ struct Durable {
     epoch: i64,
     sold: u32,
     sold_out_at: Option<time::OffsetDateTime>,
+    /// When the sale's last order was admitted.
+    last_order_at: Option<time::OffsetDateTime>,
     held: Vec<(String, i32)>,
     /// Idempotency key -> its confirmed record (as `admission.lua` stores it).
     keys: Vec<(String, String)>,
@@ -476,7 +484,8 @@ async fn read_for_rebuild(
     let row = tx
         .query_one(
             "UPDATE sales SET epoch = GREATEST(epoch, $2) + 1 WHERE id = $1
-             RETURNING epoch, sold, sold_out_at",
+             RETURNING epoch, sold, sold_out_at,
+                 (SELECT max(created_at) FROM orders WHERE sale_id = $1)",
             &[&id.0, &min_epoch],
         )
         .await?;
@@ -512,6 +521,7 @@ async fn read_for_rebuild(
         epoch: row.get(0),
         sold: row.get::<_, i32>(1) as u32,
         sold_out_at: row.get(2),
+        last_order_at: row.get(3),
         held,
         keys,
     }))
@@ -529,6 +539,8 @@ mod tests {
             held: Some(12),
             confirmed_keys: Some(4),
             reserved: 2,
+            reserved_counter: 2,
+            reserving: Some(2),
             settled: 10,
             settled_keys: 4,
         }
@@ -565,6 +577,14 @@ mod tests {
             },
             Audit {
                 reserved: 1,
+                ..healthy()
+            },
+            Audit {
+                reserved_counter: 0,
+                ..healthy()
+            },
+            Audit {
+                reserving: Some(1),
                 ..healthy()
             },
         ];

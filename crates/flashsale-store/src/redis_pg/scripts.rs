@@ -38,10 +38,16 @@ pub(crate) enum Admission {
     Admitted {
         epoch: i64,
         created_at: OffsetDateTime,
-        remaining: u32,
     },
-    /// Not admitted (`replay`: the outcome of an earlier attempt with the same key).
-    Rejected { rejection: Rejection, replay: bool },
+    /// Not admitted (`replay`: the outcome of an earlier attempt with the same key; `last`:
+    /// no later decision can differ, the sale is over for everyone).
+    Rejected {
+        rejection: Rejection,
+        replay: bool,
+        last: bool,
+    },
+    /// The buyer's own reservations are still in flight and decide this attempt: retry.
+    Wait,
     /// The idempotency key was first used with another user or quantity.
     Reused,
     /// The key's first attempt is still being committed.
@@ -82,37 +88,36 @@ impl Scripts {
     }
 
     /// Runs `admission.lua`.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn admission(
         &self,
         con: &mut ConnectionManager,
         keys: &SaleKeys,
-        user: &str,
-        quantity: u32,
-        idempotency_key: &str,
-        order_id: Uuid,
-        lease_ms: u64,
+        attempt: &AdmissionArgs<'_>,
     ) -> redis::RedisResult<Vec<String>> {
         let mut inv = self.admission.prepare_invoke();
         for key in keys.script_keys() {
             inv.key(key);
         }
-        inv.arg(user)
-            .arg(quantity)
-            .arg(idempotency_key)
-            .arg(order_id.to_string())
-            .arg(lease_ms);
+        inv.arg(attempt.user)
+            .arg(attempt.quantity)
+            .arg(attempt.idempotency_key)
+            .arg(attempt.order_id.to_string())
+            .arg(attempt.lease_ms)
+            .arg(REFUSAL_RETENTION_MS)
+            .arg(MAX_REFUSED_KEYS);
         inv.invoke_async(con).await
     }
 
-    /// Runs `settle.lua`; returns how many reservations were settled.
+    /// Runs `settle.lua`; returns how many reservations were settled, the sale's units not yet
+    /// confirmed afterwards (`None` if the sale's state is gone) and when its last unit was
+    /// taken, if it was.
     pub(crate) async fn settle(
         &self,
         con: &mut ConnectionManager,
         keys: &SaleKeys,
         how: Settle,
         order_ids: &[Uuid],
-    ) -> redis::RedisResult<u64> {
+    ) -> redis::RedisResult<(u64, Option<u32>, Option<OffsetDateTime>)> {
         let mut inv = self.settle.prepare_invoke();
         for key in keys.script_keys() {
             inv.key(key);
@@ -124,7 +129,9 @@ impl Scripts {
         for id in order_ids {
             inv.arg(id.to_string());
         }
-        inv.invoke_async(con).await
+        let (settled, unconfirmed, sold_out_us): (u64, i64, String) = inv.invoke_async(con).await?;
+        let sold_out_at = sold_out_us.parse().ok().map(from_micros);
+        Ok((settled, u32::try_from(unconfirmed).ok(), sold_out_at))
     }
 
     /// Runs `expired.lua`: up to `max` reservations whose lease ran out, with their records.
@@ -178,10 +185,28 @@ impl Scripts {
             .key(&keys.held)
             .key(&keys.reservations)
             .key(&keys.idempotency)
+            .key(&keys.reserving)
             .arg(full_max)
             .invoke_async(con)
             .await
     }
+}
+
+/// How long a refusal is remembered by its idempotency key while the sale is open (the same
+/// retention as the embedded store's).
+const REFUSAL_RETENTION_MS: i64 = crate::embedded::REFUSAL_RETENTION.whole_milliseconds() as i64;
+/// The most refusals one sale remembers by key (the same bound as the embedded store's).
+const MAX_REFUSED_KEYS: usize = crate::embedded::MAX_REFUSED_KEYS;
+
+/// One attempt as `admission.lua` takes it.
+pub(crate) struct AdmissionArgs<'a> {
+    pub user: &'a str,
+    pub quantity: u32,
+    /// The idempotency key, or "" for none.
+    pub idempotency_key: &'a str,
+    /// The order id to use if admitted.
+    pub order_id: Uuid,
+    pub lease_ms: u64,
 }
 
 /// Redis's clock from a script reply (the second item), in microseconds.
@@ -232,10 +257,10 @@ impl Admission {
             "missing" => Admission::Missing,
             "reused" => Admission::Reused,
             "pending" => Admission::Pending,
+            "wait" => Admission::Wait,
             "admit" => Admission::Admitted {
                 epoch: num(reply.get(2), reply)?,
                 created_at: from_micros(num(reply.get(1), reply)?),
-                remaining: num(reply.get(3), reply)?,
             },
             "reject" => {
                 let code = reply.get(2).ok_or_else(|| bad(reply))?;
@@ -243,6 +268,7 @@ impl Admission {
                 Admission::Rejected {
                     rejection: rejection(code, arg).ok_or_else(|| bad(reply))?,
                     replay: false,
+                    last: reply.get(4).is_some_and(|f| f == "1"),
                 }
             }
             "replay" => {
@@ -257,6 +283,7 @@ impl Admission {
                         rejection: rejection(fields[3], fields[4].parse().map_err(|_| bad(reply))?)
                             .ok_or_else(|| bad(reply))?,
                         replay: true,
+                        last: false,
                     },
                     _ => return Err(bad(reply)),
                 }
@@ -278,24 +305,34 @@ mod tests {
     fn admission_replies_parse_into_outcomes() {
         assert!(matches!(
             Admission::parse(&s(&["admit", "1700000000000000", "3", "9"])).unwrap(),
-            Admission::Admitted {
-                epoch: 3,
-                remaining: 9,
-                ..
+            Admission::Admitted { epoch: 3, .. }
+        ));
+        assert!(matches!(
+            Admission::parse(&s(&["reject", "1", "limit", "2", "0"])).unwrap(),
+            Admission::Rejected {
+                rejection: Rejection::LimitExceeded { allowed: 2 },
+                replay: false,
+                last: false
             }
         ));
         assert!(matches!(
-            Admission::parse(&s(&["reject", "1", "limit", "2"])).unwrap(),
+            Admission::parse(&s(&["reject", "1", "sold_out", "0", "1"])).unwrap(),
             Admission::Rejected {
-                rejection: Rejection::LimitExceeded { allowed: 2 },
-                replay: false
+                rejection: Rejection::SoldOut,
+                replay: false,
+                last: true
             }
+        ));
+        assert!(matches!(
+            Admission::parse(&s(&["wait", "1"])).unwrap(),
+            Admission::Wait
         ));
         assert!(matches!(
             Admission::parse(&s(&["replay", "1", "R\nbob\n1\nsold_out\n0"])).unwrap(),
             Admission::Rejected {
                 rejection: Rejection::SoldOut,
-                replay: true
+                replay: true,
+                last: false
             }
         ));
         let id = Uuid::now_v7();

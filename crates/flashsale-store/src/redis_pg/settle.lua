@@ -1,29 +1,43 @@
 -- settle.lua: resolves reservations once PostgreSQL has decided them.
 --
--- KEYS[1..5] as in admission.lua (meta, held, leases, reservations, idempotency)
+-- KEYS[1..7] as in admission.lua (meta, held, leases, reservations, idempotency, refused,
+--            reserving)
 -- ARGV[1]    "confirm" (committed in PostgreSQL: keep the stock taken, finalise the key)
 --            or "release" (fenced as released in PostgreSQL: give the stock back)
 -- ARGV[2..]  order ids
--- Returns the number of reservations settled. Reservations no longer present (settled by
--- someone else, or lost with Redis's data) are skipped, so settling twice is harmless.
+-- Returns {settled, unconfirmed, sold_out_us}: the number of reservations settled, the sale's
+-- units not yet confirmed (remaining + reserved; -1 if the sale's state is gone), and when the
+-- last unit was taken ("" if not sold out). Reservations no longer
+-- present (settled by someone else, or lost with Redis's data) are skipped, so settling twice
+-- is harmless.
+--
+-- A release gives the units back to `remaining`; the units shown by status (remaining +
+-- reserved) do not change, so a release never makes a sold-out sale look open again.
 
 local function fmt(n) return string.format('%.0f', n) end
 
+local has_meta = redis.call('EXISTS', KEYS[1]) == 1
 local settled = 0
 for i = 2, #ARGV do
   local id = ARGV[i]
   local rec = redis.call('HGET', KEYS[4], id)
   if rec then
     local user, qty, created, key = string.match(rec, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)')
+    local q = tonumber(qty)
     redis.call('HDEL', KEYS[4], id)
     redis.call('ZREM', KEYS[3], id)
+    if redis.call('HINCRBY', KEYS[7], user, -q) <= 0 then
+      redis.call('HDEL', KEYS[7], user)
+    end
+    if has_meta then
+      redis.call('HINCRBY', KEYS[1], 'reserved', -q)
+    end
     if ARGV[1] == 'confirm' then
       if key ~= '' then
         redis.call('HSET', KEYS[5], key, 'C\n' .. user .. '\n' .. qty .. '\n' .. id .. '\n' .. created)
       end
     else
-      local q = tonumber(qty)
-      if redis.call('EXISTS', KEYS[1]) == 1 then
+      if has_meta then
         redis.call('HINCRBY', KEYS[1], 'remaining', q)
         redis.call('HDEL', KEYS[1], 'sold_out_us')
       end
@@ -40,4 +54,10 @@ for i = 2, #ARGV do
     settled = settled + 1
   end
 end
-return settled
+local unconfirmed, sold_out = -1, ''
+if has_meta then
+  local m = redis.call('HMGET', KEYS[1], 'remaining', 'reserved', 'sold_out_us')
+  unconfirmed = tonumber(m[1] or '0') + tonumber(m[2] or '0')
+  sold_out = m[3] or ''
+end
+return {settled, unconfirmed, sold_out}

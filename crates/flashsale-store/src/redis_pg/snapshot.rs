@@ -2,10 +2,20 @@
 //!
 //! A background task refreshes it every `refresh_interval` (100 ms by default, at most 250 ms):
 //! new sales from PostgreSQL (created by any instance), then one pipelined Redis round trip for
-//! the clock and every sale's remaining stock. A polling storm on status therefore costs no
-//! Redis operation per request, and status keeps answering from the last good view while a
-//! dependency is down. A sale whose Redis state is missing is rebuilt from here too, so Redis
-//! losing its data is noticed even when nobody is buying.
+//! the clock and every sale's figures. A polling storm on status therefore costs no Redis
+//! operation per request. A sale whose Redis state is missing is rebuilt from here too, so
+//! Redis losing its data is noticed even when nobody is buying.
+//!
+//! The stock a status shows is the units not yet *confirmed* (Redis's free units plus those in
+//! live reservations), so it only ever goes down: a reservation released after a failed commit
+//! gives units back to admission without a sold-out sale ever looking open again (FL-5), and
+//! the fast path answers `sold_out` only once every unit is confirmed, which is final. Each
+//! update keeps the lower figure (a refresh read before a settle cannot raise it back); only a
+//! rebuild from PostgreSQL sets it outright.
+//!
+//! While Redis cannot be read, the last view is kept for [`STALE_AFTER`]; after that a status
+//! that could still change is refused (503) rather than answered from an old view. A sale that
+//! is over (sold out or past its end) keeps answering: nothing can change it any more.
 
 use super::{Inner, reconcile, scripts, settled_rejection};
 use crate::{SaleStatus, StoreError};
@@ -18,11 +28,17 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
+/// How long the last view answers status while Redis cannot be read.
+pub(crate) const STALE_AFTER: Duration = Duration::from_secs(2);
+
 /// One sale as last seen.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub sale: Arc<Sale>,
+    /// Units not yet confirmed (free or reserved).
     pub remaining: u32,
+    /// The sale's Redis epoch the figure was read under (`None`: read from PostgreSQL).
+    pub epoch: Option<i64>,
     pub sold_out_at: Option<OffsetDateTime>,
 }
 
@@ -42,6 +58,10 @@ pub(crate) struct Snapshot {
     sales: RwLock<BTreeMap<SaleId, Entry>>,
     /// Redis time minus local time, in microseconds.
     offset_us: AtomicI64,
+    /// The latest instant `now` returned (microseconds): it never goes back.
+    last_now_us: AtomicI64,
+    /// When (local Unix ms) Redis's figures were last read; 0: never.
+    refreshed_ms: AtomicI64,
 }
 
 impl Snapshot {
@@ -62,24 +82,40 @@ impl Snapshot {
         self.sales.write().entry(sale.id).or_insert(Entry {
             sale,
             remaining,
+            epoch: None,
             sold_out_at,
         });
     }
 
+    /// Sets the figure outright (a rebuild read it from PostgreSQL).
     pub(crate) fn set_remaining(&self, id: SaleId, remaining: u32) {
         if let Some(entry) = self.sales.write().get_mut(&id) {
             entry.remaining = remaining;
         }
     }
 
-    /// An admission just left `remaining` units (taken at `at`).
-    pub(crate) fn admitted(&self, id: SaleId, remaining: u32, at: OffsetDateTime) {
-        if let Some(entry) = self.sales.write().get_mut(&id) {
-            entry.remaining = remaining;
-            if remaining == 0 {
-                entry.sold_out_at = Some(at);
+    /// Lowers the figure to `unconfirmed` if that is lower (see the module docs); at 0 the
+    /// sale sold out at `sold_out_at` (when its last unit was taken).
+    pub(crate) fn lower_remaining(
+        &self,
+        id: SaleId,
+        unconfirmed: u32,
+        sold_out_at: Option<OffsetDateTime>,
+    ) {
+        if let Some(entry) = self.sales.write().get_mut(&id)
+            && unconfirmed < entry.remaining
+        {
+            entry.remaining = unconfirmed;
+            if unconfirmed == 0 {
+                entry.sold_out_at = entry.sold_out_at.or(sold_out_at);
             }
         }
+    }
+
+    /// Whether the view is too old to answer a status that could still change.
+    pub(crate) fn stale(&self) -> bool {
+        let at = self.refreshed_ms.load(Ordering::Relaxed);
+        super::unix_ms() - at > STALE_AFTER.as_millis() as i64
     }
 
     fn max_id(&self) -> i64 {
@@ -101,10 +137,13 @@ impl Snapshot {
         }
     }
 
-    /// Redis's clock as estimated here.
+    /// Redis's clock as estimated here; never earlier than an instant it returned before (a
+    /// clock stepped back, here or in Redis, must not re-open an ended sale).
     pub(crate) fn now(&self) -> OffsetDateTime {
         let local = scripts::to_micros(OffsetDateTime::now_utc());
-        scripts::from_micros(local + self.offset_us.load(Ordering::Relaxed))
+        let estimate = local + self.offset_us.load(Ordering::Relaxed);
+        let last = self.last_now_us.fetch_max(estimate, Ordering::Relaxed);
+        scripts::from_micros(estimate.max(last))
     }
 }
 
@@ -142,10 +181,13 @@ pub(crate) async fn refresh(inner: &Arc<Inner>) {
         pipe.cmd("HMGET")
             .arg(&inner.keys.sale(*id).meta)
             .arg("remaining")
-            .arg("sold_out_us");
+            .arg("reserved")
+            .arg("sold_out_us")
+            .arg("epoch");
     }
     let mut con = inner.con();
-    type Reply = (Vec<String>, Vec<(Option<i64>, Option<i64>)>);
+    type Figures = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+    type Reply = (Vec<String>, Vec<Figures>);
     let reply = inner
         .redis_call("snapshot", async {
             let mut values: Vec<redis::Value> = pipe.query_async(&mut con).await?;
@@ -153,7 +195,7 @@ pub(crate) async fn refresh(inner: &Arc<Inner>) {
             let figures = values
                 .into_iter()
                 .map(|v| redis::from_redis_value(v).map_err(redis::RedisError::from))
-                .collect::<redis::RedisResult<Vec<(Option<i64>, Option<i64>)>>>()?;
+                .collect::<redis::RedisResult<Vec<Figures>>>()?;
             Ok::<Reply, redis::RedisError>((time, figures))
         })
         .await;
@@ -171,17 +213,32 @@ pub(crate) async fn refresh(inner: &Arc<Inner>) {
             .snapshot
             .observe_clock(Some(secs * 1_000_000 + micros));
     }
+    inner
+        .snapshot
+        .refreshed_ms
+        .store(super::unix_ms(), Ordering::Relaxed);
     let mut missing = Vec::new();
     {
         let mut sales = inner.snapshot.sales.write();
-        for (id, (remaining, sold_out_us)) in ids.iter().zip(figures) {
+        for (id, (remaining, reserved, sold_out_us, epoch)) in ids.iter().zip(figures) {
             let Some(entry) = sales.get_mut(id) else {
                 continue;
             };
             match remaining {
                 Some(remaining) => {
-                    entry.remaining = remaining.max(0) as u32;
-                    entry.sold_out_at = sold_out_us.map(scripts::from_micros);
+                    let unconfirmed = (remaining + reserved.unwrap_or(0)).max(0) as u32;
+                    if entry.epoch.is_some() && entry.epoch != epoch {
+                        // Rebuilt from PostgreSQL since the last read: the old figure was
+                        // Redis's (possibly wrong) view, the new one is the durable truth.
+                        entry.remaining = unconfirmed;
+                        entry.sold_out_at = None;
+                    } else {
+                        entry.remaining = entry.remaining.min(unconfirmed);
+                    }
+                    entry.epoch = epoch;
+                    if entry.remaining == 0 && entry.sold_out_at.is_none() {
+                        entry.sold_out_at = sold_out_us.map(scripts::from_micros);
+                    }
                 }
                 None => missing.push(Arc::clone(&entry.sale)),
             }
@@ -208,6 +265,7 @@ fn entry_of(row: &tokio_postgres::Row) -> Entry {
     let sold = row.get::<_, i32>(6) as u32;
     Entry {
         remaining: sale.stock.saturating_sub(sold),
+        epoch: None,
         sold_out_at: row.get(7),
         sale: Arc::new(sale),
     }
