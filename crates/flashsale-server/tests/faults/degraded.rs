@@ -9,16 +9,21 @@ use crate::harness::{
 };
 use std::time::{Duration, Instant};
 
-/// One instance on the host behind its two proxies, a sale of 100 units with a limit of 2.
-async fn setup(label: &str) -> (Stores, Links, Instance, i64, Traffic) {
+/// One instance on the host behind its two proxies, a sale of `stock` units with a limit of
+/// 2, and `concurrency` buyers at a time.
+async fn setup(
+    label: &str,
+    stock: u32,
+    concurrency: usize,
+) -> (Stores, Links, Instance, i64, Traffic) {
     let stores = Stores::new(label);
     let links = Links::start(Site::Host).await;
     let instance = Instance::start(&stores, "a", Site::Host, &links).await;
-    let sale = instance.create_sale(100, 2).await;
+    let sale = instance.create_sale(stock, 2).await;
     let traffic = Traffic::new(
         vec![(instance.base.clone(), instance.client.clone())],
         sale,
-        32,
+        concurrency,
         Policy {
             max_attempts: 4,
             backoff: Duration::from_millis(100),
@@ -44,7 +49,7 @@ async fn settle_and_check(stores: &Stores, sale: i64, traffic: &Traffic) -> Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_with_200_ms_added_latency() {
     let _serial = crate::SERIAL.lock().await;
-    let (stores, links, instance, sale, traffic) = setup("latency").await;
+    let (stores, links, instance, sale, traffic) = setup("latency", 100, 32).await;
     // 100 ms each way: every Redis round trip takes 200 ms more, under the 500 ms timeout.
     links.redis.set_latency(Direction::Request, Duration::from_millis(100));
     links.redis.set_latency(Direction::Reply, Duration::from_millis(100));
@@ -86,7 +91,9 @@ async fn redis_with_200_ms_added_latency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_percent_of_postgres_commits_cut() {
     let _serial = crate::SERIAL.lock().await;
-    let (stores, links, _instance, sale, traffic) = setup("pg_break").await;
+    // 400 units and 8 buyers at a time: small commit groups, so many COMMITs (a few hundred)
+    // and a 5% share that is more than one or two.
+    let (stores, links, _instance, sale, traffic) = setup("pg_break", 400, 8).await;
     // Every 20th COMMIT: half cut before PostgreSQL sees it (rolled back), half right after
     // (committed, the reply lost): the ambiguous case the fence must resolve.
     links.pg.set_trigger(Some(Trigger {
@@ -95,7 +102,7 @@ async fn five_percent_of_postgres_commits_cut() {
         cut: Some(Cut::Alternately),
         hook: None,
     }));
-    traffic.run(crowd("pg-break", 300, 2, 1), "cuts").await;
+    traffic.run(crowd("pg-break", 600, 2, 1), "cuts").await;
     links.pg.set_trigger(None);
     let (commits, cuts) = (links.pg.matches(), links.pg.cuts());
     let mut found = settle_and_check(&stores, sale, &traffic).await;
@@ -113,7 +120,7 @@ async fn five_percent_of_postgres_commits_cut() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_reply_stalled_past_the_client_timeout_then_released() {
     let _serial = crate::SERIAL.lock().await;
-    let (stores, links, instance, sale, traffic) = setup("stall").await;
+    let (stores, links, instance, sale, traffic) = setup("stall", 100, 32).await;
     let buyers = crowd("stall", 300, 2, 1);
     traffic.run(buyers[..40].to_vec(), "before").await;
 

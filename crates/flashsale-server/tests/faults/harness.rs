@@ -703,6 +703,29 @@ pub fn tally(records: &[Record]) -> String {
         .join(" ")
 }
 
+/// The tally of every attempt but the replays at quiet, then per phase in order of first use.
+pub fn tallies(records: &[Record]) -> String {
+    let traffic: Vec<Record> = records
+        .iter()
+        .filter(|r| r.phase != "replay")
+        .cloned()
+        .collect();
+    let mut phases: Vec<&str> = Vec::new();
+    for r in records {
+        if !phases.contains(&r.phase) {
+            phases.push(r.phase);
+        }
+    }
+    let per_phase: Vec<String> = phases
+        .iter()
+        .map(|p| {
+            let part: Vec<Record> = records.iter().filter(|r| r.phase == *p).cloned().collect();
+            format!("{p}: {}", tally(&part))
+        })
+        .collect();
+    format!("{} [{}]", tally(&traffic), per_phase.join("; "))
+}
+
 /// An order on record in PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct OrderRow {
@@ -816,6 +839,24 @@ pub async fn violations(stores: &Stores, sale: i64, records: &[Record]) -> Vec<S
             out.push(format!("limit: {user} holds {units} > {limit}"));
         }
     }
+    // `409 sold_out` says no unit is left, and an ended sale never reopens (FL-5): if units
+    // are still unsold at quiet, every sold_out answer given before was untrue (the units were
+    // held by reservations that later went back to stock).
+    let told_sold_out: Vec<&Record> = records
+        .iter()
+        .filter(|r| matches!(&r.answer, Answer::Http { status: 409, code, .. } if code == "sold_out"))
+        .collect();
+    if sold < stock && !told_sold_out.is_empty() {
+        let first = told_sold_out.iter().map(|r| r.answered_ms).min().unwrap_or(0);
+        out.push(format!(
+            "untrue sold_out: {} answers (first at {first}, phases {:?}) yet at quiet only {sold} of {stock} units are sold",
+            told_sold_out.len(),
+            told_sold_out
+                .iter()
+                .map(|r| r.phase)
+                .collect::<std::collections::BTreeSet<_>>()
+        ));
+    }
     let by_id: HashMap<&str, &OrderRow> = orders.iter().map(|o| (o.order_id.as_str(), o)).collect();
     let confirmed_ids: std::collections::HashSet<&str> = records
         .iter()
@@ -911,7 +952,7 @@ pub async fn violations(stores: &Stores, sale: i64, records: &[Record]) -> Vec<S
 
 /// Prints the tally line and panics with every violation, if any.
 pub fn report(test: &str, records: &[Record], violations: &[String], extra: &str) {
-    eprintln!("{test}: {} {extra}", tally(records));
+    eprintln!("{test}: {} {extra}", tallies(records));
     for v in violations {
         eprintln!("{test}: VIOLATION {v}");
     }
