@@ -166,7 +166,8 @@ impl Chaos {
         let n = self.shared.matches.fetch_add(1, Ordering::Relaxed) + 1;
         // Act when floor(n * fraction) moves: an even spread with no randomness, so a run is
         // reproducible and 5% really is one in twenty.
-        let acts = ((n as f64) * trigger.fraction).floor() > (((n - 1) as f64) * trigger.fraction).floor();
+        let acts =
+            ((n as f64) * trigger.fraction).floor() > (((n - 1) as f64) * trigger.fraction).floor();
         if !acts {
             return None;
         }
@@ -177,7 +178,7 @@ impl Chaos {
         let cut = trigger.cut?;
         self.shared.cuts.fetch_add(1, Ordering::Relaxed);
         Some(match cut {
-            Cut::Alternately if k % 2 == 0 => Cut::BeforeForwarding,
+            Cut::Alternately if k.is_multiple_of(2) => Cut::BeforeForwarding,
             Cut::Alternately => Cut::AfterForwarding,
             other => other,
         })

@@ -51,8 +51,12 @@ async fn redis_with_200_ms_added_latency() {
     let _serial = crate::SERIAL.lock().await;
     let (stores, links, instance, sale, traffic) = setup("latency", 100, 32).await;
     // 100 ms each way: every Redis round trip takes 200 ms more, under the 500 ms timeout.
-    links.redis.set_latency(Direction::Request, Duration::from_millis(100));
-    links.redis.set_latency(Direction::Reply, Duration::from_millis(100));
+    links
+        .redis
+        .set_latency(Direction::Request, Duration::from_millis(100));
+    links
+        .redis
+        .set_latency(Direction::Reply, Duration::from_millis(100));
     let started = Instant::now();
     traffic.run(crowd("latency", 300, 2, 1), "slow").await;
     let took = started.elapsed();
@@ -73,7 +77,9 @@ async fn redis_with_200_ms_added_latency() {
     // The fault really applied: a confirmation waits for at least one Redis round trip (the
     // admission), so at least 200 ms.
     if p50.is_none_or(|p| p < 200) {
-        found.push(format!("median confirmation {p50:?} ms: the latency did not apply"));
+        found.push(format!(
+            "median confirmation {p50:?} ms: the latency did not apply"
+        ));
     }
     // 300 buyers wanting 400 units: a slow Redis must still sell the whole stock.
     let units = confirmed_units(&stores, sale).await;
@@ -107,7 +113,9 @@ async fn five_percent_of_postgres_commits_cut() {
     let (commits, cuts) = (links.pg.matches(), links.pg.cuts());
     let mut found = settle_and_check(&stores, sale, &traffic).await;
     if cuts == 0 {
-        found.push(format!("no COMMIT was cut ({commits} seen): the fault did not apply"));
+        found.push(format!(
+            "no COMMIT was cut ({commits} seen): the fault did not apply"
+        ));
     }
     report(
         "pg-commit-cut-5pct",
@@ -127,7 +135,9 @@ async fn a_redis_reply_stalled_past_the_client_timeout_then_released() {
     links.redis.hold_replies();
     let stalled = Instant::now();
     let during = traffic.spawn(buyers[40..80].to_vec(), "stalled");
-    let unready = instance.await_readiness(false, Duration::from_secs(3)).await;
+    let unready = instance
+        .await_readiness(false, Duration::from_secs(3))
+        .await;
     // Keep it stalled three times the 500 ms Redis timeout: replies held that long are past
     // every caller's deadline when they arrive.
     let held_for = Duration::from_millis(1500);

@@ -684,7 +684,9 @@ impl Traffic {
     pub fn first_confirmed_after(&self, since_ms: i64) -> Option<i64> {
         self.records()
             .iter()
-            .filter(|r| r.sent_ms >= since_ms && matches!(r.answer, Answer::Http { status: 201, .. }))
+            .filter(|r| {
+                r.sent_ms >= since_ms && matches!(r.answer, Answer::Http { status: 201, .. })
+            })
             .map(|r| r.answered_ms - since_ms)
             .min()
     }
@@ -785,7 +787,9 @@ pub async fn wait_quiet(stores: &Stores, sale: i64) -> Result<Duration, String> 
         if live == 0 && remaining.is_some_and(|r| r + sold == stock) {
             return Ok(start.elapsed());
         }
-        last = format!("live reservations {live}, remaining {remaining:?}, sold {sold}, stock {stock}");
+        last = format!(
+            "live reservations {live}, remaining {remaining:?}, sold {sold}, stock {stock}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(format!("not quiet within {QUIET_BOUND:?}: {last}"))
@@ -827,7 +831,9 @@ pub async fn violations(stores: &Stores, sale: i64, records: &[Record]) -> Vec<S
     // Stock and limit (IM-4, NF-7, NF-8).
     let units: i64 = orders.iter().map(|o| i64::from(o.quantity)).sum();
     if sold > stock || units != i64::from(sold) {
-        out.push(format!("stock: sales.sold {sold}, stock {stock}, units in orders {units}"));
+        out.push(format!(
+            "stock: sales.sold {sold}, stock {stock}, units in orders {units}"
+        ));
     }
     let mut by_user: HashMap<&str, Vec<&OrderRow>> = HashMap::new();
     for o in &orders {
@@ -844,12 +850,18 @@ pub async fn violations(stores: &Stores, sale: i64, records: &[Record]) -> Vec<S
     // held by reservations that later went back to stock).
     let told_sold_out: Vec<&Record> = records
         .iter()
-        .filter(|r| matches!(&r.answer, Answer::Http { status: 409, code, .. } if code == "sold_out"))
+        .filter(
+            |r| matches!(&r.answer, Answer::Http { status: 409, code, .. } if code == "sold_out"),
+        )
         .collect();
     if sold < stock && !told_sold_out.is_empty() {
-        let first = told_sold_out.iter().map(|r| r.answered_ms).min().unwrap_or(0);
+        let first = told_sold_out
+            .iter()
+            .map(|r| r.answered_ms)
+            .min()
+            .unwrap_or(0);
         out.push(format!(
-            "untrue sold_out: {} answers (first at {first}, phases {:?}) yet at quiet only {sold} of {stock} units are sold",
+            "untrue sold_out (FL-4, FL-5): {} answers (first at {first}, phases {:?}) yet at quiet only {sold} of {stock} units are sold",
             told_sold_out.len(),
             told_sold_out
                 .iter()
@@ -861,7 +873,11 @@ pub async fn violations(stores: &Stores, sale: i64, records: &[Record]) -> Vec<S
     let confirmed_ids: std::collections::HashSet<&str> = records
         .iter()
         .filter_map(|r| match &r.answer {
-            Answer::Http { status: 201, order_id, .. } => order_id.as_deref(),
+            Answer::Http {
+                status: 201,
+                order_id,
+                ..
+            } => order_id.as_deref(),
             _ => None,
         })
         .collect();
@@ -870,7 +886,11 @@ pub async fn violations(stores: &Stores, sale: i64, records: &[Record]) -> Vec<S
         let held = by_user.get(r.user.as_str()).cloned().unwrap_or_default();
         match &r.answer {
             // `201 confirmed`: the order is in PostgreSQL, the buyer's.
-            Answer::Http { status: 201, order_id, .. } => {
+            Answer::Http {
+                status: 201,
+                order_id,
+                ..
+            } => {
                 let id = order_id.as_deref().unwrap_or("");
                 if by_id.get(id).is_none_or(|o| o.user != r.user) {
                     out.push(format!(
@@ -880,13 +900,13 @@ pub async fn violations(stores: &Stores, sale: i64, records: &[Record]) -> Vec<S
                 }
             }
             // `409 already_purchased`: the buyer holds units.
-            Answer::Http { status: 409, code, .. } if code == "already_purchased" => {
-                if held.is_empty() {
-                    out.push(format!(
-                        "untrue already_purchased: {} (phase {}, key {:?}) has no order on record",
-                        r.user, r.phase, r.key
-                    ));
-                }
+            Answer::Http {
+                status: 409, code, ..
+            } if code == "already_purchased" && held.is_empty() => {
+                out.push(format!(
+                    "untrue already_purchased: {} (phase {}, key {:?}) has no order on record",
+                    r.user, r.phase, r.key
+                ));
             }
             // `503 unavailable`/`overloaded`: nothing was taken by this attempt, nor (keyed) by
             // the purchase its key names before it was answered.
@@ -931,7 +951,14 @@ pub async fn violations(stores: &Stores, sale: i64, records: &[Record]) -> Vec<S
         let on_record = orders.iter().find(|o| o.key.as_deref() == Some(*key));
         for replay in attempts.iter().filter(|r| r.phase == "replay") {
             let agrees = match (on_record, &replay.answer) {
-                (Some(o), Answer::Http { status: 201, order_id: Some(id), .. }) => *id == o.order_id,
+                (
+                    Some(o),
+                    Answer::Http {
+                        status: 201,
+                        order_id: Some(id),
+                        ..
+                    },
+                ) => *id == o.order_id,
                 (Some(_), _) => false,
                 (None, Answer::Http { status: 201, .. }) => false,
                 (None, _) => true,

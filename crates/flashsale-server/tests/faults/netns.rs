@@ -88,7 +88,15 @@ impl Netns {
             ip(&["addr", "add", &address, "dev", host_if])?;
         }
         ip(&["link", "set", host_if, "up"])?;
-        ip(&["-n", ns, "addr", "add", &format!("10.231.{x}.2/24"), "dev", ns_if])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("10.231.{x}.2/24"),
+            "dev",
+            ns_if,
+        ])?;
         ip(&["-n", ns, "link", "set", ns_if, "up"])?;
         Ok(())
     }

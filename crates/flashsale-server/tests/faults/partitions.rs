@@ -4,8 +4,7 @@
 //! [`RECOVERY_BOUND`] of the heal, and every answer must be true at quiet.
 
 use crate::harness::{
-    Instance, Links, Policy, Site, Stores, Traffic, crowd, report, unix_ms, violations,
-    wait_quiet,
+    Instance, Links, Policy, Site, Stores, Traffic, crowd, report, unix_ms, violations, wait_quiet,
 };
 use crate::netns::{self, Link, Netns};
 use std::time::{Duration, Instant};
