@@ -88,6 +88,7 @@ async fn redis_with_200_ms_added_latency() {
     }
     report(
         "latency-200ms",
+        &stores,
         &traffic.records(),
         &found,
         &format!("| crowd served in {took:.1?}, median 201 in {p50:?} ms"),
@@ -119,6 +120,7 @@ async fn five_percent_of_postgres_commits_cut() {
     }
     report(
         "pg-commit-cut-5pct",
+        &stores,
         &traffic.records(),
         &found,
         &format!("| {cuts} of {commits} COMMITs cut"),
@@ -167,6 +169,7 @@ async fn a_redis_reply_stalled_past_the_client_timeout_then_released() {
     }
     report(
         "redis-stall-1.5s",
+        &stores,
         &traffic.records(),
         &found,
         &format!(

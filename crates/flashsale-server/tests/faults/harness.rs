@@ -63,6 +63,8 @@ pub fn unix_ms() -> i64 {
 pub struct Stores {
     /// Schema name and key prefix.
     pub name: String,
+    /// When the test began (for the run time in its tally line).
+    pub began: Instant,
     /// Holds the instances' logs (removed with it).
     pub logs: tempfile::TempDir,
 }
@@ -78,6 +80,7 @@ impl Stores {
         );
         Self {
             name,
+            began: Instant::now(),
             logs: tempfile::TempDir::new().unwrap(),
         }
     }
@@ -743,14 +746,19 @@ pub struct OrderRow {
 
 impl OrderRow {
     fn began_ms(&self) -> i64 {
-        uuid::Uuid::parse_str(&self.order_id)
-            .ok()
-            .and_then(|u| u.get_timestamp())
-            .map_or(0, |t| {
-                let (s, n) = t.to_unix();
-                s as i64 * 1000 + i64::from(n / 1_000_000)
-            })
+        began_ms(&self.order_id)
     }
+}
+
+/// When the attempt that made order (or reservation) `id` began: a uuid v7's Unix ms.
+fn began_ms(id: &str) -> i64 {
+    uuid::Uuid::parse_str(id)
+        .ok()
+        .and_then(|u| u.get_timestamp())
+        .map_or(0, |t| {
+            let (s, n) = t.to_unix();
+            s as i64 * 1000 + i64::from(n / 1_000_000)
+        })
 }
 
 /// Waits until no reservation of `sale` is live in Redis and `remaining + sold = stock`
@@ -855,6 +863,35 @@ pub async fn violations(stores: &Stores, sale: i64, records: &[Record]) -> Vec<S
         )
         .collect();
     if sold < stock && !told_sold_out.is_empty() {
+        // Evidence: the reservations released (stock handed back) and when they began.
+        let released: Vec<String> = pg
+            .query(
+                &format!(
+                    "SELECT order_id::text FROM \"{schema}\".reservations
+                     WHERE sale_id = $1 AND resolution = 'released'"
+                ),
+                &[&sale],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut began_in: BTreeMap<&str, usize> = BTreeMap::new();
+        for id in &released {
+            let began = began_ms(id);
+            let phase = records
+                .iter()
+                .filter(|r| r.sent_ms <= began && began <= r.answered_ms)
+                .map(|r| r.phase)
+                .next()
+                .unwrap_or("no attempt in flight");
+            *began_in.entry(phase).or_default() += 1;
+        }
+        out.push(format!(
+            "evidence: {} reservations released by quiet, begun in phases {began_in:?}",
+            released.len()
+        ));
         let first = told_sold_out
             .iter()
             .map(|r| r.answered_ms)
@@ -978,8 +1015,12 @@ pub async fn violations(stores: &Stores, sale: i64, records: &[Record]) -> Vec<S
 }
 
 /// Prints the tally line and panics with every violation, if any.
-pub fn report(test: &str, records: &[Record], violations: &[String], extra: &str) {
-    eprintln!("{test}: {} {extra}", tallies(records));
+pub fn report(test: &str, stores: &Stores, records: &[Record], violations: &[String], extra: &str) {
+    eprintln!(
+        "{test}: {} {extra} | took {:.1?}",
+        tallies(records),
+        stores.began.elapsed()
+    );
     for v in violations {
         eprintln!("{test}: VIOLATION {v}");
     }

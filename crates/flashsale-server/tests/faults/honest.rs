@@ -184,6 +184,7 @@ async fn honest_answers_under_injected_faults() {
     drop(b);
     report(
         "honest-answers",
+        &stores,
         &records,
         &found,
         &format!("| {}", notes.join(", ")),

@@ -88,6 +88,7 @@ async fn partition(label: &'static str, links: &[Link]) {
     }
     report(
         label,
+        &stores,
         &records,
         &found,
         &format!(
