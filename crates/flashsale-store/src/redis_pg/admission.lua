@@ -24,10 +24,12 @@
 --   {"admit", now, epoch, remaining}          stock taken, reservation recorded with a lease
 --   {"reject", now, code, arg, final}         code: upcoming | ended | sold_out | already |
 --                                             limit (arg = allowed) | insufficient (arg = left);
---                                             final "1": no later decision can differ (ended, or
---                                             sold out with nothing in flight)
---   {"wait", now}                             refused for a buyer whose own reservations are
---                                             still in flight: their outcome decides, retry
+--                                             final "1": no later decision can differ (ended,
+--                                             sold out)
+--   {"wait", now}                             a refusal that reservations still in flight could
+--                                             make untrue (sold out or too few units while some
+--                                             are reserved; the limit while the buyer's own
+--                                             are): nothing done, retry once they are settled
 --   {"reused", now}                           the key was first used by another user/quantity
 --   {"pending", now}                          the key's first attempt is still being committed
 --   {"replay", now, record}                   the key's first outcome, one of
@@ -96,7 +98,7 @@ local code, arg, final = nil, 0, false
 if now_us < starts then
   code = 'upcoming'
 elseif remaining <= 0 then
-  code, final = 'sold_out', reserved <= 0
+  code, final = 'sold_out', true
 elseif now_us >= ends then
   code, final = 'ended', true
   if clock < ends then
@@ -119,6 +121,11 @@ else
     -- would be untrue (and the buyer would be told about orders that do not exist).
     return {'wait', now}
   end
+end
+if (code == 'sold_out' or code == 'insufficient') and reserved > 0 then
+  -- Units are reserved but not yet confirmed: if their commit fails they come back, and
+  -- "no unit is left" would have been untrue. Their outcome is a few ms away.
+  return {'wait', now}
 end
 
 if code then

@@ -240,11 +240,15 @@ impl RedisPgStore {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 scripts::Admission::Wait => {
-                    // Refused for holding the limit, but part of the holding is still being
-                    // committed: if it fails the refusal is untrue, so wait for its outcome.
+                    // A refusal that reservations in flight could make untrue (the last units,
+                    // or the buyer's own holding, not yet committed): wait for their outcome.
+                    // If they are stranded (their instance died; the reconciler settles them
+                    // after the lease), this attempt took nothing, and says so.
                     if tokio::time::Instant::now() >= deadline {
-                        return Err(StoreError::Timeout(
-                            "the buyer's earlier purchase is still in flight".into(),
+                        return Err(StoreError::Unavailable(
+                            "units reserved by purchases still in flight decide this attempt; \
+                             nothing was taken"
+                                .into(),
                         ));
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
