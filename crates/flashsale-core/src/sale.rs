@@ -2,7 +2,7 @@
 //! the clock and the remaining stock, never stored as a flag that a job flips.
 
 use crate::error::ValidationError;
-use crate::ids::SaleId;
+use crate::ids::{IdempotencyKey, SaleId};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -43,6 +43,9 @@ pub struct NewSale {
     pub stock: u32,
     /// Units one buyer may hold.
     pub per_user_limit: u32,
+    /// The admin's `Idempotency-Key`, if any: creating again with the same key gives back the
+    /// sale first created with it instead of a second one.
+    pub creation_key: Option<IdempotencyKey>,
 }
 
 impl NewSale {
@@ -83,7 +86,26 @@ impl NewSale {
             ends_at,
             stock: stock as u32,
             per_user_limit: per_user_limit as u32,
+            creation_key: None,
         })
+    }
+
+    /// The same request, made idempotent by `key`.
+    pub fn with_creation_key(self, key: IdempotencyKey) -> Self {
+        Self {
+            creation_key: Some(key),
+            ..self
+        }
+    }
+
+    /// Whether `sale` is what this request describes (a sale found under this request's
+    /// creation key may have been created by a different request).
+    pub fn describes(&self, sale: &Sale) -> bool {
+        self.name == sale.name
+            && self.starts_at == sale.starts_at
+            && self.ends_at == sale.ends_at
+            && self.stock == sale.stock
+            && self.per_user_limit == sale.per_user_limit
     }
 
     /// The sale this request becomes once the store has given it an id.

@@ -361,6 +361,31 @@ pub async fn summary_counts_attempts_and_rejections_by_reason(h: Harness) {
     assert_eq!(s.status.remaining, 0);
 }
 
+/// A sale created with an admin's key, then again with the same key (a retry after a lost
+/// answer), is one sale: the second call returns the first sale and adds nothing.
+pub async fn creating_a_sale_again_with_its_key_returns_the_same_sale(h: Harness) {
+    let key = flashsale_core::IdempotencyKey::parse("create-widget-1").unwrap();
+    let request = active(5, 1);
+    let keyed = request.clone().with_creation_key(key.clone());
+    let first = h.store.create_sale(keyed.clone()).await.unwrap();
+    let again = h.store.create_sale(keyed).await.unwrap();
+    assert_eq!(again.id, first.id);
+    assert!(request.describes(&again));
+    let other = h.store.create_sale(request).await.unwrap();
+    assert_ne!(other.id, first.id, "no key: a new sale every time");
+    assert_eq!(h.store.statuses().await.unwrap().len(), 2);
+    // The same key with another request gives back the first sale; the caller sees that it
+    // does not describe the new request (the HTTP layer answers 422).
+    let different = active(7, 2);
+    let reused = h
+        .store
+        .create_sale(different.clone().with_creation_key(key))
+        .await
+        .unwrap();
+    assert_eq!(reused.id, first.id);
+    assert!(!different.describes(&reused));
+}
+
 /// Generates one `#[tokio::test]` per conformance case for a backend.
 #[macro_export]
 macro_rules! conformance_suite {
@@ -379,6 +404,7 @@ macro_rules! conformance_suite {
                 idempotency_key_replays_the_first_outcome,
                 racing_buyers_and_duplicates_never_oversell,
                 summary_counts_attempts_and_rejections_by_reason,
+                creating_a_sale_again_with_its_key_returns_the_same_sale,
             );
         }
     };

@@ -3,7 +3,7 @@
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::extract::{AdminAuth, SalePath, json_body, parse_object};
+use crate::http::extract::{AdminAuth, SalePath, idempotency_key, json_body, parse_object};
 use crate::http::sales::{EndedReason, SaleBody, StateName};
 use axum::Json;
 use axum::extract::{Request, State};
@@ -103,14 +103,18 @@ pub struct SummaryBody {
     path = "/api/admin/sales",
     tag = "admin",
     security(("admin_token" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII; creating again with the same key and body answers the sale first created with it, not a second sale"),
+    ),
     request_body = CreateSaleRequest,
     responses(
-        (status = 201, description = "The new sale", body = SaleBody),
+        (status = 201, description = "The new sale (or, with a key seen before, the sale first created with it)", body = SaleBody),
         (status = 400, description = "`invalid_request`", body = crate::http::openapi::ErrorDoc),
         (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorDoc),
         (status = 408, description = "`body_timeout`", body = crate::http::openapi::ErrorDoc),
         (status = 413, description = "`payload_too_large`", body = crate::http::openapi::ErrorDoc),
         (status = 415, description = "`unsupported_media_type`", body = crate::http::openapi::ErrorDoc),
+        (status = 422, description = "`idempotency_key_reused`: the key created a different sale", body = crate::http::openapi::ErrorDoc),
         (status = 429, description = "`rate_limited`: too many failed logins from this address", body = crate::http::openapi::ErrorDoc),
         (status = 503, description = "`unavailable`", body = crate::http::openapi::ErrorDoc),
     )
@@ -120,16 +124,23 @@ pub async fn create_sale(
     _: AdminAuth,
     request: Request,
 ) -> Result<(StatusCode, Json<SaleBody>), ApiError> {
+    let key = idempotency_key(&request)?;
     let body = json_body(request, app.body_timeout).await?;
     let raw: CreateSaleRequest = parse_object(&body)?;
-    let new = NewSale::parse(
+    let mut new = NewSale::parse(
         &raw.name,
         instant("starts_at", &raw.starts_at)?,
         instant("ends_at", &raw.ends_at)?,
         raw.stock,
         raw.per_user_limit.unwrap_or(1),
     )?;
-    let sale = app.store.create_sale(new).await?;
+    if let Some(key) = key {
+        new = new.with_creation_key(key);
+    }
+    let sale = app.store.create_sale(new.clone()).await?;
+    if !new.describes(&sale) {
+        return Err(ApiError::IdempotencyKeyReused);
+    }
     let status = app.store.status(sale.id).await?.ok_or_else(|| {
         ApiError::Internal(format!("sale {} vanished right after creation", sale.id))
     })?;

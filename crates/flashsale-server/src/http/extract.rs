@@ -7,7 +7,7 @@ use axum::extract::{FromRequestParts, RawPathParams, Request};
 use axum::http::header;
 use axum::http::request::Parts;
 use bytes::{Bytes, BytesMut};
-use flashsale_core::{SaleId, UserId};
+use flashsale_core::{IdempotencyKey, SaleId, UserId};
 use futures_util::StreamExt;
 use std::borrow::Cow;
 use std::time::Duration;
@@ -150,6 +150,16 @@ async fn read_json_body(request: Request) -> Result<Bytes, ApiError> {
 
 fn body_unreadable() -> ApiError {
     ApiError::InvalidRequest(Cow::Borrowed("the request body could not be read"))
+}
+
+/// The request's `Idempotency-Key` header, if any (400 `invalid_request` if malformed).
+pub fn idempotency_key(request: &Request) -> Result<Option<IdempotencyKey>, ApiError> {
+    Ok(request
+        .headers()
+        .get("idempotency-key")
+        .map(|v| v.to_str().unwrap_or("\u{0}"))
+        .map(IdempotencyKey::parse)
+        .transpose()?)
 }
 
 /// Parses a JSON object body; anything else (malformed, missing or wrong-typed fields, an

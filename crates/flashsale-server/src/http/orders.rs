@@ -8,13 +8,13 @@
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::extract::{BuyerPath, SalePath, json_body, parse_object};
+use crate::http::extract::{BuyerPath, SalePath, idempotency_key, json_body, parse_object};
 use crate::http::limits::refuse_unread;
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use flashsale_core::{IdempotencyKey, Quantity, Rejection, SaleId, UserId, sale};
+use flashsale_core::{Quantity, Rejection, SaleId, UserId, sale};
 use flashsale_store::{Attempt, Order, PurchaseOutcome};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -95,12 +95,7 @@ pub async fn create_order(
 }
 
 async fn purchase(app: &AppState, sale_id: SaleId, request: Request) -> Result<Order, ApiError> {
-    let idempotency_key = request
-        .headers()
-        .get("idempotency-key")
-        .map(|v| v.to_str().unwrap_or("\u{0}"))
-        .map(IdempotencyKey::parse)
-        .transpose()?;
+    let idempotency_key = idempotency_key(&request)?;
     let client = app.limiter.client_of(&request);
     let body = json_body(request, app.body_timeout).await?;
     let raw: RawOrder<'_> = parse_object(&body)?;

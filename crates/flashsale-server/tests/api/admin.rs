@@ -21,6 +21,38 @@ async fn creating_a_sale_is_201_with_the_status_body_and_a_default_limit_of_one(
     assert_eq!(app.status(id).await["name"], "Widget");
 }
 
+/// A retry of a creation whose answer was lost (same `Idempotency-Key`, same body) answers the
+/// sale created the first time, not a second sale; the key with another body is 422.
+#[tokio::test]
+async fn creating_a_sale_again_with_the_same_key_answers_the_first_sale() {
+    let app = spawn_app().await;
+    let create = |body: Value| {
+        app.client
+            .post(app.url("/api/admin/sales"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("idempotency-key", "launch-2026-11-30")
+            .json(&body)
+            .send()
+    };
+    let (status, first) = read(create(valid()).await.unwrap()).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, again) = read(create(valid()).await.unwrap()).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["sale_id"], first["sale_id"]);
+    let mut other = valid();
+    other["stock"] = json!(11);
+    let (status, body) = read(create(other).await.unwrap()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["code"], "idempotency_key_reused");
+    // Ids are given in sequence: the next sale's id shows that the retries created nothing.
+    let (_, next) = read(app.post_sale(&valid(), Some(ADMIN_TOKEN)).await).await;
+    assert_eq!(
+        next["sale_id"].as_i64(),
+        first["sale_id"].as_i64().map(|id| id + 1),
+        "one sale, whatever the retries"
+    );
+}
+
 #[tokio::test]
 async fn admin_endpoints_are_401_unauthorized_without_the_right_bearer_token() {
     let app = spawn_app().await;

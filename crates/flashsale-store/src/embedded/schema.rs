@@ -25,7 +25,8 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              stock          INTEGER NOT NULL CHECK (stock > 0),
              per_user_limit INTEGER NOT NULL CHECK (per_user_limit > 0),
              sold           INTEGER NOT NULL DEFAULT 0 CHECK (sold >= 0 AND sold <= stock),
-             sold_out_at_us INTEGER
+             sold_out_at_us INTEGER,
+             creation_key   TEXT
          );
          CREATE TABLE IF NOT EXISTS orders (
              order_id        BLOB    PRIMARY KEY,
@@ -57,6 +58,18 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has_guard {
         conn.execute_batch("ALTER TABLE sale_counters ADD COLUMN last_decided_us INTEGER")?;
     }
+    // ...and the admin's idempotency key of each sale (one sale per key).
+    let has_key: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('sales') WHERE name = 'creation_key'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_key {
+        conn.execute_batch("ALTER TABLE sales ADD COLUMN creation_key TEXT")?;
+    }
+    conn.execute_batch(
+        "CREATE UNIQUE INDEX IF NOT EXISTS sales_creation_key ON sales (creation_key)",
+    )?;
     Ok(())
 }
 

@@ -21,11 +21,11 @@
 //! periods in between (flushed every [`COUNTER_FLUSH`]).
 
 use super::book::{PersistedCounters, SaleBook};
-use super::schema::to_micros;
+use super::schema::{from_micros, to_micros};
 use crate::model::Order;
 use flashsale_core::{IdempotencyKey, NewSale, Sale, SaleId};
 use parking_lot::RwLock;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::sync::Arc;
@@ -95,9 +95,11 @@ pub(crate) fn sync(
                 // The book is added here, not by the caller, so a caller that went away still
                 // leaves a sale that answers.
                 Ack::Sale(reply, sale) => {
+                    // A sale created before under the same key already has its book.
                     books
                         .write()
-                        .insert(sale.id, Arc::new(SaleBook::new(sale.clone())));
+                        .entry(sale.id)
+                        .or_insert_with(|| Arc::new(SaleBook::new(sale.clone())));
                     drop(reply.send(Ok(sale)));
                 }
                 Ack::Shutdown(reply) => {
@@ -151,8 +153,8 @@ pub(crate) fn run(
         for write in batch.drain(..) {
             match write {
                 Write::Order { order, key, reply } => orders.push((order, key, reply)),
-                Write::CreateSale { new, reply } => match create_sale(&conn, &new) {
-                    Ok(id) => durable.push(Ack::Sale(reply, new.with_id(id))),
+                Write::CreateSale { new, reply } => match create_sale(&conn, new) {
+                    Ok(sale) => durable.push(Ack::Sale(reply, sale)),
                     Err(e) => drop(reply.send(Err(e.to_string()))),
                 },
                 Write::Shutdown { reply } => shutdown = Some(reply),
@@ -233,18 +235,44 @@ fn commit_orders(
     tx.commit()
 }
 
-fn create_sale(conn: &Connection, new: &NewSale) -> rusqlite::Result<SaleId> {
+/// Inserts the sale, or returns the one first created with the same creation key.
+fn create_sale(conn: &Connection, new: NewSale) -> rusqlite::Result<Sale> {
+    let key = new.creation_key.as_ref().map(IdempotencyKey::as_str);
+    if let Some(key) = key {
+        let existing = conn
+            .query_row(
+                "SELECT id, name, starts_at_us, ends_at_us, stock, per_user_limit
+                 FROM sales WHERE creation_key = ?1",
+                params![key],
+                |row| {
+                    Ok(Sale {
+                        id: SaleId(row.get(0)?),
+                        name: row.get(1)?,
+                        starts_at: from_micros(row.get(2)?),
+                        ends_at: from_micros(row.get(3)?),
+                        stock: row.get(4)?,
+                        per_user_limit: row.get(5)?,
+                    })
+                },
+            )
+            .optional()?;
+        if let Some(sale) = existing {
+            return Ok(sale);
+        }
+    }
     conn.execute(
-        "INSERT INTO sales (name, starts_at_us, ends_at_us, stock, per_user_limit) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO sales (name, starts_at_us, ends_at_us, stock, per_user_limit, creation_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             new.name,
             to_micros(new.starts_at),
             to_micros(new.ends_at),
             new.stock,
-            new.per_user_limit
+            new.per_user_limit,
+            key
         ],
     )?;
-    Ok(SaleId(conn.last_insert_rowid()))
+    Ok(new.with_id(SaleId(conn.last_insert_rowid())))
 }
 
 /// The sales whose counters changed since they were last written.

@@ -29,7 +29,7 @@ use crate::{Attempt, Order, PurchaseOutcome, SaleStatus, SaleStore, StoreError, 
 use async_trait::async_trait;
 use counters::Counters;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use flashsale_core::{NewSale, NotActiveReason, Rejection, Sale, SaleId, UserId};
+use flashsale_core::{IdempotencyKey, NewSale, NotActiveReason, Rejection, Sale, SaleId, UserId};
 use keys::Keys;
 use orders::{OrderWriter, PendingOrder, Settlement};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -541,22 +541,41 @@ impl SaleStore for RedisPgStore {
     async fn create_sale(&self, new: NewSale) -> Result<Sale, StoreError> {
         let inner = &self.inner;
         let client = inner.pg().await?;
+        let key = new.creation_key.as_ref().map(IdempotencyKey::as_str);
+        // A key seen before (a retry after a lost answer) inserts nothing: its sale is returned.
         let row = inner
             .pg_call(
                 "create sale",
-                client.query_one(
-                    "INSERT INTO sales (name, starts_at, ends_at, stock, per_user_limit)
-                     VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                client.query_opt(
+                    "INSERT INTO sales (name, starts_at, ends_at, stock, per_user_limit,
+                                        creation_key)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (creation_key) DO NOTHING RETURNING id",
                     &[
                         &new.name,
                         &new.starts_at,
                         &new.ends_at,
                         &(new.stock as i32),
                         &(new.per_user_limit as i32),
+                        &key,
                     ],
                 ),
             )
             .await?;
+        let Some(row) = row else {
+            let id: i64 = inner
+                .pg_call(
+                    "sale of a creation key",
+                    client.query_one("SELECT id FROM sales WHERE creation_key = $1", &[&key]),
+                )
+                .await?
+                .get(0);
+            drop(client);
+            return match snapshot::load_one(inner, SaleId(id)).await? {
+                Some(sale) => Ok(Sale::clone(&sale)),
+                None => Err(StoreError::Internal(format!("sale {id} vanished"))),
+            };
+        };
         drop(client);
         let sale = Arc::new(new.with_id(SaleId(row.get(0))));
         inner.snapshot.insert(Arc::clone(&sale), sale.stock, None);

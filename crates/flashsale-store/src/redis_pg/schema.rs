@@ -9,6 +9,10 @@ use tokio_postgres::Client;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/0001_scale_out.sql")),
     (2, include_str!("../../migrations/0002_counter_flushes.sql")),
+    (
+        3,
+        include_str!("../../migrations/0003_sale_creation_key.sql"),
+    ),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations.
