@@ -10,37 +10,13 @@
 
 mod support;
 
-use flashsale_core::{
-    EndReason, IdempotencyKey, NewSale, NotActiveReason, Quantity, Rejection, SaleId, SaleState,
-    UserId,
-};
+use flashsale_core::{EndReason, NotActiveReason, Rejection, SaleId, SaleState};
 use flashsale_store::redis_pg::RedisPgStore;
-use flashsale_store::{Attempt, PurchaseOutcome, SaleStore, StoreError};
+use flashsale_store::{PurchaseOutcome, SaleStore, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{Cleanup, assert_invariants, connect, eventually, isolated};
+use support::{Cleanup, active, assert_invariants, attempt, connect, eventually, isolated};
 use time::OffsetDateTime;
-
-fn active(stock: u32, limit: u32) -> NewSale {
-    let now = OffsetDateTime::now_utc();
-    NewSale::parse(
-        "Honest widget",
-        now - time::Duration::seconds(1),
-        now + time::Duration::hours(1),
-        i64::from(stock),
-        i64::from(limit),
-    )
-    .unwrap()
-}
-
-fn attempt(sale: SaleId, name: &str, key: Option<&str>) -> Attempt {
-    Attempt {
-        sale_id: sale,
-        user_id: UserId::parse(name).unwrap(),
-        quantity: Quantity::ONE,
-        idempotency_key: key.map(|k| IdempotencyKey::parse(k).unwrap()),
-    }
-}
 
 fn rejection(outcome: &Result<PurchaseOutcome, StoreError>) -> Option<Rejection> {
     match outcome {

@@ -8,37 +8,15 @@
 
 mod support;
 
-use flashsale_core::{IdempotencyKey, NewSale, Quantity, Rejection, SaleId, UserId};
+use flashsale_core::{Rejection, SaleId};
 use flashsale_store::redis_pg::RedisPgConfig;
-use flashsale_store::{Attempt, PurchaseOutcome, SaleStore, StoreError};
+use flashsale_store::{PurchaseOutcome, SaleStore, StoreError};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use support::{Cleanup, assert_invariants, connect, eventually, isolated};
-use time::OffsetDateTime;
+use support::{Cleanup, active, assert_invariants, attempt, connect, eventually, isolated};
 use uuid::Uuid;
-
-fn active(stock: u32, limit: u32) -> NewSale {
-    let now = OffsetDateTime::now_utc();
-    NewSale::parse(
-        "Divergence widget",
-        now - time::Duration::seconds(1),
-        now + time::Duration::hours(1),
-        i64::from(stock),
-        i64::from(limit),
-    )
-    .unwrap()
-}
-
-fn attempt(sale: SaleId, name: &str, key: Option<&str>) -> Attempt {
-    Attempt {
-        sale_id: sale,
-        user_id: UserId::parse(name).unwrap(),
-        quantity: Quantity::ONE,
-        idempotency_key: key.map(|k| IdempotencyKey::parse(k).unwrap()),
-    }
-}
 
 async fn buy(
     store: &dyn SaleStore,

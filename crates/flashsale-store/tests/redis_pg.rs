@@ -9,26 +9,13 @@
 
 mod support;
 
-use flashsale_core::{IdempotencyKey, NewSale, Quantity, Rejection, Sale, SaleId, UserId};
+use flashsale_core::{IdempotencyKey, Quantity, Rejection, Sale, SaleId, UserId};
 use flashsale_store::redis_pg::RedisPgStore;
 use flashsale_store::{Attempt, PurchaseOutcome, SaleStore, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{Cleanup, assert_invariants, connect, eventually, isolated};
-use time::OffsetDateTime;
+use support::{Cleanup, active, assert_invariants, connect, eventually, isolated};
 use uuid::Uuid;
-
-fn active(stock: u32, limit: u32) -> NewSale {
-    let now = OffsetDateTime::now_utc();
-    NewSale::parse(
-        "Failure widget",
-        now - time::Duration::seconds(1),
-        now + time::Duration::hours(1),
-        i64::from(stock),
-        i64::from(limit),
-    )
-    .unwrap()
-}
 
 fn attempt(sale: SaleId, name: &str) -> Attempt {
     Attempt {

@@ -1,9 +1,9 @@
 //! Opening the database and rebuilding the in-memory books from it.
 
 use super::book::{PersistedCounters, SaleBook};
-use super::schema::{from_micros, migrate};
+use super::schema::{from_micros, migrate, sale_of_row};
 use crate::model::{Order, RejectionCounts};
-use flashsale_core::{IdempotencyKey, Sale, SaleId, UserId};
+use flashsale_core::{IdempotencyKey, SaleId, UserId};
 use rusqlite::Connection;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -63,14 +63,7 @@ pub(crate) fn rebuild(conn: &Connection) -> rusqlite::Result<BTreeMap<SaleId, Ar
     )?;
     let mut rows = sales.query([])?;
     while let Some(row) = rows.next()? {
-        let sale = Sale {
-            id: SaleId(row.get(0)?),
-            name: row.get(1)?,
-            starts_at: from_micros(row.get(2)?),
-            ends_at: from_micros(row.get(3)?),
-            stock: row.get(4)?,
-            per_user_limit: row.get(5)?,
-        };
+        let sale = sale_of_row(row)?;
         // `sales.sold_out_at_us` is not read back: the sold-out instant is derived from the
         // orders themselves (see `SaleBook::restore`), so no flag can disagree with them.
         let last_decided = row

@@ -5,6 +5,7 @@
 //! the orders, and `CHECK (sold <= stock)` makes the database refuse an oversell on its own,
 //! whatever the memory above it believes.
 
+use flashsale_core::{Sale, SaleId};
 use rusqlite::Connection;
 use time::OffsetDateTime;
 
@@ -49,28 +50,40 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              last_decided_us    INTEGER
          );",
     )?;
-    // Data directories created before the clock guard lack its column.
-    let has_guard: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('sale_counters') WHERE name = 'last_decided_us'",
-        [],
-        |row| row.get(0),
-    )?;
-    if !has_guard {
-        conn.execute_batch("ALTER TABLE sale_counters ADD COLUMN last_decided_us INTEGER")?;
-    }
-    // ...and the admin's idempotency key of each sale (one sale per key).
-    let has_key: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('sales') WHERE name = 'creation_key'",
-        [],
-        |row| row.get(0),
-    )?;
-    if !has_key {
-        conn.execute_batch("ALTER TABLE sales ADD COLUMN creation_key TEXT")?;
-    }
+    // Data directories created before the clock guard lack its column, and before admin
+    // idempotency the sales' creation key (one sale per key).
+    add_column(conn, "sale_counters", "last_decided_us", "INTEGER")?;
+    add_column(conn, "sales", "creation_key", "TEXT")?;
     conn.execute_batch(
         "CREATE UNIQUE INDEX IF NOT EXISTS sales_creation_key ON sales (creation_key)",
     )?;
     Ok(())
+}
+
+/// Adds `column` to `table` unless it is there (names are constants of this module).
+fn add_column(conn: &Connection, table: &str, column: &str, ty: &str) -> rusqlite::Result<()> {
+    let present: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |row| row.get(0),
+    )?;
+    if !present {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))?;
+    }
+    Ok(())
+}
+
+/// The sale in the first six columns of `row`: id, name, starts_at_us, ends_at_us, stock,
+/// per_user_limit.
+pub(crate) fn sale_of_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Sale> {
+    Ok(Sale {
+        id: SaleId(row.get(0)?),
+        name: row.get(1)?,
+        starts_at: from_micros(row.get(2)?),
+        ends_at: from_micros(row.get(3)?),
+        stock: row.get(4)?,
+        per_user_limit: row.get(5)?,
+    })
 }
 
 /// Microseconds since the epoch.

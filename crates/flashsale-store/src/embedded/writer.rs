@@ -21,7 +21,7 @@
 //! periods in between (flushed every [`COUNTER_FLUSH`]).
 
 use super::book::{PersistedCounters, SaleBook};
-use super::schema::{from_micros, to_micros};
+use super::schema::{sale_of_row, to_micros};
 use crate::model::Order;
 use flashsale_core::{IdempotencyKey, NewSale, Sale, SaleId};
 use parking_lot::RwLock;
@@ -244,16 +244,7 @@ fn create_sale(conn: &Connection, new: NewSale) -> rusqlite::Result<Sale> {
                 "SELECT id, name, starts_at_us, ends_at_us, stock, per_user_limit
                  FROM sales WHERE creation_key = ?1",
                 params![key],
-                |row| {
-                    Ok(Sale {
-                        id: SaleId(row.get(0)?),
-                        name: row.get(1)?,
-                        starts_at: from_micros(row.get(2)?),
-                        ends_at: from_micros(row.get(3)?),
-                        stock: row.get(4)?,
-                        per_user_limit: row.get(5)?,
-                    })
-                },
+                sale_of_row,
             )
             .optional()?;
         if let Some(sale) = existing {

@@ -6,11 +6,17 @@
 //! isolates itself with its own.
 
 use flashsale_core::SaleId;
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Builds key names under one prefix.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Keys {
     prefix: String,
+    /// Each sale's names, built once: an admission passes seven of them, and formatting them
+    /// on every purchase was seven allocations on the hot path.
+    sales: RwLock<HashMap<SaleId, Arc<SaleKeys>>>,
 }
 
 /// The keys of one sale (all in the same hash slot).
@@ -61,11 +67,20 @@ impl Keys {
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
+            sales: RwLock::default(),
         }
     }
 
     /// The keys of sale `id`.
-    pub fn sale(&self, id: SaleId) -> SaleKeys {
+    pub fn sale(&self, id: SaleId) -> Arc<SaleKeys> {
+        if let Some(keys) = self.sales.read().get(&id) {
+            return Arc::clone(keys);
+        }
+        let keys = Arc::new(self.build(id));
+        Arc::clone(self.sales.write().entry(id).or_insert(keys))
+    }
+
+    fn build(&self, id: SaleId) -> SaleKeys {
         let tag = format!("{{{}:sale:{}}}", self.prefix, id.0);
         SaleKeys {
             meta: format!("{tag}:meta"),

@@ -4,7 +4,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use flashsale_core::SaleId;
+use flashsale_core::{IdempotencyKey, NewSale, Quantity, SaleId, UserId};
+use flashsale_store::Attempt;
 use flashsale_store::redis_pg::{RedisPgConfig, RedisPgStore};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,6 +13,29 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
+
+/// A sale that started a second ago and ends in an hour.
+pub fn active(stock: u32, limit: u32) -> NewSale {
+    let now = time::OffsetDateTime::now_utc();
+    NewSale::parse(
+        "Test widget",
+        now - time::Duration::seconds(1),
+        now + time::Duration::hours(1),
+        i64::from(stock),
+        i64::from(limit),
+    )
+    .unwrap()
+}
+
+/// One unit for `name`, with an idempotency key if given.
+pub fn attempt(sale: SaleId, name: &str, key: Option<&str>) -> Attempt {
+    Attempt {
+        sale_id: sale,
+        user_id: UserId::parse(name).unwrap(),
+        quantity: Quantity::ONE,
+        idempotency_key: key.map(|k| IdempotencyKey::parse(k).unwrap()),
+    }
+}
 
 /// The shared Redis (TEST_REDIS_URL, default the local one).
 pub fn redis_url() -> String {
