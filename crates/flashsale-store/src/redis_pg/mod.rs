@@ -29,7 +29,10 @@ use crate::{Attempt, Order, PurchaseOutcome, SaleStatus, SaleStore, StoreError, 
 use async_trait::async_trait;
 use counters::Counters;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use flashsale_core::{IdempotencyKey, NewSale, NotActiveReason, Rejection, Sale, SaleId, UserId};
+use flashsale_core::{
+    IdempotencyKey, NewSale, NotActiveReason, QuantityAboveLimit, Rejection, Sale, SaleId, UserId,
+    check_quantity,
+};
 use keys::Keys;
 use orders::{OrderWriter, PendingOrder, Settlement};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -591,8 +594,9 @@ impl SaleStore for RedisPgStore {
         let Some(sale) = self.sale(attempt.sale_id).await? else {
             return Ok(PurchaseOutcome::SaleNotFound);
         };
-        let limit = sale.per_user_limit;
-        if attempt.quantity.get() > limit {
+        // The rule is core's (`decide` states it first); it is checked here, before the key
+        // is looked up, because the answer depends on the request and the sale alone.
+        if let Err(QuantityAboveLimit { limit }) = check_quantity(&sale, attempt.quantity) {
             return Ok(PurchaseOutcome::QuantityAboveLimit { limit });
         }
         // Fast path: a sale known to be sold out or over is rejected without a round trip.
