@@ -81,6 +81,9 @@ enum Op {
         key: Option<u8>,
         fate: Fate,
     },
+    /// The attempt `back` attempts ago sent again (a client's retry: same buyer, quantity and
+    /// key), with a fate of its own.
+    Retry { back: usize, fate: Fate },
     /// Every admission still in flight is settled, confirmed or released.
     SettleAll { confirm: bool },
 }
@@ -99,14 +102,15 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             5 => Just(Fate::Confirm),
             2 => Just(Fate::Release),
             2 => Just(Fate::Hold),
-        ];
+        ]
+        .boxed();
         // Mostly within the limit; limit + 1 (400 before the script) now and then.
         let quantity = prop_oneof![4 => 1..=limit, 1 => Just(limit + 1)];
         let attempt = (
             0..BUYERS,
             quantity,
             proptest::option::of(0..KEYS),
-            fate,
+            fate.clone(),
         )
             .prop_map(|(buyer, quantity, key, fate)| Op::Attempt {
                 buyer,
@@ -116,30 +120,29 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             });
         let op = prop_oneof![
             8 => attempt,
+            3 => (1usize..=3, fate.clone()).prop_map(|(back, fate)| Op::Retry { back, fate }),
             1 => any::<bool>().prop_map(|confirm| Op::SettleAll { confirm }),
         ];
         // Each step moves the clock forward by 0, 1 or 2 of the instants (mostly 0: many
         // attempts at one instant), from a generated first instant.
-        let advance = prop_oneof![6 => Just(0usize), 3 => Just(1), 1 => Just(2)];
-        (
-            0..INSTANTS.len(),
-            proptest::collection::vec((advance, op), 1..=60),
-        )
-            .prop_map(move |(first, ops)| {
-                let mut at = first;
-                let steps = ops
-                    .into_iter()
-                    .map(|(step, op)| {
-                        at = (at + step).min(INSTANTS.len() - 1);
-                        (at, op)
-                    })
-                    .collect();
-                Scenario {
-                    stock,
-                    limit,
-                    steps,
-                }
-            })
+        let advance = prop_oneof![16 => Just(0usize), 3 => Just(1), 1 => Just(2)];
+        // Mostly from before the end, so most of a case is spent inside the window.
+        let first = prop_oneof![3 => 0..5usize, 1 => 5..INSTANTS.len()];
+        (first, proptest::collection::vec((advance, op), 1..=60)).prop_map(move |(first, ops)| {
+            let mut at = first;
+            let steps = ops
+                .into_iter()
+                .map(|(step, op)| {
+                    at = (at + step).min(INSTANTS.len() - 1);
+                    (at, op)
+                })
+                .collect();
+            Scenario {
+                stock,
+                limit,
+                steps,
+            }
+        })
     })
 }
 
@@ -638,11 +641,8 @@ impl Harness {
         let con = redis::Client::open(url.as_str())
             .and_then(|c| c.get_connection())
             .unwrap_or_else(|e| panic!("cannot reach Redis at {url} (set TEST_REDIS_URL): {e}"));
-        let prefix = format!(
-            "diff_{}_{}",
-            std::process::id(),
-            &Uuid::now_v7().simple().to_string()[8..16]
-        );
+        // Whole: the tests of this file start in the same millisecond.
+        let prefix = format!("diff_{}", Uuid::now_v7().simple());
         let keys = Keys::new(&prefix);
         Self {
             con: RefCell::new(con),
@@ -689,8 +689,32 @@ impl Harness {
             .unwrap();
         let mut model = Model::new(sale.clone());
         let mut replies = Vec::new();
+        let mut sent: Vec<Op> = Vec::new();
         for (n, (instant, op)) in sc.steps.iter().enumerate() {
             let now_us = base + INSTANTS[*instant];
+            let op = match op {
+                Op::Retry { back, fate } if *back <= sent.len() => match &sent[sent.len() - back] {
+                    Op::Attempt {
+                        buyer,
+                        quantity,
+                        key,
+                        ..
+                    } => Op::Attempt {
+                        buyer: *buyer,
+                        quantity: *quantity,
+                        key: *key,
+                        fate: *fate,
+                    },
+                    _ => unreachable!("only attempts are sent"),
+                },
+                // Nothing to retry yet.
+                Op::Retry { .. } => continue,
+                op => op.clone(),
+            };
+            if matches!(op, Op::Attempt { .. }) {
+                sent.push(op.clone());
+            }
+            let op = &op;
             match op {
                 Op::Attempt {
                     buyer,
@@ -745,6 +769,7 @@ impl Harness {
                         prop_assert_eq!(got, expected, "step {}: settle {:?}", n, fate);
                     }
                 }
+                Op::Retry { .. } => unreachable!("resolved above"),
                 Op::SettleAll { confirm } => {
                     replies.push(None);
                     let orders: Vec<String> =
@@ -824,4 +849,77 @@ fn admission_lua_agrees_with_decide() {
     if let Err(e) = result {
         panic!("admission.lua and decide disagree: {e}");
     }
+}
+
+/// The finding of this test (issue 11), shrunk: a key refused before the start replayed
+/// `upcoming` after the sale had sold out or ended by time, and the same key with another body
+/// was told `idempotency_key_reused`; docs/api.md says that once the sale has ended a refused
+/// key gets the sale's final answer, the same for every key (as the embedded store does).
+#[test]
+fn a_refused_key_gets_the_final_answer_once_the_sale_has_ended() {
+    let h = Harness::new();
+    let attempt = |buyer, quantity, key| {
+        Some(Op::Attempt {
+            buyer,
+            quantity,
+            key: Some(key),
+            fate: Fate::Confirm,
+        })
+    };
+    let plain = |buyer, quantity| {
+        Some(Op::Attempt {
+            buyer,
+            quantity,
+            key: None,
+            fate: Fate::Confirm,
+        })
+    };
+    let reject = |code: &str| {
+        Some(Reply::Reject {
+            code: code.to_owned(),
+            arg: 0,
+            last: code != "upcoming",
+        })
+    };
+    let scenario = |stock, limit, steps: Vec<(usize, Option<Op>)>| Scenario {
+        stock,
+        limit,
+        steps: steps.into_iter().map(|(t, op)| (t, op.unwrap())).collect(),
+    };
+
+    // Sold out (the case proptest shrank to).
+    let sold_out = scenario(
+        3,
+        3,
+        vec![
+            (0, attempt(0, 1, 2)), // before the start: `upcoming`, remembered under k2
+            (2, plain(0, 2)),
+            (2, plain(0, 1)), // the last unit
+            (2, attempt(0, 1, 2)),
+            (2, attempt(1, 1, 2)),
+        ],
+    );
+    let replies = h.run(&sold_out).unwrap();
+    assert_eq!(replies[0], reject("upcoming"));
+    assert_eq!(replies[3], reject("sold_out"), "not the `upcoming` replay");
+    assert_eq!(
+        replies[4],
+        reject("sold_out"),
+        "not `idempotency_key_reused`"
+    );
+
+    // Ended by time, exactly at the end.
+    let by_time = scenario(
+        5,
+        1,
+        vec![
+            (1, attempt(0, 1, 0)),
+            (6, attempt(0, 1, 0)),
+            (6, attempt(1, 1, 0)),
+        ],
+    );
+    let replies = h.run(&by_time).unwrap();
+    assert_eq!(replies[0], reject("upcoming"));
+    assert_eq!(replies[1], reject("ended"));
+    assert_eq!(replies[2], reject("ended"));
 }
