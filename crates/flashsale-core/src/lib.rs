@@ -20,5 +20,7 @@ pub mod sale;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ValidationError;
 pub use ids::{IdempotencyKey, Quantity, SaleId, UserId};
-pub use purchase::{Decision, NotActiveReason, Rejection, decide};
+pub use purchase::{
+    Decision, NotActiveReason, QuantityAboveLimit, Rejection, check_quantity, decide,
+};
 pub use sale::{EndReason, NewSale, Sale, SaleState, pick_featured};

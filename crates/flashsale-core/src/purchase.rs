@@ -63,6 +63,15 @@ impl NotActiveReason {
     }
 }
 
+/// An attempt asking for more units than the sale's per-user limit: the request itself is
+/// wrong for this sale (400 `invalid_request`, the limit in the message), whatever the sale's
+/// state. Not a [`Rejection`]: it is not counted, and nothing about the buyer is looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QuantityAboveLimit {
+    /// The sale's per-user limit.
+    pub limit: u32,
+}
+
 /// The result of deciding one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -70,12 +79,30 @@ pub enum Decision {
     Admit,
     /// Take nothing.
     Reject(Rejection),
+    /// Take nothing: the quantity is above the sale's per-user limit (see [`check_quantity`]).
+    QuantityAboveLimit(QuantityAboveLimit),
+}
+
+/// The first rule of [`decide`], on its own: the quantity asked for is at most the sale's
+/// per-user limit.
+///
+/// Stores call it before anything else (before an idempotency key is looked up or the shared
+/// store is asked), because the answer depends on the request and the sale alone; `decide`
+/// applies it too, so the rules stay stated in one place.
+pub fn check_quantity(sale: &Sale, quantity: Quantity) -> Result<(), QuantityAboveLimit> {
+    if quantity.get() > sale.per_user_limit {
+        return Err(QuantityAboveLimit {
+            limit: sale.per_user_limit,
+        });
+    }
+    Ok(())
 }
 
 /// Decides one attempt.
 ///
-/// Order of checks: the window and stock (the sale's state), then the buyer's limit, then the
-/// quantity against what is left. State comes first so that every buyer sees the same answer
+/// Order of checks: the quantity against the sale's per-user limit ([`check_quantity`]: a
+/// request no state of the sale could admit), then the window and stock (the sale's state),
+/// then the buyer's limit, then the quantity against what is left. State comes first so that every buyer sees the same answer
 /// for a sale that is not active, whatever they hold; that is also what lets a scale-out
 /// instance reject a sold-out or ended sale without asking the shared store.
 pub fn decide(
@@ -85,6 +112,9 @@ pub fn decide(
     held: u32,
     quantity: Quantity,
 ) -> Decision {
+    if let Err(above) = check_quantity(sale, quantity) {
+        return Decision::QuantityAboveLimit(above);
+    }
     match sale.state(now, remaining) {
         SaleState::Upcoming => {
             return Decision::Reject(Rejection::NotActive(NotActiveReason::Upcoming));
@@ -161,6 +191,24 @@ mod tests {
             d,
             Decision::Reject(Rejection::NotActive(NotActiveReason::Ended))
         );
+    }
+
+    #[test]
+    fn t3_quantity_above_the_per_user_limit_is_refused_before_the_state() {
+        let above = Decision::QuantityAboveLimit(QuantityAboveLimit { limit: 2 });
+        let s = sale(10, 2);
+        // Whatever the sale's state or the buyer's holding: the request is wrong for this sale.
+        assert_eq!(decide(&s, START, 10, 0, q(3)), above);
+        assert_eq!(decide(&s, START - Duration::seconds(1), 10, 0, q(3)), above);
+        assert_eq!(decide(&s, END, 10, 0, q(3)), above);
+        assert_eq!(decide(&s, START, 0, 0, q(3)), above);
+        assert_eq!(decide(&s, START, 10, 2, q(3)), above);
+        assert_eq!(
+            check_quantity(&s, q(3)),
+            Err(QuantityAboveLimit { limit: 2 })
+        );
+        assert_eq!(check_quantity(&s, q(2)), Ok(()));
+        assert_eq!(decide(&s, START, 10, 0, q(2)), Decision::Admit);
     }
 
     #[test]

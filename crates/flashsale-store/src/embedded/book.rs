@@ -298,6 +298,12 @@ impl SaleBook {
                 }
                 Step::Answer(outcome)
             }
+            // The store checks the quantity before the key lookup, so this is not reached
+            // through it; answering it here keeps the book right on its own (nothing counted,
+            // nothing remembered).
+            Decision::QuantityAboveLimit(above) => {
+                Step::Answer(PurchaseOutcome::QuantityAboveLimit { limit: above.limit })
+            }
             Decision::Admit => {
                 let q = quantity.get();
                 st.pending += q;

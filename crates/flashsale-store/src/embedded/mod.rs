@@ -20,7 +20,7 @@ use crate::{Attempt, Order, PurchaseOutcome, SaleStatus, SaleStore, StoreError, 
 use async_trait::async_trait;
 pub use book::{MAX_REFUSED_KEYS, REFUSAL_RETENTION};
 use book::{SaleBook, Step};
-use flashsale_core::{Clock, NewSale, Sale, SaleId, UserId};
+use flashsale_core::{Clock, NewSale, QuantityAboveLimit, Sale, SaleId, UserId, check_quantity};
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -179,8 +179,9 @@ impl SaleStore for EmbeddedStore {
         let Some(book) = self.book(attempt.sale_id) else {
             return Ok(PurchaseOutcome::SaleNotFound);
         };
-        let limit = book.sale().per_user_limit;
-        if attempt.quantity.get() > limit {
+        // The rule is core's (`decide` states it first); it is checked here, before the key
+        // is looked up, because the answer depends on the request and the sale alone.
+        if let Err(QuantityAboveLimit { limit }) = check_quantity(book.sale(), attempt.quantity) {
             return Ok(PurchaseOutcome::QuantityAboveLimit { limit });
         }
         // Stored instants have microsecond precision; deciding at the stored precision keeps

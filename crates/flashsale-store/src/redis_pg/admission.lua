@@ -38,7 +38,8 @@
 -- Idempotency records: "P\nuser\nq\norder_id" while pending, then C or R as above. A refusal
 -- is remembered only while a later decision could differ; final refusals are not stored (the
 -- same answer is decided again), and stored ones are forgotten after ARGV[6], beyond ARGV[7],
--- and once the sale's answer is final.
+-- and once the sale has ended (by time, or sold out with nothing in flight): from then on a
+-- refused key gets the sale's final answer, the same for every key (docs/api.md).
 
 local function fmt(n) return string.format('%.0f', n) end
 
@@ -59,21 +60,6 @@ end
 
 local user, qty, key, order_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local q = tonumber(qty)
-
-if key ~= '' then
-  local rec = redis.call('HGET', KEYS[5], key)
-  if rec then
-    local kind, ruser, rq = string.match(rec, '^(%a)\n([^\n]*)\n([^\n]*)')
-    if ruser ~= user or rq ~= qty then
-      return {'reused', now}
-    end
-    if kind == 'P' then
-      return {'pending', now}
-    end
-    return {'replay', now, rec}
-  end
-end
-
 local limit = tonumber(meta[1])
 local starts = tonumber(meta[2])
 local ends = tonumber(meta[3])
@@ -90,6 +76,35 @@ local function forget(upto, n)
       redis.call('HDEL', KEYS[5], k)
     end
     redis.call('ZREM', KEYS[6], k)
+  end
+end
+
+-- Once the sale has ended (as `Sale::state` says, counting reserved units as not yet sold),
+-- every decision is its final answer, the same for every key: a remembered refusal (say
+-- `upcoming`) would now be untrue, so it is forgotten before the key is looked up, and the
+-- attempt decided again, as the embedded store does.
+local ended = now_us >= starts and (now_us >= ends or remaining + reserved <= 0)
+if ended and redis.call('ZCARD', KEYS[6]) > 0 then
+  forget('+inf', 64)
+end
+
+if key ~= '' then
+  local rec = redis.call('HGET', KEYS[5], key)
+  if rec and ended and string.sub(rec, 1, 1) == 'R' then
+    -- Beyond the 64 forgotten above: this one is forgotten now.
+    redis.call('HDEL', KEYS[5], key)
+    redis.call('ZREM', KEYS[6], key)
+    rec = nil
+  end
+  if rec then
+    local kind, ruser, rq = string.match(rec, '^(%a)\n([^\n]*)\n([^\n]*)')
+    if ruser ~= user or rq ~= qty then
+      return {'reused', now}
+    end
+    if kind == 'P' then
+      return {'pending', now}
+    end
+    return {'replay', now, rec}
   end
 end
 
@@ -129,11 +144,8 @@ if (code == 'sold_out' or code == 'insufficient') and reserved > 0 then
 end
 
 if code then
-  if final then
-    if redis.call('ZCARD', KEYS[6]) > 0 then
-      forget('+inf', 64)
-    end
-  elseif key ~= '' then
+  -- A final refusal is not stored (the sale has ended: refusals were forgotten above).
+  if not final and key ~= '' then
     forget(fmt(now_ms - tonumber(ARGV[6])), 16)
     local over = redis.call('ZCARD', KEYS[6]) - tonumber(ARGV[7]) + 1
     if over > 0 then

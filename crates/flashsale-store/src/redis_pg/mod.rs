@@ -1,14 +1,21 @@
 //! The scale-out store: many stateless instances share Redis (the hot path) and PostgreSQL
 //! (the durable record). See `docs/scale-out.md` for the whole design.
 //!
-//! One purchase: the instance checks its in-process [`snapshot`] (a sold-out or ended sale is
-//! rejected with no round trip), then runs `admission.lua` in Redis, which decides the attempt
-//! with Redis's clock and, if admitted, takes the stock and records a reservation with a lease.
-//! The order goes to the [`orders`] group committer, which writes it to PostgreSQL in a
-//! multi-row transaction; only after that commit is `confirmed` answered. If the write fails,
-//! the reservation is fenced as released in PostgreSQL and the stock handed back in Redis.
-//! The [`reconcile`] task resolves reservations whose instance died, and rebuilds a sale's Redis
-//! state from PostgreSQL when Redis lost it.
+//! The path of a purchase (`purchase`, below), after core's `check_quantity`:
+//! 1. pre-filter (`snapshot.rs`): a sale known to be sold out or over is refused from the
+//!    in-process snapshot, with no round trip;
+//! 2. admission (`admission.lua`, called by `scripts.rs`): one atomic script decides with
+//!    Redis's clock, by the rules of `flashsale_core::decide` (checked against it by
+//!    `tests/admission_differential.rs`), and if admitted takes the stock and records a
+//!    reservation with a lease;
+//! 3. group commit and fence (`orders.rs`): the order is written to PostgreSQL in a
+//!    multi-row transaction that claims the reservation as committed; only then is
+//!    `confirmed` answered (a failed write is fenced as released instead);
+//! 4. settle (`settle.lua`): the reservation is removed in Redis, kept (confirmed) or handed
+//!    back (released).
+//!
+//! The [`reconcile`] task settles reservations whose instance died, and rebuilds a sale's
+//! Redis state from PostgreSQL when Redis lost it.
 //!
 //! Invariants kept here:
 //! - PostgreSQL refuses on its own to sell more than the stock (`CHECK (sold <= stock)`) or more
@@ -29,7 +36,10 @@ use crate::{Attempt, Order, PurchaseOutcome, SaleStatus, SaleStore, StoreError, 
 use async_trait::async_trait;
 use counters::Counters;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use flashsale_core::{IdempotencyKey, NewSale, NotActiveReason, Rejection, Sale, SaleId, UserId};
+use flashsale_core::{
+    IdempotencyKey, NewSale, NotActiveReason, QuantityAboveLimit, Rejection, Sale, SaleId, UserId,
+    check_quantity,
+};
 use keys::Keys;
 use orders::{OrderWriter, PendingOrder, Settlement};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -591,8 +601,9 @@ impl SaleStore for RedisPgStore {
         let Some(sale) = self.sale(attempt.sale_id).await? else {
             return Ok(PurchaseOutcome::SaleNotFound);
         };
-        let limit = sale.per_user_limit;
-        if attempt.quantity.get() > limit {
+        // The rule is core's (`decide` states it first); it is checked here, before the key
+        // is looked up, because the answer depends on the request and the sale alone.
+        if let Err(QuantityAboveLimit { limit }) = check_quantity(&sale, attempt.quantity) {
             return Ok(PurchaseOutcome::QuantityAboveLimit { limit });
         }
         // Fast path: a sale known to be sold out or over is rejected without a round trip.
