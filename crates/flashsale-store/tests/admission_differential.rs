@@ -343,13 +343,13 @@ impl Model {
             }
             Decision::Reject(rejection) => {
                 // A refusal that reservations in flight could make untrue waits for them: the
-                // buyer's own for the limit, anyone's for the stock (admission.lua header).
+                // buyer's own for the limit, anyone's for the last unit (admission.lua header).
                 let waits = match rejection {
                     Rejection::AlreadyPurchased | Rejection::LimitExceeded { .. } => {
                         self.reserving.get(user).copied().unwrap_or(0) > 0
                     }
-                    Rejection::SoldOut | Rejection::InsufficientStock { .. } => self.reserved > 0,
-                    Rejection::NotActive(_) => false,
+                    Rejection::SoldOut => self.reserved > 0,
+                    Rejection::InsufficientStock { .. } | Rejection::NotActive(_) => false,
                 };
                 if waits {
                     return Reply::Wait;
@@ -643,14 +643,16 @@ impl Harness {
             .unwrap_or_else(|e| panic!("cannot reach Redis at {url} (set TEST_REDIS_URL): {e}"));
         // Whole: the tests of this file start in the same millisecond.
         let prefix = format!("diff_{}", Uuid::now_v7().simple());
-        let keys = Keys::new(&prefix);
         Self {
             con: RefCell::new(con),
             scripts: Scripts::new(),
-            keys: keys.clone(),
+            keys: Keys::new(&prefix),
             next_sale: Cell::new(1),
             tally: RefCell::default(),
-            _cleanup: Cleanup { url, keys },
+            _cleanup: Cleanup {
+                url,
+                keys: Keys::new(&prefix),
+            },
         }
     }
 

@@ -27,9 +27,9 @@
 --                                             final "1": no later decision can differ (ended,
 --                                             sold out)
 --   {"wait", now}                             a refusal that reservations still in flight could
---                                             make untrue (sold out or too few units while some
---                                             are reserved; the limit while the buyer's own
---                                             are): nothing done, retry once they are settled
+--                                             make untrue (sold out while units are reserved;
+--                                             the limit while the buyer's own are): nothing
+--                                             done, retry once they are settled
 --   {"reused", now}                           the key was first used by another user/quantity
 --   {"pending", now}                          the key's first attempt is still being committed
 --   {"replay", now, record}                   the key's first outcome, one of
@@ -137,9 +137,11 @@ else
     return {'wait', now}
   end
 end
-if (code == 'sold_out' or code == 'insufficient') and reserved > 0 then
+if code == 'sold_out' and reserved > 0 then
   -- Units are reserved but not yet confirmed: if their commit fails they come back, and
-  -- "no unit is left" would have been untrue. Their outcome is a few ms away.
+  -- "no unit is left" would have been untrue. Their outcome is a few ms away. (A refusal for
+  -- too few units says how many are free now, which is true whatever happens next: it does
+  -- not wait, as in the embedded store.)
   return {'wait', now}
 end
 
