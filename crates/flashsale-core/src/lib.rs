@@ -9,17 +9,21 @@
 //! - [`ids`]: parsed newtypes for user ids, sale ids, quantities and idempotency keys.
 //! - [`sale`]: the sale, its derived state, and which sale the page features.
 //! - [`purchase`]: the rules that turn one attempt into an admission or a rejection.
+//! - [`outcome`]: every answer a purchase can get, with its wire code and status: the one
+//!   list the counters, metrics, OpenAPI enum and HTTP errors derive from.
 //! - [`error`]: validation errors, each naming what was wrong.
 
 pub mod clock;
 pub mod error;
 pub mod ids;
+pub mod outcome;
 pub mod purchase;
 pub mod sale;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ValidationError;
 pub use ids::{IdempotencyKey, Quantity, SaleId, UserId};
+pub use outcome::Outcome;
 pub use purchase::{
     Decision, NotActiveReason, QuantityAboveLimit, Rejection, check_quantity, decide,
 };

@@ -6,6 +6,7 @@
 //! mirrors it), so these rules are the single statement of what is admitted.
 
 use crate::ids::Quantity;
+use crate::outcome::Outcome;
 use crate::sale::{EndReason, Sale, SaleState};
 use time::OffsetDateTime;
 
@@ -32,15 +33,20 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    /// The stable wire code of this rejection.
-    pub fn code(self) -> &'static str {
+    /// The answer this rejection is given ([`Outcome`] holds its wire code and status).
+    pub const fn outcome(self) -> Outcome {
         match self {
-            Rejection::NotActive(_) => "sale_not_active",
-            Rejection::SoldOut => "sold_out",
-            Rejection::AlreadyPurchased => "already_purchased",
-            Rejection::LimitExceeded { .. } => "limit_exceeded",
-            Rejection::InsufficientStock { .. } => "insufficient_stock",
+            Rejection::NotActive(_) => Outcome::SaleNotActive,
+            Rejection::SoldOut => Outcome::SoldOut,
+            Rejection::AlreadyPurchased => Outcome::AlreadyPurchased,
+            Rejection::LimitExceeded { .. } => Outcome::LimitExceeded,
+            Rejection::InsufficientStock { .. } => Outcome::InsufficientStock,
         }
+    }
+
+    /// The stable wire code of this rejection.
+    pub const fn code(self) -> &'static str {
+        self.outcome().code()
     }
 }
 
@@ -282,6 +288,8 @@ mod tests {
         assert_eq!(codes[0], "sale_not_active");
         assert_eq!(codes[1], "sold_out");
         assert_eq!(codes[2], "already_purchased");
+        assert_eq!(codes[3], "limit_exceeded");
+        assert_eq!(codes[4], "insufficient_stock");
     }
 
     /// A deliberately naive model of the rules, written independently of `decide`: the sale
