@@ -9,6 +9,7 @@
 //! once the order is durable, a failed write takes nothing, and no sequence of calls sells more
 //! than the stock or more than the per-user limit to one buyer.
 
+mod counter_columns;
 pub mod embedded;
 mod error;
 mod model;

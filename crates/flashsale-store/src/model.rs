@@ -1,6 +1,8 @@
 //! The values that cross the [`crate::SaleStore`] boundary.
 
-use flashsale_core::{IdempotencyKey, Quantity, Rejection, Sale, SaleId, SaleState, UserId};
+use flashsale_core::{
+    IdempotencyKey, Outcome, Quantity, Rejection, Sale, SaleId, SaleState, UserId,
+};
 use serde::Serialize;
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -79,43 +81,78 @@ impl SaleStatus {
     }
 }
 
-/// Rejections by reason, for the admin summary.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct RejectionCounts {
-    /// `sale_not_active` answers.
-    pub sale_not_active: u64,
-    /// `sold_out` answers.
-    pub sold_out: u64,
-    /// `already_purchased` answers.
-    pub already_purchased: u64,
-    /// `limit_exceeded` answers.
-    pub limit_exceeded: u64,
-    /// `insufficient_stock` answers.
-    pub insufficient_stock: u64,
-    /// `unavailable` answers (a write failed; nothing was taken).
-    pub unavailable: u64,
+/// Rejections by reason, for the admin summary: one counter per [`Outcome`], of which only
+/// the [`Outcome::COUNTED`] ones are ever non-zero (and stored, and shown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RejectionCounts([u64; Outcome::COUNT]);
+
+impl Default for RejectionCounts {
+    fn default() -> Self {
+        Self([0; Outcome::COUNT])
+    }
 }
 
 impl RejectionCounts {
     /// Adds one to the counter of `rejection`.
     pub fn count(&mut self, rejection: Rejection) {
-        match rejection {
-            Rejection::NotActive(_) => self.sale_not_active += 1,
-            Rejection::SoldOut => self.sold_out += 1,
-            Rejection::AlreadyPurchased => self.already_purchased += 1,
-            Rejection::LimitExceeded { .. } => self.limit_exceeded += 1,
-            Rejection::InsufficientStock { .. } => self.insufficient_stock += 1,
+        self.record(rejection.outcome());
+    }
+
+    /// Adds one to the counter of `outcome`; outcomes that are not counted are ignored.
+    pub fn record(&mut self, outcome: Outcome) {
+        if outcome.counted() {
+            self.0[outcome.index()] += 1;
         }
+    }
+
+    /// The count of `outcome` (0 for outcomes that are not counted).
+    pub fn get(&self, outcome: Outcome) -> u64 {
+        self.0[outcome.index()]
+    }
+
+    /// Sets the count of `outcome` (as read back from storage); outcomes that are not counted
+    /// are left at 0.
+    pub fn set(&mut self, outcome: Outcome, n: u64) {
+        if outcome.counted() {
+            self.0[outcome.index()] = n;
+        }
+    }
+
+    /// Adds every counter of `other`.
+    pub fn add(&mut self, other: &RejectionCounts) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            *mine += theirs;
+        }
+    }
+
+    /// Each counted outcome with its count, in [`Outcome::COUNTED`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (Outcome, u64)> + '_ {
+        Outcome::COUNTED.into_iter().map(|o| (o, self.get(o)))
     }
 
     /// All rejections.
     pub fn total(&self) -> u64 {
-        self.sale_not_active
-            + self.sold_out
-            + self.already_purchased
-            + self.limit_exceeded
-            + self.insufficient_stock
-            + self.unavailable
+        self.iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl std::ops::Index<Outcome> for RejectionCounts {
+    type Output = u64;
+
+    fn index(&self, outcome: Outcome) -> &u64 {
+        &self.0[outcome.index()]
+    }
+}
+
+/// `{"sale_not_active": n, ...}`: one field per counted outcome, in [`Outcome::COUNTED`] order.
+impl Serialize for RejectionCounts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(Outcome::COUNTED.len()))?;
+        for (outcome, n) in self.iter() {
+            map.serialize_entry(outcome.code(), &n)?;
+        }
+        map.end()
     }
 }
 

@@ -14,7 +14,8 @@
 mod support;
 
 use flashsale_core::{
-    IdempotencyKey, NewSale, NotActiveReason, Quantity, Rejection, SaleId, SaleState, UserId,
+    IdempotencyKey, NewSale, NotActiveReason, Outcome, Quantity, Rejection, SaleId, SaleState,
+    UserId,
 };
 use flashsale_store::{Attempt, PurchaseOutcome, SaleStore};
 use std::collections::HashMap;
@@ -357,7 +358,7 @@ pub async fn summary_counts_attempts_and_rejections_by_reason(h: Harness) {
     assert_eq!(s.confirmed_units, 1);
     // Once the last unit is gone the sale is ended (sold out): state is checked first, so
     // alice's second attempt is sold_out too.
-    assert_eq!(s.rejections.sold_out, 2);
+    assert_eq!(s.rejections[Outcome::SoldOut], 2);
     assert_eq!(s.status.remaining, 0);
 }
 

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use flashsale_core::{
-    Clock, IdempotencyKey, ManualClock, NewSale, Quantity, Rejection, SaleId, SaleState,
+    Clock, IdempotencyKey, ManualClock, NewSale, Outcome, Quantity, Rejection, SaleId, SaleState,
     SystemClock, UserId,
 };
 use flashsale_store::embedded::{DB_FILE, EmbeddedStore, MAX_REFUSED_KEYS, REFUSAL_RETENTION};
@@ -766,14 +766,16 @@ async fn reopen_equivalence_under_random_batch_failures() {
     assert_eq!(before.remaining, 0, "120 buyers x 2 clicks sell 60 units");
     assert!(before.sold_out_at.is_some());
     assert!(
-        summary.rejections.unavailable > 0,
+        summary.rejections[Outcome::Unavailable] > 0,
         "no batch failure was injected"
     );
     assert!(before.held.iter().all(|(_, h)| *h <= 2));
     assert_eq!(before.confirmed_units, 60);
     println!(
         "{} attempts, {} confirmed, {} unavailable (injected)",
-        summary.attempts, summary.confirmed_orders, summary.rejections.unavailable
+        summary.attempts,
+        summary.confirmed_orders,
+        summary.rejections[Outcome::Unavailable]
     );
     store.shutdown().await;
     drop(store);

@@ -9,7 +9,7 @@
 
 mod support;
 
-use flashsale_core::{IdempotencyKey, Quantity, Rejection, Sale, SaleId, UserId};
+use flashsale_core::{IdempotencyKey, Outcome, Quantity, Rejection, Sale, SaleId, UserId};
 use flashsale_store::redis_pg::RedisPgStore;
 use flashsale_store::{Attempt, PurchaseOutcome, SaleStore, StoreError};
 use std::sync::Arc;
@@ -98,7 +98,7 @@ async fn failed_postgres_write_answers_unavailable_and_restores_the_stock() {
     assert_eq!(remaining(&store, sale.id).await, 2, "bob's unit went back");
     assert_eq!(reservations(&cfg, sale.id).await, 0);
     let summary = store.summary(sale.id).await.unwrap().unwrap();
-    assert_eq!(summary.rejections.unavailable, 1);
+    assert_eq!(summary.rejections[Outcome::Unavailable], 1);
 
     // Recovery: the failure is gone, bob may buy (503s are not recorded).
     pg.batch_execute("DROP TRIGGER refuse ON orders")

@@ -17,7 +17,7 @@
 
 use crate::model::{Order, PurchaseOutcome, RejectionCounts, SaleStatus};
 use flashsale_core::{
-    Decision, IdempotencyKey, Quantity, Rejection, Sale, SaleState, UserId, decide,
+    Decision, IdempotencyKey, Outcome, Quantity, Rejection, Sale, SaleState, UserId, decide,
 };
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
@@ -400,7 +400,7 @@ impl SaleBook {
         let q = order.quantity;
         st.pending -= q;
         st.counters.pending_orders -= 1;
-        st.counters.rejections.unavailable += 1;
+        st.counters.rejections.record(Outcome::Unavailable);
         drop(st.stock_settled.take());
         if let Some(buyer) = st.buyers.get_mut(&order.user_id) {
             buyer.held -= q;

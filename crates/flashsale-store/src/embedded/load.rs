@@ -2,8 +2,9 @@
 
 use super::book::{PersistedCounters, SaleBook};
 use super::schema::{from_micros, migrate, sale_of_row};
+use crate::counter_columns;
 use crate::model::{Order, RejectionCounts};
-use flashsale_core::{IdempotencyKey, SaleId, UserId};
+use flashsale_core::{IdempotencyKey, Outcome, SaleId, UserId};
 use rusqlite::Connection;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -52,15 +53,19 @@ pub(crate) fn spawn_checkpointer(
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
+/// The index of the first counter column in the query of [`rebuild`] (after the sale, the
+/// clock guard and `attempts`).
+const FIRST_COUNTER: usize = 8;
+
 /// Rebuilds every sale's book from the committed rows.
 pub(crate) fn rebuild(conn: &Connection) -> rusqlite::Result<BTreeMap<SaleId, Arc<SaleBook>>> {
     let mut books = BTreeMap::new();
-    let mut sales = conn.prepare(
+    let mut sales = conn.prepare(&format!(
         "SELECT s.id, s.name, s.starts_at_us, s.ends_at_us, s.stock, s.per_user_limit,
-                c.last_decided_us, c.attempts, c.sale_not_active, c.sold_out, c.already_purchased,
-                c.limit_exceeded, c.insufficient_stock, c.unavailable
+                c.last_decided_us, c.attempts, {}
          FROM sales s LEFT JOIN sale_counters c ON c.sale_id = s.id",
-    )?;
+        counter_columns::list(|c| format!("c.{c}"))
+    ))?;
     let mut rows = sales.query([])?;
     while let Some(row) = rows.next()? {
         let sale = sale_of_row(row)?;
@@ -72,17 +77,14 @@ pub(crate) fn rebuild(conn: &Connection) -> rusqlite::Result<BTreeMap<SaleId, Ar
         let n = |i: usize| -> rusqlite::Result<u64> {
             Ok(row.get::<_, Option<i64>>(i)?.unwrap_or(0) as u64)
         };
+        let mut rejections = RejectionCounts::default();
+        for (i, outcome) in Outcome::COUNTED.into_iter().enumerate() {
+            rejections.set(outcome, n(FIRST_COUNTER + i)?);
+        }
         let counters = PersistedCounters {
             last_decided,
             attempts: n(7)?,
-            rejections: RejectionCounts {
-                sale_not_active: n(8)?,
-                sold_out: n(9)?,
-                already_purchased: n(10)?,
-                limit_exceeded: n(11)?,
-                insufficient_stock: n(12)?,
-                unavailable: n(13)?,
-            },
+            rejections,
         };
         let book = SaleBook::new(sale);
         book.restore_meta(counters);

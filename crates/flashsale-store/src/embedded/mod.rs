@@ -13,7 +13,7 @@
 
 mod book;
 mod load;
-mod schema;
+pub(crate) mod schema;
 mod writer;
 
 use crate::{Attempt, Order, PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary};

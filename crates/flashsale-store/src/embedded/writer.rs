@@ -22,15 +22,16 @@
 
 use super::book::{PersistedCounters, SaleBook};
 use super::schema::{sale_of_row, to_micros};
+use crate::counter_columns;
 use crate::model::Order;
 use flashsale_core::{IdempotencyKey, NewSale, Sale, SaleId};
 use parking_lot::RwLock;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -303,30 +304,32 @@ fn write_counters(
     tx: &rusqlite::Transaction<'_>,
     changed: &[(SaleId, PersistedCounters)],
 ) -> rusqlite::Result<()> {
-    let mut upsert = tx.prepare_cached(
-        "INSERT INTO sale_counters (sale_id, attempts, sale_not_active, sold_out, already_purchased,
-                                    limit_exceeded, insufficient_stock, unavailable, last_decided_us)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-         ON CONFLICT (sale_id) DO UPDATE SET
-             attempts = excluded.attempts, sale_not_active = excluded.sale_not_active,
-             sold_out = excluded.sold_out, already_purchased = excluded.already_purchased,
-             limit_exceeded = excluded.limit_exceeded,
-             insufficient_stock = excluded.insufficient_stock, unavailable = excluded.unavailable,
-             last_decided_us = max(coalesce(last_decided_us, 0), excluded.last_decided_us)",
-    )?;
+    let mut upsert = tx.prepare_cached(upsert_counters_sql())?;
     for (id, c) in changed {
-        let r = &c.rejections;
-        upsert.execute(params![
-            id.0,
-            c.attempts as i64,
-            r.sale_not_active as i64,
-            r.sold_out as i64,
-            r.already_purchased as i64,
-            r.limit_exceeded as i64,
-            r.insufficient_stock as i64,
-            r.unavailable as i64,
-            to_micros(c.last_decided)
-        ])?;
+        let mut values = vec![id.0, c.attempts as i64];
+        values.extend(c.rejections.iter().map(|(_, n)| n as i64));
+        values.push(to_micros(c.last_decided));
+        upsert.execute(params_from_iter(values))?;
     }
     Ok(())
+}
+
+/// `INSERT INTO sale_counters ... ON CONFLICT DO UPDATE`, with the counter columns of
+/// [`counter_columns`]: sale id, attempts, each counter, then the clock guard.
+fn upsert_counters_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        let n = counter_columns::names().count();
+        let placeholders = (1..=n + 3).map(|i| format!("?{i}")).collect::<Vec<_>>();
+        format!(
+            "INSERT INTO sale_counters (sale_id, attempts, {columns}, last_decided_us)
+             VALUES ({placeholders})
+             ON CONFLICT (sale_id) DO UPDATE SET
+                 attempts = excluded.attempts, {updates},
+                 last_decided_us = max(coalesce(last_decided_us, 0), excluded.last_decided_us)",
+            columns = counter_columns::list(str::to_owned),
+            placeholders = placeholders.join(", "),
+            updates = counter_columns::list(|c| format!("{c} = excluded.{c}")),
+        )
+    })
 }

@@ -11,10 +11,13 @@
 //! connection broke around COMMIT) is never added twice.
 
 use super::Inner;
+use crate::counter_columns;
 use crate::{RejectionCounts, SaleStatus, StoreError, Summary};
-use flashsale_core::{Rejection, SaleId};
+use flashsale_core::{Outcome, Rejection, SaleId};
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::OnceLock;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 /// Counts not yet flushed.
@@ -26,14 +29,8 @@ struct Delta {
 
 impl Delta {
     fn add(&mut self, other: &Delta) {
-        let (a, b) = (&mut self.rejections, &other.rejections);
         self.attempts += other.attempts;
-        a.sale_not_active += b.sale_not_active;
-        a.sold_out += b.sold_out;
-        a.already_purchased += b.already_purchased;
-        a.limit_exceeded += b.limit_exceeded;
-        a.insufficient_stock += b.insufficient_stock;
-        a.unavailable += b.unavailable;
+        self.rejections.add(&other.rejections);
     }
 }
 
@@ -71,7 +68,7 @@ impl Counters {
             .entry(id)
             .or_default()
             .rejections
-            .unavailable += 1;
+            .record(Outcome::Unavailable);
     }
 
     fn pending(&self, id: SaleId) -> Delta {
@@ -104,59 +101,71 @@ impl Counters {
 
 async fn write(inner: &Inner, batch: &Batch) -> Result<(), StoreError> {
     let taken = &batch.deltas;
-    let col =
-        |f: fn(&Delta) -> u64| -> Vec<i64> { taken.iter().map(|(_, d)| f(d) as i64).collect() };
     let ids: Vec<i64> = taken.iter().map(|(id, _)| id.0).collect();
-    let (attempts, not_active, sold_out) = (
-        col(|d| d.attempts),
-        col(|d| d.rejections.sale_not_active),
-        col(|d| d.rejections.sold_out),
-    );
-    let (already, limit, insufficient, unavailable) = (
-        col(|d| d.rejections.already_purchased),
-        col(|d| d.rejections.limit_exceeded),
-        col(|d| d.rejections.insufficient_stock),
-        col(|d| d.rejections.unavailable),
-    );
+    let attempts: Vec<i64> = taken.iter().map(|(_, d)| d.attempts as i64).collect();
+    let counts: Vec<Vec<i64>> = Outcome::COUNTED
+        .into_iter()
+        .map(|o| {
+            taken
+                .iter()
+                .map(|(_, d)| d.rejections.get(o) as i64)
+                .collect()
+        })
+        .collect();
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ids, &attempts];
+    params.extend(counts.iter().map(|c| c as &(dyn ToSql + Sync)));
+    params.push(&batch.id);
     let client = inner.pg().await?;
     inner
-        .pg_call(
-            "flush counters",
-            client.execute(
-                "WITH first AS (
-                     INSERT INTO counter_flushes (flush_id) VALUES ($9)
-                     ON CONFLICT (flush_id) DO NOTHING RETURNING flush_id
-                 ), pruned AS (
-                     DELETE FROM counter_flushes WHERE flushed_at < now() - interval '1 day'
-                 )
-                 INSERT INTO sale_counters AS c (sale_id, attempts, sale_not_active, sold_out,
-                     already_purchased, limit_exceeded, insufficient_stock, unavailable)
-                 SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::int8[],
-                                      $5::int8[], $6::int8[], $7::int8[], $8::int8[])
-                 WHERE EXISTS (SELECT 1 FROM first)
-                 ON CONFLICT (sale_id) DO UPDATE SET
-                     attempts = c.attempts + excluded.attempts,
-                     sale_not_active = c.sale_not_active + excluded.sale_not_active,
-                     sold_out = c.sold_out + excluded.sold_out,
-                     already_purchased = c.already_purchased + excluded.already_purchased,
-                     limit_exceeded = c.limit_exceeded + excluded.limit_exceeded,
-                     insufficient_stock = c.insufficient_stock + excluded.insufficient_stock,
-                     unavailable = c.unavailable + excluded.unavailable",
-                &[
-                    &ids,
-                    &attempts,
-                    &not_active,
-                    &sold_out,
-                    &already,
-                    &limit,
-                    &insufficient,
-                    &unavailable,
-                    &batch.id,
-                ],
-            ),
-        )
+        .pg_call("flush counters", client.execute(flush_sql(), &params))
         .await
         .map(drop)
+}
+
+/// The flush: applies one batch of deltas unless its id was applied before (`$1` sale ids,
+/// `$2` attempts, then one array per counter column, then the flush id).
+fn flush_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        let n = counter_columns::names().count();
+        let flush_id = n + 3;
+        let arrays = (1..=n + 2)
+            .map(|i| format!("${i}::int8[]"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "WITH first AS (
+                 INSERT INTO counter_flushes (flush_id) VALUES (${flush_id})
+                 ON CONFLICT (flush_id) DO NOTHING RETURNING flush_id
+             ), pruned AS (
+                 DELETE FROM counter_flushes WHERE flushed_at < now() - interval '1 day'
+             )
+             INSERT INTO sale_counters AS c (sale_id, attempts, {columns})
+             SELECT * FROM UNNEST({arrays})
+             WHERE EXISTS (SELECT 1 FROM first)
+             ON CONFLICT (sale_id) DO UPDATE SET
+                 attempts = c.attempts + excluded.attempts, {updates}",
+            columns = counter_columns::list(str::to_owned),
+            updates = counter_columns::list(|c| format!("{c} = c.{c} + excluded.{c}")),
+        )
+    })
+}
+
+/// The summary's query: `$1` the sale, `$2` the id of a failed flush; columns: orders, units,
+/// attempts, each counter, whether that flush landed.
+fn summary_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "SELECT (SELECT count(*) FROM orders WHERE sale_id = $1),
+                    (SELECT COALESCE(sum(quantity), 0)::int8 FROM orders WHERE sale_id = $1),
+                    c.attempts, {},
+                    EXISTS (SELECT 1 FROM counter_flushes WHERE flush_id = $2)
+             FROM (SELECT 1) AS one
+             LEFT JOIN sale_counters c ON c.sale_id = $1",
+            counter_columns::list(|c| format!("c.{c}"))
+        )
+    })
 }
 
 /// The operator's summary: committed figures and counters from PostgreSQL, plus what this
@@ -169,34 +178,22 @@ pub(crate) async fn summary(inner: &Inner, status: SaleStatus) -> Result<Summary
     let row = inner
         .pg_call(
             "summary",
-            client.query_one(
-                "SELECT (SELECT count(*) FROM orders WHERE sale_id = $1),
-                        (SELECT COALESCE(sum(quantity), 0)::int8 FROM orders WHERE sale_id = $1),
-                        c.attempts, c.sale_not_active, c.sold_out, c.already_purchased,
-                        c.limit_exceeded, c.insufficient_stock, c.unavailable,
-                        EXISTS (SELECT 1 FROM counter_flushes WHERE flush_id = $2)
-                 FROM (SELECT 1) AS one
-                 LEFT JOIN sale_counters c ON c.sale_id = $1",
-                &[&id.0, &unsent_id],
-            ),
+            client.query_one(summary_sql(), &[&id.0, &unsent_id]),
         )
         .await?;
     let n = |i: usize| row.get::<_, Option<i64>>(i).unwrap_or(0) as u64;
     let mut counted = Delta {
         attempts: n(2),
-        rejections: RejectionCounts {
-            sale_not_active: n(3),
-            sold_out: n(4),
-            already_purchased: n(5),
-            limit_exceeded: n(6),
-            insufficient_stock: n(7),
-            unavailable: n(8),
-        },
+        rejections: RejectionCounts::default(),
     };
+    for (i, outcome) in Outcome::COUNTED.into_iter().enumerate() {
+        counted.rejections.set(outcome, n(3 + i));
+    }
+    let landed = 3 + Outcome::COUNTED.len();
     counted.add(&inner.counters.pending(id));
     // A failed flush counts as pending unless it did land after all.
     if let Some(batch) = unsent.as_ref()
-        && !row.get::<_, bool>(9)
+        && !row.get::<_, bool>(landed)
         && let Some((_, d)) = batch.deltas.iter().find(|(sale, _)| *sale == id)
     {
         counted.add(d);

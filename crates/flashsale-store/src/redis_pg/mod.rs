@@ -28,7 +28,7 @@ mod counters;
 pub mod keys;
 mod orders;
 mod reconcile;
-mod schema;
+pub(crate) mod schema;
 mod scripts;
 mod snapshot;
 

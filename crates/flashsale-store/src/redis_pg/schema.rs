@@ -6,7 +6,7 @@
 use tokio_postgres::Client;
 
 /// The migrations, in order: (version, SQL).
-const MIGRATIONS: &[(i32, &str)] = &[
+pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/0001_scale_out.sql")),
     (2, include_str!("../../migrations/0002_counter_flushes.sql")),
     (

@@ -233,17 +233,29 @@ fn num<T: std::str::FromStr>(s: Option<&String>, reply: &[String]) -> Result<T, 
     s.and_then(|s| s.parse().ok()).ok_or_else(|| bad(reply))
 }
 
+/// `admission.lua`'s refusal codes (see its header), each with the rejection it stands for,
+/// given the script's argument. They are not the wire codes: `sale_not_active` is two codes
+/// here (the side of the window), and refusals already remembered in Redis under these codes
+/// must keep parsing. A test checks this table against the script and [`Outcome`].
+const LUA_REFUSALS: [(&str, fn(u32) -> Rejection); 6] = [
+    ("upcoming", |_| {
+        Rejection::NotActive(NotActiveReason::Upcoming)
+    }),
+    ("ended", |_| Rejection::NotActive(NotActiveReason::Ended)),
+    ("sold_out", |_| Rejection::SoldOut),
+    ("already", |_| Rejection::AlreadyPurchased),
+    ("limit", |allowed| Rejection::LimitExceeded { allowed }),
+    ("insufficient", |remaining| Rejection::InsufficientStock {
+        remaining,
+    }),
+];
+
 /// A rejection from its script code and argument.
 fn rejection(code: &str, arg: u32) -> Option<Rejection> {
-    Some(match code {
-        "upcoming" => Rejection::NotActive(NotActiveReason::Upcoming),
-        "ended" => Rejection::NotActive(NotActiveReason::Ended),
-        "sold_out" => Rejection::SoldOut,
-        "already" => Rejection::AlreadyPurchased,
-        "limit" => Rejection::LimitExceeded { allowed: arg },
-        "insufficient" => Rejection::InsufficientStock { remaining: arg },
-        _ => return None,
-    })
+    LUA_REFUSALS
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, rejection)| rejection(arg))
 }
 
 impl Admission {
@@ -296,6 +308,39 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flashsale_core::Outcome;
+    use std::collections::BTreeSet;
+
+    /// The refusal codes `admission.lua` can return: every string assigned to its `code`.
+    fn lua_refusal_codes() -> BTreeSet<&'static str> {
+        include_str!("admission.lua")
+            .lines()
+            .map(str::trim)
+            .filter(|line| line.starts_with("code") && !line.contains("=="))
+            .filter_map(|line| line.split('\'').nth(1))
+            .collect()
+    }
+
+    #[test]
+    fn every_lua_refusal_code_parses_and_every_one_parsed_is_returned() {
+        let lua = lua_refusal_codes();
+        assert!(lua.len() >= 5, "the scan of admission.lua found {lua:?}");
+        let parsed: BTreeSet<&str> = LUA_REFUSALS.iter().map(|(code, _)| *code).collect();
+        assert_eq!(lua, parsed, "admission.lua and LUA_REFUSALS drifted apart");
+    }
+
+    #[test]
+    fn lua_refusals_cover_exactly_the_outcomes_the_rules_decide() {
+        let covered: BTreeSet<Outcome> = LUA_REFUSALS
+            .iter()
+            .map(|(_, rejection)| rejection(1).outcome())
+            .collect();
+        let decided: BTreeSet<Outcome> = Outcome::ALL.into_iter().filter(|o| o.decided()).collect();
+        assert_eq!(
+            covered, decided,
+            "admission.lua cannot return every rejection"
+        );
+    }
 
     fn s(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()
