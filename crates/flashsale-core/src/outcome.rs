@@ -260,8 +260,7 @@ mod tests {
                 for held in 0..=3 {
                     for q in 1..=3 {
                         let quantity = Quantity::parse(q, 3).unwrap();
-                        if let Decision::Reject(r) = decide(&sale, now, remaining, held, quantity)
-                        {
+                        if let Decision::Reject(r) = decide(&sale, now, remaining, held, quantity) {
                             reached.insert(r.outcome());
                         }
                     }

@@ -133,13 +133,7 @@ async fn a_failed_disk_write_answers_unavailable_and_gives_the_stock_back() {
             .is_empty()
     );
     assert_eq!(
-        store
-            .summary(sale.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .rejections
-            .unavailable,
+        store.summary(sale.id).await.unwrap().unwrap().rejections[Outcome::Unavailable],
         1
     );
 

@@ -8,12 +8,14 @@ use crate::http::sales::{EndedReason, SaleBody, StateName};
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use flashsale_core::NewSale;
+use flashsale_core::{NewSale, Outcome};
 use flashsale_store::RejectionCounts;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::{PartialSchema, ToSchema};
 
 /// The body of `POST /api/admin/sales`.
 #[derive(Deserialize, ToSchema)]
@@ -36,35 +38,38 @@ pub struct CreateSaleRequest {
     per_user_limit: Option<i64>,
 }
 
-/// Rejections by reason.
-#[derive(Serialize, ToSchema)]
-pub struct RejectionsBody {
-    /// `sale_not_active` answers.
-    pub sale_not_active: u64,
-    /// `sold_out` answers.
-    pub sold_out: u64,
-    /// `already_purchased` answers.
-    pub already_purchased: u64,
-    /// `limit_exceeded` answers.
-    pub limit_exceeded: u64,
-    /// `insufficient_stock` answers.
-    pub insufficient_stock: u64,
-    /// `unavailable` answers.
-    pub unavailable: u64,
-}
+/// Rejections by reason: one field per counted outcome ([`Outcome::COUNTED`], in that order),
+/// named by its code. Its OpenAPI schema is derived from the same list.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct RejectionsBody(RejectionCounts);
 
 impl From<RejectionCounts> for RejectionsBody {
-    fn from(c: RejectionCounts) -> Self {
-        Self {
-            sale_not_active: c.sale_not_active,
-            sold_out: c.sold_out,
-            already_purchased: c.already_purchased,
-            limit_exceeded: c.limit_exceeded,
-            insufficient_stock: c.insufficient_stock,
-            unavailable: c.unavailable,
-        }
+    fn from(counts: RejectionCounts) -> Self {
+        Self(counts)
     }
 }
+
+impl PartialSchema for RejectionsBody {
+    fn schema() -> RefOr<Schema> {
+        let mut object = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some("Rejections by reason."));
+        for outcome in Outcome::COUNTED {
+            let count = ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .description(Some(format!("`{}` answers.", outcome.code())))
+                .minimum(Some(0));
+            object = object
+                .property(outcome.code(), count)
+                .required(outcome.code());
+        }
+        RefOr::T(Schema::Object(object.build()))
+    }
+}
+
+impl ToSchema for RejectionsBody {}
 
 /// The operator's summary of a sale.
 #[derive(Serialize, ToSchema)]
@@ -194,4 +199,31 @@ pub async fn get_summary(
         sold_out_at: status.sold_out_at,
         server_time: status.server_time,
     }))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_rejections_are_the_counted_outcomes_in_order_with_their_counts() {
+        let mut counts = RejectionCounts::default();
+        for (i, outcome) in Outcome::COUNTED.into_iter().enumerate() {
+            counts.set(outcome, i as u64 + 1);
+        }
+        // Outcomes that are not counted never show up.
+        counts.record(Outcome::RateLimited);
+        let body = serde_json::to_string(&RejectionsBody::from(counts)).unwrap();
+        let expected: Vec<String> = Outcome::COUNTED
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| format!("\"{}\":{}", o.code(), i + 1))
+            .collect();
+        assert_eq!(body, format!("{{{}}}", expected.join(",")));
+        assert_eq!(
+            body,
+            r#"{"sale_not_active":1,"sold_out":2,"already_purchased":3,"limit_exceeded":4,"insufficient_stock":5,"unavailable":6}"#
+        );
+    }
 }

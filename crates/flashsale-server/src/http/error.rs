@@ -7,7 +7,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use flashsale_core::{NotActiveReason, ValidationError};
+use flashsale_core::{NotActiveReason, Outcome, ValidationError};
 use flashsale_store::{Order, StoreError};
 use serde::Serialize;
 use std::borrow::Cow;
@@ -176,59 +176,55 @@ impl<'a> ErrorBody<'a> {
 }
 
 impl ApiError {
+    /// The purchase answer this error is, if it is one ([`Outcome`] holds its code and
+    /// status); `None` for the answers no purchase gets (auth, orders lookup, routing).
+    pub fn outcome(&self) -> Option<Outcome> {
+        Some(match self {
+            ApiError::InvalidRequest(_) => Outcome::InvalidRequest,
+            ApiError::SaleNotFound => Outcome::SaleNotFound,
+            ApiError::AlreadyPurchased(_) => Outcome::AlreadyPurchased,
+            ApiError::LimitExceeded { .. } => Outcome::LimitExceeded,
+            ApiError::SoldOut => Outcome::SoldOut,
+            ApiError::InsufficientStock { .. } => Outcome::InsufficientStock,
+            ApiError::SaleNotActive(_) => Outcome::SaleNotActive,
+            ApiError::AddressShareTaken { .. } => Outcome::AddressLimitReached,
+            ApiError::BodyTimeout => Outcome::BodyTimeout,
+            ApiError::PayloadTooLarge => Outcome::PayloadTooLarge,
+            ApiError::UnsupportedMediaType => Outcome::UnsupportedMediaType,
+            ApiError::IdempotencyKeyReused => Outcome::IdempotencyKeyReused,
+            ApiError::RateLimited { .. } => Outcome::RateLimited,
+            ApiError::Overloaded => Outcome::Overloaded,
+            ApiError::Timeout | ApiError::Store(StoreError::Timeout(_)) => Outcome::Timeout,
+            ApiError::Store(StoreError::Internal(_)) | ApiError::Internal(_) => Outcome::Internal,
+            ApiError::Store(_) => Outcome::Unavailable,
+            ApiError::Unauthorized
+            | ApiError::OrderNotFound
+            | ApiError::NotFound
+            | ApiError::MethodNotAllowed => return None,
+        })
+    }
+
     /// The stable wire code.
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::Unauthorized => "unauthorized",
-            ApiError::SaleNotFound => "sale_not_found",
             ApiError::OrderNotFound => "order_not_found",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::AlreadyPurchased(_) => "already_purchased",
-            ApiError::LimitExceeded { .. } => "limit_exceeded",
-            ApiError::SoldOut => "sold_out",
-            ApiError::InsufficientStock { .. } => "insufficient_stock",
-            ApiError::SaleNotActive(_) => "sale_not_active",
-            ApiError::AddressShareTaken { .. } => "address_limit_reached",
-            ApiError::BodyTimeout => "body_timeout",
-            ApiError::PayloadTooLarge => "payload_too_large",
-            ApiError::UnsupportedMediaType => "unsupported_media_type",
-            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
-            ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Overloaded => "overloaded",
-            ApiError::Timeout => "timeout",
-            ApiError::Store(StoreError::Internal(_)) | ApiError::Internal(_) => "internal",
-            ApiError::Store(StoreError::Timeout(_)) => "timeout",
-            ApiError::Store(_) => "unavailable",
+            _ => self.outcome().map_or("internal", Outcome::code),
         }
     }
 
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::SaleNotFound | ApiError::OrderNotFound | ApiError::NotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::OrderNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::AlreadyPurchased(_)
-            | ApiError::LimitExceeded { .. }
-            | ApiError::SoldOut
-            | ApiError::InsufficientStock { .. }
-            | ApiError::SaleNotActive(_)
-            | ApiError::AddressShareTaken { .. } => StatusCode::CONFLICT,
-            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Overloaded | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Store(StoreError::Internal(_)) | ApiError::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-            ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => self
+                .outcome()
+                .and_then(|o| StatusCode::from_u16(o.status()).ok())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
 
@@ -381,6 +377,53 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
             assert_eq!(v["code"], e.code());
             assert!(v["message"].is_string());
+        }
+    }
+
+    /// One error for each purchase answer other than `confirmed`.
+    fn one_error_per_outcome() -> Vec<ApiError> {
+        vec![
+            ApiError::InvalidRequest("bad".into()),
+            ApiError::SaleNotFound,
+            ApiError::AlreadyPurchased(Vec::new()),
+            ApiError::LimitExceeded {
+                allowed: 1,
+                orders: Vec::new(),
+            },
+            ApiError::SoldOut,
+            ApiError::InsufficientStock { stock_remaining: 1 },
+            ApiError::SaleNotActive(NotActiveReason::Ended),
+            ApiError::AddressShareTaken { share: 1 },
+            ApiError::BodyTimeout,
+            ApiError::PayloadTooLarge,
+            ApiError::UnsupportedMediaType,
+            ApiError::IdempotencyKeyReused,
+            ApiError::RateLimited {
+                retry_after_secs: 1,
+            },
+            ApiError::Overloaded,
+            ApiError::Timeout,
+            ApiError::Store(StoreError::Unavailable("x".into())),
+            ApiError::Internal("x".into()),
+        ]
+    }
+
+    #[test]
+    fn every_outcome_but_confirmed_is_an_error_answered_with_its_code_and_status() {
+        let errors = one_error_per_outcome();
+        let covered: std::collections::BTreeSet<Outcome> =
+            errors.iter().filter_map(ApiError::outcome).collect();
+        let expected: std::collections::BTreeSet<Outcome> = Outcome::ALL
+            .into_iter()
+            .filter(|o| *o != Outcome::Confirmed)
+            .collect();
+        assert_eq!(covered, expected);
+        for e in errors {
+            let outcome = e.outcome().unwrap();
+            let response_status = e.status();
+            let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+            assert_eq!(v["code"], outcome.code(), "{e:?}");
+            assert_eq!(response_status.as_u16(), outcome.status(), "{e:?}");
         }
     }
 

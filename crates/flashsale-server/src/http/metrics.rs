@@ -8,7 +8,8 @@
 //! updates; only a series' first use allocates.
 //!
 //! - `http_requests_total{route, status}`, `http_request_duration_seconds{route}` (histogram);
-//! - `flashsale_purchases_total{code}`: purchase answers by outcome code;
+//! - `flashsale_purchases_total{code}`: purchase answers by outcome code (one label per
+//!   [`Outcome`]);
 //! - sampled from the store every few seconds by [`Metrics::sample_store`] (for alerts that
 //!   must not depend on traffic or on a prober): `flashsale_ready` (what `/readyz` would
 //!   answer), `flashsale_dependency_up{dependency}` (Redis, PostgreSQL),
@@ -21,6 +22,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use flashsale_core::Outcome;
 use flashsale_store::SaleStore;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
@@ -51,28 +53,6 @@ const STATUSES: &[(StatusCode, &str)] = &[
     (StatusCode::SERVICE_UNAVAILABLE, "503"),
 ];
 
-/// Every purchase answer code.
-const PURCHASE_CODES: &[&str] = &[
-    "confirmed",
-    "already_purchased",
-    "limit_exceeded",
-    "sold_out",
-    "insufficient_stock",
-    "sale_not_active",
-    "invalid_request",
-    "sale_not_found",
-    "payload_too_large",
-    "unsupported_media_type",
-    "idempotency_key_reused",
-    "rate_limited",
-    "overloaded",
-    "unavailable",
-    "timeout",
-    "address_limit_reached",
-    "body_timeout",
-    "internal",
-];
-
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
@@ -90,8 +70,8 @@ pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     routes: HashMap<&'static str, RouteMetrics>,
-    /// Purchase answers by code.
-    purchases: Vec<(&'static str, OnceLock<Counter>)>,
+    /// Purchase answers, indexed by [`Outcome::index`].
+    purchases: [OnceLock<Counter>; Outcome::COUNT],
     ready: Gauge,
     released: Counter,
 }
@@ -154,30 +134,26 @@ impl Metrics {
                 (route, metrics)
             })
             .collect();
-        let by_code = PURCHASE_CODES
-            .iter()
-            .map(|&code| (code, OnceLock::new()))
-            .collect();
         Ok(Self {
             handle: recorder.handle(),
             recorder,
             routes,
-            purchases: by_code,
+            purchases: std::array::from_fn(|_| OnceLock::new()),
             ready,
             released,
         })
     }
 
-    /// Counts one purchase answer with `code`.
-    pub fn record_purchase(&self, code: &str) {
-        if let Some((code, cell)) = self.purchases.iter().find(|(c, _)| *c == code) {
-            let counter = cell.get_or_init(|| {
-                let key =
-                    Key::from_parts("flashsale_purchases_total", vec![Label::new("code", *code)]);
-                self.recorder.register_counter(&key, &METADATA)
-            });
-            counter.increment(1);
-        }
+    /// Counts one purchase answer.
+    pub fn record_purchase(&self, outcome: Outcome) {
+        let counter = self.purchases[outcome.index()].get_or_init(|| {
+            let key = Key::from_parts(
+                "flashsale_purchases_total",
+                vec![Label::new("code", outcome.code())],
+            );
+            self.recorder.register_counter(&key, &METADATA)
+        });
+        counter.increment(1);
     }
 
     /// Samples the store's readiness, dependencies, released reservations and open sales'
@@ -268,4 +244,34 @@ pub async fn get_metrics(State(app): State<AppState>) -> Response {
         app.metrics.handle.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_is_counted_under_its_own_code_label() {
+        let metrics = Metrics::new().unwrap();
+        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
+            for _ in 0..=i {
+                metrics.record_purchase(outcome);
+            }
+        }
+        let text = metrics.handle.render();
+        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
+            let line = format!(
+                "flashsale_purchases_total{{code=\"{}\"}} {}",
+                outcome.code(),
+                i + 1
+            );
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("flashsale_purchases_total{"))
+            .count();
+        assert_eq!(series, Outcome::COUNT);
+    }
 }

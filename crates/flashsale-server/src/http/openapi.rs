@@ -8,11 +8,15 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use flashsale_core::Outcome;
+use std::borrow::Cow;
 use time::OffsetDateTime;
+use utoipa::openapi::RefOr;
 use utoipa::openapi::path::OperationBuilder;
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Ref, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HttpMethod, PathItem, ResponseBuilder};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 /// Every error body: a stable `code` and a `message`, plus fields depending on the code.
 #[derive(ToSchema)]
@@ -34,6 +38,46 @@ pub struct ErrorDoc {
     state: Option<String>,
     /// `address_limit_reached`: units one client address may hold in this sale.
     address_share: Option<u32>,
+}
+
+/// The error body of a purchase: an [`ErrorDoc`] whose `code` is one of the purchase
+/// answers ([`Outcome::ALL`] but `confirmed`), listed as an enum derived from that list.
+pub struct PurchaseErrorDoc;
+
+impl PartialSchema for PurchaseErrorDoc {
+    fn schema() -> RefOr<Schema> {
+        let codes = Outcome::ALL
+            .into_iter()
+            .filter(|o| *o != Outcome::Confirmed)
+            .map(Outcome::code);
+        let code = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(codes))
+            .description(Some(
+                "The stable code of a purchase answer other than `confirmed`.",
+            ));
+        let narrowed = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property("code", code);
+        AllOfBuilder::new()
+            .item(Ref::from_schema_name(ErrorDoc::name()))
+            .item(narrowed)
+            .description(Some(
+                "The error body of a purchase: an `ErrorDoc` with one of the purchase codes.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for PurchaseErrorDoc {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("PurchaseError")
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((ErrorDoc::name().into_owned(), ErrorDoc::schema()));
+        <ErrorDoc as ToSchema>::schemas(schemas);
+    }
 }
 
 /// A durable order.
@@ -192,4 +236,73 @@ pub async fn get_openapi(State(app): State<AppState>) -> Response {
         app.openapi.clone(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn doc() -> Value {
+        serde_json::from_slice(&document()).unwrap()
+    }
+
+    #[test]
+    fn the_purchase_error_code_enum_is_every_outcome_but_confirmed() {
+        let doc = doc();
+        let listed: Vec<&str> =
+            doc["components"]["schemas"]["PurchaseError"]["allOf"][1]["properties"]["code"]["enum"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+        let all: Vec<&str> = Outcome::ALL
+            .into_iter()
+            .filter(|o| *o != Outcome::Confirmed)
+            .map(Outcome::code)
+            .collect();
+        assert_eq!(listed, all);
+        // Every error answer of a purchase is described by it.
+        let responses = doc["paths"]["/api/sales/{sale_id}/orders"]["post"]["responses"]
+            .as_object()
+            .unwrap();
+        for (status, response) in responses.iter().filter(|(s, _)| *s != "201") {
+            assert_eq!(
+                response["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/PurchaseError",
+                "{status}"
+            );
+        }
+        // And every status a purchase error can have is documented.
+        for outcome in Outcome::ALL.into_iter().filter(|o| *o != Outcome::Internal) {
+            let status = outcome.status().to_string();
+            assert!(responses.contains_key(&status), "{outcome}: no {status}");
+        }
+    }
+
+    #[test]
+    fn the_summary_rejections_schema_has_one_field_per_counted_outcome() {
+        let doc = doc();
+        let schema = &doc["components"]["schemas"]["RejectionsBody"];
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let counted: Vec<&str> = Outcome::COUNTED.into_iter().map(Outcome::code).collect();
+        assert_eq!(required, counted);
+        let mut properties: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        properties.sort_unstable();
+        let mut counted = counted;
+        counted.sort_unstable();
+        assert_eq!(properties, counted);
+    }
 }

@@ -14,7 +14,7 @@ use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use flashsale_core::{Quantity, Rejection, SaleId, UserId, sale};
+use flashsale_core::{Outcome, Quantity, Rejection, SaleId, UserId, sale};
 use flashsale_store::{Attempt, Order, PurchaseOutcome};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -56,15 +56,15 @@ struct BuyerOrdersBody<'a> {
     request_body = crate::http::openapi::OrderRequestDoc,
     responses(
         (status = 201, description = "`confirmed`: the order is durable", body = crate::http::openapi::ConfirmedDoc),
-        (status = 400, description = "`invalid_request`", body = crate::http::openapi::ErrorDoc),
-        (status = 404, description = "`sale_not_found`", body = crate::http::openapi::ErrorDoc),
-        (status = 408, description = "`body_timeout`: the body did not arrive in time; nothing taken", body = crate::http::openapi::ErrorDoc),
-        (status = 409, description = "`already_purchased`, `limit_exceeded`, `sold_out`, `insufficient_stock`, `sale_not_active` or `address_limit_reached`", body = crate::http::openapi::ErrorDoc),
-        (status = 413, description = "`payload_too_large`", body = crate::http::openapi::ErrorDoc),
-        (status = 415, description = "`unsupported_media_type`", body = crate::http::openapi::ErrorDoc),
-        (status = 422, description = "`idempotency_key_reused`", body = crate::http::openapi::ErrorDoc),
-        (status = 429, description = "`rate_limited`: too many attempts from this address or buyer; `Retry-After` set", body = crate::http::openapi::ErrorDoc),
-        (status = 503, description = "`overloaded` or `unavailable` (nothing was taken), or `timeout` (outcome unknown); `Retry-After` set", body = crate::http::openapi::ErrorDoc),
+        (status = 400, description = "`invalid_request`", body = crate::http::openapi::PurchaseErrorDoc),
+        (status = 404, description = "`sale_not_found`", body = crate::http::openapi::PurchaseErrorDoc),
+        (status = 408, description = "`body_timeout`: the body did not arrive in time; nothing taken", body = crate::http::openapi::PurchaseErrorDoc),
+        (status = 409, description = "`already_purchased`, `limit_exceeded`, `sold_out`, `insufficient_stock`, `sale_not_active` or `address_limit_reached`", body = crate::http::openapi::PurchaseErrorDoc),
+        (status = 413, description = "`payload_too_large`", body = crate::http::openapi::PurchaseErrorDoc),
+        (status = 415, description = "`unsupported_media_type`", body = crate::http::openapi::PurchaseErrorDoc),
+        (status = 422, description = "`idempotency_key_reused`", body = crate::http::openapi::PurchaseErrorDoc),
+        (status = 429, description = "`rate_limited`: too many attempts from this address or buyer; `Retry-After` set", body = crate::http::openapi::PurchaseErrorDoc),
+        (status = 503, description = "`overloaded` or `unavailable` (nothing was taken), or `timeout` (outcome unknown); `Retry-After` set", body = crate::http::openapi::PurchaseErrorDoc),
     )
 )]
 pub async fn create_order(
@@ -73,22 +73,24 @@ pub async fn create_order(
     request: Request,
 ) -> Response {
     let Ok(_slot) = app.purchase_slots.try_acquire() else {
-        app.metrics.record_purchase(ApiError::Overloaded.code());
+        app.metrics.record_purchase(Outcome::Overloaded);
         // Shed before reading the body: drain it (or close) so keep-alive clients can go on.
         return refuse_unread(request, ApiError::Overloaded.into_response()).await;
     };
     let result = purchase(&app, sale_id, request).await;
     match result {
         Ok(order) => {
-            app.metrics.record_purchase("confirmed");
+            app.metrics.record_purchase(Outcome::Confirmed);
             let body = ConfirmedBody {
-                code: "confirmed",
+                code: Outcome::Confirmed.code(),
                 order: &order,
             };
             (StatusCode::CREATED, Json(body)).into_response()
         }
         Err(e) => {
-            app.metrics.record_purchase(e.code());
+            if let Some(outcome) = e.outcome() {
+                app.metrics.record_purchase(outcome);
+            }
             e.into_response()
         }
     }
