@@ -237,25 +237,38 @@ fn num<T: std::str::FromStr>(s: Option<&String>, reply: &[String]) -> Result<T, 
 /// given the script's argument. They are not the wire codes: `sale_not_active` is two codes
 /// here (the side of the window), and refusals already remembered in Redis under these codes
 /// must keep parsing. A test checks this table against the script and [`Outcome`].
-const LUA_REFUSALS: [(&str, fn(u32) -> Rejection); 6] = [
-    ("upcoming", |_| {
+const LUA_REFUSALS: [LuaRefusal; 6] = [
+    LuaRefusal::new("upcoming", |_| {
         Rejection::NotActive(NotActiveReason::Upcoming)
     }),
-    ("ended", |_| Rejection::NotActive(NotActiveReason::Ended)),
-    ("sold_out", |_| Rejection::SoldOut),
-    ("already", |_| Rejection::AlreadyPurchased),
-    ("limit", |allowed| Rejection::LimitExceeded { allowed }),
-    ("insufficient", |remaining| Rejection::InsufficientStock {
+    LuaRefusal::new("ended", |_| Rejection::NotActive(NotActiveReason::Ended)),
+    LuaRefusal::new("sold_out", |_| Rejection::SoldOut),
+    LuaRefusal::new("already", |_| Rejection::AlreadyPurchased),
+    LuaRefusal::new("limit", |allowed| Rejection::LimitExceeded { allowed }),
+    LuaRefusal::new("insufficient", |remaining| Rejection::InsufficientStock {
         remaining,
     }),
 ];
+
+/// One refusal code of `admission.lua` and the rejection it stands for.
+struct LuaRefusal {
+    code: &'static str,
+    /// The rejection, given the script's argument (units allowed or left).
+    rejection: fn(u32) -> Rejection,
+}
+
+impl LuaRefusal {
+    const fn new(code: &'static str, rejection: fn(u32) -> Rejection) -> Self {
+        Self { code, rejection }
+    }
+}
 
 /// A rejection from its script code and argument.
 fn rejection(code: &str, arg: u32) -> Option<Rejection> {
     LUA_REFUSALS
         .iter()
-        .find(|(c, _)| *c == code)
-        .map(|(_, rejection)| rejection(arg))
+        .find(|r| r.code == code)
+        .map(|r| (r.rejection)(arg))
 }
 
 impl Admission {
@@ -325,7 +338,7 @@ mod tests {
     fn every_lua_refusal_code_parses_and_every_one_parsed_is_returned() {
         let lua = lua_refusal_codes();
         assert!(lua.len() >= 5, "the scan of admission.lua found {lua:?}");
-        let parsed: BTreeSet<&str> = LUA_REFUSALS.iter().map(|(code, _)| *code).collect();
+        let parsed: BTreeSet<&str> = LUA_REFUSALS.iter().map(|r| r.code).collect();
         assert_eq!(lua, parsed, "admission.lua and LUA_REFUSALS drifted apart");
     }
 
@@ -333,7 +346,7 @@ mod tests {
     fn lua_refusals_cover_exactly_the_outcomes_the_rules_decide() {
         let covered: BTreeSet<Outcome> = LUA_REFUSALS
             .iter()
-            .map(|(_, rejection)| rejection(1).outcome())
+            .map(|r| (r.rejection)(1).outcome())
             .collect();
         let decided: BTreeSet<Outcome> = Outcome::ALL.into_iter().filter(|o| o.decided()).collect();
         assert_eq!(
