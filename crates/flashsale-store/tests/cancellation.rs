@@ -161,6 +161,16 @@ async fn on_record(store: &dyn SaleStore, sale: SaleId) -> (BTreeMap<String, u32
     (units, ids)
 }
 
+/// The run did what it is for: some purchases were confirmed after their caller went away.
+fn assert_some_finished_unheard(heard: &Heard, on_record: &HashSet<Uuid>) {
+    assert!(
+        on_record.len() > heard.confirmed.len(),
+        "no purchase was confirmed after its caller went away ({} dropped): the test proves \
+         nothing",
+        heard.dropped
+    );
+}
+
 /// Confirmed units on record = stock taken, and nobody over the limit.
 async fn assert_books_balance(store: &dyn SaleStore, sale: SaleId, what: &str) -> u64 {
     let summary = store.summary(sale).await.unwrap().unwrap();
@@ -201,11 +211,11 @@ async fn embedded_purchases_dropped_at_random_points_are_drained_by_shutdown_and
         heard.confirmed.len(),
         heard.dropped
     );
-    assert!(heard.dropped > ATTEMPTS / 3, "too few callers went away");
     // No polling: once shutdown has returned nothing may still be in flight.
     let taken = assert_books_balance(store.as_ref(), sale, "after shutdown").await;
     assert!(taken > 0, "nothing was sold");
     let (before, ids) = on_record(store.as_ref(), sale).await;
+    assert_some_finished_unheard(&heard, &ids);
     for order_id in &heard.confirmed {
         assert!(
             ids.contains(order_id),
@@ -241,7 +251,6 @@ async fn scale_out_purchases_dropped_at_random_points_are_drained_by_shutdown_an
         heard.confirmed.len(),
         heard.dropped
     );
-    assert!(heard.dropped > ATTEMPTS / 3, "too few callers went away");
     // No polling and no reconciler: once shutdown has returned, every reservation is settled
     // (remaining + sold = stock in Redis, none left), and PostgreSQL holds every confirmation
     // heard, nobody over the limit.
@@ -262,5 +271,6 @@ async fn scale_out_purchases_dropped_at_random_points_are_drained_by_shutdown_an
     let store = connect(&cfg).await;
     let taken = assert_books_balance(&store, sale, "from a second instance").await;
     assert!(taken > 0, "nothing was sold");
+    assert_some_finished_unheard(&heard, &on_record(&store, sale).await.1);
     store.shutdown().await;
 }
