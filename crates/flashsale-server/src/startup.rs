@@ -3,7 +3,8 @@
 //! the admin token, seed the demo sale); [`Application::run_until_stopped`] serves until
 //! SIGTERM/SIGINT (or [`Application::shutdown_token`] is cancelled), then stops accepting,
 //! drains in-flight requests within [`DRAIN_DEADLINE`], ends live streams, stops background
-//! tasks, and flushes the store.
+//! tasks, and shuts the store down (it waits for every purchase in flight, including those
+//! whose client hung up, then flushes).
 
 use crate::address_slots::AddressSlots;
 use crate::admin_token::{self, TokenFileError, TokenSource};
@@ -142,7 +143,7 @@ impl Application {
                 tasks.clone(),
             ),
             openapi: http::openapi::document(),
-            purchase_slots: Semaphore::new(config.protection.max_inflight_purchases),
+            purchase_slots: Arc::new(Semaphore::new(config.protection.max_inflight_purchases)),
             limiter: http::limits::Limiter::new(&config.rate_limits),
             request_timeout: config.protection.request_timeout(),
             body_timeout: config.protection.body_timeout(),

@@ -8,14 +8,20 @@
 //! Every backend promises the same thing: a [`PurchaseOutcome::Confirmed`] is returned only
 //! once the order is durable, a failed write takes nothing, and no sequence of calls sells more
 //! than the stock or more than the per-user limit to one buyer.
+//!
+//! Purchases are cancellation-safe: once an attempt may have taken stock, each store runs the
+//! rest on its own tracker (`in_flight.rs`), carrying the caller's [`PurchaseHold`] with it,
+//! and [`SaleStore::shutdown`] waits for all of it.
 
 mod counter_columns;
 pub mod embedded;
 mod error;
+mod in_flight;
 mod model;
 pub mod redis_pg;
 
 pub use error::StoreError;
+pub use in_flight::PurchaseHold;
 pub use model::{Attempt, Order, PurchaseOutcome, RejectionCounts, SaleStatus, Summary};
 
 use async_trait::async_trait;
@@ -31,10 +37,22 @@ pub trait SaleStore: Send + Sync + 'static {
     /// Decides one attempt atomically (window, stock, limit, quantity, take, record) and, when
     /// admitted, returns only after the order is durable. `Err` means nothing was taken.
     ///
-    /// Drive the returned future to completion (the HTTP layer runs it in its own task): once
-    /// stock is reserved, dropping it half-way leaves the reservation to be settled only by a
-    /// restart (embedded) or the reconciler's lease (scale-out), not by this call.
-    async fn purchase(&self, attempt: Attempt) -> Result<PurchaseOutcome, StoreError>;
+    /// Cancellation-safe: once the attempt may have taken stock, the rest of the work (commit,
+    /// then confirm or undo) runs on the store's own tracker, so dropping this future at any
+    /// point only stops the caller hearing the answer; [`SaleStore::shutdown`] waits for it.
+    async fn purchase(&self, attempt: Attempt) -> Result<PurchaseOutcome, StoreError> {
+        self.purchase_holding(attempt, PurchaseHold::default())
+            .await
+    }
+
+    /// [`SaleStore::purchase`], keeping `hold` for as long as the purchase's work runs (past
+    /// this future, if it is dropped) and ending it with the outcome; dropped unended if no
+    /// work that could take stock was begun.
+    async fn purchase_holding(
+        &self,
+        attempt: Attempt,
+        hold: PurchaseHold,
+    ) -> Result<PurchaseOutcome, StoreError>;
 
     /// One sale with its live figures, or `None` if there is no such sale.
     async fn status(&self, id: SaleId) -> Result<Option<SaleStatus>, StoreError>;
@@ -68,6 +86,7 @@ pub trait SaleStore: Send + Sync + 'static {
     /// for the embedded store, the shared store's clock for scale-out.
     fn now(&self) -> OffsetDateTime;
 
-    /// Flushes pending writes and stops background work; later calls may fail.
+    /// Waits for every purchase in flight to end, then flushes pending writes and stops
+    /// background work; later calls may fail.
     async fn shutdown(&self);
 }

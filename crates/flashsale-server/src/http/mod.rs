@@ -105,8 +105,9 @@ pub struct Shared {
     pub events: events::Broadcasts,
     /// The OpenAPI document, serialised once.
     pub openapi: Bytes,
-    /// Slots for purchases in flight (`--max-inflight-purchases`): past them, 503 at once.
-    pub purchase_slots: Semaphore,
+    /// Slots for purchases in flight (`--max-inflight-purchases`): past them, 503 at once. A
+    /// slot is held until the purchase's work ends, even if its client hung up before.
+    pub purchase_slots: Arc<Semaphore>,
     /// Per-address and per-buyer rate limits.
     pub limiter: limits::Limiter,
     /// How long an answer may take before 503 `timeout`.

@@ -4,7 +4,8 @@
 //! `create_order` is the hot path: parse, one store call, map the outcome. No lock, no
 //! per-request setup beyond parsing: metric handles and the fixed rejection bodies are built
 //! once, and the body is borrowed from the request bytes where it has no escapes. The store
-//! call runs to completion in its own task even if the client goes away (see `purchase`).
+//! owns the purchase once it may take stock (it runs on the store's tracker even if the client
+//! goes away), and the in-flight slot and the address's share travel with it (see `purchase`).
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
@@ -15,10 +16,11 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use flashsale_core::{Outcome, Quantity, Rejection, SaleId, UserId, sale};
-use flashsale_store::{Attempt, Order, PurchaseOutcome};
+use flashsale_store::{Attempt, Order, PurchaseHold, PurchaseOutcome};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// The purchase request body as sent, before validation.
 #[derive(Deserialize)]
@@ -72,12 +74,12 @@ pub async fn create_order(
     SalePath(sale_id): SalePath,
     request: Request,
 ) -> Response {
-    let Ok(_slot) = app.purchase_slots.try_acquire() else {
+    let Ok(slot) = Arc::clone(&app.purchase_slots).try_acquire_owned() else {
         app.metrics.record_purchase(Outcome::Overloaded);
         // Shed before reading the body: drain it (or close) so keep-alive clients can go on.
         return refuse_unread(request, ApiError::Overloaded.into_response()).await;
     };
-    let result = purchase(&app, sale_id, request).await;
+    let result = purchase(&app, sale_id, request, slot).await;
     match result {
         Ok(order) => {
             app.metrics.record_purchase(Outcome::Confirmed);
@@ -96,7 +98,12 @@ pub async fn create_order(
     }
 }
 
-async fn purchase(app: &AppState, sale_id: SaleId, request: Request) -> Result<Order, ApiError> {
+async fn purchase(
+    app: &AppState,
+    sale_id: SaleId,
+    request: Request,
+    slot: OwnedSemaphorePermit,
+) -> Result<Order, ApiError> {
     let idempotency_key = idempotency_key(&request)?;
     let client = app.limiter.client_of(&request);
     let body = json_body(request, app.body_timeout).await?;
@@ -134,21 +141,17 @@ async fn purchase(app: &AppState, sale_id: SaleId, request: Request) -> Result<O
         quantity,
         idempotency_key,
     };
-    // The store call runs in its own task so that nothing can cancel it half way: a client
-    // hanging up or the request timeout drops this future, and a purchase dropped between its
-    // reservation and its commit would leave the stock taken in memory without the order
-    // being counted (the order itself is still written). The task always finishes, and keeps
-    // the address's share reserved exactly when the order is confirmed.
-    let store = Arc::clone(&app.store);
-    let outcome = tokio::spawn(async move {
-        let outcome = store.purchase(attempt).await;
-        if let (Ok(PurchaseOutcome::Confirmed(_)), Some(share)) = (&outcome, share) {
+    // The store runs the purchase to its end even if this future is dropped (a client hanging
+    // up, the request timeout), and holds the in-flight slot and the address's share until
+    // then: abandoned purchases still count against `--max-inflight-purchases`, and the share
+    // stays reserved exactly when the order is confirmed.
+    let hold = PurchaseHold::new(move |outcome| {
+        if let (Ok(PurchaseOutcome::Confirmed(_)), Some(share)) = (outcome, share) {
             share.keep();
         }
-        outcome
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("the purchase task failed: {e}")))??;
+        drop(slot);
+    });
+    let outcome = app.store.purchase_holding(attempt, hold).await?;
     match outcome {
         PurchaseOutcome::Confirmed(order) => Ok(order),
         PurchaseOutcome::Rejected { rejection, orders } => Err(match rejection {

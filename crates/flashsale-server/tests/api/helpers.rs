@@ -103,6 +103,11 @@ pub async fn read(response: Response) -> (StatusCode, Value) {
 }
 
 impl TestApp {
+    /// The app's data directory (the embedded store's database is in it).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data_dir.path()
+    }
+
     /// `self.address` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)

@@ -1,7 +1,8 @@
 //! NF-5 load shedding and slow clients, over real HTTP: the in-flight bound answers 503
-//! `overloaded` at once, the request timeout answers 503 `timeout` (and the purchase is not
-//! lost), a client too slow to send its headers is disconnected, and connections past
-//! `--max-connections` wait until one closes.
+//! `overloaded` at once (a purchase whose client hung up still counts until its work ends), the
+//! request timeout answers 503 `timeout` (and the purchase is not lost), a client too slow to
+//! send its headers is disconnected, and connections past `--max-connections` wait until one
+//! closes.
 
 use crate::helpers::{read, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
@@ -68,6 +69,49 @@ async fn a_purchase_past_the_request_timeout_is_503_timeout_and_leaves_the_books
         _ => 0,
     };
     assert_eq!(app.status(sale).await["stock_remaining"], 10 - units);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hanging_up_mid_purchase_keeps_its_in_flight_slot_until_the_purchase_ends() {
+    // Arrange: one slot, and SQLite's write lock held by another connection, so the next
+    // commit waits (the writer's busy timeout is 2 s; the lock goes well before).
+    let app = spawn_app_with(|c| c.protection.max_inflight_purchases = 1).await;
+    let sale = app.active_sale(10, 1).await;
+    let db = rusqlite::Connection::open(app.data_dir().join("flashsale.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    // Act: alice's purchase is admitted and waits for its commit; she hangs up.
+    let abandoned = app
+        .client
+        .post(app.url(&format!("/api/sales/{sale}/orders")))
+        .json(&json!({"user_id": "alice"}))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(abandoned.unwrap_err().is_timeout());
+    // Her purchase still runs, so it still holds the only slot: bob is shed at once (before
+    // the fix the slot went with her connection, and bob queued behind the lock).
+    let (status, body) = app.buy(sale, "bob").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "overloaded");
+
+    // Once the commit can go on, her order is confirmed and the slot comes back.
+    db.execute_batch("ROLLBACK").unwrap();
+    let deadline = std::time::Instant::now() + GUARD;
+    let (status, body) = loop {
+        let (status, body) = app.buy(sale, "bob").await;
+        if body["code"] != "overloaded" {
+            break (status, body);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(app.orders(sale, "alice").await.0, StatusCode::OK);
+    assert_eq!(app.status(sale).await["stock_remaining"], 8);
 }
 
 #[tokio::test]

@@ -16,7 +16,10 @@ mod load;
 pub(crate) mod schema;
 mod writer;
 
-use crate::{Attempt, Order, PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary};
+use crate::in_flight::InFlight;
+use crate::{
+    Attempt, Order, PurchaseHold, PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary,
+};
 use async_trait::async_trait;
 pub use book::{MAX_REFUSED_KEYS, REFUSAL_RETENTION};
 use book::{SaleBook, Step};
@@ -47,6 +50,8 @@ pub struct EmbeddedStore {
     /// Dropping the sender stops the checkpoint thread.
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     path: PathBuf,
+    /// Purchases that have taken stock and are being committed (shutdown waits for them).
+    in_flight: InFlight,
     /// Holds the data directory's exclusive lock; the OS releases it when this is dropped or
     /// the process dies (even by `kill -9`), so a stale lock file never blocks a restart.
     _lock: std::fs::File,
@@ -103,6 +108,7 @@ impl EmbeddedStore {
             high_water: AtomicI64::new(nanos(high_water)),
             checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             path,
+            in_flight: InFlight::default(),
             _lock: lock,
         })
     }
@@ -122,12 +128,64 @@ impl EmbeddedStore {
         self.books.read().get(&id).cloned()
     }
 
+    /// Decides the attempt; stock is taken only in [`Reserved::Yes`]. Dropping this future
+    /// takes nothing: every await in it comes before the reservation.
+    async fn reserve(&self, attempt: &Attempt) -> Result<Reserved, StoreError> {
+        let Some(book) = self.book(attempt.sale_id) else {
+            return Ok(Reserved::No(PurchaseOutcome::SaleNotFound));
+        };
+        // The rule is core's (`decide` states it first); it is checked here, before the key
+        // is looked up, because the answer depends on the request and the sale alone.
+        if let Err(QuantityAboveLimit { limit }) = check_quantity(book.sale(), attempt.quantity) {
+            return Ok(Reserved::No(PurchaseOutcome::QuantityAboveLimit { limit }));
+        }
+        // Stored instants have microsecond precision; deciding at the stored precision keeps
+        // an order's `created_at` identical before and after a restart.
+        loop {
+            let now = flashsale_core::sale::truncate_to_micros(self.now());
+            let step = book.admit(
+                &attempt.user_id,
+                attempt.quantity,
+                attempt.idempotency_key.as_ref(),
+                now,
+            );
+            match step {
+                Step::Answer(outcome) => return Ok(Reserved::No(outcome)),
+                Step::Wait(mut rx) => {
+                    // A duplicate of an attempt in flight: the first one decides for both.
+                    let settled = rx
+                        .wait_for(Option::is_some)
+                        .await
+                        .map_err(|_| StoreError::ShuttingDown)?
+                        .clone();
+                    return settled.flatten().map(Reserved::No).ok_or_else(|| {
+                        StoreError::Unavailable("the first attempt with this key failed".into())
+                    });
+                }
+                // The refusal hinged on writes in flight; the sender is dropped once they
+                // settle (closing the channel is the signal), then decide again.
+                Step::Retry(mut rx) => {
+                    let _ = rx.changed().await;
+                }
+                Step::Reserved(reservation) => return Ok(Reserved::Yes(book, reservation)),
+            }
+        }
+    }
+
     async fn send<T>(&self, write: Write, reply: oneshot::Receiver<T>) -> Result<T, StoreError> {
         self.writes
             .send(write)
             .map_err(|_| StoreError::ShuttingDown)?;
         reply.await.map_err(|_| StoreError::ShuttingDown)
     }
+}
+
+/// What deciding an attempt came to: an answer, or stock taken that must be committed.
+enum Reserved {
+    /// Nothing was taken; this is the answer.
+    No(PurchaseOutcome),
+    /// Stock is reserved in the book: the order must be written, then confirmed or undone.
+    Yes(Arc<SaleBook>, book::Reservation),
 }
 
 /// Nanoseconds since the epoch (i64 covers 1677..2262, far wider than any sale).
@@ -175,63 +233,52 @@ impl SaleStore for EmbeddedStore {
             .map_err(StoreError::Unavailable)
     }
 
-    async fn purchase(&self, attempt: Attempt) -> Result<PurchaseOutcome, StoreError> {
-        let Some(book) = self.book(attempt.sale_id) else {
-            return Ok(PurchaseOutcome::SaleNotFound);
-        };
-        // The rule is core's (`decide` states it first); it is checked here, before the key
-        // is looked up, because the answer depends on the request and the sale alone.
-        if let Err(QuantityAboveLimit { limit }) = check_quantity(book.sale(), attempt.quantity) {
-            return Ok(PurchaseOutcome::QuantityAboveLimit { limit });
-        }
-        // Stored instants have microsecond precision; deciding at the stored precision keeps
-        // an order's `created_at` identical before and after a restart.
-        let reservation = loop {
-            let now = flashsale_core::sale::truncate_to_micros(self.now());
-            let step = book.admit(
-                &attempt.user_id,
-                attempt.quantity,
-                attempt.idempotency_key.as_ref(),
-                now,
-            );
-            match step {
-                Step::Answer(outcome) => return Ok(outcome),
-                Step::Wait(mut rx) => {
-                    // A duplicate of an attempt in flight: the first one decides for both.
-                    let settled = rx
-                        .wait_for(Option::is_some)
-                        .await
-                        .map_err(|_| StoreError::ShuttingDown)?
-                        .clone();
-                    return settled.flatten().ok_or_else(|| {
-                        StoreError::Unavailable("the first attempt with this key failed".into())
-                    });
-                }
-                // The refusal hinged on writes in flight; the sender is dropped once they
-                // settle (closing the channel is the signal), then decide again.
-                Step::Retry(mut rx) => {
-                    let _ = rx.changed().await;
-                }
-                Step::Reserved(reservation) => break reservation,
+    async fn purchase_holding(
+        &self,
+        attempt: Attempt,
+        hold: PurchaseHold,
+    ) -> Result<PurchaseOutcome, StoreError> {
+        let (book, reservation) = match self.reserve(&attempt).await {
+            Ok(Reserved::Yes(book, reservation)) => (book, reservation),
+            Ok(Reserved::No(outcome)) => {
+                let outcome = Ok(outcome);
+                hold.end(&outcome);
+                return outcome;
+            }
+            Err(e) => {
+                let outcome = Err(e);
+                hold.end(&outcome);
+                return outcome;
             }
         };
+        // From here the stock is taken in memory: the write is queued and its answer awaited
+        // on the store's tracker, so the reservation is confirmed or undone whoever waits.
         let (reply, rx) = oneshot::channel();
         let write = Write::Order {
             order: reservation.order.clone(),
             key: reservation.key.as_ref().map(|(k, _)| k.clone()),
             reply,
         };
-        match self.send(write, rx).await {
-            Ok(Ok(())) => Ok(book.confirm(reservation)),
-            Ok(Err(e)) => {
-                book.undo(reservation);
-                Err(StoreError::Unavailable(e))
-            }
-            Err(e) => {
-                book.undo(reservation);
-                Err(e)
-            }
-        }
+        let writes = self.writes.clone();
+        self.in_flight
+            .run(hold, async move {
+                let written = match writes.send(write) {
+                    Ok(()) => rx.await.map_err(|_| StoreError::ShuttingDown),
+                    Err(_) => Err(StoreError::ShuttingDown),
+                };
+                match written {
+                    Ok(Ok(())) => Ok(book.confirm(reservation)),
+                    Ok(Err(e)) => {
+                        book.undo(reservation);
+                        Err(StoreError::Unavailable(e))
+                    }
+                    Err(e) => {
+                        book.undo(reservation);
+                        Err(e)
+                    }
+                }
+            })
+            .await
     }
 
     async fn status(&self, id: SaleId) -> Result<Option<SaleStatus>, StoreError> {
@@ -281,6 +328,8 @@ impl SaleStore for EmbeddedStore {
     }
 
     async fn shutdown(&self) {
+        // Purchases already holding stock are committed (or undone) before the writer stops.
+        self.in_flight.drain().await;
         let (reply, rx) = oneshot::channel();
         // The writer commits what is queued, persists counters, replies and exits; writes sent
         // after that fail with `ShuttingDown` and their reservations are undone.

@@ -14,6 +14,9 @@
 //! 4. settle (`settle.lua`): the reservation is removed in Redis, kept (confirmed) or handed
 //!    back (released).
 //!
+//! Steps 2 to 4 run as one task on the store's own tracker (`crate::in_flight`): a caller that
+//! stops waiting cannot strand a reservation, and `shutdown` waits for them.
+//!
 //! The [`reconcile`] task settles reservations whose instance died, and rebuilds a sale's
 //! Redis state from PostgreSQL when Redis lost it.
 //!
@@ -32,7 +35,10 @@ pub(crate) mod schema;
 mod scripts;
 mod snapshot;
 
-use crate::{Attempt, Order, PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary};
+use crate::in_flight::InFlight;
+use crate::{
+    Attempt, Order, PurchaseHold, PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary,
+};
 use async_trait::async_trait;
 use counters::Counters;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -126,7 +132,9 @@ pub(crate) struct Inner {
 /// The scale-out store (Redis admission + PostgreSQL durability). Cheap to share in an `Arc`.
 pub struct RedisPgStore {
     inner: Arc<Inner>,
-    writer: OrderWriter,
+    purchases: Arc<Purchases>,
+    /// Purchases past the pre-filter, run to their end whoever waits (shutdown waits for them).
+    in_flight: InFlight,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -187,8 +195,12 @@ impl RedisPgStore {
         tracker.spawn(snapshot::run(Arc::clone(&inner), cancel.clone()));
         tracker.spawn(reconcile::run(Arc::clone(&inner), cancel.clone()));
         Ok(Self {
+            purchases: Arc::new(Purchases {
+                inner: Arc::clone(&inner),
+                writer,
+            }),
             inner,
-            writer,
+            in_flight: InFlight::default(),
             cancel,
             tracker,
         })
@@ -212,11 +224,73 @@ impl RedisPgStore {
         snapshot::load_one(&self.inner, id).await
     }
 
+    /// Step 1, the pre-filter: answers what can be answered without Redis. Takes nothing, so
+    /// dropping it half-way is harmless.
+    async fn pre_filter(&self, attempt: &Attempt) -> Result<PreFilter, StoreError> {
+        let Some(sale) = self.sale(attempt.sale_id).await? else {
+            return Ok(PreFilter::Answer(PurchaseOutcome::SaleNotFound));
+        };
+        // The rule is core's (`decide` states it first); it is checked here, before the key
+        // is looked up, because the answer depends on the request and the sale alone.
+        if let Err(QuantityAboveLimit { limit }) = check_quantity(&sale, attempt.quantity) {
+            return Ok(PreFilter::Answer(PurchaseOutcome::QuantityAboveLimit {
+                limit,
+            }));
+        }
+        // Fast path: a sale known to be sold out or over is rejected without a round trip.
+        // Keyed attempts still go to Redis: their key may replay an earlier confirmation.
+        if attempt.idempotency_key.is_none()
+            && let Some(rejection) = self.inner.snapshot.fast_reject(sale.id, self.now())
+        {
+            self.inner.counters.attempt(sale.id, Some(rejection));
+            return Ok(PreFilter::Answer(PurchaseOutcome::Rejected {
+                rejection,
+                orders: Vec::new(),
+            }));
+        }
+        if self.inner.pg_recently_down() {
+            // At most one attempt a second reaches Redis while PostgreSQL is unreachable, so
+            // an outage strands (until it ends plus a lease) almost no stock.
+            return Err(StoreError::Unavailable("postgres is unreachable".into()));
+        }
+        Ok(PreFilter::Admit(sale))
+    }
+
+    /// A status from the snapshot, unless the snapshot is too old to say it: a sale that could
+    /// still change is not answered from a view Redis has not confirmed for a while.
+    fn current(&self, status: SaleStatus) -> Result<SaleStatus, StoreError> {
+        let over = status.remaining == 0 || self.now() >= status.sale.ends_at;
+        if !over && self.inner.snapshot.stale() {
+            return Err(StoreError::Unavailable(
+                "the sale's figures cannot be read from Redis right now".into(),
+            ));
+        }
+        Ok(status)
+    }
+}
+
+/// What the pre-filter decided.
+enum PreFilter {
+    /// The answer, with nothing taken.
+    Answer(PurchaseOutcome),
+    /// Ask Redis (the admission script) about this sale.
+    Admit(Arc<Sale>),
+}
+
+/// The part of a purchase that runs on the store's tracker (admission onwards): it owns what
+/// it needs, so it goes on to its end whether or not anyone still waits for it.
+struct Purchases {
+    inner: Arc<Inner>,
+    writer: OrderWriter,
+}
+
+impl Purchases {
     async fn purchase_in_redis(
-        &self,
-        sale: &Arc<Sale>,
-        attempt: &Attempt,
+        self: Arc<Self>,
+        sale: Arc<Sale>,
+        attempt: Attempt,
     ) -> Result<PurchaseOutcome, StoreError> {
+        let (sale, attempt) = (&sale, &attempt);
         let inner = &self.inner;
         let order_id = uuid::Uuid::now_v7();
         let deadline = tokio::time::Instant::now() + inner.cfg.pg_timeout;
@@ -340,18 +414,6 @@ impl RedisPgStore {
                 "the order's commit may or may not have landed; the reconciler decides it".into(),
             )),
         }
-    }
-
-    /// A status from the snapshot, unless the snapshot is too old to say it: a sale that could
-    /// still change is not answered from a view Redis has not confirmed for a while.
-    fn current(&self, status: SaleStatus) -> Result<SaleStatus, StoreError> {
-        let over = status.remaining == 0 || self.now() >= status.sale.ends_at;
-        if !over && self.inner.snapshot.stale() {
-            return Err(StoreError::Unavailable(
-                "the sale's figures cannot be read from Redis right now".into(),
-            ));
-        }
-        Ok(status)
     }
 
     async fn rejected(&self, id: SaleId, user: &UserId, rejection: Rejection) -> PurchaseOutcome {
@@ -597,32 +659,31 @@ impl SaleStore for RedisPgStore {
         Ok(Sale::clone(&sale))
     }
 
-    async fn purchase(&self, attempt: Attempt) -> Result<PurchaseOutcome, StoreError> {
-        let Some(sale) = self.sale(attempt.sale_id).await? else {
-            return Ok(PurchaseOutcome::SaleNotFound);
-        };
-        // The rule is core's (`decide` states it first); it is checked here, before the key
-        // is looked up, because the answer depends on the request and the sale alone.
-        if let Err(QuantityAboveLimit { limit }) = check_quantity(&sale, attempt.quantity) {
-            return Ok(PurchaseOutcome::QuantityAboveLimit { limit });
+    async fn purchase_holding(
+        &self,
+        attempt: Attempt,
+        hold: PurchaseHold,
+    ) -> Result<PurchaseOutcome, StoreError> {
+        match self.pre_filter(&attempt).await {
+            Ok(PreFilter::Answer(outcome)) => {
+                let outcome = Ok(outcome);
+                hold.end(&outcome);
+                outcome
+            }
+            Ok(PreFilter::Admit(sale)) => {
+                // From the admission call on, stock may be taken (even by a call whose reply
+                // is lost): the rest runs on the store's tracker, to its end.
+                let purchases = Arc::clone(&self.purchases);
+                self.in_flight
+                    .run(hold, purchases.purchase_in_redis(sale, attempt))
+                    .await
+            }
+            Err(e) => {
+                let outcome = Err(e);
+                hold.end(&outcome);
+                outcome
+            }
         }
-        // Fast path: a sale known to be sold out or over is rejected without a round trip.
-        // Keyed attempts still go to Redis: their key may replay an earlier confirmation.
-        if attempt.idempotency_key.is_none()
-            && let Some(rejection) = self.inner.snapshot.fast_reject(sale.id, self.now())
-        {
-            self.inner.counters.attempt(sale.id, Some(rejection));
-            return Ok(PurchaseOutcome::Rejected {
-                rejection,
-                orders: Vec::new(),
-            });
-        }
-        if self.inner.pg_recently_down() {
-            // At most one attempt a second reaches Redis while PostgreSQL is unreachable, so
-            // an outage strands (until it ends plus a lease) almost no stock.
-            return Err(StoreError::Unavailable("postgres is unreachable".into()));
-        }
-        self.purchase_in_redis(&sale, &attempt).await
     }
 
     async fn status(&self, id: SaleId) -> Result<Option<SaleStatus>, StoreError> {
@@ -681,6 +742,8 @@ impl SaleStore for RedisPgStore {
     }
 
     async fn shutdown(&self) {
+        // Purchases past the pre-filter are committed and settled while the writer still runs.
+        self.in_flight.drain().await;
         self.cancel.cancel();
         self.tracker.close();
         self.tracker.wait().await;
