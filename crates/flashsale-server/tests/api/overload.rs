@@ -31,15 +31,19 @@ async fn purchases_beyond_the_in_flight_bound_are_503_overloaded_with_retry_afte
 
 #[tokio::test]
 async fn a_purchase_past_the_request_timeout_is_503_timeout_and_leaves_the_books_balanced() {
-    // A zero timeout expires as soon as the handler first waits (for the body, or for the
-    // disk), so the buyer is told `timeout`; the purchase was either not begun or goes on to
-    // commit, never half done.
+    // The purchase is admitted and its commit waits on SQLite's write lock, held by another
+    // connection past the request timeout (and released well within the writer's 2 s busy
+    // timeout), so the buyer is told `timeout`; the purchase goes on to commit, never half
+    // done. (A zero timeout raced the commit: a fast disk could answer 201 first.)
     let app = spawn_app().await;
     let sale = app.active_sale(10, 1).await;
     let app = app
-        .restart_with(|c| c.protection.request_timeout_ms = 0)
+        .restart_with(|c| c.protection.request_timeout_ms = 300)
         .await;
+    let db = rusqlite::Connection::open(app.data_dir().join("flashsale.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
     let response = app.buy_with(sale, &json!({"user_id": "alice"}), None).await;
+    db.execute_batch("ROLLBACK").unwrap();
     let retry_after = response.headers().get("retry-after").cloned();
     let (status, body) = read(response).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
