@@ -200,7 +200,19 @@ async fn embedded_purchases_dropped_at_random_points_are_drained_by_shutdown_and
         Arc::new(EmbeddedStore::open(dir.path(), Arc::new(flashsale_core::SystemClock)).unwrap());
     let sale = store.create_sale(active(STOCK, LIMIT)).await.unwrap().id;
 
+    // SQLite's write lock, held by another connection for the first 50 ms of the herd (the
+    // writer's busy timeout is 2 s): the first admitted purchases wait for their commit, so
+    // callers giving up on their short timers leave purchases in flight for certain. Without
+    // it a fast disk commits before most timers fire, and some runs dropped nothing mid-work.
+    let db =
+        rusqlite::Connection::open(dir.path().join(flashsale_store::embedded::DB_FILE)).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let unlock = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        db.execute_batch("ROLLBACK").unwrap();
+    });
     let heard = attempts_dropped_at_random_points(&store, sale, seed).await;
+    unlock.join().unwrap();
     tokio::time::timeout(GUARD, store.shutdown())
         .await
         .expect("shutdown never drained");
@@ -240,7 +252,22 @@ async fn scale_out_purchases_dropped_at_random_points_are_drained_by_shutdown_an
     let store: Arc<dyn SaleStore> = Arc::new(connect(&cfg).await);
     let sale = store.create_sale(active(STOCK, LIMIT)).await.unwrap().id;
 
+    // The sale's row locked in PostgreSQL for the first 50 ms of the herd (group commits take
+    // it first): the first admitted purchases wait for their commit, so callers giving up on
+    // their short timers leave purchases in flight for certain.
+    let pg = support::pg(&cfg).await;
+    pg.batch_execute(&format!(
+        "BEGIN; SELECT 1 FROM sales WHERE id = {} FOR UPDATE",
+        sale.0
+    ))
+    .await
+    .unwrap();
+    let unlock = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pg.batch_execute("ROLLBACK").await.unwrap();
+    });
     let heard = attempts_dropped_at_random_points(&store, sale, seed).await;
+    unlock.await.unwrap();
     tokio::time::timeout(GUARD, store.shutdown())
         .await
         .expect("shutdown never drained");
