@@ -35,7 +35,9 @@ pub trait SaleStore: Send + Sync + 'static {
     async fn create_sale(&self, new: NewSale) -> Result<Sale, StoreError>;
 
     /// Decides one attempt atomically (window, stock, limit, quantity, take, record) and, when
-    /// admitted, returns only after the order is durable. `Err` means nothing was taken.
+    /// admitted, returns only after the order is durable. `Err` means nothing was taken, except
+    /// [`StoreError::Timeout`]: the outcome is not known (the buyer checks or retries with the
+    /// same key).
     ///
     /// Cancellation-safe: once the attempt may have taken stock, the rest of the work (commit,
     /// then confirm or undo) runs on the store's own tracker, so dropping this future at any
