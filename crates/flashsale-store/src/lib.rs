@@ -12,6 +12,24 @@
 //! Purchases are cancellation-safe: once an attempt may have taken stock, each store runs the
 //! rest on its own tracker (`in_flight.rs`), carrying the caller's [`PurchaseHold`] with it,
 //! and [`SaleStore::shutdown`] waits for all of it.
+//!
+//! Glossary (one name per idea, in both stores):
+//! - **attempt**: one purchase request ([`Attempt`]); **decide**: apply the rules of
+//!   `flashsale_core::decide` to it at one instant, with one clock.
+//! - **admit**: the decision is yes; the units are taken at once as a **reservation** (embedded:
+//!   units `pending` in the book; scale-out: a record with a **lease** in Redis).
+//! - **commit**: make the reservation's order durable (SQLite fsync, PostgreSQL COMMIT), in a
+//!   **group** with others; `confirmed` is answered only after it.
+//! - **fence** (scale-out): the `reservations` row claimed once, `committed` by the commit or
+//!   `released` by whoever gives up on it; its `Resolution` says which won.
+//! - **settle**: apply a resolution to the reservation (Redis `settle.lua`: keep the units and
+//!   confirm the key, or give them back; embedded: `confirm` or `undo` in the book).
+//! - **commit outcome** (scale-out `CommitOutcome`): what the buyer is told of their commit:
+//!   confirmed, failed (nothing taken), or unknown (`StoreError::Timeout`).
+//! - **refusal**: a decided no ([`PurchaseOutcome::Rejected`]); remembered by **key** only while
+//!   a later decision could differ.
+//! - **rebuild** / **audit** / **reconcile** (scale-out): restore a sale's Redis state from
+//!   PostgreSQL / compare the two / settle expired reservations and audit, every interval.
 
 mod counter_columns;
 pub mod embedded;

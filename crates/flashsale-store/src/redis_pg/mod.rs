@@ -47,10 +47,9 @@ use flashsale_core::{
     check_quantity,
 };
 use keys::Keys;
-use orders::{OrderWriter, PendingOrder, Settlement};
+use orders::{CommitOutcome, OrderWriter, PendingOrder, Resolution};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use scripts::Scripts;
-use scripts::Settle;
 use snapshot::Snapshot;
 use std::future::Future;
 use std::sync::Arc;
@@ -392,25 +391,25 @@ impl Purchases {
             key: attempt.idempotency_key.clone(),
             reply,
         };
-        let settled = match self.writer.send(pending).await {
+        let outcome = match self.writer.send(pending).await {
             // The writer went away with the order: whether it landed is not known here.
-            Ok(()) => rx.await.unwrap_or(Settlement::Unknown),
+            Ok(()) => rx.await.unwrap_or(CommitOutcome::Unknown),
             Err(pending) => {
                 // Shutting down: nothing was written, so hand the stock back (best effort;
                 // the reconciler releases it after the lease otherwise).
                 orders::release_unwritten(&self.inner, &[pending.order]).await;
-                Settlement::Failed
+                CommitOutcome::Failed
             }
         };
-        match settled {
-            Settlement::Confirmed => Ok(PurchaseOutcome::Confirmed(order)),
-            Settlement::Failed => {
+        match outcome {
+            CommitOutcome::Confirmed => Ok(PurchaseOutcome::Confirmed(order)),
+            CommitOutcome::Failed => {
                 self.inner.counters.unavailable(order.sale_id);
                 Err(StoreError::Unavailable(
                     "the order could not be made durable; nothing was taken".into(),
                 ))
             }
-            Settlement::Unknown => Err(StoreError::Timeout(
+            CommitOutcome::Unknown => Err(StoreError::Timeout(
                 "the order's commit may or may not have landed; the reconciler decides it".into(),
             )),
         }
@@ -561,7 +560,7 @@ impl Inner {
                 // the stock and the buyer's limit until the lease ran out. This order id is
                 // never committed (only this call could have sent it to the writer), so
                 // nothing was taken whatever happened; release it now rather than in a lease.
-                orders::settle(self, id, Settle::Release, &[order_id]).await;
+                orders::settle(self, id, Resolution::Released, &[order_id]).await;
                 return Err(StoreError::Unavailable(format!("{e}; nothing was taken")));
             }
         };

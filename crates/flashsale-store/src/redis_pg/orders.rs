@@ -18,7 +18,6 @@
 //! tells us whether an ambiguous commit in fact went through) and their stock handed back.
 //! If PostgreSQL cannot even be asked, the reservations are left to the reconciler.
 
-use super::scripts::Settle;
 use super::{Inner, pg_error};
 use crate::StoreError;
 use crate::model::Order;
@@ -39,12 +38,12 @@ pub(crate) struct PendingOrder {
     /// The sale's epoch the order was admitted under.
     pub epoch: i64,
     pub key: Option<IdempotencyKey>,
-    pub reply: oneshot::Sender<Settlement>,
+    pub reply: oneshot::Sender<CommitOutcome>,
 }
 
 /// What became of a pending order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settlement {
+pub(crate) enum CommitOutcome {
     /// Committed in PostgreSQL.
     Confirmed,
     /// Not committed, and it never will be: its stock is (or will be, by the reconciler)
@@ -55,10 +54,13 @@ pub(crate) enum Settlement {
     Unknown,
 }
 
-/// How a reservation was resolved in PostgreSQL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a reservation was resolved in PostgreSQL (by whoever claimed its fence row first), and
+/// so what settling it in Redis does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Resolution {
+    /// Committed: the order is durable; Redis keeps the stock taken and confirms the key.
     Committed,
+    /// Released: no commit of it can land; Redis gives the stock back.
     Released,
 }
 
@@ -111,7 +113,7 @@ async fn run(
         }
         let inner = Arc::clone(&inner);
         tracker.spawn(async move {
-            settle_batch(&inner, batch).await;
+            commit_group(&inner, batch).await;
             drop(permit);
         });
     }
@@ -122,14 +124,14 @@ async fn run(
         rest.push(order);
     }
     if !rest.is_empty() {
-        settle_batch(&inner, rest).await;
+        commit_group(&inner, rest).await;
     }
 }
 
 /// Commits one group and answers each of its buyers.
-async fn settle_batch(inner: &Inner, batch: Vec<PendingOrder>) {
+async fn commit_group(inner: &Inner, batch: Vec<PendingOrder>) {
     let outcome = commit(inner, &batch).await;
-    // `None`: how the group ended is not known (see `Settlement::Unknown`).
+    // `None`: how the group ended is not known (see `CommitOutcome::Unknown`).
     let resolutions: Option<HashMap<Uuid, Resolution>> = match outcome {
         Ok(won) => batch
             .iter()
@@ -162,39 +164,34 @@ async fn settle_batch(inner: &Inner, batch: Vec<PendingOrder>) {
             }
         }
     };
-    let mut by_sale: BTreeMap<(SaleId, bool), Vec<Uuid>> = BTreeMap::new();
+    let mut by_sale: BTreeMap<(SaleId, Resolution), Vec<Uuid>> = BTreeMap::new();
     for p in &batch {
         if let Some(r) = resolutions.as_ref().and_then(|r| r.get(&p.order.order_id)) {
             by_sale
-                .entry((p.order.sale_id, *r == Resolution::Committed))
+                .entry((p.order.sale_id, *r))
                 .or_default()
                 .push(p.order.order_id);
         }
     }
-    for ((sale, committed), ids) in by_sale {
-        let how = if committed {
-            Settle::Confirm
-        } else {
-            Settle::Release
-        };
+    for ((sale, how), ids) in by_sale {
         settle(inner, sale, how, &ids).await;
     }
     for p in batch {
-        let settlement = match &resolutions {
-            None => Settlement::Unknown,
+        let outcome = match &resolutions {
+            None => CommitOutcome::Unknown,
             Some(r) => match r.get(&p.order.order_id) {
-                Some(Resolution::Committed) => Settlement::Confirmed,
+                Some(Resolution::Committed) => CommitOutcome::Confirmed,
                 // Fenced as released, or (a bug) missing: no commit of it can land any more.
-                _ => Settlement::Failed,
+                _ => CommitOutcome::Failed,
             },
         };
         // A buyer who went away still has their order committed; nothing to do.
-        let _ = p.reply.send(settlement);
+        let _ = p.reply.send(outcome);
     }
 }
 
 /// Settles reservations in Redis; on failure the reconciler does it after the lease.
-pub(crate) async fn settle(inner: &Inner, sale: SaleId, how: Settle, ids: &[Uuid]) {
+pub(crate) async fn settle(inner: &Inner, sale: SaleId, how: Resolution, ids: &[Uuid]) {
     let keys = inner.keys.sale(sale);
     let mut con = inner.con();
     match inner
@@ -218,7 +215,7 @@ pub(crate) async fn release_unwritten(inner: &Inner, orders: &[Order]) {
     if let Ok(found) = resolve(inner, &ids).await {
         for o in orders {
             if found.get(&o.order_id) == Some(&Resolution::Released) {
-                settle(inner, o.sale_id, Settle::Release, &[o.order_id]).await;
+                settle(inner, o.sale_id, Resolution::Released, &[o.order_id]).await;
             }
         }
     }

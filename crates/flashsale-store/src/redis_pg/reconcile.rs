@@ -27,7 +27,7 @@
 
 use super::Inner;
 use super::orders::{self, Resolution};
-use super::scripts::{self, Settle};
+use super::scripts;
 use crate::StoreError;
 use flashsale_core::{Sale, SaleId};
 use std::collections::BTreeMap;
@@ -270,24 +270,16 @@ async fn reconcile_sale(inner: &Inner, id: SaleId) -> Result<usize, StoreError> 
         return Ok(0);
     }
     let found = orders::resolve(inner, &ids).await?;
-    let mut split: BTreeMap<bool, Vec<Uuid>> = BTreeMap::new();
+    let mut split: BTreeMap<Resolution, Vec<Uuid>> = BTreeMap::new();
     for (order_id, _) in &ids {
         if let Some(r) = found.get(order_id) {
-            split
-                .entry(*r == Resolution::Committed)
-                .or_default()
-                .push(*order_id);
+            split.entry(*r).or_default().push(*order_id);
         }
     }
-    for (committed, ids) in &split {
-        let how = if *committed {
-            Settle::Confirm
-        } else {
-            Settle::Release
-        };
+    for (how, ids) in &split {
         tracing::info!(sale = %id, count = ids.len(), ?how, "reconciler resolved expired reservations");
-        orders::settle(inner, id, how, ids).await;
-        if !*committed {
+        orders::settle(inner, id, *how, ids).await;
+        if *how == Resolution::Released {
             inner
                 .released
                 .fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -4,6 +4,7 @@
 
 use super::Inner;
 use super::keys::SaleKeys;
+use super::orders::Resolution;
 use crate::StoreError;
 use flashsale_core::{NotActiveReason, Rejection};
 use redis::Script;
@@ -18,15 +19,6 @@ pub(crate) struct Scripts {
     expired: Script,
     rebuild: Script,
     audit: Script,
-}
-
-/// Whether a settled reservation was committed or released in PostgreSQL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settle {
-    /// Committed: keep the stock taken, finalise the idempotency record.
-    Confirm,
-    /// Released: give the stock back.
-    Release,
 }
 
 /// What `admission.lua` decided.
@@ -115,7 +107,7 @@ impl Scripts {
         &self,
         con: &mut ConnectionManager,
         keys: &SaleKeys,
-        how: Settle,
+        how: Resolution,
         order_ids: &[Uuid],
     ) -> redis::RedisResult<(u64, Option<u32>, Option<OffsetDateTime>)> {
         let mut inv = self.settle.prepare_invoke();
@@ -123,8 +115,8 @@ impl Scripts {
             inv.key(key);
         }
         inv.arg(match how {
-            Settle::Confirm => "confirm",
-            Settle::Release => "release",
+            Resolution::Committed => "confirm",
+            Resolution::Released => "release",
         });
         for id in order_ids {
             inv.arg(id.to_string());
