@@ -322,7 +322,7 @@ pub fn generate_admin_token() -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
+    use clap::{CommandFactory, FromArgMatches};
 
     #[test]
     fn every_flag_names_its_environment_variable_in_help() {
@@ -414,6 +414,31 @@ mod tests {
             assert_eq!((config.demo_sale, config.rate_limits.enabled), (on, on));
         }
         assert!(Config::try_parse_from(["flashsale", "--demo-sale", "yes"]).is_err());
+    }
+
+    #[test]
+    fn the_flags_defaults_are_the_code_defaults() {
+        // Environment ignored: CI may set FLASHSALE_* variables.
+        let command = Config::command().mut_args(|arg| arg.env(None::<&str>));
+        let parsed = Config::from_arg_matches(&command.get_matches_from(["flashsale"])).unwrap();
+        assert_eq!(
+            format!("{:?}", parsed.protection),
+            format!("{:?}", Protection::default())
+        );
+        assert_eq!(
+            format!("{:?}", parsed.rate_limits),
+            format!("{:?}", RateLimits::default())
+        );
+        let for_tests = Config::for_tests(parsed.listen, parsed.data_dir.clone(), "t");
+        assert_eq!(
+            (&parsed.redis_prefix, &parsed.pg_schema),
+            (&for_tests.redis_prefix, &for_tests.pg_schema)
+        );
+        let store = flashsale_store::redis_pg::RedisPgConfig::new("r", "d");
+        assert_eq!(
+            (&parsed.redis_prefix, &parsed.pg_schema),
+            (&store.key_prefix, &store.pg_schema)
+        );
     }
 
     #[test]
