@@ -22,6 +22,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use cli::{Cli, Scenario};
 use client::{Conn, Target};
+use outcome::Log;
 use report::{Report, Tally};
 use scenario::Plan;
 use scenario::timed::Mix;
@@ -46,6 +47,63 @@ async fn main() -> ExitCode {
 
 /// Runs the whole thing; `Ok(false)` when an invariant failed.
 async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let targets = parse_targets(&cli)?;
+    let prefix = match &cli.user_prefix {
+        Some(p) => p.clone(),
+        None => default_prefix(),
+    };
+    let connections = cli.connection_count();
+    let (conns, cold) = warm_connections(&targets, connections, cli.timeout()).await;
+    let mut admin = Conn::new(Arc::clone(&targets[0]), cli.timeout());
+    if let Some(token) = &cli.admin_token {
+        admin = admin.with_bearer(token);
+    }
+    let sale = obtain_sale(&cli, &mut admin, &prefix).await?;
+    let plan = release_plan(&sale.status, prefix, connections);
+    let load = drive_load(&cli, &plan, conns).await?;
+
+    let tally = Tally::of(&load.log);
+    let mut report = first_report(&cli, &targets, &sale, connections, cold, &load, &tally);
+    if !cli.no_verify {
+        let books = read_books(&cli, &mut admin, sale.status.sale_id).await?;
+        report.final_stock = Some(books.status.stock_remaining);
+        if books.status.stock_remaining == 0 {
+            report.time_to_sell_out_s = tally.last_confirmation_micros.map(|m| m as f64 / 1e6);
+        }
+        let observed = observe(&cli, &targets, &sale, books, load, &tally).await;
+        report.checks = verify::evaluate(&observed);
+        report.passed = report.checks.iter().all(|c| c.passed);
+    } else if !cli.allow_errors && tally.not_decided() > 0 {
+        report.passed = false;
+    }
+    print_report(&report, cli.json)?;
+    Ok(report.passed)
+}
+
+/// The sale under load, and whether this run created it (then nobody else buys in it, and
+/// the server's figures must match what the clients saw).
+struct SaleUnderLoad {
+    status: api::SaleStatus,
+    own: bool,
+}
+
+/// What the load left behind: every answer, how long it took, and the buyers it sent.
+struct Load {
+    log: Log,
+    elapsed: Duration,
+    /// Every buyer id that attempted a purchase (the ones left unconfirmed are read back).
+    buyers: Vec<String>,
+}
+
+/// The server's own figures after the load.
+struct Books {
+    status: api::SaleStatus,
+    /// Only with the admin token.
+    summary: Option<api::Summary>,
+}
+
+/// The `--target` URLs, each to be reached from the `--source-ips` loopback addresses.
+fn parse_targets(cli: &Cli) -> anyhow::Result<Vec<Arc<Target>>> {
     let targets: Vec<Arc<Target>> = cli
         .targets
         .iter()
@@ -57,50 +115,58 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         })
         .collect::<anyhow::Result<_>>()?;
     anyhow::ensure!(!targets.is_empty(), "no --target given");
-    let prefix = match &cli.user_prefix {
-        Some(p) => p.clone(),
-        None => default_prefix(),
-    };
+    Ok(targets)
+}
 
-    let connections = cli.connection_count();
+/// Opens and warms every connection before the measurement, saying how many could not be.
+async fn warm_connections(
+    targets: &[Arc<Target>],
+    connections: usize,
+    timeout: Duration,
+) -> (Vec<Conn>, usize) {
     eprintln!(
         "opening {connections} connections to {} target(s)",
         targets.len()
     );
-    let (conns, cold) = scenario::open_connections(&targets, connections, cli.timeout()).await;
+    let (conns, cold) = scenario::open_connections(targets, connections, timeout).await;
     if cold > 0 {
         eprintln!(
             "warning: {cold} of {connections} connections could not be warmed \
              (server down, or out of file descriptors: raise `ulimit -n`)"
         );
     }
+    (conns, cold)
+}
 
-    let mut admin = Conn::new(Arc::clone(&targets[0]), cli.timeout());
-    if let Some(token) = &cli.admin_token {
-        admin = admin.with_bearer(token);
+/// Reads the sale given by `--sale-id`, or creates one through the admin API.
+async fn obtain_sale(cli: &Cli, admin: &mut Conn, prefix: &str) -> anyhow::Result<SaleUnderLoad> {
+    if let Some(id) = cli.sale_id {
+        return Ok(SaleUnderLoad {
+            status: api::sale_status(admin, id).await?,
+            own: false,
+        });
     }
-    let (sale, own_sale) = match cli.sale_id {
-        Some(id) => (api::sale_status(&mut admin, id).await?, false),
-        None => {
-            if cli.admin_token.is_none() {
-                bail!(
-                    "--admin-token (FLASHSALE_ADMIN_TOKEN) is needed to create a sale; or give --sale-id"
-                );
-            }
-            let name = format!("load {} {prefix}", cli.scenario.to_possible_value_name());
-            let sale = api::create_sale(
-                &mut admin,
-                &name,
-                cli.start_in,
-                cli.sale_length,
-                cli.stock,
-                cli.limit,
-            )
-            .await?;
-            (sale, true)
-        }
-    };
-    let release_at = release_instant(&sale, connections);
+    if cli.admin_token.is_none() {
+        bail!(
+            "--admin-token (FLASHSALE_ADMIN_TOKEN) is needed to create a sale; or give --sale-id"
+        );
+    }
+    let name = format!("load {} {prefix}", cli.scenario.to_possible_value_name());
+    let status = api::create_sale(
+        admin,
+        &name,
+        cli.start_in,
+        cli.sale_length,
+        cli.stock,
+        cli.limit,
+    )
+    .await?;
+    Ok(SaleUnderLoad { status, own: true })
+}
+
+/// The plan every worker follows: which sale, which buyer ids, and when to start.
+fn release_plan(sale: &api::SaleStatus, user_prefix: String, connections: usize) -> Plan {
+    let release_at = release_instant(sale, connections);
     eprintln!(
         "sale {} ({}, stock {}, limit {}); release in {:.3} s",
         sale.sale_id,
@@ -111,17 +177,20 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             .saturating_duration_since(Instant::now())
             .as_secs_f64()
     );
-    let plan = Plan {
+    Plan {
         sale_id: sale.sale_id,
-        user_prefix: prefix,
+        user_prefix,
         release_at,
-    };
+    }
+}
 
+/// Runs the chosen scenario on the warmed connections.
+async fn drive_load(cli: &Cli, plan: &Plan, conns: Vec<Conn>) -> anyhow::Result<Load> {
     let each = cli.attempts_each();
-    let (log, elapsed, others) = match cli.scenario {
+    let (log, elapsed, buyers) = match cli.scenario {
         Scenario::Herd | Scenario::Duplicates => {
-            let attempts = Arc::new(scenario::burst::attempts(&plan, cli.buyers, each));
-            let (log, took) = scenario::burst::run(&plan, conns, Arc::clone(&attempts)).await?;
+            let attempts = Arc::new(scenario::burst::attempts(plan, cli.buyers, each));
+            let (log, took) = scenario::burst::run(plan, conns, Arc::clone(&attempts)).await?;
             let all: Vec<String> = (0..cli.buyers).map(|b| plan.user(b)).collect();
             (log, took, all)
         }
@@ -132,7 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 _ => Mix::Buy,
             };
             let (log, took) =
-                scenario::timed::run(&plan, conns, mix, cli.duration(), cli.rate).await?;
+                scenario::timed::run(plan, conns, mix, cli.duration(), cli.rate).await?;
             let sent = log.samples.len() as u64;
             let buyers: Vec<String> = (0..sent)
                 .filter(|i| mix.op(*i) == outcome::Op::Buy)
@@ -141,12 +210,28 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             (log, took, buyers)
         }
     };
+    Ok(Load {
+        log,
+        elapsed,
+        buyers,
+    })
+}
 
-    let tally = Tally::of(&log);
-    let mut report = Report {
+/// The report of what the clients saw, before anything is read back from the server.
+fn first_report(
+    cli: &Cli,
+    targets: &[Arc<Target>],
+    sale: &SaleUnderLoad,
+    connections: usize,
+    cold: usize,
+    load: &Load,
+    tally: &Tally,
+) -> Report {
+    let elapsed = load.elapsed;
+    Report {
         scenario: cli.scenario.to_possible_value_name(),
         targets: targets.iter().map(|t| t.url.clone()).collect(),
-        sale_id: sale.sale_id,
+        sale_id: sale.status.sale_id,
         connections,
         cold_connections: cold,
         elapsed_s: elapsed.as_secs_f64(),
@@ -157,78 +242,87 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         errors: tally.errors.clone(),
         final_stock: None,
         time_to_sell_out_s: None,
-        throughput: log.samples.len() as f64 / elapsed.as_secs_f64().max(1e-9),
-        latency: report::Latency::of(log.samples.iter().map(|s| s.micros)),
-        by_op: report::by_op(&log, elapsed),
+        throughput: load.log.samples.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        latency: report::Latency::of(load.log.samples.iter().map(|s| s.micros)),
+        by_op: report::by_op(&load.log, elapsed),
         checks: Vec::new(),
         passed: true,
-    };
-
-    if !cli.no_verify {
-        let (status, summary, settled_in) = settle(
-            &mut admin,
-            sale.sale_id,
-            cli.admin_token.is_some(),
-            cli.settle(),
-        )
-        .await?;
-        if settled_in > Duration::ZERO {
-            eprintln!(
-                "status and summary agreed {:.3} s after the load",
-                settled_in.as_secs_f64()
-            );
-        }
-        report.final_stock = Some(status.stock_remaining);
-        if status.stock_remaining == 0 {
-            report.time_to_sell_out_s = tally.last_confirmation_micros.map(|m| m as f64 / 1e6);
-        }
-        let confirmed_users: BTreeSet<&str> = log
-            .confirmations
-            .iter()
-            .map(|c| c.user_id.as_str())
-            .collect();
-        let unconfirmed: Vec<String> = others
-            .into_iter()
-            .filter(|u| !confirmed_users.contains(u.as_str()))
-            .collect();
-        let buyers_read = verify::gather(
-            &targets,
-            cli.timeout(),
-            sale.sale_id,
-            status.per_user_limit,
-            &log.confirmations,
-            verify::spread(&unconfirmed, cli.verify_sample),
-            cli.verify_max,
-        )
-        .await;
-        let observed = verify::Observed {
-            stock_total: status.stock_total,
-            stock_remaining: status.stock_remaining,
-            per_user_limit: status.per_user_limit,
-            summary,
-            confirmed_seen: tally.confirmed,
-            confirmed_per_buyer: verify::per_buyer(&log.confirmations),
-            own_sale,
-            not_decided: tally.not_decided(),
-            allow_errors: cli.allow_errors,
-            buyers: tally.attempts / each,
-            demand_each: each,
-            buyers_read,
-        };
-        report.checks = verify::evaluate(&observed);
-        report.passed = report.checks.iter().all(|c| c.passed);
-    } else if !cli.allow_errors && tally.not_decided() > 0 {
-        report.passed = false;
     }
+}
 
-    let text = if cli.json {
-        serde_json::to_string_pretty(&report).context("writing the report")? + "\n"
+/// The sale's status and (with the admin token) its summary once they agree, or as they stand
+/// after `--settle`.
+async fn read_books(cli: &Cli, admin: &mut Conn, sale_id: u64) -> anyhow::Result<Books> {
+    let (status, summary, settled_in) =
+        settle(admin, sale_id, cli.admin_token.is_some(), cli.settle()).await?;
+    if settled_in > Duration::ZERO {
+        eprintln!(
+            "status and summary agreed {:.3} s after the load",
+            settled_in.as_secs_f64()
+        );
+    }
+    Ok(Books { status, summary })
+}
+
+/// Everything the checks judge: the server's figures, what the clients saw, and a sample of
+/// buyers' own order lists read back.
+async fn observe(
+    cli: &Cli,
+    targets: &[Arc<Target>],
+    sale: &SaleUnderLoad,
+    books: Books,
+    load: Load,
+    tally: &Tally,
+) -> verify::Observed {
+    let Books { status, summary } = books;
+    let confirmed_users: BTreeSet<&str> = load
+        .log
+        .confirmations
+        .iter()
+        .map(|c| c.user_id.as_str())
+        .collect();
+    let unconfirmed: Vec<String> = load
+        .buyers
+        .into_iter()
+        .filter(|u| !confirmed_users.contains(u.as_str()))
+        .collect();
+    let buyers_read = verify::gather(
+        targets,
+        cli.timeout(),
+        sale.status.sale_id,
+        status.per_user_limit,
+        &load.log.confirmations,
+        verify::spread(&unconfirmed, cli.verify_sample),
+        cli.verify_max,
+    )
+    .await;
+    let each = cli.attempts_each();
+    verify::Observed {
+        stock_total: status.stock_total,
+        stock_remaining: status.stock_remaining,
+        per_user_limit: status.per_user_limit,
+        summary,
+        confirmed_seen: tally.confirmed,
+        confirmed_per_buyer: verify::per_buyer(&load.log.confirmations),
+        own_sale: sale.own,
+        not_decided: tally.not_decided(),
+        allow_errors: cli.allow_errors,
+        buyers: tally.attempts / each,
+        demand_each: each,
+        buyers_read,
+    }
+}
+
+/// Prints the report as text or (`--json`) as JSON.
+fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
+    let text = if json {
+        serde_json::to_string_pretty(report).context("writing the report")? + "\n"
     } else {
         report.to_text()
     };
     // A closed pipe (`| head`) is not worth a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
-    Ok(report.passed)
+    Ok(())
 }
 
 /// Reads the status and the summary until their stock figures agree (remaining = total -

@@ -4,6 +4,7 @@
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Parser, ValueEnum};
+use flashsale_store::redis_pg::{DEFAULT_KEY_PREFIX, DEFAULT_PG_SCHEMA};
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
@@ -59,11 +60,11 @@ pub struct Config {
     pub database_url: Option<String>,
 
     /// Prefix of every Redis key (`--store redis`): deployments sharing a Redis differ here.
-    #[arg(long, env = "FLASHSALE_REDIS_PREFIX", default_value = "flashsale")]
+    #[arg(long, env = "FLASHSALE_REDIS_PREFIX", default_value = DEFAULT_KEY_PREFIX)]
     pub redis_prefix: String,
 
     /// PostgreSQL schema of the tables (`--store redis`); created at start if missing.
-    #[arg(long, env = "FLASHSALE_PG_SCHEMA", default_value = "public")]
+    #[arg(long, env = "FLASHSALE_PG_SCHEMA", default_value = DEFAULT_PG_SCHEMA)]
     pub pg_schema: String,
     /// Serve `/api/admin/*` only on this separate address (the public one then answers 404
     /// there). Unset: admin routes are on `--listen`.
@@ -95,6 +96,15 @@ pub fn switch() -> impl TypedValueParser<Value = bool> {
     PossibleValuesParser::new(["on", "off", "true", "false"]).map(|v| v == "on" || v == "true")
 }
 
+// The defaults of [`Protection`], written once: the flags show them in `--help` and
+// `Protection::default()` (tests, embedding) uses the same values.
+const DEFAULT_MAX_INFLIGHT_PURCHASES: usize = 16_384;
+const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 512;
+const DEFAULT_MAX_STREAMS_PER_IP: usize = 256;
+const DEFAULT_STREAM_LIFETIME_SECS: u64 = 300;
+const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+
 /// Bounds that keep the service answering quickly beyond capacity (NF-5).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Protection {
@@ -102,7 +112,7 @@ pub struct Protection {
     #[arg(
         long,
         env = "FLASHSALE_MAX_INFLIGHT_PURCHASES",
-        default_value_t = 16_384
+        default_value_t = DEFAULT_MAX_INFLIGHT_PURCHASES
     )]
     pub max_inflight_purchases: usize,
 
@@ -114,24 +124,24 @@ pub struct Protection {
 
     /// Open connections one client address may hold; more are answered 429 and closed.
     /// Connections from `--trusted-proxies` are not counted (each carries many clients).
-    #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS_PER_IP", default_value_t = 512,
+    #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS_PER_IP", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP,
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections_per_ip: usize,
 
     /// Open event streams one client address may hold; more are answered 429 (the page
     /// then polls).
-    #[arg(long, env = "FLASHSALE_MAX_STREAMS_PER_IP", default_value_t = 256,
+    #[arg(long, env = "FLASHSALE_MAX_STREAMS_PER_IP", default_value_t = DEFAULT_MAX_STREAMS_PER_IP,
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_streams_per_ip: usize,
 
     /// An event stream ends after this many seconds (give or take a tenth); the page
     /// reconnects.
-    #[arg(long, env = "FLASHSALE_STREAM_LIFETIME_SECS", default_value_t = 300,
+    #[arg(long, env = "FLASHSALE_STREAM_LIFETIME_SECS", default_value_t = DEFAULT_STREAM_LIFETIME_SECS,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub stream_lifetime_secs: u64,
 
     /// A request whose answer is not ready within this many milliseconds gets 503 `timeout`.
-    #[arg(long, env = "FLASHSALE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "FLASHSALE_REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_TIMEOUT_MS)]
     pub request_timeout_ms: u64,
 
     /// A client must send a request's headers within this many milliseconds of starting it
@@ -139,7 +149,7 @@ pub struct Protection {
     #[arg(
         long,
         env = "FLASHSALE_HEADER_READ_TIMEOUT_MS",
-        default_value_t = 10_000
+        default_value_t = DEFAULT_HEADER_READ_TIMEOUT_MS
     )]
     pub header_read_timeout_ms: u64,
 }
@@ -232,13 +242,13 @@ pub fn check_admin_token(token: &str) -> Result<(), String> {
 impl Default for Protection {
     fn default() -> Self {
         Self {
-            max_inflight_purchases: 16_384,
+            max_inflight_purchases: DEFAULT_MAX_INFLIGHT_PURCHASES,
             max_connections: None,
-            max_connections_per_ip: 512,
-            max_streams_per_ip: 256,
-            stream_lifetime_secs: 300,
-            request_timeout_ms: 10_000,
-            header_read_timeout_ms: 10_000,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            max_streams_per_ip: DEFAULT_MAX_STREAMS_PER_IP,
+            stream_lifetime_secs: DEFAULT_STREAM_LIFETIME_SECS,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
         }
     }
 }
@@ -256,8 +266,8 @@ impl Config {
             store: StoreKind::Embedded,
             redis_url: None,
             database_url: None,
-            redis_prefix: "flashsale".into(),
-            pg_schema: "public".into(),
+            redis_prefix: DEFAULT_KEY_PREFIX.into(),
+            pg_schema: DEFAULT_PG_SCHEMA.into(),
             admin_listen: None,
             ops_listen: None,
             rate_limits: RateLimits::disabled(),
@@ -312,7 +322,7 @@ pub fn generate_admin_token() -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
+    use clap::{CommandFactory, FromArgMatches};
 
     #[test]
     fn every_flag_names_its_environment_variable_in_help() {
@@ -404,6 +414,31 @@ mod tests {
             assert_eq!((config.demo_sale, config.rate_limits.enabled), (on, on));
         }
         assert!(Config::try_parse_from(["flashsale", "--demo-sale", "yes"]).is_err());
+    }
+
+    #[test]
+    fn the_flags_defaults_are_the_code_defaults() {
+        // Environment ignored: CI may set FLASHSALE_* variables.
+        let command = Config::command().mut_args(|arg| arg.env(None::<&str>));
+        let parsed = Config::from_arg_matches(&command.get_matches_from(["flashsale"])).unwrap();
+        assert_eq!(
+            format!("{:?}", parsed.protection),
+            format!("{:?}", Protection::default())
+        );
+        assert_eq!(
+            format!("{:?}", parsed.rate_limits),
+            format!("{:?}", RateLimits::default())
+        );
+        let for_tests = Config::for_tests(parsed.listen, parsed.data_dir.clone(), "t");
+        assert_eq!(
+            (&parsed.redis_prefix, &parsed.pg_schema),
+            (&for_tests.redis_prefix, &for_tests.pg_schema)
+        );
+        let store = flashsale_store::redis_pg::RedisPgConfig::new("r", "d");
+        assert_eq!(
+            (&parsed.redis_prefix, &parsed.pg_schema),
+            (&store.key_prefix, &store.pg_schema)
+        );
     }
 
     #[test]

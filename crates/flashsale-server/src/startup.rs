@@ -16,6 +16,7 @@ use flashsale_core::{Clock, NewSale};
 use flashsale_store::SaleStore;
 use flashsale_store::embedded::EmbeddedStore;
 use flashsale_store::redis_pg::{RedisPgConfig, RedisPgStore};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::{JoinError, JoinHandle};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -236,80 +239,19 @@ impl Application {
         if let Some(tls) = tls {
             tasks.spawn(tls.reload_on_sighup(shutdown.clone()));
         }
-        let upkeep = {
-            let state = state.clone();
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move {
-                let mut tick = tokio::time::interval(METRICS_UPKEEP);
-                loop {
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        _ = tick.tick() => {
-                            state.metrics.run_upkeep();
-                            state.limiter.retain_recent();
-                            // Bounded: a hung dependency must not stop the histogram upkeep.
-                            let sample = state.metrics.sample_store(state.store.as_ref());
-                            if tokio::time::timeout(STORE_SAMPLE_DEADLINE, sample).await.is_err() {
-                                tracing::warn!("sampling the store for metrics timed out");
-                            }
-                        }
-                    }
-                }
-            })
+        let upkeep = spawn_upkeep(&tasks, state.clone(), shutdown.clone());
+        let listeners = Listeners {
+            public: listener,
+            admin: admin_listener.map(|(listener, _)| listener),
+            ops: ops_listener.map(|(listener, _)| listener),
         };
-        let ops = ops_listener.map(|(ops_listener, _)| {
-            // Its own small budget, apart from the public one: probes always find room.
-            let ops_limits = ConnectionLimits {
-                max_connections: OPS_MAX_CONNECTIONS,
-                max_connections_per_ip: OPS_MAX_CONNECTIONS,
-                ..limits.clone()
-            };
-            serve(
-                ops_listener,
-                http::router_for(state.clone(), Surface::Ops),
-                ops_limits,
-                acceptor.clone(),
-                shutdown.clone(),
-            )
-        });
-        let main = match admin_listener {
-            None => futures_util::future::Either::Left(serve(
-                listener,
-                http::router(state),
-                limits,
-                acceptor,
-                shutdown.clone(),
-            )),
-            Some((admin_listener, _)) => {
-                let public = serve(
-                    listener,
-                    http::router_for(state.clone(), Surface::Public),
-                    limits.clone(),
-                    acceptor.clone(),
-                    shutdown.clone(),
-                );
-                let admin = serve(
-                    admin_listener,
-                    http::router_for(state, Surface::Admin),
-                    limits,
-                    acceptor,
-                    shutdown.clone(),
-                );
-                futures_util::future::Either::Right(async move {
-                    let (public, admin) = tokio::join!(public, admin);
-                    public.and(admin)
-                })
-            }
-        };
-        let mut server = tokio::spawn(async move {
-            match ops {
-                None => main.await,
-                Some(ops) => {
-                    let (main, ops) = tokio::join!(main, ops);
-                    main.and(ops)
-                }
-            }
-        });
+        let mut server = tokio::spawn(serve_listeners(
+            listeners,
+            state,
+            limits,
+            acceptor,
+            shutdown.clone(),
+        ));
         let served = tokio::select! {
             result = &mut server => Some(result),
             () = shutdown.cancelled() => None,
@@ -319,29 +261,141 @@ impl Application {
         signals.abort();
         let served = match served {
             Some(result) => result,
-            None => {
-                tracing::info!("shutting down: draining in-flight requests");
-                match tokio::time::timeout(DRAIN_DEADLINE, &mut server).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        tracing::warn!("drain deadline passed; closing remaining connections");
-                        server.abort();
-                        Ok(Ok(()))
-                    }
-                }
-            }
+            None => drain_connections(server).await,
         };
-        tasks.close();
-        if tokio::time::timeout(DRAIN_DEADLINE, tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("background tasks did not stop in time");
-        }
+        stop_background_tasks(&tasks).await;
         drop(upkeep);
         store.shutdown().await;
         tracing::info!("stopped");
         served.map_err(io::Error::other)?
+    }
+}
+
+/// The listeners one instance serves.
+struct Listeners {
+    /// The public routes (and the admin ones, unless `admin` is set).
+    public: TcpListener,
+    /// With `--admin-listen`: the admin routes.
+    admin: Option<TcpListener>,
+    /// With `--ops-listen`: health, readiness and metrics.
+    ops: Option<TcpListener>,
+}
+
+/// Every few seconds until `shutdown`: folds histogram samples into buckets, drops idle rate
+/// buckets, and samples the store for metrics.
+fn spawn_upkeep(
+    tasks: &TaskTracker,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    state.metrics.run_upkeep();
+                    state.limiter.retain_recent();
+                    // Bounded: a hung dependency must not stop the histogram upkeep.
+                    let sample = state.metrics.sample_store(state.store.as_ref());
+                    if tokio::time::timeout(STORE_SAMPLE_DEADLINE, sample).await.is_err() {
+                        tracing::warn!("sampling the store for metrics timed out");
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Serves every listener, each with its surface of the routes, until `shutdown`; completes
+/// once all of them have drained.
+fn serve_listeners(
+    listeners: Listeners,
+    state: AppState,
+    limits: ConnectionLimits,
+    acceptor: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+) -> impl Future<Output = io::Result<()>> + Send + 'static {
+    let ops = listeners.ops.map(|ops_listener| {
+        // Its own small budget, apart from the public one: probes always find room.
+        let ops_limits = ConnectionLimits {
+            max_connections: OPS_MAX_CONNECTIONS,
+            max_connections_per_ip: OPS_MAX_CONNECTIONS,
+            ..limits.clone()
+        };
+        serve(
+            ops_listener,
+            http::router_for(state.clone(), Surface::Ops),
+            ops_limits,
+            acceptor.clone(),
+            shutdown.clone(),
+        )
+    });
+    let main = match listeners.admin {
+        None => futures_util::future::Either::Left(serve(
+            listeners.public,
+            http::router(state),
+            limits,
+            acceptor,
+            shutdown,
+        )),
+        Some(admin_listener) => {
+            let public = serve(
+                listeners.public,
+                http::router_for(state.clone(), Surface::Public),
+                limits.clone(),
+                acceptor.clone(),
+                shutdown.clone(),
+            );
+            let admin = serve(
+                admin_listener,
+                http::router_for(state, Surface::Admin),
+                limits,
+                acceptor,
+                shutdown,
+            );
+            futures_util::future::Either::Right(async move {
+                let (public, admin) = tokio::join!(public, admin);
+                public.and(admin)
+            })
+        }
+    };
+    async move {
+        match ops {
+            None => main.await,
+            Some(ops) => {
+                let (main, ops) = tokio::join!(main, ops);
+                main.and(ops)
+            }
+        }
+    }
+}
+
+/// Waits up to [`DRAIN_DEADLINE`] for the listeners to drain their in-flight requests (they
+/// stop accepting once shutdown is cancelled), then closes whatever is still open.
+async fn drain_connections(
+    mut server: JoinHandle<io::Result<()>>,
+) -> Result<io::Result<()>, JoinError> {
+    tracing::info!("shutting down: draining in-flight requests");
+    match tokio::time::timeout(DRAIN_DEADLINE, &mut server).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!("drain deadline passed; closing remaining connections");
+            server.abort();
+            Ok(Ok(()))
+        }
+    }
+}
+
+/// Waits up to [`DRAIN_DEADLINE`] for the background tasks (live streams, upkeep, certificate
+/// reloads), which end on the cancelled shutdown token.
+async fn stop_background_tasks(tasks: &TaskTracker) {
+    tasks.close();
+    if tokio::time::timeout(DRAIN_DEADLINE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks did not stop in time");
     }
 }
 

@@ -51,6 +51,16 @@ pub const ADMIN_FAILURES_ALLOWED: u32 = 10;
 /// The window over which failed admin logins are counted.
 pub const ADMIN_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
+// The defaults of [`RateLimits`], written once: the flags show them in `--help` and
+// `RateLimits::default()` uses the same values.
+const DEFAULT_PURCHASE_RATE_PER_IP: u32 = 20;
+const DEFAULT_PURCHASE_BURST_PER_IP: u32 = 100;
+const DEFAULT_PURCHASE_SHARE_PER_IP: u32 = 10;
+const DEFAULT_PURCHASE_RATE_PER_USER: u32 = 2;
+const DEFAULT_PURCHASE_BURST_PER_USER: u32 = 5;
+const DEFAULT_READ_RATE_PER_IP: u32 = 100;
+const DEFAULT_READ_BURST_PER_IP: u32 = 400;
+
 /// The rate-limit settings (flags and `FLASHSALE_*` variables).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RateLimits {
@@ -70,38 +80,38 @@ pub struct RateLimits {
     pub trusted_proxies: TrustedProxies,
 
     /// Purchases per second per client address (steady rate).
-    #[arg(long, env = "FLASHSALE_PURCHASE_RATE_PER_IP", default_value_t = 20,
+    #[arg(long, env = "FLASHSALE_PURCHASE_RATE_PER_IP", default_value_t = DEFAULT_PURCHASE_RATE_PER_IP,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub purchase_rate_per_ip: u32,
 
     /// Purchases per client address allowed at once (burst).
-    #[arg(long, env = "FLASHSALE_PURCHASE_BURST_PER_IP", default_value_t = 100,
+    #[arg(long, env = "FLASHSALE_PURCHASE_BURST_PER_IP", default_value_t = DEFAULT_PURCHASE_BURST_PER_IP,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub purchase_burst_per_ip: u32,
 
     /// Percent of a sale's stock one client address may take (confirmed plus in flight);
     /// 100 switches the share off. At least the sale's per-user limit.
-    #[arg(long, env = "FLASHSALE_PURCHASE_SHARE_PER_IP", default_value_t = 10,
+    #[arg(long, env = "FLASHSALE_PURCHASE_SHARE_PER_IP", default_value_t = DEFAULT_PURCHASE_SHARE_PER_IP,
         value_parser = clap::value_parser!(u32).range(1..=100))]
     pub purchase_share_per_ip: u32,
 
     /// Purchases per second per buyer id (steady rate).
-    #[arg(long, env = "FLASHSALE_PURCHASE_RATE_PER_USER", default_value_t = 2,
+    #[arg(long, env = "FLASHSALE_PURCHASE_RATE_PER_USER", default_value_t = DEFAULT_PURCHASE_RATE_PER_USER,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub purchase_rate_per_user: u32,
 
     /// Purchases per buyer id allowed at once (burst).
-    #[arg(long, env = "FLASHSALE_PURCHASE_BURST_PER_USER", default_value_t = 5,
+    #[arg(long, env = "FLASHSALE_PURCHASE_BURST_PER_USER", default_value_t = DEFAULT_PURCHASE_BURST_PER_USER,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub purchase_burst_per_user: u32,
 
     /// Reads (status, orders, events, page) per second per client address.
-    #[arg(long, env = "FLASHSALE_READ_RATE_PER_IP", default_value_t = 100,
+    #[arg(long, env = "FLASHSALE_READ_RATE_PER_IP", default_value_t = DEFAULT_READ_RATE_PER_IP,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub read_rate_per_ip: u32,
 
     /// Reads per client address allowed at once (burst).
-    #[arg(long, env = "FLASHSALE_READ_BURST_PER_IP", default_value_t = 400,
+    #[arg(long, env = "FLASHSALE_READ_BURST_PER_IP", default_value_t = DEFAULT_READ_BURST_PER_IP,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub read_burst_per_ip: u32,
 }
@@ -122,13 +132,13 @@ impl Default for RateLimits {
         Self {
             enabled: true,
             trusted_proxies: TrustedProxies::default(),
-            purchase_rate_per_ip: 20,
-            purchase_burst_per_ip: 100,
-            purchase_share_per_ip: 10,
-            purchase_rate_per_user: 2,
-            purchase_burst_per_user: 5,
-            read_rate_per_ip: 100,
-            read_burst_per_ip: 400,
+            purchase_rate_per_ip: DEFAULT_PURCHASE_RATE_PER_IP,
+            purchase_burst_per_ip: DEFAULT_PURCHASE_BURST_PER_IP,
+            purchase_share_per_ip: DEFAULT_PURCHASE_SHARE_PER_IP,
+            purchase_rate_per_user: DEFAULT_PURCHASE_RATE_PER_USER,
+            purchase_burst_per_user: DEFAULT_PURCHASE_BURST_PER_USER,
+            read_rate_per_ip: DEFAULT_READ_RATE_PER_IP,
+            read_burst_per_ip: DEFAULT_READ_BURST_PER_IP,
         }
     }
 }

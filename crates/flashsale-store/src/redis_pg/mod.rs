@@ -60,6 +60,11 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// The Redis key prefix when none is given (the server's `--redis-prefix` default too).
+pub const DEFAULT_KEY_PREFIX: &str = "flashsale";
+/// The PostgreSQL schema when none is given (the server's `--pg-schema` default too).
+pub const DEFAULT_PG_SCHEMA: &str = "public";
+
 /// How to reach and use Redis and PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct RedisPgConfig {
@@ -93,8 +98,8 @@ impl RedisPgConfig {
         Self {
             redis_url: redis_url.into(),
             database_url: database_url.into(),
-            key_prefix: "flashsale".into(),
-            pg_schema: "public".into(),
+            key_prefix: DEFAULT_KEY_PREFIX.into(),
+            pg_schema: DEFAULT_PG_SCHEMA.into(),
             lease: Duration::from_secs(10),
             redis_timeout: Duration::from_millis(500),
             pg_timeout: Duration::from_secs(2),
