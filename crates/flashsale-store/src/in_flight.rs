@@ -34,6 +34,16 @@ impl PurchaseHold {
             on_end(outcome);
         }
     }
+
+    /// The attempt was answered before any work that could take stock: ends the hold with
+    /// `outcome` and returns it.
+    pub(crate) fn answer(
+        self,
+        outcome: Result<PurchaseOutcome, StoreError>,
+    ) -> Result<PurchaseOutcome, StoreError> {
+        self.end(&outcome);
+        outcome
+    }
 }
 
 /// A store's purchases in flight: the tasks that must finish whatever their callers do.

@@ -173,11 +173,18 @@ impl EmbeddedStore {
     }
 
     async fn send<T>(&self, write: Write, reply: oneshot::Receiver<T>) -> Result<T, StoreError> {
-        self.writes
-            .send(write)
-            .map_err(|_| StoreError::ShuttingDown)?;
-        reply.await.map_err(|_| StoreError::ShuttingDown)
+        send_write(&self.writes, write, reply).await
     }
+}
+
+/// Queues a write and waits for the writer's reply; the writer gone means shutting down.
+async fn send_write<T>(
+    writes: &mpsc::Sender<Write>,
+    write: Write,
+    reply: oneshot::Receiver<T>,
+) -> Result<T, StoreError> {
+    writes.send(write).map_err(|_| StoreError::ShuttingDown)?;
+    reply.await.map_err(|_| StoreError::ShuttingDown)
 }
 
 /// What deciding an attempt came to: an answer, or stock taken that must be committed.
@@ -240,16 +247,8 @@ impl SaleStore for EmbeddedStore {
     ) -> Result<PurchaseOutcome, StoreError> {
         let (book, reservation) = match self.reserve(&attempt).await {
             Ok(Reserved::Yes(book, reservation)) => (book, reservation),
-            Ok(Reserved::No(outcome)) => {
-                let outcome = Ok(outcome);
-                hold.end(&outcome);
-                return outcome;
-            }
-            Err(e) => {
-                let outcome = Err(e);
-                hold.end(&outcome);
-                return outcome;
-            }
+            Ok(Reserved::No(outcome)) => return hold.answer(Ok(outcome)),
+            Err(e) => return hold.answer(Err(e)),
         };
         // From here the stock is taken in memory: the write is queued and its answer awaited
         // on the store's tracker, so the reservation is confirmed or undone whoever waits.
@@ -262,11 +261,7 @@ impl SaleStore for EmbeddedStore {
         let writes = self.writes.clone();
         self.in_flight
             .run(hold, async move {
-                let written = match writes.send(write) {
-                    Ok(()) => rx.await.map_err(|_| StoreError::ShuttingDown),
-                    Err(_) => Err(StoreError::ShuttingDown),
-                };
-                match written {
+                match send_write(&writes, write, rx).await {
                     Ok(Ok(())) => Ok(book.confirm(reservation)),
                     Ok(Err(e)) => {
                         book.undo(reservation);

@@ -263,8 +263,8 @@ impl RedisPgStore {
     /// A status from the snapshot, unless the snapshot is too old to say it: a sale that could
     /// still change is not answered from a view Redis has not confirmed for a while.
     fn current(&self, status: SaleStatus) -> Result<SaleStatus, StoreError> {
-        let over = status.remaining == 0 || self.now() >= status.sale.ends_at;
-        if !over && self.inner.snapshot.stale() {
+        // Staleness first: it is the rare case, and the one clock read a fresh view needs.
+        if self.inner.snapshot.stale() && status.remaining > 0 && self.now() < status.sale.ends_at {
             return Err(StoreError::Unavailable(
                 "the sale's figures cannot be read from Redis right now".into(),
             ));
@@ -669,11 +669,7 @@ impl SaleStore for RedisPgStore {
         hold: PurchaseHold,
     ) -> Result<PurchaseOutcome, StoreError> {
         match self.pre_filter(&attempt).await {
-            Ok(PreFilter::Answer(outcome)) => {
-                let outcome = Ok(outcome);
-                hold.end(&outcome);
-                outcome
-            }
+            Ok(PreFilter::Answer(outcome)) => hold.answer(Ok(outcome)),
             Ok(PreFilter::Admit(sale)) => {
                 // From the admission call on, stock may be taken (even by a call whose reply
                 // is lost): the rest runs on the store's tracker, to its end.
@@ -682,11 +678,7 @@ impl SaleStore for RedisPgStore {
                     .run(hold, purchases.purchase_in_redis(sale, attempt))
                     .await
             }
-            Err(e) => {
-                let outcome = Err(e);
-                hold.end(&outcome);
-                outcome
-            }
+            Err(e) => hold.answer(Err(e)),
         }
     }
 

@@ -43,6 +43,15 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// Keeps the lower figure (see the module docs); at 0 the sale sold out at `sold_out_at`
+    /// (when its last unit was taken), unless that is already known.
+    fn lower(&mut self, unconfirmed: u32, sold_out_at: Option<OffsetDateTime>) {
+        self.remaining = self.remaining.min(unconfirmed);
+        if self.remaining == 0 && self.sold_out_at.is_none() {
+            self.sold_out_at = sold_out_at;
+        }
+    }
+
     pub(crate) fn status(&self) -> SaleStatus {
         SaleStatus {
             sale: Arc::clone(&self.sale),
@@ -102,13 +111,8 @@ impl Snapshot {
         unconfirmed: u32,
         sold_out_at: Option<OffsetDateTime>,
     ) {
-        if let Some(entry) = self.sales.write().get_mut(&id)
-            && unconfirmed < entry.remaining
-        {
-            entry.remaining = unconfirmed;
-            if unconfirmed == 0 {
-                entry.sold_out_at = entry.sold_out_at.or(sold_out_at);
-            }
+        if let Some(entry) = self.sales.write().get_mut(&id) {
+            entry.lower(unconfirmed, sold_out_at);
         }
     }
 
@@ -232,13 +236,9 @@ pub(crate) async fn refresh(inner: &Arc<Inner>) {
                         // Redis's (possibly wrong) view, the new one is the durable truth.
                         entry.remaining = unconfirmed;
                         entry.sold_out_at = None;
-                    } else {
-                        entry.remaining = entry.remaining.min(unconfirmed);
                     }
                     entry.epoch = epoch;
-                    if entry.remaining == 0 && entry.sold_out_at.is_none() {
-                        entry.sold_out_at = sold_out_us.map(scripts::from_micros);
-                    }
+                    entry.lower(unconfirmed, sold_out_us.map(scripts::from_micros));
                 }
                 None => missing.push(Arc::clone(&entry.sale)),
             }
