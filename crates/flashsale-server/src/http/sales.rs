@@ -231,7 +231,12 @@ mod tests {
     fn body() -> impl Strategy<Value = SaleBody> {
         (
             (any::<i64>(), any::<String>(), 0usize..3, 0usize..3),
-            (instant(), instant(), proptest::option::of(instant()), instant()),
+            (
+                instant(),
+                instant(),
+                proptest::option::of(instant()),
+                instant(),
+            ),
             (any::<u32>(), any::<u32>(), any::<u32>()),
         )
             .prop_map(
@@ -269,7 +274,13 @@ mod tests {
     #[test]
     fn names_that_need_escaping_are_escaped_as_serde_does() {
         let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
-        for name in ["\"quoted\"", "back\\slash", "tab\tnew\nline", "\u{1}\u{1f}", "ünï 🎉"] {
+        for name in [
+            "\"quoted\"",
+            "back\\slash",
+            "tab\tnew\nline",
+            "\u{1}\u{1f}",
+            "ünï 🎉",
+        ] {
             let body = SaleBody {
                 sale_id: 7,
                 name: name.to_owned(),
@@ -283,7 +294,11 @@ mod tests {
                 sold_out_at: Some(at),
                 server_time: at,
             };
-            assert_eq!(body.to_json(), serde_json::to_vec(&body).unwrap(), "{name:?}");
+            assert_eq!(
+                body.to_json(),
+                serde_json::to_vec(&body).unwrap(),
+                "{name:?}"
+            );
         }
     }
 }
