@@ -8,7 +8,7 @@
 #
 # Usage: scripts/instructions_per_request.sh BINARY ROUTE [METHOD]
 #   BINARY  target/release/flashsale or target/release/flashsale-ceiling (or a saved copy)
-#   ROUTE   status | sold-out | featured
+#   ROUTE   status | sold-out | featured | purchase (each request a new buyer, stock ample)
 # Environment: IPR_SECONDS=4 (length of the counted load), IPR_CONNECTIONS=16.
 # Prints: binary, route, requests, instructions, instructions per request.
 set -euo pipefail
@@ -38,9 +38,11 @@ for _ in $(seq 1 300); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2
 body='{"user_id":"ipr-buyer","quantity":1}'
 if [ "$ceiling" = 0 ]; then
   now=$(date -u +%s)
+  stock=1
+  [ "$ROUTE" = purchase ] && stock=100000000
   sale=$(curl -fs -X POST "http://127.0.0.1:$PORT/api/admin/sales" -H "authorization: Bearer $TOKEN" \
     -H 'content-type: application/json' \
-    -d "{\"name\":\"ipr\",\"stock\":1,\"per_user_limit\":1,\"starts_at\":\"$(date -u -d @$((now - 1)) +%FT%TZ)\",\"ends_at\":\"$(date -u -d @$((now + 3600)) +%FT%TZ)\"}")
+    -d "{\"name\":\"ipr\",\"stock\":$stock,\"per_user_limit\":1,\"starts_at\":\"$(date -u -d @$((now - 1)) +%FT%TZ)\",\"ends_at\":\"$(date -u -d @$((now + 3600)) +%FT%TZ)\"}")
   id=$(sed -E 's/.*"sale_id":([0-9]+).*/\1/' <<<"$sale")
   # Sell the one unit so every later purchase is a sold-out rejection.
   curl -fs -X POST "http://127.0.0.1:$PORT/api/sales/$id/orders" -H 'content-type: application/json' -d "$body" >/dev/null
@@ -53,12 +55,24 @@ case $ROUTE in
   sold-out) url=/api/sales/$id/orders
     lua=$WORK/post.lua
     printf 'wrk.method = "POST"\nwrk.body = [[%s]]\nwrk.headers["Content-Type"] = "application/json"\n' "$body" >"$lua" ;;
+  purchase) url=/api/sales/$id/orders
+    lua=$WORK/post.lua
+    cat >"$lua" <<'LUA'
+local n = 0
+local prefix = os.getenv("IPR_RUN") .. "-" .. tostring(math.random(1000000000))
+request = function()
+  n = n + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"},
+    '{"user_id":"ipr-' .. prefix .. '-' .. n .. '","quantity":1}')
+end
+LUA
+    ;;
   *) echo "unknown route $ROUTE" >&2; exit 2 ;;
 esac
 # Warm up (connections, lazily registered metrics), then count only the measured load.
-wrk -t1 -c"$CONNS" -d1s ${lua:+-s "$lua"} "http://127.0.0.1:$PORT$url" >/dev/null
+IPR_RUN=warm wrk -t1 -c"$CONNS" -d1s ${lua:+-s "$lua"} "http://127.0.0.1:$PORT$url" >/dev/null
 callgrind_control -i on "$PID" >/dev/null 2>&1
-out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" ${lua:+-s "$lua"} "http://127.0.0.1:$PORT$url")
+out=$(IPR_RUN=measure wrk -t1 -c"$CONNS" -d"${SECS}s" ${lua:+-s "$lua"} "http://127.0.0.1:$PORT$url")
 callgrind_control -i off "$PID" >/dev/null 2>&1
 callgrind_control -d "$PID" >/dev/null 2>&1
 requests=$(awk '/requests in/ {print $1}' <<<"$out")

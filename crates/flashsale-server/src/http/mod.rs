@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod json;
 pub mod known_sales;
 pub mod limits;
 pub mod metrics;
