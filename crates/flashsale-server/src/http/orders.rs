@@ -32,7 +32,9 @@ struct RawOrder<'a> {
     quantity: Option<i64>,
 }
 
-/// The 201 body (its serde form is the reference the hand-written one is tested against).
+/// The 201 body's serde form: the reference the hand-written [`confirmed_json`] is tested
+/// against.
+#[cfg(test)]
 #[derive(Serialize)]
 struct ConfirmedBody<'a> {
     code: &'static str,
