@@ -5,6 +5,8 @@
 //!   critical section, orders made durable in SQLite (WAL) by one group-committing writer.
 //! - [`redis_pg`] (scale-out): admission by a Redis script, orders durable in PostgreSQL.
 //!
+//! [`StoreConfig`] names one of them with its settings and opens it.
+//!
 //! Every backend promises the same thing: a [`PurchaseOutcome::Confirmed`] is returned only
 //! once the order is durable, a failed write takes nothing, and no sequence of calls sells more
 //! than the stock or more than the per-user limit to one buyer.
@@ -31,6 +33,7 @@
 //! - **rebuild** / **audit** / **reconcile** (scale-out): restore a sale's Redis state from
 //!   PostgreSQL / compare the two / settle expired reservations and audit, every interval.
 
+mod config;
 mod counter_columns;
 pub mod embedded;
 mod error;
@@ -38,6 +41,7 @@ mod in_flight;
 mod model;
 pub mod redis_pg;
 
+pub use config::StoreConfig;
 pub use error::StoreError;
 pub use in_flight::PurchaseHold;
 pub use model::{Attempt, Order, PurchaseOutcome, RejectionCounts, SaleStatus, Summary};
