@@ -38,7 +38,7 @@ mod in_flight;
 mod model;
 pub mod redis_pg;
 
-pub use error::StoreError;
+pub use error::{Cause, Report, StoreError};
 pub use in_flight::PurchaseHold;
 pub use model::{Attempt, Order, PurchaseOutcome, RejectionCounts, SaleStatus, Summary};
 

@@ -149,20 +149,20 @@ impl RedisPgStore {
     /// service is unreachable now; after that, outages are survived and recovered from.
     pub async fn connect(cfg: RedisPgConfig) -> Result<Self, StoreError> {
         if !schema::valid_schema(&cfg.pg_schema) {
-            return Err(StoreError::Internal(format!(
+            return Err(StoreError::internal(format!(
                 "invalid PostgreSQL schema name {:?}",
                 cfg.pg_schema
             )));
         }
         let client = redis::Client::open(cfg.redis_url.as_str())
-            .map_err(|e| StoreError::Unavailable(format!("bad REDIS_URL: {e}")))?;
+            .map_err(|e| StoreError::unavailable_from("bad REDIS_URL", e))?;
         let redis_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.redis_timeout))
             .set_response_timeout(Some(cfg.redis_timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let redis = ConnectionManager::new_lazy_with_config(client, redis_cfg)
-            .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
+            .map_err(|e| StoreError::unavailable_from("redis connection", e))?;
         let pool = pg_pool(&cfg)?;
         let keys = Keys::new(&cfg.key_prefix);
         let inner = Arc::new(Inner {
@@ -186,10 +186,8 @@ impl RedisPgStore {
                 schema::migrate(&mut client, &inner.cfg.pg_schema),
             )
             .await
-            .map_err(|_| StoreError::Timeout("postgres migrations".into()))?;
-            migrated.map_err(|e| {
-                StoreError::Unavailable(format!("postgres migrations: {}", pg_error(&e)))
-            })?;
+            .map_err(|_| StoreError::timeout("postgres migrations"))?;
+            migrated.map_err(|e| StoreError::unavailable_from("postgres migrations", e))?;
         }
         inner.scripts.load(&inner).await?;
         snapshot::refresh(&inner).await;
@@ -255,7 +253,7 @@ impl RedisPgStore {
         if self.inner.pg_recently_down() {
             // At most one attempt a second reaches Redis while PostgreSQL is unreachable, so
             // an outage strands (until it ends plus a lease) almost no stock.
-            return Err(StoreError::Unavailable("postgres is unreachable".into()));
+            return Err(StoreError::unavailable("postgres is unreachable"));
         }
         Ok(PreFilter::Admit(sale))
     }
@@ -265,8 +263,8 @@ impl RedisPgStore {
     fn current(&self, status: SaleStatus) -> Result<SaleStatus, StoreError> {
         // Staleness first: it is the rare case, and the one clock read a fresh view needs.
         if self.inner.snapshot.stale() && status.remaining > 0 && self.now() < status.sale.ends_at {
-            return Err(StoreError::Unavailable(
-                "the sale's figures cannot be read from Redis right now".into(),
+            return Err(StoreError::unavailable(
+                "the sale's figures cannot be read from Redis right now",
             ));
         }
         Ok(status)
@@ -305,9 +303,7 @@ impl Purchases {
                 scripts::Admission::Missing => {
                     // Redis lost the sale: rebuild it (or wait for whoever is) before admitting.
                     if rebuilt || tokio::time::Instant::now() >= deadline {
-                        return Err(StoreError::Unavailable(
-                            "sale state is being rebuilt".into(),
-                        ));
+                        return Err(StoreError::unavailable("sale state is being rebuilt"));
                     }
                     if reconcile::rebuild(inner, sale).await? {
                         rebuilt = true;
@@ -321,8 +317,8 @@ impl Purchases {
                     // the lease. Until then the outcome is unknown, and saying so (not
                     // "nothing was taken") keeps the client on the same key.
                     if tokio::time::Instant::now() >= deadline {
-                        return Err(StoreError::Timeout(
-                            "the first attempt with this key is still in flight".into(),
+                        return Err(StoreError::timeout(
+                            "the first attempt with this key is still in flight",
                         ));
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -333,10 +329,9 @@ impl Purchases {
                     // If they are stranded (their instance died; the reconciler settles them
                     // after the lease), this attempt took nothing, and says so.
                     if tokio::time::Instant::now() >= deadline {
-                        return Err(StoreError::Unavailable(
+                        return Err(StoreError::unavailable(
                             "units reserved by purchases still in flight decide this attempt; \
-                             nothing was taken"
-                                .into(),
+                             nothing was taken",
                         ));
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -410,12 +405,12 @@ impl Purchases {
             CommitOutcome::Confirmed => Ok(PurchaseOutcome::Confirmed(order)),
             CommitOutcome::Failed => {
                 self.inner.counters.unavailable(order.sale_id);
-                Err(StoreError::Unavailable(
-                    "the order could not be made durable; nothing was taken".into(),
+                Err(StoreError::unavailable(
+                    "the order could not be made durable; nothing was taken",
                 ))
             }
-            CommitOutcome::Unknown => Err(StoreError::Timeout(
-                "the order's commit may or may not have landed; the reconciler decides it".into(),
+            CommitOutcome::Unknown => Err(StoreError::timeout(
+                "the order's commit may or may not have landed; the reconciler decides it",
             )),
         }
     }
@@ -437,7 +432,7 @@ fn pg_pool(cfg: &RedisPgConfig) -> Result<Pool, StoreError> {
     let mut pg: tokio_postgres::Config = cfg
         .database_url
         .parse()
-        .map_err(|e| StoreError::Unavailable(format!("bad DATABASE_URL: {e}")))?;
+        .map_err(|e| StoreError::unavailable_from("bad DATABASE_URL", e))?;
     let ms = cfg.pg_timeout.as_millis();
     pg.connect_timeout(cfg.pg_timeout);
     // Server-side bounds too: a statement or lock wait abandoned by a timed-out client must not
@@ -462,7 +457,7 @@ fn pg_pool(cfg: &RedisPgConfig) -> Result<Pool, StoreError> {
         .create_timeout(Some(cfg.pg_timeout))
         .recycle_timeout(Some(cfg.pg_timeout))
         .build()
-        .map_err(|e| StoreError::Internal(format!("cannot build the PostgreSQL pool: {e}")))
+        .map_err(|e| StoreError::internal_from("cannot build the PostgreSQL pool", e))
 }
 
 fn unix_ms() -> i64 {
@@ -494,8 +489,8 @@ impl Inner {
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.cfg.redis_timeout, call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!("redis {what}: {e}"))),
-            Err(_) => Err(StoreError::Timeout(format!("redis {what}"))),
+            Ok(Err(e)) => Err(StoreError::unavailable_from(format!("redis {what}"), e)),
+            Err(_) => Err(StoreError::timeout(format!("redis {what}"))),
         }
     }
 
@@ -507,11 +502,8 @@ impl Inner {
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.cfg.pg_timeout, call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!(
-                "postgres {what}: {}",
-                pg_error(&e)
-            ))),
-            Err(_) => Err(StoreError::Timeout(format!("postgres {what}"))),
+            Ok(Err(e)) => Err(StoreError::unavailable_from(format!("postgres {what}"), e)),
+            Err(_) => Err(StoreError::timeout(format!("postgres {what}"))),
         }
     }
 
@@ -520,7 +512,7 @@ impl Inner {
         self.pool
             .get()
             .await
-            .map_err(|e| StoreError::Unavailable(format!("postgres connection: {e}")))
+            .map_err(|e| StoreError::unavailable_from("postgres connection", e))
     }
 
     /// A Redis connection handle (multiplexed: every clone pipelines over one socket).
@@ -566,7 +558,10 @@ impl Inner {
                 // never committed (only this call could have sent it to the writer), so
                 // nothing was taken whatever happened; release it now rather than in a lease.
                 orders::settle(self, id, Resolution::Released, &[order_id]).await;
-                return Err(StoreError::Unavailable(format!("{e}; nothing was taken")));
+                return Err(StoreError::unavailable_from(
+                    "the admission script failed; nothing was taken",
+                    e,
+                ));
             }
         };
         let admission = scripts::Admission::parse(&reply)?;
@@ -649,7 +644,7 @@ impl SaleStore for RedisPgStore {
             drop(client);
             return match snapshot::load_one(inner, SaleId(id)).await? {
                 Some(sale) => Ok(Sale::clone(&sale)),
-                None => Err(StoreError::Internal(format!("sale {id} vanished"))),
+                None => Err(StoreError::internal(format!("sale {id} vanished"))),
             };
         };
         drop(client);

@@ -324,15 +324,15 @@ async fn commit_part(inner: &Inner, batch: &[PendingOrder]) -> Result<HashSet<Uu
                     inner.pg_unreachable();
                 }
                 drop_connection(client);
-                return Err(Failure::Other(StoreError::Unavailable(format!(
-                    "postgres commit orders: {}",
-                    pg_error(&e)
-                ))));
+                return Err(Failure::Other(StoreError::unavailable_from(
+                    "postgres commit orders",
+                    e,
+                )));
             }
             Err(_) => {
                 drop_connection(client);
-                return Err(Failure::Other(StoreError::Timeout(
-                    "postgres commit orders".into(),
+                return Err(Failure::Other(StoreError::timeout(
+                    "postgres commit orders",
                 )));
             }
         }

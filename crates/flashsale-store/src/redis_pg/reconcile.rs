@@ -194,7 +194,7 @@ async fn read_audit(inner: &Inner, id: SaleId) -> Result<Option<Audit>, StoreErr
         )
         .await?;
     let bad = || {
-        StoreError::Internal(format!(
+        StoreError::internal(format!(
             "unexpected audit reply {:?}",
             &reply[..reply.len().min(8)]
         ))
@@ -363,8 +363,8 @@ impl Lock<'_> {
     async fn must(&self, step: &str, keys: &[&str], args: &[String]) -> Result<String, StoreError> {
         let reply = self.step(step, keys, args).await?;
         if reply == "lost" {
-            return Err(StoreError::Unavailable(
-                "rebuild lock expired; another instance took over".into(),
+            return Err(StoreError::unavailable(
+                "rebuild lock expired; another instance took over",
             ));
         }
         Ok(reply)

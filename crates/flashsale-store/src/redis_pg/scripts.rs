@@ -218,7 +218,7 @@ pub(crate) fn to_micros(at: OffsetDateTime) -> i64 {
 }
 
 fn bad(reply: &[String]) -> StoreError {
-    StoreError::Internal(format!("unexpected admission reply {reply:?}"))
+    StoreError::internal(format!("unexpected admission reply {reply:?}"))
 }
 
 fn num<T: std::str::FromStr>(s: Option<&String>, reply: &[String]) -> Result<T, StoreError> {
