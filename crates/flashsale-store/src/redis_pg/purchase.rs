@@ -96,44 +96,15 @@ impl Purchases {
         let deadline = Instant::now() + self.patience;
         let mut rebuilt = false;
         loop {
-            let late = || Instant::now() >= deadline;
             let poll = match self.admit(sale.id, attempt, order_id).await? {
                 Admission::Missing => {
-                    // Redis lost the sale: rebuild it (or wait for whoever is) before admitting.
-                    if rebuilt || late() {
-                        return Err(StoreError::unavailable("sale state is being rebuilt"));
+                    match self.rebuild_missing(sale, &mut rebuilt, deadline).await? {
+                        Some(poll) => poll,
+                        None => continue,
                     }
-                    rebuilt = self.rebuilder.rebuild(sale).await?;
-                    if rebuilt {
-                        continue;
-                    }
-                    REBUILD_POLL
                 }
-                Admission::Pending => {
-                    // The first attempt with this key is being committed: its outcome is ours.
-                    // Its instance may have died; then only the reconciler settles it, after
-                    // the lease. Until then the outcome is unknown, and saying so (not
-                    // "nothing was taken") keeps the client on the same key.
-                    if late() {
-                        return Err(StoreError::timeout(
-                            "the first attempt with this key is still in flight",
-                        ));
-                    }
-                    IN_FLIGHT_POLL
-                }
-                Admission::Wait => {
-                    // A refusal that reservations in flight could make untrue (the last units,
-                    // or the buyer's own holding, not yet committed): wait for their outcome.
-                    // If they are stranded (their instance died; the reconciler settles them
-                    // after the lease), this attempt took nothing, and says so.
-                    if late() {
-                        return Err(StoreError::unavailable(
-                            "units reserved by purchases still in flight decide this attempt; \
-                             nothing was taken",
-                        ));
-                    }
-                    IN_FLIGHT_POLL
-                }
+                Admission::Pending => key_in_flight(deadline)?,
+                Admission::Wait => units_in_flight(deadline)?,
                 Admission::Reused => return Ok(PurchaseOutcome::IdempotencyKeyReused),
                 Admission::ReplayConfirmed {
                     order_id,
@@ -156,6 +127,21 @@ impl Purchases {
             };
             tokio::time::sleep(poll).await;
         }
+    }
+
+    /// Redis lost the sale: rebuilds it (or waits for whoever is) before admitting. `None`:
+    /// rebuilt here, ask again at once; otherwise how long to wait before asking again.
+    async fn rebuild_missing(
+        &self,
+        sale: &Sale,
+        rebuilt: &mut bool,
+        deadline: Instant,
+    ) -> Result<Option<Duration>, StoreError> {
+        if *rebuilt || Instant::now() >= deadline {
+            return Err(StoreError::unavailable("sale state is being rebuilt"));
+        }
+        *rebuilt = self.rebuilder.rebuild(sale).await?;
+        Ok((!*rebuilt).then_some(REBUILD_POLL))
     }
 
     /// Step 2: one run of the admission script.
@@ -266,6 +252,31 @@ impl Purchases {
         };
         PurchaseOutcome::Rejected { rejection, orders }
     }
+}
+
+/// The first attempt with this key is being committed: its outcome is ours. Its instance may
+/// have died; then only the reconciler settles it, after the lease. Until then the outcome is
+/// unknown, and saying so (not "nothing was taken") keeps the client on the same key.
+fn key_in_flight(deadline: Instant) -> Result<Duration, StoreError> {
+    if Instant::now() >= deadline {
+        return Err(StoreError::timeout(
+            "the first attempt with this key is still in flight",
+        ));
+    }
+    Ok(IN_FLIGHT_POLL)
+}
+
+/// A refusal that reservations in flight could make untrue (the last units, or the buyer's
+/// own holding, not yet committed): wait for their outcome. If they are stranded (their
+/// instance died; the reconciler settles them after the lease), this attempt took nothing, and
+/// says so.
+fn units_in_flight(deadline: Instant) -> Result<Duration, StoreError> {
+    if Instant::now() >= deadline {
+        return Err(StoreError::unavailable(
+            "units reserved by purchases still in flight decide this attempt; nothing was taken",
+        ));
+    }
+    Ok(IN_FLIGHT_POLL)
 }
 
 /// The order an attempt makes (or made) under `order_id`.
