@@ -298,9 +298,7 @@ impl Audit {
                 .confirmed_keys
                 .is_none_or(|keys| keys == self.settled_keys)
     }
-}
 
-impl Audit {
     /// Redis's holdings beside PostgreSQL's epoch, settled units and settled keys.
     fn of(redis: &RedisHoldings, pg_epoch: i64, settled: i64, settled_keys: i64) -> Self {
         Self {

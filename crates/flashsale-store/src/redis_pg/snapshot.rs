@@ -171,7 +171,7 @@ impl Snapshot {
     }
 
     /// Whether the view is too old to answer a status that could still change.
-    pub(crate) fn stale(&self) -> bool {
+    fn stale(&self) -> bool {
         let at = self.refreshed_ms.load(Ordering::Relaxed);
         unix_ms() - at > STALE_AFTER.as_millis() as i64
     }
