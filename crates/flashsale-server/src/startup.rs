@@ -54,7 +54,7 @@ pub enum StartupError {
     #[error(transparent)]
     TokenFile(#[from] TokenFileError),
     /// The store could not be opened.
-    #[error("cannot open the store: {0}")]
+    #[error("cannot open the store: {}", .0.report())]
     Store(#[from] flashsale_store::StoreError),
     /// A setting the chosen backend needs is missing (the message names the variable).
     #[error("{0}")]
@@ -485,7 +485,7 @@ async fn seed_demo_sale(store: &dyn SaleStore) -> Result<(), StartupError> {
     let starts_at = store.now() + time::Duration::seconds(30);
     let ends_at = starts_at + time::Duration::minutes(10);
     let new = NewSale::parse("Demo sale", starts_at, ends_at, 100, 1)
-        .map_err(|e| flashsale_store::StoreError::Internal(format!("demo sale is invalid: {e}")))?;
+        .map_err(|e| flashsale_store::StoreError::internal_from("demo sale is invalid", e))?;
     let sale = store.create_sale(new).await?;
     let starts_at = sale
         .starts_at

@@ -33,9 +33,7 @@ impl StoreConfig {
                 let store =
                     tokio::task::spawn_blocking(move || EmbeddedStore::open(&data_dir, clock))
                         .await
-                        .map_err(|e| {
-                            StoreError::Internal(format!("store open task failed: {e}"))
-                        })??;
+                        .map_err(|e| StoreError::internal_from("store open task failed", e))??;
                 Ok(Arc::new(store))
             }
             Self::RedisPg(config) => Ok(Arc::new(RedisPgStore::connect(config).await?)),

@@ -30,8 +30,16 @@
 //!   confirmed, failed (nothing taken), or unknown (`StoreError::Timeout`).
 //! - **refusal**: a decided no ([`PurchaseOutcome::Rejected`]); remembered by **key** only while
 //!   a later decision could differ.
+//! - **replay**: a later attempt with a key gets the key's first answer; a **duplicate** (the
+//!   first attempt still in flight) waits for it (embedded: its `FirstAttempt`; scale-out: the
+//!   key's `pending` record, then a replay).
+//! - **snapshot** (scale-out): each instance's in-process view of every sale, kept current by
+//!   the **refresher**; the **pre-filter** answers from it what needs no round trip.
 //! - **rebuild** / **audit** / **reconcile** (scale-out): restore a sale's Redis state from
 //!   PostgreSQL / compare the two / settle expired reservations and audit, every interval.
+//! - **failure** ([`StoreError`]): one of four kinds (unavailable, timeout, shutting down,
+//!   internal), each saying **what** the store was doing, with the **cause** beneath it as its
+//!   `source`; [`StoreError::report`] prints the chain.
 
 mod config;
 mod counter_columns;
@@ -42,7 +50,7 @@ mod model;
 pub mod redis_pg;
 
 pub use config::StoreConfig;
-pub use error::StoreError;
+pub use error::{Cause, Report, StoreError};
 pub use in_flight::PurchaseHold;
 pub use model::{Attempt, Order, PurchaseOutcome, RejectionCounts, SaleStatus, Summary};
 

@@ -93,7 +93,7 @@ async fn a_failed_disk_write_answers_unavailable_and_gives_the_stock_back() {
 
     let failed = store.purchase(attempt(sale.id, "boom", Some("k"))).await;
     assert!(
-        matches!(failed, Err(StoreError::Unavailable(_))),
+        matches!(failed, Err(StoreError::Unavailable { .. })),
         "{failed:?}"
     );
     let status = store.status(sale.id).await.unwrap().unwrap();
@@ -249,7 +249,7 @@ async fn a_double_click_waits_for_the_first_write_and_never_stores_an_untrue_ref
     release(&lock);
     let first = first.await.unwrap();
     assert!(
-        matches!(first, Err(StoreError::Unavailable(_))),
+        matches!(first, Err(StoreError::Unavailable { .. })),
         "{first:?}"
     );
     // The first write failed: the second click is decided again and buys.
@@ -718,7 +718,7 @@ async fn reopen_equivalence_under_random_batch_failures() {
                 loop {
                     match store.purchase(buy(sale.id, &b, q, key.as_deref())).await {
                         Ok(outcome) => return outcome,
-                        Err(StoreError::Unavailable(_)) => continue,
+                        Err(StoreError::Unavailable { .. }) => continue,
                         Err(e) => panic!("{e}"),
                     }
                 }
@@ -792,11 +792,11 @@ async fn reopen_equivalence_under_random_batch_failures() {
 }
 
 #[tokio::test]
-async fn a_second_store_on_the_same_directory_is_refused_until_the_first_is_dropped() {
+async fn a_second_store_on_the_same_directory_is_refused_until_the_first_shuts_down() {
     let dir = tempfile::tempdir().unwrap();
     let first = open(dir.path());
     let refused = EmbeddedStore::open(dir.path(), Arc::new(SystemClock));
-    let Err(StoreError::Unavailable(message)) = refused else {
+    let Err(StoreError::Unavailable { what: message, .. }) = refused else {
         panic!("a second store opened the same directory");
     };
     assert!(
@@ -808,4 +808,19 @@ async fn a_second_store_on_the_same_directory_is_refused_until_the_first_is_drop
     drop(first);
     let reopened = EmbeddedStore::open(dir.path(), Arc::new(SystemClock));
     assert!(reopened.is_ok(), "the lock outlived its store");
+}
+
+#[tokio::test]
+async fn a_shut_down_store_frees_its_directory_even_while_a_handle_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path());
+    let lingering = Arc::clone(&first);
+    first.shutdown().await;
+    // A handle kept by a task still finishing must not block the restart.
+    let reopened = EmbeddedStore::open(dir.path(), Arc::new(SystemClock));
+    assert!(
+        reopened.is_ok(),
+        "a shut-down store kept the directory locked"
+    );
+    drop(lingering);
 }

@@ -345,7 +345,8 @@ pub async fn crash_child<S: StoreUnderTest>() {
                             let mut file = report.lock().unwrap();
                             file.write_all(line.as_bytes()).unwrap();
                         }
-                        Ok(_) | Err(StoreError::Unavailable(_) | StoreError::Timeout(_)) => {}
+                        Ok(_)
+                        | Err(StoreError::Unavailable { .. } | StoreError::Timeout { .. }) => {}
                         Err(e) => panic!("{e}"),
                     }
                 }

@@ -2,7 +2,9 @@
 //! documents its status and stable `code`. Bodies are JSON `{"code", "message"}` plus the extra
 //! fields of docs/api.md. Bodies without variable parts are built at compile time, since the
 //! commonest answers under load (`sold_out`) are among them. 5xx bodies are generic; the cause
-//! is logged once, here, inside the request's span.
+//! is logged once, here, inside the request's span, with its whole chain (a store error's
+//! `what`, then each `source` beneath it down to the root: "store unavailable: postgres commit
+//! orders: db error: ...").
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -194,8 +196,10 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => Outcome::IdempotencyKeyReused,
             ApiError::RateLimited { .. } => Outcome::RateLimited,
             ApiError::Overloaded => Outcome::Overloaded,
-            ApiError::Timeout | ApiError::Store(StoreError::Timeout(_)) => Outcome::Timeout,
-            ApiError::Store(StoreError::Internal(_)) | ApiError::Internal(_) => Outcome::Internal,
+            ApiError::Timeout | ApiError::Store(StoreError::Timeout { .. }) => Outcome::Timeout,
+            ApiError::Store(StoreError::Internal { .. }) | ApiError::Internal(_) => {
+                Outcome::Internal
+            }
             ApiError::Store(_) => Outcome::Unavailable,
             ApiError::Unauthorized
             | ApiError::OrderNotFound
@@ -245,8 +249,8 @@ impl ApiError {
             ApiError::BodyTimeout => BODY_TIMEOUT,
             ApiError::Overloaded => OVERLOADED,
             ApiError::Timeout => TIMEOUT,
-            ApiError::Store(StoreError::Internal(_)) | ApiError::Internal(_) => INTERNAL,
-            ApiError::Store(StoreError::Timeout(_)) => TIMEOUT,
+            ApiError::Store(StoreError::Internal { .. }) | ApiError::Internal(_) => INTERNAL,
+            ApiError::Store(StoreError::Timeout { .. }) => TIMEOUT,
             ApiError::Store(_) => UNAVAILABLE,
             ApiError::InvalidRequest(message) => {
                 return to_bytes(&ErrorBody::new("invalid_request", message));
@@ -306,10 +310,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         match &self {
-            ApiError::Store(StoreError::Internal(cause)) | ApiError::Internal(cause) => {
-                tracing::error!(error = %cause, "internal error");
+            ApiError::Store(cause @ StoreError::Internal { .. }) => {
+                tracing::error!(error = %cause.report(), "internal error");
             }
-            ApiError::Store(cause) => tracing::warn!(error = %cause, "store unavailable"),
+            ApiError::Internal(cause) => tracing::error!(error = %cause, "internal error"),
+            ApiError::Store(cause) => tracing::warn!(error = %cause.report(), "store unavailable"),
             _ => {}
         }
         let mut response = (status, self.body()).into_response();
@@ -367,8 +372,8 @@ mod tests {
                 retry_after_secs: 3,
             },
             ApiError::Store(StoreError::ShuttingDown),
-            ApiError::Store(StoreError::Timeout("x".into())),
-            ApiError::Store(StoreError::Internal("x".into())),
+            ApiError::Store(StoreError::timeout("x")),
+            ApiError::Store(StoreError::internal("x")),
             ApiError::InvalidRequest("bad \"quote\"".into()),
             ApiError::AddressShareTaken { share: 10 },
             ApiError::BodyTimeout,
@@ -403,7 +408,7 @@ mod tests {
             },
             ApiError::Overloaded,
             ApiError::Timeout,
-            ApiError::Store(StoreError::Unavailable("x".into())),
+            ApiError::Store(StoreError::unavailable("x")),
             ApiError::Internal("x".into()),
         ]
     }
@@ -435,5 +440,67 @@ mod tests {
         .into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+    }
+
+    /// Runs `f` with a subscriber that writes every log line into the returned buffer.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_store_failure_is_logged_once_with_its_whole_cause_chain() {
+        let root = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let error = ApiError::Store(StoreError::unavailable_from("postgres commit orders", root));
+        let lines = logged(|| drop(error.into_response()));
+        assert_eq!(lines.lines().count(), 1, "{lines}");
+        assert!(
+            lines.contains("store unavailable: postgres commit orders: connection refused"),
+            "{lines}"
+        );
+    }
+
+    #[test]
+    fn an_internal_store_error_is_logged_as_an_error_with_its_root_cause() {
+        let root = std::io::Error::other("malformed reply");
+        let inner = StoreError::internal_from("parsing the admission reply", root);
+        let error = ApiError::Store(StoreError::unavailable_from("the admission failed", inner));
+        let lines = logged(|| drop(error.into_response()));
+        assert!(
+            lines.contains(
+                "store unavailable: the admission failed: store internal error: parsing the \
+                 admission reply: malformed reply"
+            ),
+            "{lines}"
+        );
+        let response = ApiError::Store(StoreError::internal_from(
+            "parsing the admission reply",
+            std::io::Error::other("malformed reply"),
+        ));
+        let lines = logged(|| {
+            assert_eq!(
+                response.into_response().status(),
+                StatusCode::INTERNAL_SERVER_ERROR
+            );
+        });
+        assert!(lines.contains("ERROR"), "{lines}");
+        assert!(lines.contains("malformed reply"), "{lines}");
     }
 }
