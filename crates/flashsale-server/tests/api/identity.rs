@@ -774,3 +774,82 @@ async fn the_page_and_the_openapi_document_follow_the_mode() {
     assert!(doc["paths"]["/api/sales/{sale_id}/orders/me"]["get"].is_object());
     assert!(doc["components"]["securitySchemes"]["buyer_token"].is_null());
 }
+
+/// Kills the child when dropped, so a failing test leaves no server behind.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn sighup_makes_the_running_binary_verify_with_the_replaced_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("provider.pem");
+    let first = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    std::fs::write(&pem, first.public_key_pem()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--admin-token", ADMIN_TOKEN, "--demo-sale", "false"])
+            .args(["--identity", "jwt", "--jwt-public-key-file"])
+            .arg(&pem)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The binary runs on the real clock.
+    let token_of = |pair: &rcgen::KeyPair| {
+        let key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let claims = json!({ "sub": "alice", "exp": exp });
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &key).unwrap()
+    };
+    let client = reqwest::Client::new();
+    // No such sale: 404 once the token is accepted, 401 while it is not.
+    let url = format!("http://127.0.0.1:{port}/api/sales/1/orders/me");
+    let status_with = |token: String| {
+        let request = client.get(&url).bearer_auth(token).send();
+        async move { request.await.map(|r| r.status()).ok() }
+    };
+    let old_token = token_of(&first);
+    eventually("the binary serves", || async {
+        status_with(old_token.clone()).await == Some(StatusCode::NOT_FOUND)
+    })
+    .await;
+
+    // A new key in the same file, its modification time put back, so that only SIGHUP can
+    // make the binary notice.
+    let second = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let new_token = token_of(&second);
+    let mtime = std::fs::metadata(&pem).unwrap().modified().unwrap();
+    std::fs::write(&pem, second.public_key_pem()).unwrap();
+    let file = std::fs::File::options().write(true).open(&pem).unwrap();
+    file.set_modified(mtime).unwrap();
+    assert_eq!(
+        status_with(new_token.clone()).await,
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    eventually("the new key verifies after SIGHUP", || async {
+        status_with(new_token.clone()).await == Some(StatusCode::NOT_FOUND)
+    })
+    .await;
+    assert_eq!(status_with(old_token).await, Some(StatusCode::UNAUTHORIZED));
+}
