@@ -747,6 +747,14 @@ async fn in_guest_mode_orders_me_is_401_and_the_by_id_route_is_open_as_before() 
         "{body}"
     );
     assert_eq!(app.orders(sale, "alice").await.0, StatusCode::OK);
+    // A buyer literally named "me" still reads their orders, with the path escaped.
+    assert_eq!(app.buy(sale, "me").await.0, StatusCode::CREATED);
+    let (status, body) = app.orders(sale, "%6De").await;
+    assert_eq!(
+        (status, &body["user_id"]),
+        (StatusCode::OK, &json!("me")),
+        "{body}"
+    );
     // A token is ignored in guest mode: the body names the buyer.
     let (status, body) = read(
         app.buy_as(sale, Some("junk"), &json!({ "user_id": "bob" }))
