@@ -241,6 +241,10 @@ fn require_buyer_token(openapi: &mut utoipa::openapi::OpenApi, mode: IdentityMod
                 .build(),
         ),
     );
+    // The buyer comes from the token: a purchase body may leave `user_id` out.
+    if let Some(RefOr::T(Schema::Object(order))) = components.schemas.get_mut("OrderRequest") {
+        order.required.retain(|field| field != "user_id");
+    }
     for (path, method) in BUYER_ROUTES {
         let Some(item) = openapi.paths.paths.get_mut(path) else {
             continue;
@@ -383,7 +387,14 @@ mod tests {
                 "post /api/sales/{sale_id}/orders",
             ]
         );
-        // Guest mode declares no buyer token.
+        let required = &doc["components"]["schemas"]["OrderRequest"]["required"];
+        assert!(!required.to_string().contains("user_id"), "{required}");
+        // Guest mode declares no buyer token, and the purchase body needs its `user_id`.
+        let guest: Value = serde_json::from_slice(&document()).unwrap();
+        assert_eq!(
+            guest["components"]["schemas"]["OrderRequest"]["required"],
+            serde_json::json!(["user_id"])
+        );
         assert!(
             !String::from_utf8(document().to_vec())
                 .unwrap()
