@@ -1,10 +1,12 @@
 //! Startup and shutdown: [`Application::build`] does everything that can fail before traffic
-//! (bind first, so a taken port fails before anything is created; then open the store the
-//! flags choose, through [`Config::store_config`]; resolve the admin token; seed the demo sale); [`Application::run_until_stopped`] serves until
-//! SIGTERM/SIGINT (or [`Application::shutdown_token`] is cancelled), then stops accepting,
-//! drains in-flight requests within [`DRAIN_DEADLINE`], ends live streams, stops background
-//! tasks, and shuts the store down (it waits for every purchase in flight, including those
-//! whose client hung up, then flushes).
+//! (load the TLS pair and, with `--identity jwt`, the identity provider's keys; bind, so a
+//! taken port fails before anything is created; then open the store the flags choose, through
+//! [`Config::store_config`]; resolve the admin token; seed the demo sale);
+//! [`Application::run_until_stopped`] serves until SIGTERM/SIGINT (or
+//! [`Application::shutdown_token`] is cancelled), then stops accepting, drains in-flight
+//! requests within [`DRAIN_DEADLINE`], ends live streams, stops background tasks (the TLS and
+//! JWT key reloads among them), and shuts the store down (it waits for every purchase in
+//! flight, including those whose client hung up, then flushes).
 
 use crate::address_slots::AddressSlots;
 use crate::admin_token::{self, TokenFileError, TokenSource};
@@ -101,7 +103,8 @@ impl Application {
         if let Some(token) = &config.admin_token {
             check_admin_token(token).map_err(StartupError::BadSetting)?;
         }
-        // Before binding and the store: a bad certificate or key path fails in milliseconds.
+        // Before binding and the store: a bad certificate or JWT key file fails in
+        // milliseconds.
         let tls = Tls::from_settings(&config.tls)?;
         let identity = Identity::from_settings(&config.identity)?;
         let (listeners, ports) = bind_listeners(&config).await?;

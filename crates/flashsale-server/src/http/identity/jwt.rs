@@ -1,6 +1,6 @@
 //! `--identity jwt`: verifying the shop's tokens (SPEC section 10).
 //!
-//! - RS256, ES256 and EdDSA only, each key bound to its algorithm ([`super::keys`]); HS* and
+//! - RS256, ES256 and EdDSA only, each key bound to its algorithm (`keys.rs`); HS* and
 //!   `none` can never verify.
 //! - `exp` is required, `nbf` honoured, both with [`LEEWAY_SECS`] of clock skew, against the
 //!   service's own clock (the one the sale decides with; tests move it by hand).
@@ -13,8 +13,8 @@
 //!   reloads on SIGHUP and when the file's modification time changes (polled off the request
 //!   path every [`POLL_INTERVAL`]).
 
+use super::IdentitySettings;
 use super::keys::{ACCEPTED, KeySet};
-use super::{IdentityMode, IdentitySettings};
 use flashsale_core::UserId;
 use jsonwebtoken::Validation;
 use jsonwebtoken::errors::ErrorKind;
@@ -152,7 +152,6 @@ impl JwtVerifier {
     /// Loads the keys the settings name; `Err` when there is no key source or the file is
     /// unreadable or holds no usable key.
     pub fn from_settings(settings: &IdentitySettings) -> Result<Self, JwtError> {
-        debug_assert_eq!(settings.mode, IdentityMode::Jwt);
         let source = match (&settings.jwt_jwks_file, &settings.jwt_public_key_file) {
             (Some(path), _) => KeySource::Jwks(path.clone()),
             (None, Some(path)) => KeySource::Pem(path.clone()),
@@ -160,6 +159,11 @@ impl JwtVerifier {
         };
         let mtime = modified(source.path());
         let keys = source.load()?;
+        tracing::info!(
+            path = %source.path().display(),
+            keys = keys.keys.len(),
+            "--identity jwt: verifying buyer tokens with these keys"
+        );
         let mut validation = Validation::new(ACCEPTED[0]);
         // Time is ours to check (the service's clock, our leeway); presence of exp too, so
         // that its absence has its own reason.
@@ -373,6 +377,7 @@ async fn next_hangup(hangups: &mut Hangups) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::http::identity::IdentityMode;
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
     use serde_json::json;
     use time::macros::datetime;
