@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::http::client_ip::TrustedProxies;
+pub use crate::http::identity::{IdentityMode, IdentitySettings};
 pub use crate::http::limits::RateLimits;
 pub use crate::tls::TlsSettings;
 
@@ -94,6 +95,10 @@ pub struct Config {
     /// Native TLS: certificate and key files (both listeners then serve HTTPS only).
     #[command(flatten)]
     pub tls: TlsSettings,
+
+    /// How buyers are identified (`--identity`, the JWT key file, issuer, audience).
+    #[command(flatten)]
+    pub identity: IdentitySettings,
 }
 
 /// The scale-out store's tuning, one flag per [`RedisPgConfig`] field beyond the URLs, prefix
@@ -366,6 +371,7 @@ impl Config {
             rate_limits: RateLimits::disabled(),
             protection: Protection::default(),
             tls: TlsSettings::default(),
+            identity: IdentitySettings::default(),
         }
     }
 
@@ -420,6 +426,7 @@ impl fmt::Debug for Config {
             .field("rate_limits", &self.rate_limits)
             .field("protection", &self.protection)
             .field("tls", &self.tls)
+            .field("identity", &self.identity)
             .finish()
     }
 }
@@ -477,6 +484,11 @@ mod tests {
             "FLASHSALE_RECONCILE_INTERVAL_MS",
             "FLASHSALE_PG_POOL_SIZE",
             "FLASHSALE_MAX_BATCH",
+            "FLASHSALE_IDENTITY",
+            "FLASHSALE_JWT_JWKS_FILE",
+            "FLASHSALE_JWT_PUBLIC_KEY_FILE",
+            "FLASHSALE_JWT_ISSUER",
+            "FLASHSALE_JWT_AUDIENCE",
         ] {
             assert!(help.contains(env), "{env} missing from --help");
         }
@@ -567,6 +579,11 @@ mod tests {
         );
         assert_eq!(parsed.scale_out, ScaleOutTuning::default());
         assert_eq!(for_tests.scale_out, ScaleOutTuning::default());
+        assert_eq!(
+            format!("{:?}", parsed.identity),
+            format!("{:?}", IdentitySettings::default())
+        );
+        assert_eq!(parsed.identity.mode, IdentityMode::Guest);
         // Mapped onto the store, the default flags are the store's own defaults.
         let mut redis = parsed;
         redis.store = StoreKind::Redis;
@@ -645,6 +662,42 @@ mod tests {
         assert!(config.store_config().unwrap_err().contains("REDIS_URL"));
         config.redis_url = Some("redis://r".into());
         assert!(config.store_config().unwrap_err().contains("DATABASE_URL"));
+    }
+
+    #[test]
+    fn the_identity_flags_parse_and_the_two_key_sources_exclude_each_other() {
+        let config = Config::try_parse_from([
+            "flashsale",
+            "--identity",
+            "jwt",
+            "--jwt-jwks-file",
+            "keys.json",
+            "--jwt-issuer",
+            "https://shop.example",
+            "--jwt-audience",
+            "flashsale",
+        ])
+        .unwrap();
+        let identity = &config.identity;
+        assert_eq!(identity.mode, IdentityMode::Jwt);
+        assert_eq!(identity.jwt_jwks_file, Some(PathBuf::from("keys.json")));
+        assert_eq!(identity.jwt_issuer.as_deref(), Some("https://shop.example"));
+        assert_eq!(identity.jwt_audience.as_deref(), Some("flashsale"));
+        let pem = Config::try_parse_from(["flashsale", "--jwt-public-key-file", "k.pem"]).unwrap();
+        assert_eq!(
+            pem.identity.jwt_public_key_file,
+            Some(PathBuf::from("k.pem"))
+        );
+        let both = Config::try_parse_from([
+            "flashsale",
+            "--jwt-jwks-file",
+            "keys.json",
+            "--jwt-public-key-file",
+            "k.pem",
+        ])
+        .unwrap_err();
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert!(Config::try_parse_from(["flashsale", "--identity", "accounts"]).is_err());
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! Startup and shutdown: [`Application::build`] does everything that can fail before traffic
-//! (bind first, so a taken port fails before anything is created; then open the store the
-//! flags choose, through [`Config::store_config`]; resolve the admin token; seed the demo sale); [`Application::run_until_stopped`] serves until
-//! SIGTERM/SIGINT (or [`Application::shutdown_token`] is cancelled), then stops accepting,
-//! drains in-flight requests within [`DRAIN_DEADLINE`], ends live streams, stops background
-//! tasks, and shuts the store down (it waits for every purchase in flight, including those
-//! whose client hung up, then flushes).
+//! (load the TLS pair and, with `--identity jwt`, the identity provider's keys; bind, so a
+//! taken port fails before anything is created; then open the store the flags choose, through
+//! [`Config::store_config`]; resolve the admin token; seed the demo sale);
+//! [`Application::run_until_stopped`] serves until SIGTERM/SIGINT (or
+//! [`Application::shutdown_token`] is cancelled), then stops accepting, drains in-flight
+//! requests within [`DRAIN_DEADLINE`], ends live streams, stops background tasks (the TLS and
+//! JWT key reloads among them), and shuts the store down (it waits for every purchase in
+//! flight, including those whose client hung up, then flushes).
 
 use crate::address_slots::AddressSlots;
 use crate::admin_token::{self, TokenFileError, TokenSource};
 use crate::config::{Config, check_admin_token, generate_admin_token};
+use crate::http::identity::{Identity, JwtError};
 use crate::http::{self, AppState, Shared, Surface};
 use crate::serve::{ConnectionLimits, serve};
 use crate::tls::Tls;
@@ -62,6 +65,9 @@ pub enum StartupError {
     /// A setting is unusable (the message says which and why).
     #[error("{0}")]
     BadSetting(String),
+    /// `--identity jwt` without a usable key file.
+    #[error(transparent)]
+    Identity(#[from] JwtError),
     /// The TLS certificate or key could not be loaded.
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
@@ -97,8 +103,10 @@ impl Application {
         if let Some(token) = &config.admin_token {
             check_admin_token(token).map_err(StartupError::BadSetting)?;
         }
-        // Before binding and the store: a bad certificate path fails in milliseconds.
+        // Before binding and the store: a bad certificate or JWT key file fails in
+        // milliseconds.
         let tls = Tls::from_settings(&config.tls)?;
+        let identity = Identity::from_settings(&config.identity)?;
         let (listeners, ports) = bind_listeners(&config).await?;
         let store_config = config
             .store_config()
@@ -111,7 +119,15 @@ impl Application {
         }
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let state = app_state(&config, &store, admin_token, &shutdown, &tasks, &ports)?;
+        let state = app_state(
+            &config,
+            &store,
+            admin_token,
+            identity,
+            &shutdown,
+            &tasks,
+            &ports,
+        )?;
         log_addresses(&config, &ports, tls.is_some());
         let limits = connection_limits(&config);
         Ok(Self {
@@ -162,6 +178,9 @@ impl Application {
         let acceptor = tls.as_ref().map(Tls::acceptor);
         if let Some(tls) = tls {
             tasks.spawn(tls.reload_on_sighup(shutdown.clone()));
+        }
+        if let Identity::Jwt(verifier) = &state.identity {
+            tasks.spawn(Arc::clone(verifier).watch(shutdown.clone()));
         }
         let upkeep = spawn_upkeep(&tasks, state.clone(), shutdown.clone());
         let mut server = tokio::spawn(serve_listeners(
@@ -252,6 +271,7 @@ fn app_state(
     config: &Config,
     store: &Arc<dyn SaleStore>,
     admin_token: String,
+    identity: Identity,
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
     ports: &Ports,
@@ -261,7 +281,7 @@ fn app_state(
         admin_token: admin_token.into_bytes().into_boxed_slice(),
         metrics: http::metrics::Metrics::new()?,
         events: http::events::Broadcasts::new(Arc::clone(store), shutdown.clone(), tasks.clone()),
-        openapi: http::openapi::document(),
+        openapi: http::openapi::document_for(identity.mode()),
         purchase_slots: Arc::new(Semaphore::new(config.protection.max_inflight_purchases)),
         limiter: http::limits::Limiter::new(&config.rate_limits),
         request_timeout: config.protection.request_timeout(),
@@ -270,6 +290,7 @@ fn app_state(
         streams: AddressSlots::new(per_address(config, config.protection.max_streams_per_ip)),
         stream_lifetime: config.protection.stream_lifetime(),
         ops_listener: ports.ops.is_some(),
+        identity,
     }))
 }
 

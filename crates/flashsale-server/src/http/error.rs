@@ -24,6 +24,11 @@ pub enum ApiError {
     InvalidRequest(Cow<'static, str>),
     /// 401 `unauthorized`: missing or wrong admin token.
     Unauthorized,
+    /// 401 `unauthenticated`: a buyer route without a valid buyer token (`--identity jwt`),
+    /// or `orders/me` in guest mode; `WWW-Authenticate: Bearer` says why.
+    Unauthenticated(Challenge),
+    /// 403 `forbidden`: the token's buyer asked to act for, or read, another buyer.
+    Forbidden,
     /// 404 `sale_not_found`: no such sale (or a sale id that is not a positive integer).
     SaleNotFound,
     /// 404 `order_not_found`: the buyer has no order in this sale.
@@ -84,6 +89,17 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// Why a buyer route answered 401 `unauthenticated`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// No bearer token was sent.
+    Missing,
+    /// A token was sent and refused (`error="invalid_token"`).
+    InvalidToken,
+    /// `orders/me` in guest mode: the service knows no caller.
+    GuestMode,
+}
+
 impl From<ValidationError> for ApiError {
     fn from(e: ValidationError) -> Self {
         ApiError::InvalidRequest(Cow::Owned(e.to_string()))
@@ -104,6 +120,26 @@ macro_rules! fixed_body {
 }
 
 const UNAUTHORIZED: &str = fixed_body!("unauthorized", "a valid admin bearer token is required");
+const TOKEN_MISSING: &str = fixed_body!(
+    "unauthenticated",
+    "sign in at the shop first: this route needs the buyer's bearer token"
+);
+const TOKEN_INVALID: &str = fixed_body!(
+    "unauthenticated",
+    "the bearer token is invalid or expired: sign in at the shop again"
+);
+const GUEST_MODE: &str = fixed_body!(
+    "unauthenticated",
+    "this service does not sign buyers in (--identity guest): read a buyer's orders at /api/sales/{sale_id}/orders/{user_id}"
+);
+const FORBIDDEN: &str = fixed_body!(
+    "forbidden",
+    "the signed-in buyer may act only for themselves, and read only their own orders"
+);
+/// The challenge of every 401 `unauthenticated`.
+const BEARER_CHALLENGE: &str = r#"Bearer realm="flashsale""#;
+/// The challenge when a token was sent and refused (RFC 6750, section 3.1).
+const INVALID_TOKEN_CHALLENGE: &str = r#"Bearer realm="flashsale", error="invalid_token""#;
 const SALE_NOT_FOUND: &str = fixed_body!("sale_not_found", "there is no such sale");
 const ORDER_NOT_FOUND: &str =
     fixed_body!("order_not_found", "this buyer has no order in this sale");
@@ -191,6 +227,8 @@ impl ApiError {
             ApiError::SaleNotActive(_) => Outcome::SaleNotActive,
             ApiError::AddressShareTaken { .. } => Outcome::AddressLimitReached,
             ApiError::BodyTimeout => Outcome::BodyTimeout,
+            ApiError::Unauthenticated(_) => Outcome::Unauthenticated,
+            ApiError::Forbidden => Outcome::Forbidden,
             ApiError::PayloadTooLarge => Outcome::PayloadTooLarge,
             ApiError::UnsupportedMediaType => Outcome::UnsupportedMediaType,
             ApiError::IdempotencyKeyReused => Outcome::IdempotencyKeyReused,
@@ -235,6 +273,10 @@ impl ApiError {
     fn body(&self) -> Bytes {
         let fixed = match self {
             ApiError::Unauthorized => UNAUTHORIZED,
+            ApiError::Unauthenticated(Challenge::Missing) => TOKEN_MISSING,
+            ApiError::Unauthenticated(Challenge::InvalidToken) => TOKEN_INVALID,
+            ApiError::Unauthenticated(Challenge::GuestMode) => GUEST_MODE,
+            ApiError::Forbidden => FORBIDDEN,
             ApiError::SaleNotFound => SALE_NOT_FOUND,
             ApiError::OrderNotFound => ORDER_NOT_FOUND,
             ApiError::NotFound => NOT_FOUND,
@@ -329,11 +371,22 @@ impl IntoResponse for ApiError {
                 | ApiError::PayloadTooLarge
                 | ApiError::UnsupportedMediaType
                 | ApiError::Unauthorized
+                | ApiError::Unauthenticated(_)
         ) {
             // Refused with the body unread (or only partly read): hyper cannot reuse the
             // connection, so say so, or a keep-alive client's next request meets a closed
             // socket.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let ApiError::Unauthenticated(challenge) = self {
+            let challenge = match challenge {
+                Challenge::InvalidToken => INVALID_TOKEN_CHALLENGE,
+                Challenge::Missing | Challenge::GuestMode => BEARER_CHALLENGE,
+            };
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         if let ApiError::RateLimited { retry_after_secs } = self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
@@ -356,6 +409,10 @@ mod tests {
     fn fixed_bodies_are_json_with_their_code() {
         let all = [
             ApiError::Unauthorized,
+            ApiError::Unauthenticated(Challenge::Missing),
+            ApiError::Unauthenticated(Challenge::InvalidToken),
+            ApiError::Unauthenticated(Challenge::GuestMode),
+            ApiError::Forbidden,
             ApiError::SaleNotFound,
             ApiError::OrderNotFound,
             ApiError::NotFound,
@@ -403,6 +460,8 @@ mod tests {
             ApiError::PayloadTooLarge,
             ApiError::UnsupportedMediaType,
             ApiError::IdempotencyKeyReused,
+            ApiError::Unauthenticated(Challenge::Missing),
+            ApiError::Forbidden,
             ApiError::RateLimited {
                 retry_after_secs: 1,
             },
@@ -502,5 +561,21 @@ mod tests {
         });
         assert!(lines.contains("ERROR"), "{lines}");
         assert!(lines.contains("malformed reply"), "{lines}");
+    }
+
+    #[test]
+    fn unauthenticated_answers_challenge_and_say_when_the_token_was_refused() {
+        let missing = ApiError::Unauthenticated(Challenge::Missing).into_response();
+        assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            missing.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="flashsale""#
+        );
+        let refused = ApiError::Unauthenticated(Challenge::InvalidToken).into_response();
+        assert_eq!(
+            refused.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="flashsale", error="invalid_token""#
+        );
+        assert_eq!(ApiError::Forbidden.status(), StatusCode::FORBIDDEN);
     }
 }
