@@ -49,13 +49,17 @@ pub enum Outcome {
     UnsupportedMediaType,
     /// 408 `body_timeout`: the body did not arrive in time.
     BodyTimeout,
+    /// 401 `unauthenticated`: with `--identity jwt`, no bearer token, or one that failed.
+    Unauthenticated,
+    /// 403 `forbidden`: the body names another buyer than the token's.
+    Forbidden,
     /// 500 `internal`: a bug.
     Internal,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order (`ALL[o.index()] == o`).
-    pub const ALL: [Outcome; 18] = [
+    pub const ALL: [Outcome; 20] = [
         Outcome::Confirmed,
         Outcome::SaleNotActive,
         Outcome::SoldOut,
@@ -73,6 +77,8 @@ impl Outcome {
         Outcome::PayloadTooLarge,
         Outcome::UnsupportedMediaType,
         Outcome::BodyTimeout,
+        Outcome::Unauthenticated,
+        Outcome::Forbidden,
         Outcome::Internal,
     ];
 
@@ -102,6 +108,8 @@ impl Outcome {
             Outcome::PayloadTooLarge => "payload_too_large",
             Outcome::UnsupportedMediaType => "unsupported_media_type",
             Outcome::BodyTimeout => "body_timeout",
+            Outcome::Unauthenticated => "unauthenticated",
+            Outcome::Forbidden => "forbidden",
             Outcome::Internal => "internal",
         }
     }
@@ -124,6 +132,8 @@ impl Outcome {
             Outcome::PayloadTooLarge => 413,
             Outcome::UnsupportedMediaType => 415,
             Outcome::BodyTimeout => 408,
+            Outcome::Unauthenticated => 401,
+            Outcome::Forbidden => 403,
             Outcome::Internal => 500,
         }
     }

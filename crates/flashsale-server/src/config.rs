@@ -4,7 +4,8 @@
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Parser, ValueEnum};
-use flashsale_store::redis_pg::{DEFAULT_KEY_PREFIX, DEFAULT_PG_SCHEMA};
+use flashsale_store::StoreConfig;
+use flashsale_store::redis_pg::{DEFAULT_KEY_PREFIX, DEFAULT_PG_SCHEMA, RedisPgConfig};
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::http::client_ip::TrustedProxies;
+pub use crate::http::identity::{IdentityMode, IdentitySettings};
 pub use crate::http::limits::RateLimits;
 pub use crate::tls::TlsSettings;
 
@@ -66,6 +68,11 @@ pub struct Config {
     /// PostgreSQL schema of the tables (`--store redis`); created at start if missing.
     #[arg(long, env = "FLASHSALE_PG_SCHEMA", default_value = DEFAULT_PG_SCHEMA)]
     pub pg_schema: String,
+
+    /// The scale-out store's timings and sizes (`--store redis`).
+    #[command(flatten)]
+    pub scale_out: ScaleOutTuning,
+
     /// Serve `/api/admin/*` only on this separate address (the public one then answers 404
     /// there). Unset: admin routes are on `--listen`.
     #[arg(long, env = "FLASHSALE_ADMIN_LISTEN")]
@@ -88,6 +95,96 @@ pub struct Config {
     /// Native TLS: certificate and key files (both listeners then serve HTTPS only).
     #[command(flatten)]
     pub tls: TlsSettings,
+
+    /// How buyers are identified (`--identity`, the JWT key file, issuer, audience).
+    #[command(flatten)]
+    pub identity: IdentitySettings,
+}
+
+/// The scale-out store's tuning, one flag per [`RedisPgConfig`] field beyond the URLs, prefix
+/// and schema. The defaults are read from [`RedisPgConfig::new`], so they are written once.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct ScaleOutTuning {
+    /// Milliseconds a reservation may stay unresolved before the reconciler resolves it: the
+    /// units of an instance that died mid-purchase are held this long (`--store redis`).
+    #[arg(long, env = "FLASHSALE_LEASE_MS", default_value_t = millis(redis_pg_defaults().lease),
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease_ms: u64,
+
+    /// Milliseconds each Redis call may take (`--store redis`).
+    #[arg(long, env = "FLASHSALE_REDIS_TIMEOUT_MS",
+        default_value_t = millis(redis_pg_defaults().redis_timeout),
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub redis_timeout_ms: u64,
+
+    /// Milliseconds each PostgreSQL transaction may take, also its server-side statement
+    /// timeout (`--store redis`).
+    #[arg(long, env = "FLASHSALE_PG_TIMEOUT_MS",
+        default_value_t = millis(redis_pg_defaults().pg_timeout),
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub pg_timeout_ms: u64,
+
+    /// Milliseconds between refreshes of the status snapshot from Redis; at most 250 is used
+    /// (`--store redis`).
+    #[arg(long, env = "FLASHSALE_REFRESH_INTERVAL_MS",
+        default_value_t = millis(redis_pg_defaults().refresh_interval),
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub refresh_interval_ms: u64,
+
+    /// Milliseconds between looks for expired reservations (`--store redis`).
+    #[arg(long, env = "FLASHSALE_RECONCILE_INTERVAL_MS",
+        default_value_t = millis(redis_pg_defaults().reconcile_interval),
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconcile_interval_ms: u64,
+
+    /// PostgreSQL connections per instance; at least 2 are used (`--store redis`).
+    #[arg(long, env = "FLASHSALE_PG_POOL_SIZE", default_value_t = redis_pg_defaults().pg_pool_size,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub pg_pool_size: usize,
+
+    /// Most orders committed in one PostgreSQL transaction (`--store redis`).
+    #[arg(long, env = "FLASHSALE_MAX_BATCH", default_value_t = redis_pg_defaults().max_batch,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_batch: usize,
+}
+
+/// The scale-out store's own defaults (the URLs play no part in them).
+fn redis_pg_defaults() -> RedisPgConfig {
+    RedisPgConfig::new("", "")
+}
+
+/// Whole milliseconds of `d` (the flags' unit).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Default for ScaleOutTuning {
+    fn default() -> Self {
+        let defaults = redis_pg_defaults();
+        Self {
+            lease_ms: millis(defaults.lease),
+            redis_timeout_ms: millis(defaults.redis_timeout),
+            pg_timeout_ms: millis(defaults.pg_timeout),
+            refresh_interval_ms: millis(defaults.refresh_interval),
+            reconcile_interval_ms: millis(defaults.reconcile_interval),
+            pg_pool_size: defaults.pg_pool_size,
+            max_batch: defaults.max_batch,
+        }
+    }
+}
+
+impl ScaleOutTuning {
+    /// `cfg` with these timings and sizes.
+    fn apply(&self, mut cfg: RedisPgConfig) -> RedisPgConfig {
+        cfg.lease = Duration::from_millis(self.lease_ms);
+        cfg.redis_timeout = Duration::from_millis(self.redis_timeout_ms);
+        cfg.pg_timeout = Duration::from_millis(self.pg_timeout_ms);
+        cfg.refresh_interval = Duration::from_millis(self.refresh_interval_ms);
+        cfg.reconcile_interval = Duration::from_millis(self.reconcile_interval_ms);
+        cfg.pg_pool_size = self.pg_pool_size;
+        cfg.max_batch = self.max_batch;
+        cfg
+    }
 }
 
 /// The values every on/off flag accepts, and shows in `--help`: `on`/`off`, or `true`/`false`
@@ -268,11 +365,37 @@ impl Config {
             database_url: None,
             redis_prefix: DEFAULT_KEY_PREFIX.into(),
             pg_schema: DEFAULT_PG_SCHEMA.into(),
+            scale_out: ScaleOutTuning::default(),
             admin_listen: None,
             ops_listen: None,
             rate_limits: RateLimits::disabled(),
             protection: Protection::default(),
             tls: TlsSettings::default(),
+            identity: IdentitySettings::default(),
+        }
+    }
+
+    /// The store these flags choose, with all its settings (the one place `--store` is read).
+    /// `Err` names the missing setting the chosen store needs.
+    pub fn store_config(&self) -> Result<StoreConfig, &'static str> {
+        match self.store {
+            StoreKind::Embedded => Ok(StoreConfig::Embedded {
+                data_dir: self.data_dir.clone(),
+            }),
+            StoreKind::Redis => {
+                let redis_url = self
+                    .redis_url
+                    .clone()
+                    .ok_or("--store redis needs REDIS_URL (--redis-url)")?;
+                let database_url = self
+                    .database_url
+                    .clone()
+                    .ok_or("--store redis needs DATABASE_URL (--database-url)")?;
+                let mut cfg = RedisPgConfig::new(redis_url, database_url);
+                cfg.key_prefix = self.redis_prefix.clone();
+                cfg.pg_schema = self.pg_schema.clone();
+                Ok(StoreConfig::RedisPg(self.scale_out.apply(cfg)))
+            }
         }
     }
 }
@@ -297,11 +420,13 @@ impl fmt::Debug for Config {
             .field("database_url", &redacted(&self.database_url))
             .field("redis_prefix", &self.redis_prefix)
             .field("pg_schema", &self.pg_schema)
+            .field("scale_out", &self.scale_out)
             .field("admin_listen", &self.admin_listen)
             .field("ops_listen", &self.ops_listen)
             .field("rate_limits", &self.rate_limits)
             .field("protection", &self.protection)
             .field("tls", &self.tls)
+            .field("identity", &self.identity)
             .finish()
     }
 }
@@ -323,6 +448,7 @@ pub fn generate_admin_token() -> String {
 mod tests {
     use super::*;
     use clap::{CommandFactory, FromArgMatches};
+    use std::path::Path;
 
     #[test]
     fn every_flag_names_its_environment_variable_in_help() {
@@ -351,6 +477,18 @@ mod tests {
             "FLASHSALE_HEADER_READ_TIMEOUT_MS",
             "FLASHSALE_TLS_CERT",
             "FLASHSALE_TLS_KEY",
+            "FLASHSALE_LEASE_MS",
+            "FLASHSALE_REDIS_TIMEOUT_MS",
+            "FLASHSALE_PG_TIMEOUT_MS",
+            "FLASHSALE_REFRESH_INTERVAL_MS",
+            "FLASHSALE_RECONCILE_INTERVAL_MS",
+            "FLASHSALE_PG_POOL_SIZE",
+            "FLASHSALE_MAX_BATCH",
+            "FLASHSALE_IDENTITY",
+            "FLASHSALE_JWT_JWKS_FILE",
+            "FLASHSALE_JWT_PUBLIC_KEY_FILE",
+            "FLASHSALE_JWT_ISSUER",
+            "FLASHSALE_JWT_AUDIENCE",
         ] {
             assert!(help.contains(env), "{env} missing from --help");
         }
@@ -434,11 +572,132 @@ mod tests {
             (&parsed.redis_prefix, &parsed.pg_schema),
             (&for_tests.redis_prefix, &for_tests.pg_schema)
         );
-        let store = flashsale_store::redis_pg::RedisPgConfig::new("r", "d");
+        let store = RedisPgConfig::new("r", "d");
         assert_eq!(
             (&parsed.redis_prefix, &parsed.pg_schema),
             (&store.key_prefix, &store.pg_schema)
         );
+        assert_eq!(parsed.scale_out, ScaleOutTuning::default());
+        assert_eq!(for_tests.scale_out, ScaleOutTuning::default());
+        assert_eq!(
+            format!("{:?}", parsed.identity),
+            format!("{:?}", IdentitySettings::default())
+        );
+        assert_eq!(parsed.identity.mode, IdentityMode::Guest);
+        // Mapped onto the store, the default flags are the store's own defaults.
+        let mut redis = parsed;
+        redis.store = StoreKind::Redis;
+        redis.redis_url = Some("r".into());
+        redis.database_url = Some("d".into());
+        let Ok(StoreConfig::RedisPg(mapped)) = redis.store_config() else {
+            panic!("--store redis did not map onto RedisPg");
+        };
+        assert_eq!(format!("{mapped:?}"), format!("{store:?}"));
+    }
+
+    #[test]
+    fn every_scale_out_tuning_flag_reaches_the_store() {
+        let config = Config::try_parse_from([
+            "flashsale",
+            "--store",
+            "redis",
+            "--redis-url",
+            "redis://r",
+            "--database-url",
+            "postgres://d",
+            "--redis-prefix",
+            "p",
+            "--pg-schema",
+            "s",
+            "--lease-ms",
+            "1001",
+            "--redis-timeout-ms",
+            "1002",
+            "--pg-timeout-ms",
+            "1003",
+            "--refresh-interval-ms",
+            "1004",
+            "--reconcile-interval-ms",
+            "1005",
+            "--pg-pool-size",
+            "6",
+            "--max-batch",
+            "7",
+        ])
+        .unwrap();
+        let Ok(StoreConfig::RedisPg(cfg)) = config.store_config() else {
+            panic!("--store redis did not map onto RedisPg");
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(
+            (cfg.redis_url.as_str(), cfg.database_url.as_str()),
+            ("redis://r", "postgres://d")
+        );
+        assert_eq!(
+            (cfg.key_prefix.as_str(), cfg.pg_schema.as_str()),
+            ("p", "s")
+        );
+        assert_eq!(
+            (
+                cfg.lease,
+                cfg.redis_timeout,
+                cfg.pg_timeout,
+                cfg.refresh_interval,
+                cfg.reconcile_interval
+            ),
+            (ms(1001), ms(1002), ms(1003), ms(1004), ms(1005))
+        );
+        assert_eq!((cfg.pg_pool_size, cfg.max_batch), (6, 7));
+        assert!(Config::try_parse_from(["flashsale", "--max-batch", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_scale_out_store_names_the_setting_it_lacks() {
+        let mut config = Config::for_tests("127.0.0.1:0".parse().unwrap(), PathBuf::from("d"), "t");
+        assert!(matches!(
+            config.store_config(),
+            Ok(StoreConfig::Embedded { data_dir }) if data_dir == Path::new("d")
+        ));
+        config.store = StoreKind::Redis;
+        assert!(config.store_config().unwrap_err().contains("REDIS_URL"));
+        config.redis_url = Some("redis://r".into());
+        assert!(config.store_config().unwrap_err().contains("DATABASE_URL"));
+    }
+
+    #[test]
+    fn the_identity_flags_parse_and_the_two_key_sources_exclude_each_other() {
+        let config = Config::try_parse_from([
+            "flashsale",
+            "--identity",
+            "jwt",
+            "--jwt-jwks-file",
+            "keys.json",
+            "--jwt-issuer",
+            "https://shop.example",
+            "--jwt-audience",
+            "flashsale",
+        ])
+        .unwrap();
+        let identity = &config.identity;
+        assert_eq!(identity.mode, IdentityMode::Jwt);
+        assert_eq!(identity.jwt_jwks_file, Some(PathBuf::from("keys.json")));
+        assert_eq!(identity.jwt_issuer.as_deref(), Some("https://shop.example"));
+        assert_eq!(identity.jwt_audience.as_deref(), Some("flashsale"));
+        let pem = Config::try_parse_from(["flashsale", "--jwt-public-key-file", "k.pem"]).unwrap();
+        assert_eq!(
+            pem.identity.jwt_public_key_file,
+            Some(PathBuf::from("k.pem"))
+        );
+        let both = Config::try_parse_from([
+            "flashsale",
+            "--jwt-jwks-file",
+            "keys.json",
+            "--jwt-public-key-file",
+            "k.pem",
+        ])
+        .unwrap_err();
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert!(Config::try_parse_from(["flashsale", "--identity", "accounts"]).is_err());
     }
 
     #[test]

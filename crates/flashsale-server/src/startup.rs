@@ -1,24 +1,26 @@
 //! Startup and shutdown: [`Application::build`] does everything that can fail before traffic
-//! (bind first, so a taken port fails before anything is created; then open the store, resolve
-//! the admin token, seed the demo sale); [`Application::run_until_stopped`] serves until
-//! SIGTERM/SIGINT (or [`Application::shutdown_token`] is cancelled), then stops accepting,
-//! drains in-flight requests within [`DRAIN_DEADLINE`], ends live streams, stops background
-//! tasks, and shuts the store down (it waits for every purchase in flight, including those
-//! whose client hung up, then flushes).
+//! (load the TLS pair and, with `--identity jwt`, the identity provider's keys; bind, so a
+//! taken port fails before anything is created; then open the store the flags choose, through
+//! [`Config::store_config`]; resolve the admin token; seed the demo sale);
+//! [`Application::run_until_stopped`] serves until SIGTERM/SIGINT (or
+//! [`Application::shutdown_token`] is cancelled), then stops accepting, drains in-flight
+//! requests within [`DRAIN_DEADLINE`], ends live streams, stops background tasks (the TLS and
+//! JWT key reloads among them), and shuts the store down (it waits for every purchase in
+//! flight, including those whose client hung up, then flushes).
 
 use crate::address_slots::AddressSlots;
 use crate::admin_token::{self, TokenFileError, TokenSource};
-use crate::config::{Config, StoreKind, check_admin_token, generate_admin_token};
+use crate::config::{Config, check_admin_token, generate_admin_token};
+use crate::http::identity::{Identity, JwtError};
 use crate::http::{self, AppState, Shared, Surface};
 use crate::serve::{ConnectionLimits, serve};
 use crate::tls::Tls;
 use flashsale_core::{Clock, NewSale};
 use flashsale_store::SaleStore;
-use flashsale_store::embedded::EmbeddedStore;
-use flashsale_store::redis_pg::{RedisPgConfig, RedisPgStore};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -55,7 +57,7 @@ pub enum StartupError {
     #[error(transparent)]
     TokenFile(#[from] TokenFileError),
     /// The store could not be opened.
-    #[error("cannot open the store: {0}")]
+    #[error("cannot open the store: {}", .0.report())]
     Store(#[from] flashsale_store::StoreError),
     /// A setting the chosen backend needs is missing (the message names the variable).
     #[error("{0}")]
@@ -63,6 +65,9 @@ pub enum StartupError {
     /// A setting is unusable (the message says which and why).
     #[error("{0}")]
     BadSetting(String),
+    /// `--identity jwt` without a usable key file.
+    #[error(transparent)]
+    Identity(#[from] JwtError),
     /// The TLS certificate or key could not be loaded.
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
@@ -73,12 +78,8 @@ pub enum StartupError {
 
 /// A bound, ready service.
 pub struct Application {
-    listener: TcpListener,
-    port: u16,
-    /// With `--admin-listen`: the admin routes' own listener and its port.
-    admin_listener: Option<(TcpListener, u16)>,
-    /// With `--ops-listen`: the probes' own listener and its port.
-    ops_listener: Option<(TcpListener, u16)>,
+    listeners: Listeners,
+    ports: Ports,
     limits: ConnectionLimits,
     /// With `--tls-cert`/`--tls-key`: the certificate served on every listener.
     tls: Option<Tls>,
@@ -88,6 +89,13 @@ pub struct Application {
     tasks: TaskTracker,
 }
 
+/// The ports the listeners were bound to (the actual ones, with port 0).
+struct Ports {
+    public: u16,
+    admin: Option<u16>,
+    ops: Option<u16>,
+}
+
 impl Application {
     /// Binds first (a taken port fails before anything is created), then opens the store,
     /// resolves the admin token, and seeds the demo sale if asked and none exists.
@@ -95,102 +103,36 @@ impl Application {
         if let Some(token) = &config.admin_token {
             check_admin_token(token).map_err(StartupError::BadSetting)?;
         }
-        // Before binding and the store: a bad certificate path fails in milliseconds.
+        // Before binding and the store: a bad certificate or JWT key file fails in
+        // milliseconds.
         let tls = Tls::from_settings(&config.tls)?;
-        let (listener, port) = bind(config.listen).await?;
-        let admin_listener = match config.admin_listen {
-            Some(addr) => Some(bind(addr).await?),
-            None => None,
-        };
-        let ops_listener = match config.ops_listen {
-            Some(addr) => Some(bind(addr).await?),
-            None => None,
-        };
-        let store = open_store(&config, clock).await?;
-        let (admin_token, token_source) = match (&config.admin_token, config.store) {
-            (Some(token), _) => (token.clone(), TokenSource::Given),
-            (None, StoreKind::Embedded) => admin_token::load_or_create(&config.data_dir)?,
-            (None, StoreKind::Redis) => (generate_admin_token(), TokenSource::GeneratedForThisRun),
-        };
-        tracing::info!(?config, admin_token = %token_source, "starting flashsale");
-        match &token_source {
-            TokenSource::Given | TokenSource::Loaded(_) => {}
-            TokenSource::Generated(path) => println!(
-                "admin token (generated once, stored in {}; --admin-token overrides it): {admin_token}",
-                path.display()
-            ),
-            TokenSource::GeneratedForThisRun => println!(
-                "admin token (generated for this run; give every instance the same --admin-token): {admin_token}"
-            ),
-        }
+        let identity = Identity::from_settings(&config.identity)?;
+        let (listeners, ports) = bind_listeners(&config).await?;
+        let store_config = config
+            .store_config()
+            .map_err(StartupError::MissingSetting)?;
+        let token_home = store_config.local_dir().map(Path::to_path_buf);
+        let store = store_config.open(clock).await?;
+        let admin_token = resolve_admin_token(&config, token_home.as_deref())?;
         if config.demo_sale {
             seed_demo_sale(store.as_ref()).await?;
         }
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        // `--rate-limit off` (load tests from one machine) lifts every per-address bound.
-        let per_address = |max: usize| {
-            if config.rate_limits.enabled {
-                max
-            } else {
-                usize::MAX
-            }
-        };
-        let state = AppState::new(Shared {
-            store: Arc::clone(&store),
-            admin_token: admin_token.into_bytes().into_boxed_slice(),
-            metrics: http::metrics::Metrics::new()?,
-            events: http::events::Broadcasts::new(
-                Arc::clone(&store),
-                shutdown.clone(),
-                tasks.clone(),
-            ),
-            openapi: http::openapi::document(),
-            purchase_slots: Arc::new(Semaphore::new(config.protection.max_inflight_purchases)),
-            limiter: http::limits::Limiter::new(&config.rate_limits),
-            request_timeout: config.protection.request_timeout(),
-            body_timeout: config.protection.body_timeout(),
-            known_sales: http::known_sales::KnownSales::default(),
-            streams: AddressSlots::new(per_address(config.protection.max_streams_per_ip)),
-            stream_lifetime: config.protection.stream_lifetime(),
-            ops_listener: ops_listener.is_some(),
-        });
-        tracing::info!(
-            url = %page_url(config.listen, port, tls.is_some()),
-            "listening: open the page at this URL"
-        );
-        if let Some((_, admin_port)) = &admin_listener {
-            tracing::info!(
-                port = admin_port,
-                "admin routes listening on their own address"
-            );
-        }
-        if let Some((_, ops_port)) = &ops_listener {
-            tracing::info!(port = ops_port, "health, readiness and metrics listening");
-        }
-        let budget = config.protection.connection_budget();
-        match budget.open_file_limit {
-            Some(limit) => tracing::info!(
-                max_connections = budget.max_connections,
-                open_file_limit = limit,
-                "connection budget derived from the open-file limit"
-            ),
-            None => tracing::info!(
-                max_connections = budget.max_connections,
-                "connection budget"
-            ),
-        }
-        let limits = ConnectionLimits {
-            max_connections: budget.max_connections,
-            max_connections_per_ip: per_address(config.protection.max_connections_per_ip),
-            trusted_proxies: config.rate_limits.trusted_proxies.clone(),
-            header_read_timeout: config.protection.header_read_timeout(),
-        };
+        let state = app_state(
+            &config,
+            &store,
+            admin_token,
+            identity,
+            &shutdown,
+            &tasks,
+            &ports,
+        )?;
+        log_addresses(&config, &ports, tls.is_some());
+        let limits = connection_limits(&config);
         Ok(Self {
-            listener,
-            port,
-            admin_listener,
-            ops_listener,
+            listeners,
+            ports,
             limits,
             tls,
             state,
@@ -202,17 +144,17 @@ impl Application {
 
     /// The bound port (useful with port 0).
     pub fn port(&self) -> u16 {
-        self.port
+        self.ports.public
     }
 
     /// The admin listener's port, with `--admin-listen`.
     pub fn admin_port(&self) -> Option<u16> {
-        self.admin_listener.as_ref().map(|(_, port)| *port)
+        self.ports.admin
     }
 
     /// The probes' listener port, with `--ops-listen`.
     pub fn ops_port(&self) -> Option<u16> {
-        self.ops_listener.as_ref().map(|(_, port)| *port)
+        self.ports.ops
     }
 
     /// Cancelling this token shuts the application down as a signal would.
@@ -223,9 +165,7 @@ impl Application {
     /// Serves until a signal or the shutdown token, then shuts down gracefully.
     pub async fn run_until_stopped(self) -> io::Result<()> {
         let Self {
-            listener,
-            admin_listener,
-            ops_listener,
+            listeners,
             limits,
             tls,
             state,
@@ -239,12 +179,10 @@ impl Application {
         if let Some(tls) = tls {
             tasks.spawn(tls.reload_on_sighup(shutdown.clone()));
         }
+        if let Identity::Jwt(verifier) = &state.identity {
+            tasks.spawn(Arc::clone(verifier).watch(shutdown.clone()));
+        }
         let upkeep = spawn_upkeep(&tasks, state.clone(), shutdown.clone());
-        let listeners = Listeners {
-            public: listener,
-            admin: admin_listener.map(|(listener, _)| listener),
-            ops: ops_listener.map(|(listener, _)| listener),
-        };
         let mut server = tokio::spawn(serve_listeners(
             listeners,
             state,
@@ -279,6 +217,120 @@ struct Listeners {
     admin: Option<TcpListener>,
     /// With `--ops-listen`: health, readiness and metrics.
     ops: Option<TcpListener>,
+}
+
+/// Binds `--listen`, then `--admin-listen` and `--ops-listen` if set.
+async fn bind_listeners(config: &Config) -> Result<(Listeners, Ports), StartupError> {
+    let (public, public_port) = bind(config.listen).await?;
+    let (admin, admin_port) = bind_optional(config.admin_listen).await?;
+    let (ops, ops_port) = bind_optional(config.ops_listen).await?;
+    let listeners = Listeners { public, admin, ops };
+    let ports = Ports {
+        public: public_port,
+        admin: admin_port,
+        ops: ops_port,
+    };
+    Ok((listeners, ports))
+}
+
+/// The admin token: the one given; else, for a store with a directory of its own, the one
+/// kept there (generated the first time); else one generated for this run. Logs where it
+/// came from, and prints a generated one once.
+fn resolve_admin_token(config: &Config, token_home: Option<&Path>) -> Result<String, StartupError> {
+    let (admin_token, token_source) = match (&config.admin_token, token_home) {
+        (Some(token), _) => (token.clone(), TokenSource::Given),
+        (None, Some(dir)) => admin_token::load_or_create(dir)?,
+        (None, None) => (generate_admin_token(), TokenSource::GeneratedForThisRun),
+    };
+    tracing::info!(?config, admin_token = %token_source, "starting flashsale");
+    match &token_source {
+        TokenSource::Given | TokenSource::Loaded(_) => {}
+        TokenSource::Generated(path) => println!(
+            "admin token (generated once, stored in {}; --admin-token overrides it): {admin_token}",
+            path.display()
+        ),
+        TokenSource::GeneratedForThisRun => println!(
+            "admin token (generated for this run; give every instance the same --admin-token): {admin_token}"
+        ),
+    }
+    Ok(admin_token)
+}
+
+/// `max` for a per-address bound, or no bound with `--rate-limit off` (load tests from one
+/// machine).
+fn per_address(config: &Config, max: usize) -> usize {
+    if config.rate_limits.enabled {
+        max
+    } else {
+        usize::MAX
+    }
+}
+
+/// What every request handler shares.
+fn app_state(
+    config: &Config,
+    store: &Arc<dyn SaleStore>,
+    admin_token: String,
+    identity: Identity,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+    ports: &Ports,
+) -> Result<AppState, StartupError> {
+    Ok(AppState::new(Shared {
+        store: Arc::clone(store),
+        admin_token: admin_token.into_bytes().into_boxed_slice(),
+        metrics: http::metrics::Metrics::new()?,
+        events: http::events::Broadcasts::new(Arc::clone(store), shutdown.clone(), tasks.clone()),
+        openapi: http::openapi::document_for(identity.mode()),
+        purchase_slots: Arc::new(Semaphore::new(config.protection.max_inflight_purchases)),
+        limiter: http::limits::Limiter::new(&config.rate_limits),
+        request_timeout: config.protection.request_timeout(),
+        body_timeout: config.protection.body_timeout(),
+        known_sales: http::known_sales::KnownSales::default(),
+        streams: AddressSlots::new(per_address(config, config.protection.max_streams_per_ip)),
+        stream_lifetime: config.protection.stream_lifetime(),
+        ops_listener: ports.ops.is_some(),
+        identity,
+    }))
+}
+
+/// Logs the page's URL and the separate admin and ops addresses.
+fn log_addresses(config: &Config, ports: &Ports, tls: bool) {
+    tracing::info!(
+        url = %page_url(config.listen, ports.public, tls),
+        "listening: open the page at this URL"
+    );
+    if let Some(admin_port) = ports.admin {
+        tracing::info!(
+            port = admin_port,
+            "admin routes listening on their own address"
+        );
+    }
+    if let Some(ops_port) = ports.ops {
+        tracing::info!(port = ops_port, "health, readiness and metrics listening");
+    }
+}
+
+/// The public listener's connection bounds, logging the budget and where it came from.
+fn connection_limits(config: &Config) -> ConnectionLimits {
+    let budget = config.protection.connection_budget();
+    match budget.open_file_limit {
+        Some(limit) => tracing::info!(
+            max_connections = budget.max_connections,
+            open_file_limit = limit,
+            "connection budget derived from the open-file limit"
+        ),
+        None => tracing::info!(
+            max_connections = budget.max_connections,
+            "connection budget"
+        ),
+    }
+    ConnectionLimits {
+        max_connections: budget.max_connections,
+        max_connections_per_ip: per_address(config, config.protection.max_connections_per_ip),
+        trusted_proxies: config.rate_limits.trusted_proxies.clone(),
+        header_read_timeout: config.protection.header_read_timeout(),
+    }
 }
 
 /// Every few seconds until `shutdown`: folds histogram samples into buckets, drops idle rate
@@ -425,48 +477,24 @@ fn page_url(listen: SocketAddr, port: u16, tls: bool) -> String {
     format!("{scheme}://{}/", SocketAddr::new(ip, port))
 }
 
+/// Binds `addr`, if there is one.
+async fn bind_optional(
+    addr: Option<SocketAddr>,
+) -> Result<(Option<TcpListener>, Option<u16>), StartupError> {
+    match addr {
+        Some(addr) => {
+            let (listener, port) = bind(addr).await?;
+            Ok((Some(listener), Some(port)))
+        }
+        None => Ok((None, None)),
+    }
+}
+
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, u16), StartupError> {
     let bind_error = |source| StartupError::Bind { addr, source };
     let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
     let port = listener.local_addr().map_err(bind_error)?.port();
     Ok((listener, port))
-}
-
-async fn open_store(
-    config: &Config,
-    clock: Arc<dyn Clock>,
-) -> Result<Arc<dyn SaleStore>, StartupError> {
-    match config.store {
-        StoreKind::Embedded => {
-            let dir = config.data_dir.clone();
-            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, clock))
-                .await
-                .map_err(|e| {
-                    flashsale_store::StoreError::Internal(format!("store open task failed: {e}"))
-                })??;
-            Ok(Arc::new(store))
-        }
-        StoreKind::Redis => {
-            // The scale-out store decides with Redis's clock (one clock for every instance),
-            // not the injected one.
-            let redis_url = config
-                .redis_url
-                .clone()
-                .ok_or(StartupError::MissingSetting(
-                    "--store redis needs REDIS_URL (--redis-url)",
-                ))?;
-            let database_url = config
-                .database_url
-                .clone()
-                .ok_or(StartupError::MissingSetting(
-                    "--store redis needs DATABASE_URL (--database-url)",
-                ))?;
-            let mut store_config = RedisPgConfig::new(redis_url, database_url);
-            store_config.key_prefix = config.redis_prefix.clone();
-            store_config.pg_schema = config.pg_schema.clone();
-            Ok(Arc::new(RedisPgStore::connect(store_config).await?))
-        }
-    }
 }
 
 /// Creates the demo sale (starts 30 s from now, lasts 10 min, 100 units, 1 per buyer) when the
@@ -478,7 +506,7 @@ async fn seed_demo_sale(store: &dyn SaleStore) -> Result<(), StartupError> {
     let starts_at = store.now() + time::Duration::seconds(30);
     let ends_at = starts_at + time::Duration::minutes(10);
     let new = NewSale::parse("Demo sale", starts_at, ends_at, 100, 1)
-        .map_err(|e| flashsale_store::StoreError::Internal(format!("demo sale is invalid: {e}")))?;
+        .map_err(|e| flashsale_store::StoreError::internal_from("demo sale is invalid", e))?;
     let sale = store.create_sale(new).await?;
     let starts_at = sale
         .starts_at

@@ -14,6 +14,7 @@
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use flashsale_core::{Clock, ManualClock, SystemClock};
+use flashsale_server::config::{IdentityMode, IdentitySettings};
 use flashsale_server::{Application, Config};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
@@ -54,6 +55,8 @@ struct TestApp {
     stop: CancellationToken,
     running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     data: TempDir,
+    /// How the service identifies buyers (guest unless a test says otherwise).
+    identity: IdentitySettings,
 }
 
 impl Drop for TestApp {
@@ -69,6 +72,14 @@ async fn spawn_app() -> TestApp {
 }
 
 async fn spawn_app_on(clock: Arc<dyn Clock>, manual: Option<Arc<ManualClock>>) -> TestApp {
+    spawn_app_identified(clock, manual, IdentitySettings::default()).await
+}
+
+async fn spawn_app_identified(
+    clock: Arc<dyn Clock>,
+    manual: Option<Arc<ManualClock>>,
+    identity: IdentitySettings,
+) -> TestApp {
     let data = tempfile::tempdir().unwrap();
     let mut app = TestApp {
         base: String::new(),
@@ -79,6 +90,7 @@ async fn spawn_app_on(clock: Arc<dyn Clock>, manual: Option<Arc<ManualClock>>) -
         stop: CancellationToken::new(),
         running: None,
         data,
+        identity,
     };
     app.start().await;
     app
@@ -87,11 +99,12 @@ async fn spawn_app_on(clock: Arc<dyn Clock>, manual: Option<Arc<ManualClock>>) -
 impl TestApp {
     /// Starts the service on `self.port` (0 the first time) over `self.data`.
     async fn start(&mut self) {
-        let config = Config::for_tests(
+        let mut config = Config::for_tests(
             format!("127.0.0.1:{}", self.port).parse().unwrap(),
             self.data.path().to_owned(),
             TOKEN,
         );
+        config.identity = self.identity.clone();
         let app = Application::build(config, Arc::clone(&self.clock))
             .await
             .expect("the service starts");
@@ -1078,4 +1091,123 @@ async fn a_retry_of_the_same_purchase_reuses_its_idempotency_key() {
         .await;
     let keys = second["keys"].as_array().unwrap();
     assert_ne!(keys[2], keys[1], "a new purchase reused the last key");
+}
+
+/// What the page says about who is signed in (jwt mode), and whether the id field shows.
+const IDENTITY: &str = r#"
+    const $ = (id) => document.getElementById(id);
+    return {
+      identity: document.body.dataset.identity,
+      guest_field_hidden: $("guest-id").hidden,
+      signed_in: $("signed-in").hidden ? "" : $("signed-in").textContent,
+      hash: location.hash,
+      kept: sessionStorage.getItem("flashsale:token") !== null,
+    };
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_jwt_mode_the_page_buys_with_the_shops_token_and_without_one_says_so() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // The shop's identity provider: a P-256 key, its public half in a JWKS file.
+    let keys = tempfile::tempdir().unwrap();
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let point = pair.public_key_raw();
+    let b64 = |b: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    };
+    let jwks = json!({ "keys": [{ "kty": "EC", "crv": "P-256", "kid": "shop-1",
+        "x": b64(&point[1..33]), "y": b64(&point[33..]) }] });
+    let jwks_path = keys.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks.to_string()).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("shop-1".into());
+    let claims = json!({ "sub": "Shopper@Example.com", "exp": T0.unix_timestamp() + 3600 });
+    let signing = jsonwebtoken::EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+    let token = jsonwebtoken::encode(&header, &claims, &signing).unwrap();
+
+    let manual = Arc::new(ManualClock::new(T0));
+    let identity = IdentitySettings {
+        mode: IdentityMode::Jwt,
+        jwt_jwks_file: Some(jwks_path),
+        ..IdentitySettings::default()
+    };
+    let app = spawn_app_identified(
+        Arc::clone(&manual) as Arc<dyn Clock>,
+        Some(manual),
+        identity,
+    )
+    .await;
+    let sale = app.create_sale("Members only", 0, 600, 5).await;
+    let browser = open_browser(1280, 900).await;
+
+    // Without a token: no id field, a clear message, and Buy Now disabled.
+    browser.open(&app.page(sale)).await;
+    let snap = browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
+    let who = browser.js(IDENTITY).await;
+    assert_eq!(who["identity"], "jwt");
+    assert_eq!(who["guest_field_hidden"], true, "{who:#}");
+    assert!(s(&who, "signed_in").contains("not signed in"), "{who:#}");
+    assert_eq!(snap["buy_disabled"], true, "{snap:#}");
+    assert_eq!(snap["buy_text"], "Sign in to buy");
+    browser.screenshot("19-jwt-signed-out").await;
+    browser.click("buy").await;
+    assert_eq!(browser.snapshot().await["posts"], 0);
+
+    // The shop's login redirects here with the token in the fragment.
+    browser
+        .open(&format!("{}#token={token}", app.page(sale)))
+        .await;
+    browser
+        .wait_for("active and buyable", LIVE, |p| {
+            p["state"] == "active" && p["buy_disabled"] == false
+        })
+        .await;
+    let who = browser.js(IDENTITY).await;
+    assert_eq!(
+        who["hash"], "",
+        "the token stayed in the address bar: {who:#}"
+    );
+    assert_eq!(who["kept"], true);
+    assert!(
+        s(&who, "signed_in").contains("Signed in as shopper@example.com"),
+        "{who:#}"
+    );
+    browser.click("buy").await;
+    let done = browser
+        .wait_for("confirmed", LIVE, |p| {
+            p["result_class"] == "result result-confirmed"
+        })
+        .await;
+    assert!(
+        s(&done, "result").contains("shopper@example.com"),
+        "{done:#}"
+    );
+    browser.screenshot("20-jwt-confirmed").await;
+    assert_eq!(app.attempts(sale).await, 1);
+
+    // "Did I get one?" asks for the caller's own orders with the token.
+    browser.click("check").await;
+    let checked = browser
+        .wait_for("checked", LIVE, |p| {
+            p["result_class"] == "result result-check-yes"
+        })
+        .await;
+    assert!(
+        s(&checked, "result").contains("shopper@example.com"),
+        "{checked:#}"
+    );
+
+    // A reload in the same tab keeps the sign-in (sessionStorage), without the fragment.
+    browser.open(&app.page(sale)).await;
+    browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
+    let who = browser.js(IDENTITY).await;
+    assert!(
+        s(&who, "signed_in").contains("shopper@example.com"),
+        "{who:#}"
+    );
 }

@@ -66,7 +66,7 @@ impl InFlight {
         async move {
             task.await.map_err(|e| {
                 // A panic in the work, or the runtime going away under it.
-                StoreError::Internal(format!("a purchase task did not finish: {e}"))
+                StoreError::internal_from("a purchase task did not finish", e)
             })?
         }
     }

@@ -5,6 +5,8 @@
 //!   critical section, orders made durable in SQLite (WAL) by one group-committing writer.
 //! - [`redis_pg`] (scale-out): admission by a Redis script, orders durable in PostgreSQL.
 //!
+//! [`StoreConfig`] names one of them with its settings and opens it.
+//!
 //! Every backend promises the same thing: a [`PurchaseOutcome::Confirmed`] is returned only
 //! once the order is durable, a failed write takes nothing, and no sequence of calls sells more
 //! than the stock or more than the per-user limit to one buyer.
@@ -28,9 +30,18 @@
 //!   confirmed, failed (nothing taken), or unknown (`StoreError::Timeout`).
 //! - **refusal**: a decided no ([`PurchaseOutcome::Rejected`]); remembered by **key** only while
 //!   a later decision could differ.
+//! - **replay**: a later attempt with a key gets the key's first answer; a **duplicate** (the
+//!   first attempt still in flight) waits for it (embedded: its `FirstAttempt`; scale-out: the
+//!   key's `pending` record, then a replay).
+//! - **snapshot** (scale-out): each instance's in-process view of every sale, kept current by
+//!   the **refresher**; the **pre-filter** answers from it what needs no round trip.
 //! - **rebuild** / **audit** / **reconcile** (scale-out): restore a sale's Redis state from
 //!   PostgreSQL / compare the two / settle expired reservations and audit, every interval.
+//! - **failure** ([`StoreError`]): one of four kinds (unavailable, timeout, shutting down,
+//!   internal), each saying **what** the store was doing, with the **cause** beneath it as its
+//!   `source`; [`StoreError::report`] prints the chain.
 
+mod config;
 mod counter_columns;
 pub mod embedded;
 mod error;
@@ -38,7 +49,8 @@ mod in_flight;
 mod model;
 pub mod redis_pg;
 
-pub use error::StoreError;
+pub use config::StoreConfig;
+pub use error::{Cause, Report, StoreError};
 pub use in_flight::PurchaseHold;
 pub use model::{Attempt, Order, PurchaseOutcome, RejectionCounts, SaleStatus, Summary};
 

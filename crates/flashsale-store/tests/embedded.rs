@@ -1,6 +1,8 @@
-//! Durability of the embedded store (NF-4, NF-6 in docs/requirements.md): what was confirmed
-//! survives a reopen, a failed disk write takes nothing, and the database refuses an oversell on
-//! its own.
+//! Durability of the embedded store beyond the shared suite (NF-4, NF-6 in
+//! docs/requirements.md; what every store keeps across a restart or a crash is in
+//! `flashsale-testkit`, run by `conformance.rs`): a failed disk write takes nothing, the
+//! database refuses an oversell on its own, the book is the same after random batch failures,
+//! a reopen and `kill -9`, and one process at a time owns a directory.
 
 #![allow(clippy::unwrap_used)]
 
@@ -42,64 +44,37 @@ fn attempt(sale: SaleId, name: &str, key: Option<&str>) -> Attempt {
     }
 }
 
+/// The sold-out instant is derived from the orders (the latest `created_at` once sold =
+/// stock), so it is the same after a reopen whichever group committed the last unit. The rest
+/// of what a restart keeps is the shared suite's (`conformance.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn confirmed_orders_stock_keys_and_counters_survive_a_reopen() {
+async fn the_sold_out_instant_is_the_same_after_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let sale = store.create_sale(active(300, 1)).await.unwrap();
-    // 500 concurrent buyers, so the writer commits them in groups.
+    // 500 concurrent buyers, so the last units commit in different groups.
     let tasks: Vec<_> = (0..500)
         .map(|i| {
             let store = Arc::clone(&store);
-            let key = format!("key-{i}");
             tokio::spawn(async move {
-                store
-                    .purchase(attempt(sale.id, &format!("u{i}"), Some(&key)))
-                    .await
-                    .unwrap()
+                let key = format!("key-{i}");
+                let attempt = attempt(sale.id, &format!("u{i}"), Some(&key));
+                store.purchase(attempt).await.unwrap()
             })
         })
         .collect();
-    let mut confirmed = Vec::new();
     for task in tasks {
-        if let PurchaseOutcome::Confirmed(order) = task.await.unwrap() {
-            confirmed.push(order);
-        }
+        task.await.unwrap();
     }
-    assert_eq!(confirmed.len(), 300);
-    let before = store.summary(sale.id).await.unwrap().unwrap();
+    let before = store.status(sale.id).await.unwrap().unwrap();
+    assert_eq!(before.remaining, 0);
+    assert!(before.sold_out_at.is_some());
     store.shutdown().await;
     drop(store);
 
     let store = open(dir.path());
-    let status = store.status(sale.id).await.unwrap().unwrap();
-    assert_eq!(status.remaining, 0);
-    assert_eq!(status.sold_out_at, before.status.sold_out_at);
-    assert_eq!(*status.sale, *before.status.sale);
-    for order in &confirmed {
-        let orders = store
-            .orders(sale.id, &order.user_id)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(orders, vec![order.clone()]);
-    }
-    // The idempotency key of a confirmed order still replays it after the restart.
-    let first = &confirmed[0];
-    let i: usize = first.user_id.as_str()[1..].parse().unwrap();
-    let replay = store
-        .purchase(attempt(
-            sale.id,
-            first.user_id.as_str(),
-            Some(&format!("key-{i}")),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(replay, PurchaseOutcome::Confirmed(first.clone()));
-    let after = store.summary(sale.id).await.unwrap().unwrap();
-    assert_eq!(after.attempts, before.attempts);
-    assert_eq!(after.rejections, before.rejections);
-    assert_eq!(after.confirmed_units, 300);
+    let after = store.status(sale.id).await.unwrap().unwrap();
+    assert_eq!(after.sold_out_at, before.sold_out_at);
     store.shutdown().await;
 }
 
@@ -118,7 +93,7 @@ async fn a_failed_disk_write_answers_unavailable_and_gives_the_stock_back() {
 
     let failed = store.purchase(attempt(sale.id, "boom", Some("k"))).await;
     assert!(
-        matches!(failed, Err(StoreError::Unavailable(_))),
+        matches!(failed, Err(StoreError::Unavailable { .. })),
         "{failed:?}"
     );
     let status = store.status(sale.id).await.unwrap().unwrap();
@@ -274,7 +249,7 @@ async fn a_double_click_waits_for_the_first_write_and_never_stores_an_untrue_ref
     release(&lock);
     let first = first.await.unwrap();
     assert!(
-        matches!(first, Err(StoreError::Unavailable(_))),
+        matches!(first, Err(StoreError::Unavailable { .. })),
         "{first:?}"
     );
     // The first write failed: the second click is decided again and buys.
@@ -743,7 +718,7 @@ async fn reopen_equivalence_under_random_batch_failures() {
                 loop {
                     match store.purchase(buy(sale.id, &b, q, key.as_deref())).await {
                         Ok(outcome) => return outcome,
-                        Err(StoreError::Unavailable(_)) => continue,
+                        Err(StoreError::Unavailable { .. }) => continue,
                         Err(e) => panic!("{e}"),
                     }
                 }
@@ -817,11 +792,11 @@ async fn reopen_equivalence_under_random_batch_failures() {
 }
 
 #[tokio::test]
-async fn a_second_store_on_the_same_directory_is_refused_until_the_first_is_dropped() {
+async fn a_second_store_on_the_same_directory_is_refused_until_the_first_shuts_down() {
     let dir = tempfile::tempdir().unwrap();
     let first = open(dir.path());
     let refused = EmbeddedStore::open(dir.path(), Arc::new(SystemClock));
-    let Err(StoreError::Unavailable(message)) = refused else {
+    let Err(StoreError::Unavailable { what: message, .. }) = refused else {
         panic!("a second store opened the same directory");
     };
     assert!(
@@ -833,4 +808,19 @@ async fn a_second_store_on_the_same_directory_is_refused_until_the_first_is_drop
     drop(first);
     let reopened = EmbeddedStore::open(dir.path(), Arc::new(SystemClock));
     assert!(reopened.is_ok(), "the lock outlived its store");
+}
+
+#[tokio::test]
+async fn a_shut_down_store_frees_its_directory_even_while_a_handle_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path());
+    let lingering = Arc::clone(&first);
+    first.shutdown().await;
+    // A handle kept by a task still finishing must not block the restart.
+    let reopened = EmbeddedStore::open(dir.path(), Arc::new(SystemClock));
+    assert!(
+        reopened.is_ok(),
+        "a shut-down store kept the directory locked"
+    );
+    drop(lingering);
 }

@@ -126,7 +126,7 @@ async fn an_order_over_the_limit_fails_alone_and_the_innocent_orders_of_its_grou
                 "{name} bought twice: {outcome:?}"
             );
             assert!(
-                matches!(outcome, Err(StoreError::Unavailable(_))),
+                matches!(outcome, Err(StoreError::Unavailable { .. })),
                 "{name}: {outcome:?}"
             );
         } else {

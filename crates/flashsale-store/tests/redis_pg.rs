@@ -92,7 +92,7 @@ async fn failed_postgres_write_answers_unavailable_and_restores_the_stock() {
 
     let outcome = buy(&store, sale.id, "bob").await;
     assert!(
-        matches!(outcome, Err(StoreError::Unavailable(_))),
+        matches!(outcome, Err(StoreError::Unavailable { .. })),
         "{outcome:?}"
     );
     assert_eq!(remaining(&store, sale.id).await, 2, "bob's unit went back");
@@ -124,7 +124,7 @@ async fn postgres_write_timing_out_answers_unavailable_quickly_and_restores_the_
     assert!(
         matches!(
             outcome,
-            Err(StoreError::Unavailable(_) | StoreError::Timeout(_))
+            Err(StoreError::Unavailable { .. } | StoreError::Timeout { .. })
         ),
         "{outcome:?}"
     );
@@ -172,7 +172,7 @@ async fn a_late_commit_cannot_land_after_the_reconciler_released_its_reservation
     // The late commit lost the fence: nothing written, the buyer told nothing was taken.
     let outcome = buying.await.unwrap();
     assert!(
-        matches!(outcome, Err(StoreError::Unavailable(_))),
+        matches!(outcome, Err(StoreError::Unavailable { .. })),
         "{outcome:?}"
     );
     let pg = support::pg(&cfg).await;

@@ -2,7 +2,9 @@
 //! documents its status and stable `code`. Bodies are JSON `{"code", "message"}` plus the extra
 //! fields of docs/api.md. Bodies without variable parts are built at compile time, since the
 //! commonest answers under load (`sold_out`) are among them. 5xx bodies are generic; the cause
-//! is logged once, here, inside the request's span.
+//! is logged once, here, inside the request's span, with its whole chain (a store error's
+//! `what`, then each `source` beneath it down to the root: "store unavailable: postgres commit
+//! orders: db error: ...").
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +24,11 @@ pub enum ApiError {
     InvalidRequest(Cow<'static, str>),
     /// 401 `unauthorized`: missing or wrong admin token.
     Unauthorized,
+    /// 401 `unauthenticated`: a buyer route without a valid buyer token (`--identity jwt`),
+    /// or `orders/me` in guest mode; `WWW-Authenticate: Bearer` says why.
+    Unauthenticated(Challenge),
+    /// 403 `forbidden`: the token's buyer asked to act for, or read, another buyer.
+    Forbidden,
     /// 404 `sale_not_found`: no such sale (or a sale id that is not a positive integer).
     SaleNotFound,
     /// 404 `order_not_found`: the buyer has no order in this sale.
@@ -82,6 +89,17 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// Why a buyer route answered 401 `unauthenticated`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// No bearer token was sent.
+    Missing,
+    /// A token was sent and refused (`error="invalid_token"`).
+    InvalidToken,
+    /// `orders/me` in guest mode: the service knows no caller.
+    GuestMode,
+}
+
 impl From<ValidationError> for ApiError {
     fn from(e: ValidationError) -> Self {
         ApiError::InvalidRequest(Cow::Owned(e.to_string()))
@@ -102,6 +120,26 @@ macro_rules! fixed_body {
 }
 
 const UNAUTHORIZED: &str = fixed_body!("unauthorized", "a valid admin bearer token is required");
+const TOKEN_MISSING: &str = fixed_body!(
+    "unauthenticated",
+    "sign in at the shop first: this route needs the buyer's bearer token"
+);
+const TOKEN_INVALID: &str = fixed_body!(
+    "unauthenticated",
+    "the bearer token is invalid or expired: sign in at the shop again"
+);
+const GUEST_MODE: &str = fixed_body!(
+    "unauthenticated",
+    "this service does not sign buyers in (--identity guest): read a buyer's orders at /api/sales/{sale_id}/orders/{user_id}"
+);
+const FORBIDDEN: &str = fixed_body!(
+    "forbidden",
+    "the signed-in buyer may act only for themselves, and read only their own orders"
+);
+/// The challenge of every 401 `unauthenticated`.
+const BEARER_CHALLENGE: &str = r#"Bearer realm="flashsale""#;
+/// The challenge when a token was sent and refused (RFC 6750, section 3.1).
+const INVALID_TOKEN_CHALLENGE: &str = r#"Bearer realm="flashsale", error="invalid_token""#;
 const SALE_NOT_FOUND: &str = fixed_body!("sale_not_found", "there is no such sale");
 const ORDER_NOT_FOUND: &str =
     fixed_body!("order_not_found", "this buyer has no order in this sale");
@@ -189,13 +227,17 @@ impl ApiError {
             ApiError::SaleNotActive(_) => Outcome::SaleNotActive,
             ApiError::AddressShareTaken { .. } => Outcome::AddressLimitReached,
             ApiError::BodyTimeout => Outcome::BodyTimeout,
+            ApiError::Unauthenticated(_) => Outcome::Unauthenticated,
+            ApiError::Forbidden => Outcome::Forbidden,
             ApiError::PayloadTooLarge => Outcome::PayloadTooLarge,
             ApiError::UnsupportedMediaType => Outcome::UnsupportedMediaType,
             ApiError::IdempotencyKeyReused => Outcome::IdempotencyKeyReused,
             ApiError::RateLimited { .. } => Outcome::RateLimited,
             ApiError::Overloaded => Outcome::Overloaded,
-            ApiError::Timeout | ApiError::Store(StoreError::Timeout(_)) => Outcome::Timeout,
-            ApiError::Store(StoreError::Internal(_)) | ApiError::Internal(_) => Outcome::Internal,
+            ApiError::Timeout | ApiError::Store(StoreError::Timeout { .. }) => Outcome::Timeout,
+            ApiError::Store(StoreError::Internal { .. }) | ApiError::Internal(_) => {
+                Outcome::Internal
+            }
             ApiError::Store(_) => Outcome::Unavailable,
             ApiError::Unauthorized
             | ApiError::OrderNotFound
@@ -231,6 +273,10 @@ impl ApiError {
     fn body(&self) -> Bytes {
         let fixed = match self {
             ApiError::Unauthorized => UNAUTHORIZED,
+            ApiError::Unauthenticated(Challenge::Missing) => TOKEN_MISSING,
+            ApiError::Unauthenticated(Challenge::InvalidToken) => TOKEN_INVALID,
+            ApiError::Unauthenticated(Challenge::GuestMode) => GUEST_MODE,
+            ApiError::Forbidden => FORBIDDEN,
             ApiError::SaleNotFound => SALE_NOT_FOUND,
             ApiError::OrderNotFound => ORDER_NOT_FOUND,
             ApiError::NotFound => NOT_FOUND,
@@ -245,8 +291,8 @@ impl ApiError {
             ApiError::BodyTimeout => BODY_TIMEOUT,
             ApiError::Overloaded => OVERLOADED,
             ApiError::Timeout => TIMEOUT,
-            ApiError::Store(StoreError::Internal(_)) | ApiError::Internal(_) => INTERNAL,
-            ApiError::Store(StoreError::Timeout(_)) => TIMEOUT,
+            ApiError::Store(StoreError::Internal { .. }) | ApiError::Internal(_) => INTERNAL,
+            ApiError::Store(StoreError::Timeout { .. }) => TIMEOUT,
             ApiError::Store(_) => UNAVAILABLE,
             ApiError::InvalidRequest(message) => {
                 return to_bytes(&ErrorBody::new("invalid_request", message));
@@ -306,10 +352,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         match &self {
-            ApiError::Store(StoreError::Internal(cause)) | ApiError::Internal(cause) => {
-                tracing::error!(error = %cause, "internal error");
+            ApiError::Store(cause @ StoreError::Internal { .. }) => {
+                tracing::error!(error = %cause.report(), "internal error");
             }
-            ApiError::Store(cause) => tracing::warn!(error = %cause, "store unavailable"),
+            ApiError::Internal(cause) => tracing::error!(error = %cause, "internal error"),
+            ApiError::Store(cause) => tracing::warn!(error = %cause.report(), "store unavailable"),
             _ => {}
         }
         let mut response = (status, self.body()).into_response();
@@ -324,11 +371,22 @@ impl IntoResponse for ApiError {
                 | ApiError::PayloadTooLarge
                 | ApiError::UnsupportedMediaType
                 | ApiError::Unauthorized
+                | ApiError::Unauthenticated(_)
         ) {
             // Refused with the body unread (or only partly read): hyper cannot reuse the
             // connection, so say so, or a keep-alive client's next request meets a closed
             // socket.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let ApiError::Unauthenticated(challenge) = self {
+            let challenge = match challenge {
+                Challenge::InvalidToken => INVALID_TOKEN_CHALLENGE,
+                Challenge::Missing | Challenge::GuestMode => BEARER_CHALLENGE,
+            };
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         if let ApiError::RateLimited { retry_after_secs } = self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
@@ -351,6 +409,10 @@ mod tests {
     fn fixed_bodies_are_json_with_their_code() {
         let all = [
             ApiError::Unauthorized,
+            ApiError::Unauthenticated(Challenge::Missing),
+            ApiError::Unauthenticated(Challenge::InvalidToken),
+            ApiError::Unauthenticated(Challenge::GuestMode),
+            ApiError::Forbidden,
             ApiError::SaleNotFound,
             ApiError::OrderNotFound,
             ApiError::NotFound,
@@ -367,8 +429,8 @@ mod tests {
                 retry_after_secs: 3,
             },
             ApiError::Store(StoreError::ShuttingDown),
-            ApiError::Store(StoreError::Timeout("x".into())),
-            ApiError::Store(StoreError::Internal("x".into())),
+            ApiError::Store(StoreError::timeout("x")),
+            ApiError::Store(StoreError::internal("x")),
             ApiError::InvalidRequest("bad \"quote\"".into()),
             ApiError::AddressShareTaken { share: 10 },
             ApiError::BodyTimeout,
@@ -398,12 +460,14 @@ mod tests {
             ApiError::PayloadTooLarge,
             ApiError::UnsupportedMediaType,
             ApiError::IdempotencyKeyReused,
+            ApiError::Unauthenticated(Challenge::Missing),
+            ApiError::Forbidden,
             ApiError::RateLimited {
                 retry_after_secs: 1,
             },
             ApiError::Overloaded,
             ApiError::Timeout,
-            ApiError::Store(StoreError::Unavailable("x".into())),
+            ApiError::Store(StoreError::unavailable("x")),
             ApiError::Internal("x".into()),
         ]
     }
@@ -435,5 +499,83 @@ mod tests {
         .into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+    }
+
+    /// Runs `f` with a subscriber that writes every log line into the returned buffer.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_store_failure_is_logged_once_with_its_whole_cause_chain() {
+        let root = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let error = ApiError::Store(StoreError::unavailable_from("postgres commit orders", root));
+        let lines = logged(|| drop(error.into_response()));
+        assert_eq!(lines.lines().count(), 1, "{lines}");
+        assert!(
+            lines.contains("store unavailable: postgres commit orders: connection refused"),
+            "{lines}"
+        );
+    }
+
+    #[test]
+    fn an_internal_store_error_is_logged_as_an_error_with_its_root_cause() {
+        let root = std::io::Error::other("malformed reply");
+        let inner = StoreError::internal_from("parsing the admission reply", root);
+        let error = ApiError::Store(StoreError::unavailable_from("the admission failed", inner));
+        let lines = logged(|| drop(error.into_response()));
+        assert!(
+            lines.contains(
+                "store unavailable: the admission failed: store internal error: parsing the \
+                 admission reply: malformed reply"
+            ),
+            "{lines}"
+        );
+        let response = ApiError::Store(StoreError::internal_from(
+            "parsing the admission reply",
+            std::io::Error::other("malformed reply"),
+        ));
+        let lines = logged(|| {
+            assert_eq!(
+                response.into_response().status(),
+                StatusCode::INTERNAL_SERVER_ERROR
+            );
+        });
+        assert!(lines.contains("ERROR"), "{lines}");
+        assert!(lines.contains("malformed reply"), "{lines}");
+    }
+
+    #[test]
+    fn unauthenticated_answers_challenge_and_say_when_the_token_was_refused() {
+        let missing = ApiError::Unauthenticated(Challenge::Missing).into_response();
+        assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            missing.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="flashsale""#
+        );
+        let refused = ApiError::Unauthenticated(Challenge::InvalidToken).into_response();
+        assert_eq!(
+            refused.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="flashsale", error="invalid_token""#
+        );
+        assert_eq!(ApiError::Forbidden.status(), StatusCode::FORBIDDEN);
     }
 }

@@ -223,6 +223,16 @@ impl Limiter {
         self.check(&self.purchases_by_buyer, &(user.clone(), client))
     }
 
+    /// Charges one purchase attempt to a buyer whose id a token proved: keyed by the id
+    /// alone, so their budget follows them across addresses (nobody else can spend it
+    /// without their token). Call it only for a sale that exists and is inside its window.
+    pub fn check_verified_buyer(&self, user: &UserId) -> Result<(), ApiError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.check(&self.purchases_by_buyer, &(user.clone(), None))
+    }
+
     /// Reserves `units` of `sale` for `client`'s share; `Err(AddressShareTaken)` when the
     /// address already holds (or is buying) its share. Keep the reservation when the purchase
     /// is confirmed; dropping it gives the units back.

@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod identity;
 pub mod json;
 pub mod known_sales;
 pub mod limits;
@@ -45,6 +46,8 @@ pub mod routes {
     pub const ORDERS: &str = "/api/sales/{sale_id}/orders";
     /// One buyer's orders.
     pub const BUYER_ORDERS: &str = "/api/sales/{sale_id}/orders/{user_id}";
+    /// The signed-in caller's orders.
+    pub const MY_ORDERS: &str = "/api/sales/{sale_id}/orders/me";
     /// Live updates.
     pub const EVENTS: &str = "/api/sales/{sale_id}/events";
     /// Creating a sale.
@@ -69,6 +72,7 @@ pub mod routes {
         SALE,
         ORDERS,
         BUYER_ORDERS,
+        MY_ORDERS,
         EVENTS,
         ADMIN_SALES,
         ADMIN_SUMMARY,
@@ -114,6 +118,8 @@ pub struct Shared {
     pub stream_lifetime: Duration,
     /// With `--ops-listen`, `/metrics` is served there only.
     pub ops_listener: bool,
+    /// How buyers are identified (`--identity`).
+    pub identity: identity::Identity,
 }
 
 impl AppState {
@@ -164,9 +170,10 @@ pub fn router_for(state: AppState, surface: Surface) -> Router {
             .route(routes::SALE, get(sales::get_sale))
             .route(routes::ORDERS, post(orders::create_order))
             .route(routes::BUYER_ORDERS, get(orders::get_orders))
+            .route(routes::MY_ORDERS, get(orders::get_my_orders))
             .route(routes::EVENTS, get(events::get_events))
             .route(routes::OPENAPI, get(openapi::get_openapi))
-            .route(routes::PAGE, get(page::get_page))
+            .route(routes::PAGE, page::page_route(state.identity.mode()))
             .route(routes::FAVICON, get(page::get_favicon));
     }
     if matches!(surface, Surface::All | Surface::Admin) {

@@ -3,6 +3,7 @@
 //! borrowing (for speed) are described by the `*Doc` types here.
 
 use crate::http::AppState;
+use crate::http::identity::IdentityMode;
 use crate::http::{admin, events, health, metrics, orders, sales};
 use axum::extract::State;
 use axum::http::header;
@@ -14,7 +15,7 @@ use time::OffsetDateTime;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::path::OperationBuilder;
 use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Ref, Schema, Type};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HttpMethod, PathItem, ResponseBuilder};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
@@ -149,6 +150,7 @@ pub struct BuyerOrdersDoc {
         sales::get_sale,
         orders::create_order,
         orders::get_orders,
+        orders::get_my_orders,
         events::get_events,
         admin::create_sale,
         admin::get_summary,
@@ -216,9 +218,63 @@ impl Modify for WebPage {
     }
 }
 
-/// The document as JSON bytes.
+/// The buyer routes that need the buyer's bearer token in a token mode: (path, method).
+const BUYER_ROUTES: [(&str, HttpMethod); 3] = [
+    ("/api/sales/{sale_id}/orders", HttpMethod::Post),
+    ("/api/sales/{sale_id}/orders/{user_id}", HttpMethod::Get),
+    ("/api/sales/{sale_id}/orders/me", HttpMethod::Get),
+];
+
+/// In a token mode: declares the buyer's bearer scheme and requires it on the buyer routes.
+fn require_buyer_token(openapi: &mut utoipa::openapi::OpenApi, mode: IdentityMode) {
+    let components = openapi.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "buyer_token",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("JWT")
+                .description(Some(format!(
+                    "--identity {}: the shop's signed token; the buyer id is its `sub`",
+                    mode.as_str()
+                )))
+                .build(),
+        ),
+    );
+    // The buyer comes from the token: a purchase body may leave `user_id` out.
+    if let Some(RefOr::T(Schema::Object(order))) = components.schemas.get_mut("OrderRequest") {
+        order.required.retain(|field| field != "user_id");
+    }
+    for (path, method) in BUYER_ROUTES {
+        let Some(item) = openapi.paths.paths.get_mut(path) else {
+            continue;
+        };
+        let operation = match method {
+            HttpMethod::Post => item.post.as_mut(),
+            _ => item.get.as_mut(),
+        };
+        if let Some(operation) = operation {
+            operation.security = Some(vec![SecurityRequirement::new(
+                "buyer_token",
+                Vec::<String>::new(),
+            )]);
+        }
+    }
+}
+
+/// The guest mode's document as JSON bytes.
 pub fn document() -> Bytes {
-    match ApiDoc::openapi().to_json() {
+    document_for(IdentityMode::Guest)
+}
+
+/// The document for `mode` as JSON bytes: in a token mode the buyer routes require the
+/// buyer's bearer token.
+pub fn document_for(mode: IdentityMode) -> Bytes {
+    let mut openapi = ApiDoc::openapi();
+    if mode != IdentityMode::Guest {
+        require_buyer_token(&mut openapi, mode);
+    }
+    match openapi.to_json() {
         Ok(json) => Bytes::from(json),
         Err(e) => {
             tracing::error!(error = %e, "cannot serialise the OpenAPI document");
@@ -304,5 +360,45 @@ mod tests {
         let mut counted = counted;
         counted.sort_unstable();
         assert_eq!(properties, counted);
+    }
+
+    #[test]
+    fn in_jwt_mode_the_buyer_routes_require_the_buyer_token_and_nothing_else_does() {
+        let doc: Value = serde_json::from_slice(&document_for(IdentityMode::Jwt)).unwrap();
+        let scheme = &doc["components"]["securitySchemes"]["buyer_token"];
+        assert_eq!(
+            (&scheme["scheme"], &scheme["bearerFormat"]),
+            (&"bearer".into(), &"JWT".into())
+        );
+        let mut secured = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                if operation["security"].to_string().contains("buyer_token") {
+                    secured.push(format!("{method} {path}"));
+                }
+            }
+        }
+        secured.sort();
+        assert_eq!(
+            secured,
+            [
+                "get /api/sales/{sale_id}/orders/me",
+                "get /api/sales/{sale_id}/orders/{user_id}",
+                "post /api/sales/{sale_id}/orders",
+            ]
+        );
+        let required = &doc["components"]["schemas"]["OrderRequest"]["required"];
+        assert!(!required.to_string().contains("user_id"), "{required}");
+        // Guest mode declares no buyer token, and the purchase body needs its `user_id`.
+        let guest: Value = serde_json::from_slice(&document()).unwrap();
+        assert_eq!(
+            guest["components"]["schemas"]["OrderRequest"]["required"],
+            serde_json::json!(["user_id"])
+        );
+        assert!(
+            !String::from_utf8(document().to_vec())
+                .unwrap()
+                .contains("buyer_token")
+        );
     }
 }

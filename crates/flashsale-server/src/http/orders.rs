@@ -1,5 +1,10 @@
 //! Buying (`POST /api/sales/{sale_id}/orders`) and "did I get one?"
-//! (`GET /api/sales/{sale_id}/orders/{user_id}`).
+//! (`GET /api/sales/{sale_id}/orders/{user_id}`, and `.../orders/me` for a signed-in buyer).
+//!
+//! Who buys depends on `--identity` ([`crate::http::identity`]): in guest mode the body's
+//! `user_id`; in jwt mode the token's buyer (checked before the body is read), with a body
+//! `user_id` that names someone else answered 403 `forbidden`, and only the caller's own
+//! orders readable.
 //!
 //! `create_order` is the hot path: parse, one store call, map the outcome. No lock, no
 //! per-request setup beyond parsing: metric handles and the fixed rejection bodies are built
@@ -8,8 +13,9 @@
 //! goes away), and the in-flight slot and the address's share travel with it (see `purchase`).
 
 use crate::http::AppState;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, Challenge};
 use crate::http::extract::{BuyerPath, SalePath, idempotency_key, json_body, parse_object};
+use crate::http::identity::Caller;
 use crate::http::json::JsonBuf;
 use crate::http::limits::refuse_unread;
 use axum::Json;
@@ -67,6 +73,16 @@ fn confirmed_json(order: &Order) -> JsonBuf {
     out
 }
 
+/// The purchase request body in a token mode: the buyer comes from the token, so `user_id`
+/// may be left out (if present, it must name the same buyer).
+#[derive(Deserialize)]
+struct RawTokenOrder<'a> {
+    #[serde(borrow, default)]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    quantity: Option<i64>,
+}
+
 /// The body of `GET /api/sales/{sale_id}/orders/{user_id}`.
 #[derive(Serialize)]
 struct BuyerOrdersBody<'a> {
@@ -88,6 +104,8 @@ struct BuyerOrdersBody<'a> {
     responses(
         (status = 201, description = "`confirmed`: the order is durable", body = crate::http::openapi::ConfirmedDoc),
         (status = 400, description = "`invalid_request`", body = crate::http::openapi::PurchaseErrorDoc),
+        (status = 401, description = "`unauthenticated` (`--identity jwt`): no valid bearer token; `WWW-Authenticate` set", body = crate::http::openapi::PurchaseErrorDoc),
+        (status = 403, description = "`forbidden` (`--identity jwt`): the body's `user_id` is not the token's buyer", body = crate::http::openapi::PurchaseErrorDoc),
         (status = 404, description = "`sale_not_found`", body = crate::http::openapi::PurchaseErrorDoc),
         (status = 408, description = "`body_timeout`: the body did not arrive in time; nothing taken", body = crate::http::openapi::PurchaseErrorDoc),
         (status = 409, description = "`already_purchased`, `limit_exceeded`, `sold_out`, `insufficient_stock`, `sale_not_active` or `address_limit_reached`", body = crate::http::openapi::PurchaseErrorDoc),
@@ -131,10 +149,27 @@ async fn purchase(
 ) -> Result<Order, ApiError> {
     let idempotency_key = idempotency_key(&request)?;
     let client = app.limiter.client_of(&request);
+    // Before the body is read: an unauthenticated client gets nothing more from us.
+    let verified = app.identity.caller(request.headers(), || app.store.now())?;
+    let token_mode = verified.is_some();
     let body = json_body(request, app.body_timeout).await?;
-    let raw: RawOrder<'_> = parse_object(&body)?;
-    let user_id = UserId::parse(&raw.user_id)?;
-    let quantity = match raw.quantity {
+    let (user_id, raw_quantity) = match verified {
+        None => {
+            let raw: RawOrder<'_> = parse_object(&body)?;
+            (UserId::parse(&raw.user_id)?, raw.quantity)
+        }
+        Some(buyer) => {
+            let raw: RawTokenOrder<'_> = parse_object(&body)?;
+            // Naming oneself is fine (older clients send it); naming anyone else is not.
+            if let Some(named) = raw.user_id
+                && UserId::parse(&named)? != buyer
+            {
+                return Err(ApiError::Forbidden);
+            }
+            (buyer, raw.quantity)
+        }
+    };
+    let quantity = match raw_quantity {
         None => Quantity::ONE,
         Some(n) => match Quantity::parse(n, sale::MAX_PER_USER_LIMIT) {
             Ok(quantity) => quantity,
@@ -152,7 +187,11 @@ async fn purchase(
             .ok_or(ApiError::SaleNotFound)?;
         let now = app.store.now();
         if sale.starts_at <= now && now < sale.ends_at {
-            app.limiter.check_buyer(&user_id, client)?;
+            if token_mode {
+                app.limiter.check_verified_buyer(&user_id)?;
+            } else {
+                app.limiter.check_buyer(&user_id, client)?;
+            }
             app.limiter.reserve_share(&sale, client, quantity.get())?
         } else {
             None
@@ -221,6 +260,8 @@ async fn bad_quantity(app: &AppState, sale_id: SaleId) -> ApiError {
     responses(
         (status = 200, description = "The buyer's orders", body = crate::http::openapi::BuyerOrdersDoc),
         (status = 400, description = "`invalid_request`: bad user id", body = crate::http::openapi::ErrorDoc),
+        (status = 401, description = "`unauthenticated` (`--identity jwt`): no valid bearer token; `WWW-Authenticate` set", body = crate::http::openapi::ErrorDoc),
+        (status = 403, description = "`forbidden` (`--identity jwt`): another buyer's orders", body = crate::http::openapi::ErrorDoc),
         (status = 404, description = "`order_not_found` or `sale_not_found`", body = crate::http::openapi::ErrorDoc),
         (status = 429, description = "`rate_limited`; `Retry-After` set", body = crate::http::openapi::ErrorDoc),
         (status = 503, description = "`unavailable` or `timeout`; `Retry-After` set", body = crate::http::openapi::ErrorDoc),
@@ -228,11 +269,49 @@ async fn bad_quantity(app: &AppState, sale_id: SaleId) -> ApiError {
 )]
 pub async fn get_orders(
     State(app): State<AppState>,
+    Caller(caller): Caller,
     BuyerPath(sale_id, user_id): BuyerPath,
+) -> Result<Response, ApiError> {
+    if caller.is_some_and(|me| me != user_id) {
+        return Err(ApiError::Forbidden);
+    }
+    orders_of(&app, sale_id, &user_id).await
+}
+
+/// The signed-in caller's committed orders in a sale.
+#[utoipa::path(
+    get,
+    path = "/api/sales/{sale_id}/orders/me",
+    tag = "orders",
+    params(
+        ("sale_id" = i64, Path, description = "The sale's id"),
+    ),
+    responses(
+        (status = 200, description = "The caller's orders", body = crate::http::openapi::BuyerOrdersDoc),
+        (status = 401, description = "`unauthenticated`: no valid bearer token, or `--identity guest` (which signs nobody in); `WWW-Authenticate` set", body = crate::http::openapi::ErrorDoc),
+        (status = 404, description = "`order_not_found` or `sale_not_found`", body = crate::http::openapi::ErrorDoc),
+        (status = 429, description = "`rate_limited`; `Retry-After` set", body = crate::http::openapi::ErrorDoc),
+        (status = 503, description = "`unavailable` or `timeout`; `Retry-After` set", body = crate::http::openapi::ErrorDoc),
+    )
+)]
+pub async fn get_my_orders(
+    State(app): State<AppState>,
+    Caller(caller): Caller,
+    SalePath(sale_id): SalePath,
+) -> Result<Response, ApiError> {
+    let me = caller.ok_or(ApiError::Unauthenticated(Challenge::GuestMode))?;
+    orders_of(&app, sale_id, &me).await
+}
+
+/// The 200 body with `user_id`'s orders, or 404.
+async fn orders_of(
+    app: &AppState,
+    sale_id: SaleId,
+    user_id: &UserId,
 ) -> Result<Response, ApiError> {
     let orders = app
         .store
-        .orders(sale_id, &user_id)
+        .orders(sale_id, user_id)
         .await?
         .ok_or(ApiError::SaleNotFound)?;
     if orders.is_empty() {
@@ -240,7 +319,7 @@ pub async fn get_orders(
     }
     let body = BuyerOrdersBody {
         sale_id,
-        user_id: &user_id,
+        user_id,
         orders: &orders,
     };
     Ok(Json(body).into_response())

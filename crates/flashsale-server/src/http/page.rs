@@ -12,10 +12,17 @@
 //!   the page for a minute and revalidate in the background; `Vary: Accept-Encoding` keeps the
 //!   two encodings apart in shared caches. The page holds no sale data (it reads the API), so a
 //!   cached copy is never stale in a way that matters.
+//!
+//! The page learns how buyers are identified from its `<body data-identity="...">`, rendered
+//! once per mode (so each mode's bytes and tags are computed once, like the rest): in `jwt`
+//! mode it takes the shop's token from the URL fragment instead of asking for a buyer id.
 
+use crate::http::AppState;
+use crate::http::identity::IdentityMode;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
 use base64::Engine;
 use base64::prelude::BASE64_STANDARD;
 use flate2::Compression;
@@ -77,6 +84,19 @@ struct Page {
 
 static PAGE: LazyLock<Page> = LazyLock::new(|| Page::new(INDEX_HTML.as_bytes()));
 
+/// The mode the page source is written for; other modes replace this attribute.
+const GUEST_MARKER: &str = r#"data-identity="guest""#;
+
+/// The page for `--identity jwt`.
+static JWT_PAGE: LazyLock<Page> = LazyLock::new(|| {
+    let html = INDEX_HTML.replacen(
+        GUEST_MARKER,
+        &format!(r#"data-identity="{}""#, IdentityMode::Jwt.as_str()),
+        1,
+    );
+    Page::new(html.as_bytes())
+});
+
 impl Page {
     fn new(html: &[u8]) -> Self {
         let gzip = gzip(html);
@@ -129,6 +149,19 @@ pub async fn get_favicon() -> Response {
 /// Serves the single web page: gzip when the client accepts it, `304` when its copy is current.
 pub async fn get_page(headers: HeaderMap) -> Response {
     render(&PAGE, &headers)
+}
+
+/// [`get_page`] for `--identity jwt`.
+pub async fn get_jwt_page(headers: HeaderMap) -> Response {
+    render(&JWT_PAGE, &headers)
+}
+
+/// The route serving the page rendered for `mode`.
+pub fn page_route(mode: IdentityMode) -> MethodRouter<AppState> {
+    match mode {
+        IdentityMode::Guest => get(get_page),
+        IdentityMode::Jwt => get(get_jwt_page),
+    }
 }
 
 fn render(page: &Page, headers: &HeaderMap) -> Response {
@@ -324,5 +357,21 @@ mod tests {
         assert_ne!(a.identity_etag, b.identity_etag);
         assert_ne!(a.identity_etag, a.gzip_etag);
         assert_eq!(a.identity_etag, Page::new(b"<p>a</p>").identity_etag);
+    }
+
+    #[tokio::test]
+    async fn the_jwt_page_differs_only_in_its_identity_mode() {
+        assert!(INDEX_HTML.contains(GUEST_MARKER));
+        let guest = body_of(get_page(HeaderMap::new()).await).await;
+        let jwt = get_jwt_page(HeaderMap::new()).await;
+        assert_ne!(jwt.headers()[header::ETAG], PAGE.identity_etag);
+        let jwt = body_of(jwt).await;
+        let jwt = String::from_utf8(jwt.to_vec()).unwrap();
+        assert!(jwt.contains(r#"data-identity="jwt""#));
+        assert_eq!(
+            jwt.replace(r#"data-identity="jwt""#, GUEST_MARKER)
+                .as_bytes(),
+            &guest[..]
+        );
     }
 }

@@ -10,6 +10,7 @@ mod crash;
 mod events;
 mod fuzz_http;
 mod helpers;
+mod identity;
 mod lifecycle;
 mod limits;
 mod monitoring;

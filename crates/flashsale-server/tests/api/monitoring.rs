@@ -189,12 +189,8 @@ async fn every_metric_the_alerts_and_the_dashboard_query_is_exported() {
     assert!(queried.len() >= 6, "{queried:?}");
 
     // A scale-out instance (the dependency metrics exist there) with an open sale.
-    let name = format!(
-        "mon_{}_{}",
-        std::process::id(),
-        uuid::Uuid::now_v7().simple()
-    );
-    let _cleanup = Cleanup { name: name.clone() };
+    let name = flashsale_testkit::isolation::unique("mon");
+    let _cleanup = Cleanup::named(&name);
     let (address, stop) = spawn_instance(&name).await;
     let client = reqwest::Client::new();
     let now = time::OffsetDateTime::now_utc();

@@ -5,6 +5,7 @@
 
 use flashsale_core::SystemClock;
 use flashsale_server::{Application, Config, StoreKind};
+use flashsale_testkit::isolation::{database_url, redis_url, unique};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -15,55 +16,8 @@ use tokio::sync::Semaphore;
 
 pub(crate) const TOKEN: &str = "scale-out-admin-token";
 
-fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-fn database_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
 /// Drops the test's schema and keys, however the test ends.
-pub(crate) struct Cleanup {
-    pub(crate) name: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                        .await;
-                }
-                if let Ok(client) = redis::Client::open(redis_url())
-                    && let Ok(mut con) = client.get_multiplexed_async_connection().await
-                {
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(format!("{{{name}:*"))
-                        .query_async(&mut con)
-                        .await
-                        .unwrap_or_default();
-                    if !keys.is_empty() {
-                        let _: Result<(), _> =
-                            redis::cmd("DEL").arg(&keys).query_async(&mut con).await;
-                    }
-                }
-            });
-        })
-        .join();
-    }
-}
+pub(crate) use flashsale_testkit::isolation::Cleanup;
 
 pub(crate) async fn spawn_instance(name: &str) -> (String, tokio_util::sync::CancellationToken) {
     let dir = std::env::temp_dir();
@@ -84,12 +38,8 @@ pub(crate) async fn spawn_instance(name: &str) -> (String, tokio_util::sync::Can
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_instances_sell_exactly_100_units_to_3000_buyers_over_http() {
-    let name = format!(
-        "http_{}_{}",
-        std::process::id(),
-        uuid::Uuid::now_v7().simple()
-    );
-    let _cleanup = Cleanup { name: name.clone() };
+    let name = unique("http");
+    let _cleanup = Cleanup::named(&name);
     let mut instances = Vec::new();
     for _ in 0..3 {
         instances.push(spawn_instance(&name).await);

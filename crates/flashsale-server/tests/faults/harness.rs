@@ -5,6 +5,7 @@
 
 use crate::chaos::ChaosProxy;
 use crate::netns::{Link, Netns};
+use flashsale_testkit::isolation::{Cleanup, database_url, redis_url, unique};
 use parking_lot::Mutex;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -24,15 +25,6 @@ pub const TOKEN: &str = "faults-admin-token-16plus";
 /// How long the reconciler may take to resolve every reservation once the faults are healed:
 /// the 10 s lease, one 1 s reconciler round, and slack for a loaded 2-core machine.
 pub const QUIET_BOUND: Duration = Duration::from_secs(20);
-
-fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-fn database_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
 
 /// `scheme://user@` + `host:port` + `/rest` of a URL, so the host can be swapped for a proxy.
 fn split_url(url: &str) -> (String, SocketAddr, String) {
@@ -67,18 +59,16 @@ pub struct Stores {
     pub began: Instant,
     /// Holds the instances' logs (removed with it).
     pub logs: tempfile::TempDir,
+    /// Drops the schema and deletes the keys (after `drop` has printed the logs).
+    _cleanup: Cleanup,
 }
 
 impl Stores {
     /// A fresh name for `label`.
     pub fn new(label: &str) -> Self {
-        let name = format!(
-            "faults_{}_{}_{}",
-            label.replace('-', "_"),
-            std::process::id(),
-            &uuid::Uuid::now_v7().simple().to_string()[20..]
-        );
+        let name = unique(&format!("faults_{}", label.replace('-', "_")));
         Self {
+            _cleanup: Cleanup::named(&name),
             name,
             began: Instant::now(),
             logs: tempfile::TempDir::new().unwrap(),
@@ -109,40 +99,6 @@ impl Drop for Stores {
         if std::thread::panicking() {
             print_logs(&self.logs.path().to_path_buf());
         }
-        let name = self.name.clone();
-        // A thread of its own: the test's runtime may be the one being dropped.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                        .await;
-                }
-                if let Ok(client) = redis::Client::open(redis_url())
-                    && let Ok(mut con) = client.get_multiplexed_async_connection().await
-                {
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(format!("{{{name}:*"))
-                        .query_async(&mut con)
-                        .await
-                        .unwrap_or_default();
-                    if !keys.is_empty() {
-                        let _: Result<(), _> =
-                            redis::cmd("DEL").arg(&keys).query_async(&mut con).await;
-                    }
-                }
-            });
-        })
-        .join();
     }
 }
 

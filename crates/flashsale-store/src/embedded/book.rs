@@ -31,16 +31,35 @@ pub const REFUSAL_RETENTION: time::Duration = time::Duration::minutes(10);
 /// The most refusals one sale remembers by key; the oldest is forgotten first.
 pub const MAX_REFUSED_KEYS: usize = 10_000;
 
-/// What an idempotency key was first used for.
-type Fingerprint = (UserId, Quantity);
+/// What an idempotency key was first used for: a later use with anything else is refused.
+struct Fingerprint {
+    user: UserId,
+    quantity: Quantity,
+}
 
-/// The result a waiting duplicate receives: `None` while pending, `Some(None)` if the first
-/// attempt failed (nothing taken), `Some(Some(outcome))` once decided.
-pub(crate) type Settled = Option<Option<PurchaseOutcome>>;
+impl Fingerprint {
+    fn new(user: &UserId, quantity: Quantity) -> Self {
+        Self {
+            user: user.clone(),
+            quantity,
+        }
+    }
+}
+
+/// The first attempt with a key, as the duplicates waiting on it see it.
+#[derive(Debug, Clone)]
+pub(crate) enum FirstAttempt {
+    /// Its order is still being written.
+    InFlight,
+    /// Its write failed: nothing was taken.
+    Failed,
+    /// Decided: every duplicate gets this answer.
+    Answered(PurchaseOutcome),
+}
 
 enum KeyEntry {
     /// The first attempt with this key is being written; duplicates wait on the channel.
-    Pending(Fingerprint, watch::Receiver<Settled>),
+    Pending(Fingerprint, watch::Receiver<FirstAttempt>),
     /// A durable order, replayed to every later use of the key.
     Confirmed(Fingerprint, PurchaseOutcome),
     /// A refusal decided at the instant given, replayed until [`REFUSAL_RETENTION`] has passed
@@ -94,7 +113,7 @@ pub(crate) enum Step {
     /// Answer now (rejection, replay, conflict).
     Answer(PurchaseOutcome),
     /// A duplicate of an attempt still in flight: wait for its outcome.
-    Wait(watch::Receiver<Settled>),
+    Wait(watch::Receiver<FirstAttempt>),
     /// The refusal depends on writes in flight: wait until the channel closes, then decide
     /// again.
     Retry(watch::Receiver<()>),
@@ -106,8 +125,29 @@ pub(crate) enum Step {
 pub(crate) struct Reservation {
     /// The order to write.
     pub order: Order,
-    /// The idempotency key and the channel its duplicates wait on.
-    pub key: Option<(IdempotencyKey, watch::Sender<Settled>)>,
+    /// The idempotency key, if the attempt had one, and the channel its duplicates wait on.
+    pub key: Option<KeyClaim>,
+}
+
+/// An idempotency key held by an attempt in flight.
+pub(crate) struct KeyClaim {
+    /// The key.
+    pub key: IdempotencyKey,
+    /// Tells the duplicates waiting on the key how the attempt ended.
+    pub duplicates: watch::Sender<FirstAttempt>,
+}
+
+/// A sale's operator counters (see [`SaleBook::counters`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BookCounters {
+    /// Attempts decided: confirmed + rejections + in flight.
+    pub attempts: u64,
+    /// Durable orders.
+    pub confirmed_orders: u64,
+    /// Units in durable orders.
+    pub confirmed_units: u64,
+    /// Rejections by reason.
+    pub rejections: RejectionCounts,
 }
 
 /// Counters persisted by the writer so the summary survives a restart.
@@ -171,7 +211,7 @@ impl SaleBook {
         st.last_sold_at = st.last_sold_at.max(Some(order.created_at));
         st.last_decided = st.last_decided.max(order.created_at);
         if let Some(key) = key {
-            let fp = (order.user_id.clone(), Quantity::from_stored(order.quantity));
+            let fp = Fingerprint::new(&order.user_id, Quantity::from_stored(order.quantity));
             st.keys.insert(
                 key,
                 KeyEntry::Confirmed(fp, PurchaseOutcome::Confirmed(order.clone())),
@@ -229,7 +269,7 @@ impl SaleBook {
             }
         }
         if let Some(key) = key {
-            let same = |fp: &Fingerprint| fp.0 == *user && fp.1 == quantity;
+            let same = |fp: &Fingerprint| fp.user == *user && fp.quantity == quantity;
             match st.keys.get(key) {
                 Some(KeyEntry::Confirmed(fp, outcome)) => {
                     return Step::Answer(if same(fp) {
@@ -319,10 +359,13 @@ impl SaleBook {
                     created_at: now,
                 };
                 let key = key.map(|key| {
-                    let (tx, rx) = watch::channel(None);
-                    let fp = (user.clone(), quantity);
+                    let (duplicates, rx) = watch::channel(FirstAttempt::InFlight);
+                    let fp = Fingerprint::new(user, quantity);
                     st.keys.insert(key.clone(), KeyEntry::Pending(fp, rx));
-                    (key.clone(), tx)
+                    KeyClaim {
+                        key: key.clone(),
+                        duplicates,
+                    }
                 });
                 Step::Reserved(Reservation { order, key })
             }
@@ -350,7 +393,7 @@ impl SaleBook {
             }
             st.refused.pop_front();
         }
-        let fp = (user.clone(), quantity);
+        let fp = Fingerprint::new(user, quantity);
         st.keys
             .insert(key.clone(), KeyEntry::Refused(fp, outcome.clone(), now));
         st.refused.push_back((key.clone(), now));
@@ -375,11 +418,11 @@ impl SaleBook {
         if st.pending == 0 {
             drop(st.stock_settled.take());
         }
-        if let Some((key, tx)) = key {
-            let fp = (order.user_id.clone(), Quantity::from_stored(q));
+        if let Some(KeyClaim { key, duplicates }) = key {
+            let fp = Fingerprint::new(&order.user_id, Quantity::from_stored(q));
             st.keys
                 .insert(key, KeyEntry::Confirmed(fp, outcome.clone()));
-            tx.send_replace(Some(Some(outcome.clone())));
+            duplicates.send_replace(FirstAttempt::Answered(outcome.clone()));
         }
         if let Some(buyer) = st.buyers.get_mut(&order.user_id) {
             buyer.pending -= q;
@@ -409,9 +452,9 @@ impl SaleBook {
                 drop(buyer.settled.take());
             }
         }
-        if let Some((key, tx)) = key {
+        if let Some(KeyClaim { key, duplicates }) = key {
             st.keys.remove(&key);
-            tx.send_replace(Some(None));
+            duplicates.send_replace(FirstAttempt::Failed);
         }
     }
 
@@ -434,18 +477,17 @@ impl SaleBook {
             .unwrap_or_default()
     }
 
-    /// The operator's counters: (attempts, confirmed orders, confirmed units, rejections).
-    /// Attempts are derived, so `attempts = confirmed + rejections + in flight` always holds,
-    /// also after a crash lost the last unflushed rejection counts.
-    pub fn counters(&self) -> (u64, u64, u64, RejectionCounts) {
+    /// The operator's counters. Attempts are derived, so `attempts = confirmed + rejections +
+    /// in flight` always holds, also after a crash lost the last unflushed rejection counts.
+    pub fn counters(&self) -> BookCounters {
         let st = self.state.lock();
         let c = &st.counters;
-        (
-            c.confirmed_orders + c.rejections.total() + c.pending_orders,
-            c.confirmed_orders,
-            c.confirmed_units,
-            c.rejections,
-        )
+        BookCounters {
+            attempts: c.confirmed_orders + c.rejections.total() + c.pending_orders,
+            confirmed_orders: c.confirmed_orders,
+            confirmed_units: c.confirmed_units,
+            rejections: c.rejections,
+        }
     }
 
     /// How many idempotency keys this sale holds in memory (confirmed, pending and refused).
@@ -455,7 +497,11 @@ impl SaleBook {
 
     /// The counters the writer persists.
     pub fn persisted_counters(&self) -> PersistedCounters {
-        let (attempts, _, _, rejections) = self.counters();
+        let BookCounters {
+            attempts,
+            rejections,
+            ..
+        } = self.counters();
         PersistedCounters {
             attempts,
             rejections,

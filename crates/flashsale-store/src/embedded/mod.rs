@@ -21,8 +21,8 @@ use crate::{
     Attempt, Order, PurchaseHold, PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary,
 };
 use async_trait::async_trait;
+use book::{BookCounters, FirstAttempt, SaleBook, Step};
 pub use book::{MAX_REFUSED_KEYS, REFUSAL_RETENTION};
-use book::{SaleBook, Step};
 use flashsale_core::{Clock, NewSale, QuantityAboveLimit, Sale, SaleId, UserId, check_quantity};
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
-use writer::Write;
+use writer::{PendingOrder, Write};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "flashsale.db";
@@ -54,7 +54,9 @@ pub struct EmbeddedStore {
     in_flight: InFlight,
     /// Holds the data directory's exclusive lock; the OS releases it when this is dropped or
     /// the process dies (even by `kill -9`), so a stale lock file never blocks a restart.
-    _lock: std::fs::File,
+    /// Shutdown releases it once the writer has stopped: a handle still alive somewhere (a
+    /// task finishing) must not keep the next store from opening the directory.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl EmbeddedStore {
@@ -62,10 +64,10 @@ impl EmbeddedStore {
     /// starts the writer thread. Blocking: call it before serving, or in `spawn_blocking`.
     pub fn open(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot create data directory {}: {e}",
-                data_dir.display()
-            ))
+            StoreError::unavailable_from(
+                format!("cannot create data directory {}", data_dir.display()),
+                e,
+            )
         })?;
         let lock = lock_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
@@ -82,7 +84,7 @@ impl EmbeddedStore {
             load::spawn_checkpointer(&path, stop_rx).map_err(|e| unavailable(&path, e))?;
         let wal_path = data_dir.join(format!("{DB_FILE}-wal"));
         let wal = std::fs::File::open(&wal_path).map_err(|e| {
-            StoreError::Unavailable(format!("cannot open {} for fsync: {e}", wal_path.display()))
+            StoreError::unavailable_from(format!("cannot open {} for fsync", wal_path.display()), e)
         })?;
         let (writes, rx) = mpsc::channel();
         let (acks, acks_rx) = mpsc::channel();
@@ -91,7 +93,7 @@ impl EmbeddedStore {
         let writer_books = Arc::clone(&books);
         let syncer_books = Arc::clone(&books);
         let spawn_failed =
-            |e: std::io::Error| StoreError::Internal(format!("cannot start writer thread: {e}"));
+            |e: std::io::Error| StoreError::internal_from("cannot start the writer threads", e);
         std::thread::Builder::new()
             .name("flashsale-sync".into())
             .spawn(move || writer::sync(wal, acks_rx, flushing, syncer_books))
@@ -109,7 +111,7 @@ impl EmbeddedStore {
             checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             path,
             in_flight: InFlight::default(),
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -153,14 +155,17 @@ impl EmbeddedStore {
                 Step::Answer(outcome) => return Ok(Reserved::No(outcome)),
                 Step::Wait(mut rx) => {
                     // A duplicate of an attempt in flight: the first one decides for both.
-                    let settled = rx
-                        .wait_for(Option::is_some)
+                    let first = rx
+                        .wait_for(|first| !matches!(first, FirstAttempt::InFlight))
                         .await
                         .map_err(|_| StoreError::ShuttingDown)?
                         .clone();
-                    return settled.flatten().map(Reserved::No).ok_or_else(|| {
-                        StoreError::Unavailable("the first attempt with this key failed".into())
-                    });
+                    return match first {
+                        FirstAttempt::Answered(outcome) => Ok(Reserved::No(outcome)),
+                        FirstAttempt::InFlight | FirstAttempt::Failed => Err(
+                            StoreError::unavailable("the first attempt with this key failed"),
+                        ),
+                    };
                 }
                 // The refusal hinged on writes in flight; the sender is dropped once they
                 // settle (closing the channel is the signal), then decide again.
@@ -209,23 +214,23 @@ fn lock_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| StoreError::unavailable_from(format!("cannot open {}", path.display()), e))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::unavailable(format!(
             "data directory {} is in use by another flashsale process (it holds {})",
             data_dir.display(),
             path.display()
         ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
-            "cannot lock {}: {e}",
-            path.display()
-        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::unavailable_from(
+            format!("cannot lock {}", path.display()),
+            e,
+        )),
     }
 }
 
 fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(format!("database {}: {e}", path.display()))
+    StoreError::unavailable_from(format!("database {}", path.display()), e)
 }
 
 #[async_trait]
@@ -237,7 +242,7 @@ impl SaleStore for EmbeddedStore {
         // that answers 404.
         self.send(Write::CreateSale { new, reply }, rx)
             .await?
-            .map_err(StoreError::Unavailable)
+            .map_err(|e| StoreError::unavailable_from("the sale could not be made durable", e))
     }
 
     async fn purchase_holding(
@@ -253,11 +258,11 @@ impl SaleStore for EmbeddedStore {
         // From here the stock is taken in memory: the write is queued and its answer awaited
         // on the store's tracker, so the reservation is confirmed or undone whoever waits.
         let (reply, rx) = oneshot::channel();
-        let write = Write::Order {
+        let write = Write::Order(PendingOrder {
             order: reservation.order.clone(),
-            key: reservation.key.as_ref().map(|(k, _)| k.clone()),
+            key: reservation.key.as_ref().map(|claim| claim.key.clone()),
             reply,
-        };
+        });
         let writes = self.writes.clone();
         self.in_flight
             .run(hold, async move {
@@ -265,7 +270,10 @@ impl SaleStore for EmbeddedStore {
                     Ok(Ok(())) => Ok(book.confirm(reservation)),
                     Ok(Err(e)) => {
                         book.undo(reservation);
-                        Err(StoreError::Unavailable(e))
+                        Err(StoreError::unavailable_from(
+                            "the order could not be made durable; nothing was taken",
+                            e,
+                        ))
                     }
                     Err(e) => {
                         book.undo(reservation);
@@ -290,7 +298,12 @@ impl SaleStore for EmbeddedStore {
 
     async fn summary(&self, id: SaleId) -> Result<Option<Summary>, StoreError> {
         Ok(self.book(id).map(|b| {
-            let (attempts, confirmed_orders, confirmed_units, rejections) = b.counters();
+            let BookCounters {
+                attempts,
+                confirmed_orders,
+                confirmed_units,
+                rejections,
+            } = b.counters();
             Summary {
                 status: b.status(),
                 attempts,
@@ -341,5 +354,7 @@ impl SaleStore for EmbeddedStore {
             }
         })
         .await;
+        // Nothing writes any more: the directory is free for the next store.
+        drop(self.lock.lock().take());
     }
 }

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+use thiserror::Error;
 use tokio::sync::oneshot;
 
 /// The most writes committed in one transaction.
@@ -47,27 +48,47 @@ const GATHER_WAIT: Duration = Duration::from_micros(200);
 /// How often counters are persisted while they change.
 const COUNTER_FLUSH: Duration = Duration::from_millis(500);
 
+/// Why the writer could not make a write durable (nothing of it was written).
+#[derive(Debug, Error)]
+pub(crate) enum WriteError {
+    /// The order's group failed to commit; every order of the group fails with it.
+    #[error("committing a group of orders to SQLite")]
+    Orders(#[source] Arc<rusqlite::Error>),
+    /// The sale could not be inserted.
+    #[error("creating a sale in SQLite")]
+    Sale(#[source] rusqlite::Error),
+}
+
 /// One request to the writer.
 pub(crate) enum Write {
     /// Make an admitted order durable.
-    Order {
-        order: Order,
-        key: Option<IdempotencyKey>,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
+    Order(PendingOrder),
     /// Create a sale, add its book once durable, and return it.
     CreateSale {
         new: NewSale,
-        reply: oneshot::Sender<Result<Sale, String>>,
+        reply: oneshot::Sender<Result<Sale, WriteError>>,
     },
     /// Commit what is queued, persist counters, reply once durable, and stop.
     Shutdown { reply: oneshot::Sender<()> },
 }
 
+/// An admitted order on its way to the disk, and whom to tell once it is there.
+pub(crate) struct PendingOrder {
+    /// The order to write.
+    pub order: Order,
+    /// Its idempotency key, stored with it.
+    pub key: Option<IdempotencyKey>,
+    /// Answered once the order is durable, or with why it is not.
+    pub reply: oneshot::Sender<Result<(), WriteError>>,
+}
+
 /// A reply the syncer sends once the WAL is on disk.
 pub(crate) enum Ack {
-    Order(oneshot::Sender<Result<(), String>>),
-    Sale(oneshot::Sender<Result<Sale, String>>, Sale),
+    /// An order is durable.
+    Order(oneshot::Sender<Result<(), WriteError>>),
+    /// A sale is durable: add its book, then answer with it.
+    Sale(oneshot::Sender<Result<Sale, WriteError>>, Sale),
+    /// Everything before is durable and the writer has stopped.
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -153,10 +174,10 @@ pub(crate) fn run(
         let mut durable = Vec::with_capacity(batch.len() + 1);
         for write in batch.drain(..) {
             match write {
-                Write::Order { order, key, reply } => orders.push((order, key, reply)),
+                Write::Order(pending) => orders.push(pending),
                 Write::CreateSale { new, reply } => match create_sale(&conn, new) {
                     Ok(sale) => durable.push(Ack::Sale(reply, sale)),
-                    Err(e) => drop(reply.send(Err(e.to_string()))),
+                    Err(e) => drop(reply.send(Err(WriteError::Sale(e)))),
                 },
                 Write::Shutdown { reply } => shutdown = Some(reply),
             }
@@ -166,12 +187,14 @@ pub(crate) fn run(
             match commit_orders(&mut conn, &orders, &changed) {
                 Ok(()) => {
                     saved.extend(changed);
-                    durable.extend(orders.into_iter().map(|(_, _, reply)| Ack::Order(reply)))
+                    durable.extend(orders.into_iter().map(|p| Ack::Order(p.reply)))
                 }
                 Err(e) => {
                     tracing::error!(error = %e, orders = orders.len(), "order batch failed to commit");
-                    for (_, _, reply) in orders {
-                        let _ = reply.send(Err(e.to_string()));
+                    // One error, shared by every order of the group it failed.
+                    let e = Arc::new(e);
+                    for p in orders {
+                        let _ = p.reply.send(Err(WriteError::Orders(Arc::clone(&e))));
                     }
                 }
             }
@@ -189,12 +212,6 @@ pub(crate) fn run(
     }
 }
 
-type PendingOrder = (
-    Order,
-    Option<IdempotencyKey>,
-    oneshot::Sender<Result<(), String>>,
-);
-
 fn commit_orders(
     conn: &mut Connection,
     orders: &[PendingOrder],
@@ -207,7 +224,7 @@ fn commit_orders(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         let mut sold: BTreeMap<SaleId, i64> = BTreeMap::new();
-        for (order, key, _) in orders {
+        for PendingOrder { order, key, .. } in orders {
             insert.execute(params![
                 order.order_id.as_bytes().as_slice(),
                 order.sale_id.0,

@@ -10,13 +10,13 @@
 //! go to the next one). So a flush that in fact landed although its answer was lost (the
 //! connection broke around COMMIT) is never added twice.
 
-use super::Inner;
+use super::connections::Postgres;
 use crate::counter_columns;
 use crate::{RejectionCounts, SaleStatus, StoreError, Summary};
 use flashsale_core::{Outcome, Rejection, SaleId};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
@@ -40,9 +40,9 @@ struct Batch {
     deltas: Vec<(SaleId, Delta)>,
 }
 
-/// This instance's unflushed counts, per sale.
-#[derive(Default)]
+/// This instance's unflushed counts, per sale, and where they are flushed to.
 pub(crate) struct Counters {
+    pg: Arc<Postgres>,
     deltas: Mutex<HashMap<SaleId, Delta>>,
     /// A flush that failed (it may or may not have landed), retried first with its own id.
     /// The lock is held by a flush from taking the deltas until PostgreSQL has them, and by a
@@ -51,6 +51,15 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    /// No counts yet; flushed to `pg`.
+    pub(crate) fn new(pg: Arc<Postgres>) -> Self {
+        Self {
+            pg,
+            deltas: Mutex::default(),
+            unsent: tokio::sync::Mutex::default(),
+        }
+    }
+
     /// One decided attempt: admitted (`None`) or rejected.
     pub(crate) fn attempt(&self, id: SaleId, rejection: Option<Rejection>) {
         let mut deltas = self.deltas.lock();
@@ -77,10 +86,10 @@ impl Counters {
 
     /// Adds the deltas to PostgreSQL. A failed flush is kept whole, with its id, and retried
     /// first next time; new deltas wait for the flush after it.
-    pub(crate) async fn flush(&self, inner: &Inner) -> Result<(), StoreError> {
+    pub(crate) async fn flush(&self) -> Result<(), StoreError> {
         let mut unsent = self.unsent.lock().await;
         if let Some(batch) = unsent.as_ref() {
-            write(inner, batch).await?;
+            write(&self.pg, batch).await?;
             *unsent = None;
         }
         let deltas: Vec<(SaleId, Delta)> = self.deltas.lock().drain().collect();
@@ -91,7 +100,7 @@ impl Counters {
             id: Uuid::now_v7(),
             deltas,
         };
-        let result = write(inner, &batch).await;
+        let result = write(&self.pg, &batch).await;
         if result.is_err() {
             *unsent = Some(batch);
         }
@@ -99,7 +108,7 @@ impl Counters {
     }
 }
 
-async fn write(inner: &Inner, batch: &Batch) -> Result<(), StoreError> {
+async fn write(pg: &Postgres, batch: &Batch) -> Result<(), StoreError> {
     let taken = &batch.deltas;
     let ids: Vec<i64> = taken.iter().map(|(id, _)| id.0).collect();
     let attempts: Vec<i64> = taken.iter().map(|(_, d)| d.attempts as i64).collect();
@@ -115,9 +124,8 @@ async fn write(inner: &Inner, batch: &Batch) -> Result<(), StoreError> {
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ids, &attempts];
     params.extend(counts.iter().map(|c| c as &(dyn ToSql + Sync)));
     params.push(&batch.id);
-    let client = inner.pg().await?;
-    inner
-        .pg_call("flush counters", client.execute(flush_sql(), &params))
+    let client = pg.client().await?;
+    pg.call("flush counters", client.execute(flush_sql(), &params))
         .await
         .map(drop)
 }
@@ -168,41 +176,44 @@ fn summary_sql() -> &'static str {
     })
 }
 
-/// The operator's summary: committed figures and counters from PostgreSQL, plus what this
-/// instance has not flushed yet.
-pub(crate) async fn summary(inner: &Inner, status: SaleStatus) -> Result<Summary, StoreError> {
-    let id = status.sale.id;
-    let unsent = inner.counters.unsent.lock().await;
-    let unsent_id = unsent.as_ref().map(|b| b.id);
-    let client = inner.pg().await?;
-    let row = inner
-        .pg_call(
-            "summary",
-            client.query_one(summary_sql(), &[&id.0, &unsent_id]),
-        )
-        .await?;
-    let n = |i: usize| row.get::<_, Option<i64>>(i).unwrap_or(0) as u64;
-    let mut counted = Delta {
-        attempts: n(2),
-        rejections: RejectionCounts::default(),
-    };
-    for (i, outcome) in Outcome::COUNTED.into_iter().enumerate() {
-        counted.rejections.set(outcome, n(3 + i));
+impl Counters {
+    /// The operator's summary: committed figures and counters from PostgreSQL, plus what this
+    /// instance has not flushed yet.
+    pub(crate) async fn summary(&self, status: SaleStatus) -> Result<Summary, StoreError> {
+        let id = status.sale.id;
+        let unsent = self.unsent.lock().await;
+        let unsent_id = unsent.as_ref().map(|b| b.id);
+        let client = self.pg.client().await?;
+        let row = self
+            .pg
+            .call(
+                "summary",
+                client.query_one(summary_sql(), &[&id.0, &unsent_id]),
+            )
+            .await?;
+        let n = |i: usize| row.get::<_, Option<i64>>(i).unwrap_or(0) as u64;
+        let mut counted = Delta {
+            attempts: n(2),
+            rejections: RejectionCounts::default(),
+        };
+        for (i, outcome) in Outcome::COUNTED.into_iter().enumerate() {
+            counted.rejections.set(outcome, n(3 + i));
+        }
+        let landed = 3 + Outcome::COUNTED.len();
+        counted.add(&self.pending(id));
+        // A failed flush counts as pending unless it did land after all.
+        if let Some(batch) = unsent.as_ref()
+            && !row.get::<_, bool>(landed)
+            && let Some((_, d)) = batch.deltas.iter().find(|(sale, _)| *sale == id)
+        {
+            counted.add(d);
+        }
+        Ok(Summary {
+            status,
+            attempts: counted.attempts,
+            confirmed_orders: row.get::<_, i64>(0) as u64,
+            confirmed_units: row.get::<_, i64>(1) as u64,
+            rejections: counted.rejections,
+        })
     }
-    let landed = 3 + Outcome::COUNTED.len();
-    counted.add(&inner.counters.pending(id));
-    // A failed flush counts as pending unless it did land after all.
-    if let Some(batch) = unsent.as_ref()
-        && !row.get::<_, bool>(landed)
-        && let Some((_, d)) = batch.deltas.iter().find(|(sale, _)| *sale == id)
-    {
-        counted.add(d);
-    }
-    Ok(Summary {
-        status,
-        attempts: counted.attempts,
-        confirmed_orders: row.get::<_, i64>(0) as u64,
-        confirmed_units: row.get::<_, i64>(1) as u64,
-        rejections: counted.rejections,
-    })
 }

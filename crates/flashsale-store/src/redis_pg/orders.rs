@@ -14,14 +14,19 @@
 //!   violation (Redis admitted what it should not have, e.g. after a partial data loss) splits
 //!   the group in halves, recursively, so only the offending orders fail, never the group.
 //!
-//! When the transaction fails, the group's reservations are fenced as released (which also
-//! tells us whether an ambiguous commit in fact went through) and their stock handed back.
-//! If PostgreSQL cannot even be asked, the reservations are left to the reconciler.
+//! When the transaction fails, the group's reservations are fenced as released (`fence.rs`,
+//! which also tells us whether an ambiguous commit in fact went through) and their stock handed
+//! back (`settle.rs`). If PostgreSQL cannot even be asked, the reservations are left to the
+//! reconciler.
+//!
+//! The buyers' committed orders are read back from here too ([`buyer_orders`]).
 
-use super::{Inner, pg_error};
+use super::connections::Postgres;
+use super::fence::{Fence, Reservation, Resolution};
+use super::settle::Settler;
 use crate::StoreError;
 use crate::model::Order;
-use flashsale_core::{IdempotencyKey, SaleId};
+use flashsale_core::{IdempotencyKey, SaleId, UserId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -41,6 +46,15 @@ pub(crate) struct PendingOrder {
     pub reply: oneshot::Sender<CommitOutcome>,
 }
 
+impl PendingOrder {
+    fn reservation(&self) -> Reservation {
+        Reservation {
+            order_id: self.order.order_id,
+            sale_id: self.order.sale_id,
+        }
+    }
+}
+
 /// What became of a pending order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CommitOutcome {
@@ -54,289 +68,291 @@ pub(crate) enum CommitOutcome {
     Unknown,
 }
 
-/// How a reservation was resolved in PostgreSQL (by whoever claimed its fence row first), and
-/// so what settling it in Redis does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Resolution {
-    /// Committed: the order is durable; Redis keeps the stock taken and confirms the key.
-    Committed,
-    /// Released: no commit of it can land; Redis gives the stock back.
-    Released,
+/// What the group commit works with.
+pub(crate) struct Committer {
+    pg: Arc<Postgres>,
+    fence: Arc<Fence>,
+    settler: Arc<Settler>,
+    /// Most orders committed in one transaction.
+    max_batch: usize,
 }
 
 /// The sending side of the batching task.
 pub(crate) struct OrderWriter {
     tx: mpsc::Sender<PendingOrder>,
+    committer: Arc<Committer>,
 }
 
 impl OrderWriter {
+    /// Starts the batching task on `tracker`, committing through `pg` in groups of at most
+    /// `max_batch`; it stops (committing what is queued) once `cancel` is cancelled.
+    pub(crate) fn spawn(
+        pg: Arc<Postgres>,
+        fence: Arc<Fence>,
+        settler: Arc<Settler>,
+        max_batch: usize,
+        cancel: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Self {
+        let committer = Arc::new(Committer {
+            pg,
+            fence,
+            settler,
+            max_batch,
+        });
+        let (tx, rx) = mpsc::channel(max_batch * 4);
+        tracker.spawn(Arc::clone(&committer).run(rx, cancel.clone(), tracker.clone()));
+        Self { tx, committer }
+    }
+
     /// Queues an order; gives it back if the writer has stopped.
     pub(crate) async fn send(&self, order: PendingOrder) -> Result<(), PendingOrder> {
         self.tx.send(order).await.map_err(|e| e.0)
     }
+
+    /// Releases the reservation of an order that never reached PostgreSQL (shutting down).
+    pub(crate) async fn release_unwritten(&self, order: &Order) {
+        let reservation = Reservation {
+            order_id: order.order_id,
+            sale_id: order.sale_id,
+        };
+        let committer = &self.committer;
+        if let Ok(found) = committer.fence.resolve(&[reservation]).await
+            && found.get(&order.order_id) == Some(&Resolution::Released)
+        {
+            committer
+                .settler
+                .settle(order.sale_id, Resolution::Released, &[order.order_id])
+                .await;
+        }
+    }
 }
 
-/// Starts the batching task.
-pub(crate) fn spawn(
-    inner: &Arc<Inner>,
-    cancel: &CancellationToken,
-    tracker: &TaskTracker,
-) -> OrderWriter {
-    let (tx, rx) = mpsc::channel(inner.cfg.max_batch * 4);
-    tracker.spawn(run(Arc::clone(inner), rx, cancel.clone(), tracker.clone()));
-    OrderWriter { tx }
-}
+impl Committer {
+    async fn run(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<PendingOrder>,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let permits = Arc::new(Semaphore::new(CONCURRENT_COMMITS));
+        loop {
+            let first = tokio::select! {
+                first = rx.recv() => first,
+                _ = cancel.cancelled() => None,
+            };
+            let Some(first) = first else { break };
+            // Waiting for a permit first lets the queue grow into a bigger group meanwhile.
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                break;
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(order) => batch.push(order),
+                    Err(_) => break,
+                }
+            }
+            let committer = Arc::clone(&self);
+            tracker.spawn(async move {
+                committer.commit_group(batch).await;
+                drop(permit);
+            });
+        }
+        // Shutting down: commit what was already queued, then stop.
+        rx.close();
+        let mut rest = Vec::new();
+        while let Ok(order) = rx.try_recv() {
+            rest.push(order);
+        }
+        if !rest.is_empty() {
+            self.commit_group(rest).await;
+        }
+    }
 
-async fn run(
-    inner: Arc<Inner>,
-    mut rx: mpsc::Receiver<PendingOrder>,
-    cancel: CancellationToken,
-    tracker: TaskTracker,
-) {
-    let permits = Arc::new(Semaphore::new(CONCURRENT_COMMITS));
-    loop {
-        let first = tokio::select! {
-            first = rx.recv() => first,
-            _ = cancel.cancelled() => None,
-        };
-        let Some(first) = first else { break };
-        // Waiting for a permit first lets the queue grow into a bigger group meanwhile.
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            break;
-        };
-        let mut batch = vec![first];
-        while batch.len() < inner.cfg.max_batch {
-            match rx.try_recv() {
-                Ok(order) => batch.push(order),
-                Err(_) => break,
+    /// Commits one group and answers each of its buyers.
+    async fn commit_group(&self, batch: Vec<PendingOrder>) {
+        // `None`: how the group ended is not known (see `CommitOutcome::Unknown`).
+        let resolutions = self.resolutions(&batch).await;
+        let mut by_sale: BTreeMap<(SaleId, Resolution), Vec<Uuid>> = BTreeMap::new();
+        for p in &batch {
+            if let Some(r) = resolutions.as_ref().and_then(|r| r.get(&p.order.order_id)) {
+                by_sale
+                    .entry((p.order.sale_id, *r))
+                    .or_default()
+                    .push(p.order.order_id);
             }
         }
-        let inner = Arc::clone(&inner);
-        tracker.spawn(async move {
-            commit_group(&inner, batch).await;
-            drop(permit);
-        });
+        for ((sale, how), ids) in by_sale {
+            self.settler.settle(sale, how, &ids).await;
+        }
+        for p in batch {
+            let outcome = match &resolutions {
+                None => CommitOutcome::Unknown,
+                Some(r) => match r.get(&p.order.order_id) {
+                    Some(Resolution::Committed) => CommitOutcome::Confirmed,
+                    // Fenced as released, or (a bug) missing: no commit of it can land any more.
+                    _ => CommitOutcome::Failed,
+                },
+            };
+            // A buyer who went away still has their order committed; nothing to do.
+            let _ = p.reply.send(outcome);
+        }
     }
-    // Shutting down: commit what was already queued, then stop.
-    rx.close();
-    let mut rest = Vec::new();
-    while let Ok(order) = rx.try_recv() {
-        rest.push(order);
-    }
-    if !rest.is_empty() {
-        commit_group(&inner, rest).await;
-    }
-}
 
-/// Commits one group and answers each of its buyers.
-async fn commit_group(inner: &Inner, batch: Vec<PendingOrder>) {
-    let outcome = commit(inner, &batch).await;
-    // `None`: how the group ended is not known (see `CommitOutcome::Unknown`).
-    let resolutions: Option<HashMap<Uuid, Resolution>> = match outcome {
-        Ok(won) => batch
-            .iter()
-            .map(|p| {
-                let r = if won.contains(&p.order.order_id) {
-                    Resolution::Committed
-                } else {
-                    Resolution::Released
-                };
-                (p.order.order_id, r)
-            })
-            .collect::<HashMap<_, _>>()
-            .into(),
-        Err(e) => {
-            tracing::error!(error = %e, orders = batch.len(), "order group failed to commit");
-            let ids: Vec<(Uuid, SaleId)> = batch
-                .iter()
-                .map(|p| (p.order.order_id, p.order.sale_id))
-                .collect();
-            match resolve(inner, &ids).await {
-                Ok(found) => Some(found),
+    /// Commits the group and says how each of its reservations was resolved; `None` if that
+    /// is not known (the commit failed, maybe after landing, and the fence cannot be asked).
+    async fn resolutions(&self, batch: &[PendingOrder]) -> Option<HashMap<Uuid, Resolution>> {
+        let e = match self.commit(batch).await {
+            Ok(won) => {
+                return Some(
+                    batch
+                        .iter()
+                        .map(|p| {
+                            let r = if won.contains(&p.order.order_id) {
+                                Resolution::Committed
+                            } else {
+                                Resolution::Released
+                            };
+                            (p.order.order_id, r)
+                        })
+                        .collect(),
+                );
+            }
+            Err(e) => e,
+        };
+        tracing::error!(error = %e.report(), orders = batch.len(), "order group failed to commit");
+        let reservations: Vec<Reservation> = batch.iter().map(PendingOrder::reservation).collect();
+        match self.fence.resolve(&reservations).await {
+            Ok(found) => Some(found),
+            Err(e) => {
+                // PostgreSQL cannot be asked: the reservations stay until the reconciler
+                // resolves them once it is back. The failed commit may have landed (the error
+                // may have come after COMMIT reached the server), so the buyers are told the
+                // outcome is not known, never that nothing was taken.
+                tracing::warn!(error = %e.report(), "cannot fence failed orders; reconciler will");
+                None
+            }
+        }
+    }
+
+    /// Commits a group; returns the order ids committed. If the group's one statement breaks
+    /// a CHECK (a buyer over the limit or the sale over its stock: Redis admitted an order it
+    /// should not have, e.g. after losing part of its data), the group is split in halves and
+    /// each half committed on its own, down to single orders: only the offending orders fail,
+    /// never the whole group. Any other failure ends it; the caller then asks the fence what
+    /// landed.
+    async fn commit(&self, batch: &[PendingOrder]) -> Result<HashSet<Uuid>, StoreError> {
+        let mut won = HashSet::new();
+        let mut todo = vec![batch];
+        while let Some(part) = todo.pop() {
+            match self.commit_part(part).await {
+                Ok(part_won) => won.extend(part_won),
+                Err(Failure::Check(_)) if part.len() > 1 => {
+                    let (a, b) = part.split_at(part.len() / 2);
+                    todo.push(b);
+                    todo.push(a);
+                }
+                Err(Failure::Check(e)) => {
+                    // Not written; its buyer is told nothing was taken, which is true.
+                    tracing::warn!(order = %part[0].order.order_id, sale = %part[0].order.sale_id,
+                        error = %e, "order refused by PostgreSQL's CHECK; Redis admitted it wrongly");
+                }
+                Err(Failure::Other(e)) => return Err(e),
+            }
+        }
+        Ok(won)
+    }
+
+    /// One group-commit transaction. A deadlock or serialisation failure (two groups holding
+    /// the same buyer, rare) is retried once: the failed transaction was rolled back whole, so
+    /// nothing of it can have landed.
+    async fn commit_part(&self, batch: &[PendingOrder]) -> Result<HashSet<Uuid>, Failure> {
+        let pg = &self.pg;
+        let mut retried = false;
+        loop {
+            let mut client = match pg.client().await {
+                Ok(client) => client,
                 Err(e) => {
-                    // PostgreSQL cannot be asked: the reservations stay until the reconciler
-                    // resolves them once it is back. The failed commit may have landed (the
-                    // error may have come after COMMIT reached the server), so the buyers are
-                    // told the outcome is not known, never that nothing was taken.
-                    tracing::warn!(error = %e, "cannot fence failed orders; reconciler will");
-                    None
+                    pg.unreachable();
+                    return Err(Failure::Other(e));
+                }
+            };
+            match tokio::time::timeout(pg.timeout(), commit_tx(&mut client, batch)).await {
+                Ok(Ok(won)) => return Ok(won),
+                Ok(Err(e)) if !retried && retryable(&e) => retried = true,
+                Ok(Err(e))
+                    if e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION) =>
+                {
+                    return Err(Failure::Check(CheckViolation(e)));
+                }
+                Ok(Err(e)) => {
+                    if e.is_closed() {
+                        pg.unreachable();
+                    }
+                    drop_connection(client);
+                    return Err(Failure::Other(StoreError::unavailable_from(
+                        "postgres commit orders",
+                        e,
+                    )));
+                }
+                Err(_) => {
+                    drop_connection(client);
+                    return Err(Failure::Other(StoreError::timeout(
+                        "postgres commit orders",
+                    )));
                 }
             }
         }
-    };
-    let mut by_sale: BTreeMap<(SaleId, Resolution), Vec<Uuid>> = BTreeMap::new();
-    for p in &batch {
-        if let Some(r) = resolutions.as_ref().and_then(|r| r.get(&p.order.order_id)) {
-            by_sale
-                .entry((p.order.sale_id, *r))
-                .or_default()
-                .push(p.order.order_id);
-        }
     }
-    for ((sale, how), ids) in by_sale {
-        settle(inner, sale, how, &ids).await;
-    }
-    for p in batch {
-        let outcome = match &resolutions {
-            None => CommitOutcome::Unknown,
-            Some(r) => match r.get(&p.order.order_id) {
-                Some(Resolution::Committed) => CommitOutcome::Confirmed,
-                // Fenced as released, or (a bug) missing: no commit of it can land any more.
-                _ => CommitOutcome::Failed,
-            },
-        };
-        // A buyer who went away still has their order committed; nothing to do.
-        let _ = p.reply.send(outcome);
-    }
-}
-
-/// Settles reservations in Redis; on failure the reconciler does it after the lease.
-pub(crate) async fn settle(inner: &Inner, sale: SaleId, how: Resolution, ids: &[Uuid]) {
-    let keys = inner.keys.sale(sale);
-    let mut con = inner.con();
-    match inner
-        .redis_call("settle", inner.scripts.settle(&mut con, &keys, how, ids))
-        .await
-    {
-        // Confirmed units show in status at once (a release changes nothing there).
-        Ok((_, Some(unconfirmed), sold_out_at)) => {
-            inner
-                .snapshot
-                .lower_remaining(sale, unconfirmed, sold_out_at)
-        }
-        Ok((_, None, _)) => {}
-        Err(e) => tracing::warn!(sale = %sale, error = %e, "cannot settle reservations yet"),
-    }
-}
-
-/// Releases reservations of orders that never reached PostgreSQL (shutting down).
-pub(crate) async fn release_unwritten(inner: &Inner, orders: &[Order]) {
-    let ids: Vec<(Uuid, SaleId)> = orders.iter().map(|o| (o.order_id, o.sale_id)).collect();
-    if let Ok(found) = resolve(inner, &ids).await {
-        for o in orders {
-            if found.get(&o.order_id) == Some(&Resolution::Released) {
-                settle(inner, o.sale_id, Resolution::Released, &[o.order_id]).await;
-            }
-        }
-    }
-}
-
-/// Fences reservations: claims each one not yet resolved as `released`, then reads how every
-/// one of them was resolved. Whoever inserted the row first (a commit or a release) won.
-pub(crate) async fn resolve(
-    inner: &Inner,
-    ids: &[(Uuid, SaleId)],
-) -> Result<HashMap<Uuid, Resolution>, StoreError> {
-    let mut sorted = ids.to_vec();
-    // One lock order for every writer of `reservations`, so fences and commits never deadlock.
-    sorted.sort();
-    let order_ids: Vec<Uuid> = sorted.iter().map(|(id, _)| *id).collect();
-    let sale_ids: Vec<i64> = sorted.iter().map(|(_, s)| s.0).collect();
-    let client = inner.pg().await?;
-    inner
-        .pg_call(
-            "fence reservations",
-            client.execute(
-                "INSERT INTO reservations (order_id, sale_id, resolution)
-                 SELECT o, s, 'released' FROM UNNEST($1::uuid[], $2::int8[]) AS t(o, s)
-                 ON CONFLICT (order_id) DO NOTHING",
-                &[&order_ids, &sale_ids],
-            ),
-        )
-        .await?;
-    let rows = inner
-        .pg_call(
-            "read reservations",
-            client.query(
-                "SELECT order_id, resolution FROM reservations WHERE order_id = ANY($1)",
-                &[&order_ids],
-            ),
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            let r = if row.get::<_, &str>(1) == "committed" {
-                Resolution::Committed
-            } else {
-                Resolution::Released
-            };
-            (row.get(0), r)
-        })
-        .collect())
-}
-
-/// Commits a group; returns the order ids committed. If the group's one statement breaks a
-/// CHECK (a buyer over the limit or the sale over its stock: Redis admitted an order it should
-/// not have, e.g. after losing part of its data), the group is split in halves and each half
-/// committed on its own, down to single orders: only the offending orders fail, never the
-/// whole group. Any other failure ends it; the caller then asks the fence what landed.
-async fn commit(inner: &Inner, batch: &[PendingOrder]) -> Result<HashSet<Uuid>, StoreError> {
-    let mut won = HashSet::new();
-    let mut todo = vec![batch];
-    while let Some(part) = todo.pop() {
-        match commit_part(inner, part).await {
-            Ok(part_won) => won.extend(part_won),
-            Err(Failure::Check(_)) if part.len() > 1 => {
-                let (a, b) = part.split_at(part.len() / 2);
-                todo.push(b);
-                todo.push(a);
-            }
-            Err(Failure::Check(e)) => {
-                // Not written; its buyer is told nothing was taken, which is true.
-                tracing::warn!(order = %part[0].order.order_id, sale = %part[0].order.sale_id,
-                    error = %e, "order refused by PostgreSQL's CHECK; Redis admitted it wrongly");
-            }
-            Err(Failure::Other(e)) => return Err(e),
-        }
-    }
-    Ok(won)
 }
 
 /// Why one transaction of a group failed.
 enum Failure {
     /// A CHECK constraint refused the statement (nothing was written).
-    Check(String),
+    Check(CheckViolation),
     Other(StoreError),
 }
 
-/// One group-commit transaction. A deadlock or serialisation failure (two groups holding the
-/// same buyer, rare) is retried once: the failed transaction was rolled back whole, so nothing
-/// of it can have landed.
-async fn commit_part(inner: &Inner, batch: &[PendingOrder]) -> Result<HashSet<Uuid>, Failure> {
-    let mut retried = false;
-    loop {
-        let mut client = match inner.pg().await {
-            Ok(client) => client,
-            Err(e) => {
-                inner.pg_unreachable();
-                return Err(Failure::Other(e));
-            }
-        };
-        match tokio::time::timeout(inner.cfg.pg_timeout, commit_tx(&mut client, batch)).await {
-            Ok(Ok(won)) => return Ok(won),
-            Ok(Err(e)) if !retried && retryable(&e) => retried = true,
-            Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION) => {
-                return Err(Failure::Check(pg_error(&e)));
-            }
-            Ok(Err(e)) => {
-                if e.is_closed() {
-                    inner.pg_unreachable();
-                }
-                drop_connection(client);
-                return Err(Failure::Other(StoreError::Unavailable(format!(
-                    "postgres commit orders: {}",
-                    pg_error(&e)
-                ))));
-            }
-            Err(_) => {
-                drop_connection(client);
-                return Err(Failure::Other(StoreError::Timeout(
-                    "postgres commit orders".into(),
-                )));
-            }
+/// A CHECK violation, shown with its SQLSTATE and server message.
+struct CheckViolation(tokio_postgres::Error);
+
+impl std::fmt::Display for CheckViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_db_error() {
+            Some(db) => write!(f, "{}: {}", db.code().code(), db.message()),
+            None => write!(f, "{}", self.0),
         }
     }
+}
+
+/// The buyer's committed orders in a sale, oldest first.
+pub(crate) async fn buyer_orders(
+    pg: &Postgres,
+    id: SaleId,
+    user: &UserId,
+) -> Result<Vec<Order>, StoreError> {
+    let client = pg.client().await?;
+    let rows = pg
+        .call(
+            "orders of a buyer",
+            client.query(
+                "SELECT order_id, quantity, created_at FROM orders
+                 WHERE sale_id = $1 AND user_id = $2 ORDER BY created_at, order_id",
+                &[&id.0, &user.as_str()],
+            ),
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| Order {
+            order_id: row.get(0),
+            sale_id: id,
+            user_id: user.clone(),
+            quantity: row.get::<_, i32>(1) as u32,
+            created_at: row.get(2),
+        })
+        .collect())
 }
 
 fn retryable(e: &tokio_postgres::Error) -> bool {

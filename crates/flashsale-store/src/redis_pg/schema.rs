@@ -3,7 +3,14 @@
 //! They run in one transaction under an advisory lock, so several instances starting at once
 //! apply each version exactly once; every statement is idempotent besides.
 
+use super::connections::Postgres;
+use crate::StoreError;
+use std::time::Duration;
 use tokio_postgres::Client;
+
+/// Bound on applying the migrations at start: they may wait for another instance's (advisory
+/// lock) and take longer than one purchase's bound.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The migrations, in order: (version, SQL).
 pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
@@ -26,6 +33,15 @@ pub(crate) fn valid_schema(schema: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !schema.as_bytes()[0].is_ascii_digit()
+}
+
+/// [`migrate`] on a connection of `pg`, within [`MIGRATION_TIMEOUT`].
+pub(crate) async fn apply(pg: &Postgres, schema: &str) -> Result<(), StoreError> {
+    let mut client = pg.client().await?;
+    tokio::time::timeout(MIGRATION_TIMEOUT, migrate(&mut client, schema))
+        .await
+        .map_err(|_| StoreError::timeout("postgres migrations"))?
+        .map_err(|e| StoreError::unavailable_from("postgres migrations", e))
 }
 
 /// Creates the schema if needed and applies the migrations not yet applied.

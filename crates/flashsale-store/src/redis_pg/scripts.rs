@@ -1,19 +1,26 @@
 //! The Redis scripts (each `.lua` file opens with its KEYS, ARGV and returns) and the parsing
 //! of their replies. Scripts are loaded once at start and called by SHA (`EVALSHA`, falling
 //! back to loading on `NOSCRIPT`, e.g. after Redis restarted).
+//!
+//! Each script's reply is parsed here, once, into a named type ([`AdmissionReply`],
+//! [`Settled`], [`AuditReply`], [`StepReply`], the expired order ids): a reply that does not
+//! have the shape its script's header promises is a [`StoreError::Internal`] (a bug or a
+//! foreign script under our name), never a panic and never mistaken for Redis being down.
 
-use super::Inner;
+use super::connections::Redis;
+use super::fence::Resolution;
+use super::instants::from_micros;
 use super::keys::SaleKeys;
-use super::orders::Resolution;
 use crate::StoreError;
 use flashsale_core::{NotActiveReason, Rejection};
-use redis::Script;
-use redis::aio::ConnectionManager;
+use redis::{FromRedisValue, Script, Value};
+use std::sync::Arc;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-/// The loaded scripts.
+/// The loaded scripts, and the connection they run on.
 pub(crate) struct Scripts {
+    redis: Arc<Redis>,
     admission: Script,
     settle: Script,
     expired: Script,
@@ -51,9 +58,108 @@ pub(crate) enum Admission {
     },
 }
 
+/// The reply of `admission.lua`: its decision, and Redis's clock when it decided.
+#[derive(Debug)]
+pub(crate) struct AdmissionReply {
+    /// What the script decided.
+    pub admission: Admission,
+    /// Redis's clock at the decision (microseconds), if the reply carried a readable one.
+    pub clock_us: Option<i64>,
+}
+
+/// The reply of `settle.lua`: the sale's figures after settling.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Settled {
+    /// The sale's units not yet confirmed (`None`: the sale's Redis state is gone).
+    pub unconfirmed: Option<u32>,
+    /// When the sale's last unit was taken, if it was.
+    pub sold_out_at: Option<OffsetDateTime>,
+}
+
+/// The reply of `audit.lua`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum AuditReply {
+    /// The sale's Redis state is gone.
+    Missing,
+    /// What Redis holds of the sale.
+    Holds(RedisHoldings),
+}
+
+/// What Redis holds of a sale, read in one atomic step by `audit.lua`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct RedisHoldings {
+    /// Redis's clock at the read (microseconds).
+    pub now_us: i64,
+    /// The sale's epoch in Redis.
+    pub epoch: i64,
+    /// The sale's stock.
+    pub stock: i64,
+    /// Free units.
+    pub remaining: i64,
+    /// Sum of the buyers' holdings (`None`: too many to sum in one script).
+    pub held: Option<i64>,
+    /// Confirmed idempotency records (`None`: too many to count in one script).
+    pub confirmed_keys: Option<i64>,
+    /// Units of live reservations.
+    pub reserved: i64,
+    /// Meta's `reserved` counter, which must equal `reserved`.
+    pub reserved_counter: i64,
+    /// Sum of the per-buyer reserved units (`None`: too many to sum in one script).
+    pub reserving: Option<i64>,
+    /// The order id of every live reservation.
+    pub reserved_ids: Vec<Uuid>,
+}
+
+/// One step of `rebuild.lua` (see its header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Checks the epoch, then deletes the sale's state.
+    Begin,
+    /// Writes field/value pairs into one hash.
+    Fill,
+    /// Writes `meta` back, last.
+    Restore,
+    /// Deletes the lock.
+    Unlock,
+}
+
+impl Step {
+    fn name(self) -> &'static str {
+        match self {
+            Step::Begin => "begin",
+            Step::Fill => "fill",
+            Step::Restore => "restore",
+            Step::Unlock => "unlock",
+        }
+    }
+}
+
+/// The rebuild lock a step of `rebuild.lua` runs under.
+pub(crate) struct RebuildLock<'a> {
+    /// The lock's key.
+    pub key: &'a str,
+    /// This instance's token in it.
+    pub token: &'a str,
+    /// How long the lock lasts after each step.
+    pub ms: u64,
+}
+
+/// The reply of one step of `rebuild.lua`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StepReply {
+    /// Done.
+    Done,
+    /// The lock is not ours (it expired, another instance took over): stop.
+    Lost,
+    /// `begin` only: Redis already holds this epoch or a newer one.
+    Newer,
+}
+
 impl Scripts {
-    pub(crate) fn new() -> Self {
+    /// The scripts, to run on `redis`.
+    pub(crate) fn new(redis: Arc<Redis>) -> Self {
         Self {
+            redis,
             admission: Script::new(include_str!("admission.lua")),
             settle: Script::new(include_str!("settle.lua")),
             expired: Script::new(include_str!("expired.lua")),
@@ -63,7 +169,7 @@ impl Scripts {
     }
 
     /// Loads every script so the first purchases need no `NOSCRIPT` round trip.
-    pub(crate) async fn load(&self, inner: &Inner) -> Result<(), StoreError> {
+    pub(crate) async fn load(&self) -> Result<(), StoreError> {
         for script in [
             &self.admission,
             &self.settle,
@@ -71,21 +177,21 @@ impl Scripts {
             &self.rebuild,
             &self.audit,
         ] {
-            let mut con = inner.con();
-            inner
-                .redis_call("SCRIPT LOAD", script.load_async(&mut con))
+            let mut con = self.redis.con();
+            self.redis
+                .call("SCRIPT LOAD", script.load_async(&mut con))
                 .await?;
         }
         Ok(())
     }
 
-    /// Runs `admission.lua`.
+    /// Runs `admission.lua`. A failed call is `Unavailable` or `Timeout` (the script may
+    /// have run); a malformed reply is `Internal`.
     pub(crate) async fn admission(
         &self,
-        con: &mut ConnectionManager,
         keys: &SaleKeys,
         attempt: &AdmissionArgs<'_>,
-    ) -> redis::RedisResult<Vec<String>> {
+    ) -> Result<AdmissionReply, StoreError> {
         let mut inv = self.admission.prepare_invoke();
         for key in keys.script_keys() {
             inv.key(key);
@@ -97,19 +203,21 @@ impl Scripts {
             .arg(attempt.lease_ms)
             .arg(REFUSAL_RETENTION_MS)
             .arg(MAX_REFUSED_KEYS);
-        inv.invoke_async(con).await
+        let mut con = self.redis.con();
+        let reply = self
+            .redis
+            .call("admission", inv.invoke_async::<Value>(&mut con))
+            .await?;
+        AdmissionReply::parse(reply)
     }
 
-    /// Runs `settle.lua`; returns how many reservations were settled, the sale's units not yet
-    /// confirmed afterwards (`None` if the sale's state is gone) and when its last unit was
-    /// taken, if it was.
+    /// Runs `settle.lua` on reservations of one sale resolved `how`.
     pub(crate) async fn settle(
         &self,
-        con: &mut ConnectionManager,
         keys: &SaleKeys,
         how: Resolution,
         order_ids: &[Uuid],
-    ) -> redis::RedisResult<(u64, Option<u32>, Option<OffsetDateTime>)> {
+    ) -> Result<Settled, StoreError> {
         let mut inv = self.settle.prepare_invoke();
         for key in keys.script_keys() {
             inv.key(key);
@@ -121,66 +229,82 @@ impl Scripts {
         for id in order_ids {
             inv.arg(id.to_string());
         }
-        let (settled, unconfirmed, sold_out_us): (u64, i64, String) = inv.invoke_async(con).await?;
-        let sold_out_at = sold_out_us.parse().ok().map(from_micros);
-        Ok((settled, u32::try_from(unconfirmed).ok(), sold_out_at))
+        let mut con = self.redis.con();
+        let reply = self
+            .redis
+            .call("settle", inv.invoke_async::<Value>(&mut con))
+            .await?;
+        Settled::parse(reply)
     }
 
-    /// Runs `expired.lua`: up to `max` reservations whose lease ran out, with their records.
+    /// Runs `expired.lua`: the order ids of up to `max` reservations whose lease ran out.
     pub(crate) async fn expired(
         &self,
-        con: &mut ConnectionManager,
         keys: &SaleKeys,
         max: usize,
-    ) -> redis::RedisResult<Vec<String>> {
-        self.expired
-            .key(&keys.leases)
-            .key(&keys.reservations)
-            .arg(max)
-            .invoke_async(con)
-            .await
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mut con = self.redis.con();
+        let reply = self
+            .redis
+            .call(
+                "expired",
+                self.expired
+                    .key(&keys.leases)
+                    .key(&keys.reservations)
+                    .arg(max)
+                    .invoke_async::<Value>(&mut con),
+            )
+            .await?;
+        parse_expired(reply)
     }
 
-    /// Runs one step of `rebuild.lua` under the lock `token`; `keys` follow the lock.
-    #[allow(clippy::too_many_arguments)]
+    /// Runs one step of `rebuild.lua` under `lock`; `keys` follow the lock's key.
     pub(crate) async fn rebuild(
         &self,
-        con: &mut ConnectionManager,
-        lock: &str,
-        token: &str,
-        lock_ms: u64,
-        step: &str,
+        lock: &RebuildLock<'_>,
+        step: Step,
         keys: &[&str],
         args: &[String],
-    ) -> redis::RedisResult<String> {
-        let mut inv = self.rebuild.key(lock);
+    ) -> Result<StepReply, StoreError> {
+        let mut inv = self.rebuild.key(lock.key);
         for key in keys {
             inv.key(*key);
         }
-        inv.arg(token).arg(lock_ms).arg(step);
+        inv.arg(lock.token).arg(lock.ms).arg(step.name());
         for arg in args {
             inv.arg(arg);
         }
-        inv.invoke_async(con).await
+        let mut con = self.redis.con();
+        let reply = self
+            .redis
+            .call("rebuild", inv.invoke_async::<Value>(&mut con))
+            .await?;
+        StepReply::parse(reply)
     }
 
     /// Runs `audit.lua`: what Redis holds of a sale (see its header); holdings and keys are
     /// summed only if there are at most `full_max` of them.
     pub(crate) async fn audit(
         &self,
-        con: &mut ConnectionManager,
         keys: &SaleKeys,
         full_max: usize,
-    ) -> redis::RedisResult<Vec<String>> {
-        self.audit
-            .key(&keys.meta)
-            .key(&keys.held)
-            .key(&keys.reservations)
-            .key(&keys.idempotency)
-            .key(&keys.reserving)
-            .arg(full_max)
-            .invoke_async(con)
-            .await
+    ) -> Result<AuditReply, StoreError> {
+        let mut con = self.redis.con();
+        let reply = self
+            .redis
+            .call(
+                "audit",
+                self.audit
+                    .key(&keys.meta)
+                    .key(&keys.held)
+                    .key(&keys.reservations)
+                    .key(&keys.idempotency)
+                    .key(&keys.reserving)
+                    .arg(full_max)
+                    .invoke_async::<Value>(&mut con),
+            )
+            .await?;
+        AuditReply::parse(reply)
     }
 }
 
@@ -201,28 +325,20 @@ pub(crate) struct AdmissionArgs<'a> {
     pub lease_ms: u64,
 }
 
-/// Redis's clock from a script reply (the second item), in microseconds.
-pub(crate) fn now_of(reply: &[String]) -> Option<i64> {
-    reply.get(1).and_then(|s| s.parse().ok())
+/// A reply that is not what `script`'s header promises.
+fn malformed(script: &'static str, reply: impl std::fmt::Debug) -> StoreError {
+    StoreError::internal(format!("unexpected {script} reply {reply:?}"))
 }
 
-/// An instant from microseconds since the epoch.
-pub(crate) fn from_micros(us: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-/// Microseconds since the epoch.
-pub(crate) fn to_micros(at: OffsetDateTime) -> i64 {
-    (at.unix_timestamp_nanos() / 1_000) as i64
-}
-
-fn bad(reply: &[String]) -> StoreError {
-    StoreError::Internal(format!("unexpected admission reply {reply:?}"))
+/// Converts a script's reply to the Rust shape its header promises.
+fn shape<T: FromRedisValue>(script: &'static str, reply: Value) -> Result<T, StoreError> {
+    redis::from_redis_value(reply)
+        .map_err(|e| StoreError::internal_from(format!("unexpected {script} reply shape"), e))
 }
 
 fn num<T: std::str::FromStr>(s: Option<&String>, reply: &[String]) -> Result<T, StoreError> {
-    s.and_then(|s| s.parse().ok()).ok_or_else(|| bad(reply))
+    s.and_then(|s| s.parse().ok())
+        .ok_or_else(|| malformed("admission", reply))
 }
 
 /// `admission.lua`'s refusal codes (see its header), each with the rejection it stands for,
@@ -263,13 +379,22 @@ fn rejection(code: &str, arg: u32) -> Option<Rejection> {
         .map(|r| (r.rejection)(arg))
 }
 
+impl AdmissionReply {
+    /// Parses the reply of `admission.lua` (see its header): `{status, now_us, ...}`.
+    fn parse(reply: Value) -> Result<Self, StoreError> {
+        let reply: Vec<String> = shape("admission", reply)?;
+        Ok(Self {
+            admission: Admission::parse(&reply)?,
+            clock_us: reply.get(1).and_then(|s| s.parse().ok()),
+        })
+    }
+}
+
 impl Admission {
-    /// Parses the reply of `admission.lua` (see its header).
+    /// Parses the items of `admission.lua`'s reply (see its header).
     pub(crate) fn parse(reply: &[String]) -> Result<Self, StoreError> {
-        let status = reply
-            .first()
-            .map(String::as_str)
-            .ok_or_else(|| bad(reply))?;
+        let bad = || malformed("admission", reply);
+        let status = reply.first().map(String::as_str).ok_or_else(bad)?;
         Ok(match status {
             "missing" => Admission::Missing,
             "reused" => Admission::Reused,
@@ -280,33 +405,110 @@ impl Admission {
                 created_at: from_micros(num(reply.get(1), reply)?),
             },
             "reject" => {
-                let code = reply.get(2).ok_or_else(|| bad(reply))?;
+                let code = reply.get(2).ok_or_else(bad)?;
                 let arg = num(reply.get(3), reply)?;
                 Admission::Rejected {
-                    rejection: rejection(code, arg).ok_or_else(|| bad(reply))?,
+                    rejection: rejection(code, arg).ok_or_else(bad)?,
                     replay: false,
                     last: reply.get(4).is_some_and(|f| f == "1"),
                 }
             }
             "replay" => {
-                let record = reply.get(2).ok_or_else(|| bad(reply))?;
+                let record = reply.get(2).ok_or_else(bad)?;
                 let fields: Vec<&str> = record.split('\n').collect();
-                match fields.first().copied() {
-                    Some("C") if fields.len() == 5 => Admission::ReplayConfirmed {
-                        order_id: fields[3].parse().map_err(|_| bad(reply))?,
-                        created_at: from_micros(fields[4].parse().map_err(|_| bad(reply))?),
+                match fields.as_slice() {
+                    ["C", _, _, order_id, created_us] => Admission::ReplayConfirmed {
+                        order_id: order_id.parse().map_err(|_| bad())?,
+                        created_at: from_micros(created_us.parse().map_err(|_| bad())?),
                     },
-                    Some("R") if fields.len() == 5 => Admission::Rejected {
-                        rejection: rejection(fields[3], fields[4].parse().map_err(|_| bad(reply))?)
-                            .ok_or_else(|| bad(reply))?,
+                    ["R", _, _, code, arg] => Admission::Rejected {
+                        rejection: rejection(code, arg.parse().map_err(|_| bad())?)
+                            .ok_or_else(bad)?,
                         replay: true,
                         last: false,
                     },
-                    _ => return Err(bad(reply)),
+                    _ => return Err(bad()),
                 }
             }
-            _ => return Err(bad(reply)),
+            _ => return Err(bad()),
         })
+    }
+}
+
+impl Settled {
+    /// Parses the reply of `settle.lua`: `{settled, unconfirmed or -1, sold_out_us or ""}`.
+    fn parse(reply: Value) -> Result<Self, StoreError> {
+        let (_settled, unconfirmed, sold_out_us): (u64, i64, String) = shape("settle", reply)?;
+        let sold_out_at = if sold_out_us.is_empty() {
+            None
+        } else {
+            let us = sold_out_us
+                .parse()
+                .map_err(|_| malformed("settle", &sold_out_us))?;
+            Some(from_micros(us))
+        };
+        Ok(Self {
+            // -1: the sale's state is gone.
+            unconfirmed: u32::try_from(unconfirmed).ok(),
+            sold_out_at,
+        })
+    }
+}
+
+/// Parses the reply of `expired.lua`: `{order_id, record, order_id, record, ...}`. An order id
+/// that does not parse is skipped (no commit can carry it, and nothing else names it).
+fn parse_expired(reply: Value) -> Result<Vec<Uuid>, StoreError> {
+    let flat: Vec<String> = shape("expired", reply)?;
+    Ok(flat
+        .chunks(2)
+        .filter_map(|pair| pair.first()?.parse().ok())
+        .collect())
+}
+
+impl StepReply {
+    /// Parses the reply of one step of `rebuild.lua`: `ok`, `lost` or `newer`.
+    fn parse(reply: Value) -> Result<Self, StoreError> {
+        let reply: String = shape("rebuild", reply)?;
+        match reply.as_str() {
+            "ok" => Ok(StepReply::Done),
+            "lost" => Ok(StepReply::Lost),
+            "newer" => Ok(StepReply::Newer),
+            _ => Err(malformed("rebuild", reply)),
+        }
+    }
+}
+
+impl AuditReply {
+    /// Parses the reply of `audit.lua` (see its header).
+    fn parse(reply: Value) -> Result<Self, StoreError> {
+        let reply: Vec<String> = shape("audit", reply)?;
+        Self::parse_items(&reply)
+    }
+
+    fn parse_items(reply: &[String]) -> Result<Self, StoreError> {
+        let bad = || malformed("audit", &reply[..reply.len().min(10)]);
+        match reply.first().map(String::as_str) {
+            Some("missing") => return Ok(AuditReply::Missing),
+            Some("ok") if reply.len() >= 10 => {}
+            _ => return Err(bad()),
+        }
+        let num = |i: usize| -> Result<i64, StoreError> {
+            reply.get(i).and_then(|s| s.parse().ok()).ok_or_else(bad)
+        };
+        // "" when there were too many records to sum in one script.
+        let optional = |i: usize| reply.get(i).and_then(|s| s.parse().ok());
+        Ok(AuditReply::Holds(RedisHoldings {
+            now_us: num(1)?,
+            epoch: num(2)?,
+            stock: num(3)?,
+            remaining: num(4)?,
+            held: optional(5),
+            confirmed_keys: optional(6),
+            reserved: num(7)?,
+            reserved_counter: num(8)?,
+            reserving: optional(9),
+            reserved_ids: reply[10..].iter().filter_map(|s| s.parse().ok()).collect(),
+        }))
     }
 }
 
@@ -392,5 +594,109 @@ mod tests {
             Admission::ReplayConfirmed { order_id, .. } if order_id == id
         ));
         assert!(Admission::parse(&s(&["what"])).is_err());
+    }
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn is_internal<T: std::fmt::Debug>(result: Result<T, StoreError>) -> bool {
+        matches!(result, Err(StoreError::Internal { .. }))
+    }
+
+    #[test]
+    fn a_malformed_admission_reply_is_an_internal_error() {
+        for reply in [
+            Value::Nil,
+            Value::Int(3),
+            Value::Array(vec![]),
+            Value::Array(vec![bulk("admit"), bulk("1"), bulk("not an epoch")]),
+            Value::Array(vec![bulk("reject"), bulk("1"), bulk("what"), bulk("0")]),
+            Value::Array(vec![bulk("replay"), bulk("1"), bulk("C\nbob\n1")]),
+            Value::Array(vec![
+                bulk("replay"),
+                bulk("1"),
+                bulk("C\nbob\n1\nnot-a-uuid\n1"),
+            ]),
+        ] {
+            assert!(
+                is_internal(AdmissionReply::parse(reply.clone())),
+                "{reply:?}"
+            );
+        }
+        let reply = AdmissionReply::parse(Value::Array(vec![bulk("wait"), bulk("17")])).unwrap();
+        assert!(matches!(reply.admission, Admission::Wait));
+        assert_eq!(reply.clock_us, Some(17));
+    }
+
+    #[test]
+    fn a_malformed_settle_reply_is_an_internal_error() {
+        let ok = Settled::parse(Value::Array(vec![
+            Value::Int(2),
+            Value::Int(5),
+            bulk("1700000000000000"),
+        ]))
+        .unwrap();
+        assert_eq!(ok.unconfirmed, Some(5));
+        assert!(ok.sold_out_at.is_some());
+        let gone = Settled::parse(Value::Array(vec![Value::Int(0), Value::Int(-1), bulk("")]));
+        assert_eq!(
+            gone.unwrap(),
+            Settled {
+                unconfirmed: None,
+                sold_out_at: None
+            }
+        );
+        for reply in [
+            Value::Nil,
+            bulk("ok"),
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![Value::Int(1), bulk("x"), bulk("")]),
+            Value::Array(vec![Value::Int(1), Value::Int(1), bulk("soon")]),
+        ] {
+            assert!(is_internal(Settled::parse(reply.clone())), "{reply:?}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_audit_reply_is_an_internal_error_not_a_panic() {
+        let items = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Every figure there but the reservations' list: once an index past the end.
+        let short = items(&["ok", "1", "2", "10", "4", "", "", "0", "0"]);
+        assert!(is_internal(AuditReply::parse_items(&short)));
+        assert!(is_internal(AuditReply::parse_items(&items(&["ok"]))));
+        assert!(is_internal(AuditReply::parse_items(&items(&["what"]))));
+        assert!(is_internal(AuditReply::parse(Value::Int(1))));
+        assert_eq!(
+            AuditReply::parse_items(&items(&["missing", "1"])).unwrap(),
+            AuditReply::Missing
+        );
+        let id = Uuid::now_v7().to_string();
+        let full = items(&["ok", "1", "2", "10", "4", "", "3", "1", "1", "1", &id]);
+        let AuditReply::Holds(holdings) = AuditReply::parse_items(&full).unwrap() else {
+            panic!("a full reply is not missing");
+        };
+        assert_eq!(
+            (holdings.epoch, holdings.held, holdings.confirmed_keys),
+            (2, None, Some(3))
+        );
+        assert_eq!(holdings.reserved_ids.len(), 1);
+    }
+
+    #[test]
+    fn malformed_rebuild_and_expired_replies_are_internal_errors() {
+        assert_eq!(
+            StepReply::parse(Value::SimpleString("ok".into())).unwrap(),
+            StepReply::Done
+        );
+        assert_eq!(StepReply::parse(bulk("lost")).unwrap(), StepReply::Lost);
+        assert!(is_internal(StepReply::parse(bulk("what"))));
+        assert!(is_internal(StepReply::parse(Value::Array(vec![bulk(
+            "ok"
+        )]))));
+        let id = Uuid::now_v7();
+        let expired = parse_expired(Value::Array(vec![bulk(&id.to_string()), bulk("rec")]));
+        assert_eq!(expired.unwrap(), vec![id]);
+        assert!(is_internal(parse_expired(Value::Int(1))));
     }
 }

@@ -1,10 +1,8 @@
-//! Each instance's in-process view of every sale: what status reads and the fast path use.
-//!
-//! A background task refreshes it every `refresh_interval` (100 ms by default, at most 250 ms):
-//! new sales from PostgreSQL (created by any instance), then one pipelined Redis round trip for
-//! the clock and every sale's figures. A polling storm on status therefore costs no Redis
-//! operation per request. A sale whose Redis state is missing is rebuilt from here too, so
-//! Redis losing its data is noticed even when nobody is buying.
+//! Each instance's in-process view of every sale: what status reads and the fast path (the
+//! pre-filter) use, and Redis's clock as estimated here. Sales are loaded into it from
+//! PostgreSQL (here); their figures come from Redis, read by the refresher (`refresh.rs`) every
+//! `refresh_interval` and lowered by every settle (`settle.rs`). A polling storm on status
+//! therefore costs no Redis operation per request.
 //!
 //! The stock a status shows is the units not yet *confirmed* (Redis's free units plus those in
 //! live reservations), so it only ever goes down: a reservation released after a failed commit
@@ -17,16 +15,16 @@
 //! that could still change is refused (503) rather than answered from an old view. A sale that
 //! is over (sold out or past its end) keeps answering: nothing can change it any more.
 
-use super::{Inner, reconcile, scripts, settled_rejection};
+use super::connections::Postgres;
+use super::instants::{from_micros, to_micros, unix_ms};
 use crate::{SaleStatus, StoreError};
-use flashsale_core::{Rejection, Sale, SaleId};
+use flashsale_core::{NotActiveReason, Rejection, Sale, SaleId};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
 
 /// How long the last view answers status while Redis cannot be read.
 pub(crate) const STALE_AFTER: Duration = Duration::from_secs(2);
@@ -61,9 +59,22 @@ impl Entry {
     }
 }
 
-/// The view, and Redis's clock as estimated from here.
-#[derive(Default)]
+/// One sale's figures as Redis holds them in its `meta` hash (each `None` if absent).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Figures {
+    /// Free units (`None`: the sale's Redis state is gone).
+    pub remaining: Option<i64>,
+    /// Units of live reservations.
+    pub reserved: Option<i64>,
+    /// When the last unit was taken (microseconds).
+    pub sold_out_us: Option<i64>,
+    /// The sale's Redis epoch.
+    pub epoch: Option<i64>,
+}
+
+/// The view, Redis's clock as estimated from here, and where sales are loaded from.
 pub(crate) struct Snapshot {
+    pg: Arc<Postgres>,
     sales: RwLock<BTreeMap<SaleId, Entry>>,
     /// Redis time minus local time, in microseconds.
     offset_us: AtomicI64,
@@ -74,12 +85,28 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
+    /// An empty view whose sales are loaded from `pg`.
+    pub(crate) fn new(pg: Arc<Postgres>) -> Self {
+        Self {
+            pg,
+            sales: RwLock::default(),
+            offset_us: AtomicI64::new(0),
+            last_now_us: AtomicI64::new(0),
+            refreshed_ms: AtomicI64::new(0),
+        }
+    }
+
     pub(crate) fn get(&self, id: SaleId) -> Option<Entry> {
         self.sales.read().get(&id).cloned()
     }
 
     pub(crate) fn all(&self) -> Vec<SaleStatus> {
         self.sales.read().values().map(Entry::status).collect()
+    }
+
+    /// The ids of every sale in the view.
+    pub(crate) fn ids(&self) -> Vec<SaleId> {
+        self.sales.read().keys().copied().collect()
     }
 
     pub(crate) fn insert(
@@ -116,10 +143,49 @@ impl Snapshot {
         }
     }
 
+    /// Takes in the figures Redis holds of `ids` (in the same order), just read; returns the
+    /// sales whose Redis state is gone (to be rebuilt).
+    pub(crate) fn apply(&self, ids: &[SaleId], figures: Vec<Figures>) -> Vec<Arc<Sale>> {
+        self.refreshed_ms.store(unix_ms(), Ordering::Relaxed);
+        let mut missing = Vec::new();
+        let mut sales = self.sales.write();
+        for (id, figures) in ids.iter().zip(figures) {
+            let Some(entry) = sales.get_mut(id) else {
+                continue;
+            };
+            let Some(remaining) = figures.remaining else {
+                missing.push(Arc::clone(&entry.sale));
+                continue;
+            };
+            let unconfirmed = (remaining + figures.reserved.unwrap_or(0)).max(0) as u32;
+            if entry.epoch.is_some() && entry.epoch != figures.epoch {
+                // Rebuilt from PostgreSQL since the last read: the old figure was Redis's
+                // (possibly wrong) view, the new one is the durable truth.
+                entry.remaining = unconfirmed;
+                entry.sold_out_at = None;
+            }
+            entry.epoch = figures.epoch;
+            entry.lower(unconfirmed, figures.sold_out_us.map(from_micros));
+        }
+        missing
+    }
+
     /// Whether the view is too old to answer a status that could still change.
-    pub(crate) fn stale(&self) -> bool {
+    fn stale(&self) -> bool {
         let at = self.refreshed_ms.load(Ordering::Relaxed);
-        super::unix_ms() - at > STALE_AFTER.as_millis() as i64
+        unix_ms() - at > STALE_AFTER.as_millis() as i64
+    }
+
+    /// `status`, unless the view is too old to say it: a sale that could still change is not
+    /// answered from a view Redis has not confirmed for a while.
+    pub(crate) fn current(&self, status: SaleStatus) -> Result<SaleStatus, StoreError> {
+        // Staleness first: it is the rare case, and the one clock read a fresh view needs.
+        if self.stale() && status.remaining > 0 && self.now() < status.sale.ends_at {
+            return Err(StoreError::unavailable(
+                "the sale's figures cannot be read from Redis right now",
+            ));
+        }
+        Ok(status)
     }
 
     fn max_id(&self) -> i64 {
@@ -136,7 +202,7 @@ impl Snapshot {
     /// Records Redis's clock as just read (microseconds).
     pub(crate) fn observe_clock(&self, redis_us: Option<i64>) {
         if let Some(redis_us) = redis_us {
-            let local = scripts::to_micros(OffsetDateTime::now_utc());
+            let local = to_micros(OffsetDateTime::now_utc());
             self.offset_us.store(redis_us - local, Ordering::Relaxed);
         }
     }
@@ -144,111 +210,80 @@ impl Snapshot {
     /// Redis's clock as estimated here; never earlier than an instant it returned before (a
     /// clock stepped back, here or in Redis, must not re-open an ended sale).
     pub(crate) fn now(&self) -> OffsetDateTime {
-        let local = scripts::to_micros(OffsetDateTime::now_utc());
+        let local = to_micros(OffsetDateTime::now_utc());
         let estimate = local + self.offset_us.load(Ordering::Relaxed);
         let last = self.last_now_us.fetch_max(estimate, Ordering::Relaxed);
-        scripts::from_micros(estimate.max(last))
+        from_micros(estimate.max(last))
+    }
+
+    /// Loads the sales created since the last load (by any instance). This query runs every
+    /// refresh: it is the heartbeat that lifts the up-front refusal of purchases as soon as
+    /// PostgreSQL answers again.
+    pub(crate) async fn load_new(&self) -> Result<(), StoreError> {
+        let client = self.pg.client().await?;
+        let rows = self
+            .pg
+            .call(
+                "load sales",
+                client.query(
+                    &format!("SELECT {SALE_COLUMNS} FROM sales WHERE id > $1 ORDER BY id"),
+                    &[&self.max_id()],
+                ),
+            )
+            .await?;
+        self.pg.reachable();
+        for row in &rows {
+            let e = entry_of(row);
+            self.insert(e.sale, e.remaining, e.sold_out_at);
+        }
+        Ok(())
+    }
+
+    /// Looks one sale up in PostgreSQL (created by another instance since the last refresh).
+    pub(crate) async fn load_one(&self, id: SaleId) -> Result<Option<Arc<Sale>>, StoreError> {
+        let client = self.pg.client().await?;
+        let row = self
+            .pg
+            .call(
+                "load sale",
+                client.query_opt(
+                    &format!("SELECT {SALE_COLUMNS} FROM sales WHERE id = $1"),
+                    &[&id.0],
+                ),
+            )
+            .await?;
+        Ok(row.map(|row| {
+            let e = entry_of(&row);
+            let sale = Arc::clone(&e.sale);
+            self.insert(e.sale, e.remaining, e.sold_out_at);
+            sale
+        }))
+    }
+
+    /// The sale, from the view or else from PostgreSQL; `None` if there is no such sale.
+    pub(crate) async fn sale(&self, id: SaleId) -> Result<Option<Arc<Sale>>, StoreError> {
+        if let Some(entry) = self.get(id) {
+            return Ok(Some(entry.sale));
+        }
+        self.load_one(id).await
     }
 }
 
-/// Refreshes the snapshot every interval until cancelled.
-pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
-    let period = inner.cfg.refresh_interval.min(Duration::from_millis(250));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut n: u64 = 0;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        refresh(&inner).await;
-        n += 1;
-        // Counters are statistics: flushing them about once a second is plenty.
-        if n.is_multiple_of(10)
-            && let Err(e) = inner.counters.flush(&inner).await
-        {
-            tracing::debug!(error = %e, "counters not flushed; retrying later");
-        }
+/// The rejection a snapshot entry implies without asking Redis, if any.
+fn settled_rejection(sale: &Sale, remaining: u32, now: OffsetDateTime) -> Option<Rejection> {
+    // Margin on the time check: this instance's estimate of Redis's clock may be a few ms
+    // off, and an attempt at the very edge must be decided by Redis itself.
+    const MARGIN: time::Duration = time::Duration::seconds(1);
+    if now < sale.starts_at + MARGIN {
+        return None;
     }
-}
-
-/// One refresh: new sales from PostgreSQL, then figures and clock from Redis.
-pub(crate) async fn refresh(inner: &Arc<Inner>) {
-    if let Err(e) = load_new(inner).await {
-        tracing::debug!(error = %e, "snapshot: cannot load new sales");
+    if remaining == 0 {
+        return Some(Rejection::SoldOut);
     }
-    let ids: Vec<SaleId> = inner.snapshot.sales.read().keys().copied().collect();
-    let mut pipe = redis::pipe();
-    pipe.cmd("TIME");
-    for id in &ids {
-        pipe.cmd("HMGET")
-            .arg(&inner.keys.sale(*id).meta)
-            .arg("remaining")
-            .arg("reserved")
-            .arg("sold_out_us")
-            .arg("epoch");
+    if now >= sale.ends_at + MARGIN {
+        return Some(Rejection::NotActive(NotActiveReason::Ended));
     }
-    let mut con = inner.con();
-    type Figures = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
-    type Reply = (Vec<String>, Vec<Figures>);
-    let reply = inner
-        .redis_call("snapshot", async {
-            let mut values: Vec<redis::Value> = pipe.query_async(&mut con).await?;
-            let time: Vec<String> = redis::from_redis_value(values.remove(0))?;
-            let figures = values
-                .into_iter()
-                .map(|v| redis::from_redis_value(v).map_err(redis::RedisError::from))
-                .collect::<redis::RedisResult<Vec<Figures>>>()?;
-            Ok::<Reply, redis::RedisError>((time, figures))
-        })
-        .await;
-    let (time, figures) = match reply {
-        Ok(reply) => reply,
-        Err(e) => {
-            tracing::debug!(error = %e, "snapshot: redis unreachable, keeping the last view");
-            return;
-        }
-    };
-    if let [secs, micros] = time.as_slice()
-        && let (Ok(secs), Ok(micros)) = (secs.parse::<i64>(), micros.parse::<i64>())
-    {
-        inner
-            .snapshot
-            .observe_clock(Some(secs * 1_000_000 + micros));
-    }
-    inner
-        .snapshot
-        .refreshed_ms
-        .store(super::unix_ms(), Ordering::Relaxed);
-    let mut missing = Vec::new();
-    {
-        let mut sales = inner.snapshot.sales.write();
-        for (id, (remaining, reserved, sold_out_us, epoch)) in ids.iter().zip(figures) {
-            let Some(entry) = sales.get_mut(id) else {
-                continue;
-            };
-            match remaining {
-                Some(remaining) => {
-                    let unconfirmed = (remaining + reserved.unwrap_or(0)).max(0) as u32;
-                    if entry.epoch.is_some() && entry.epoch != epoch {
-                        // Rebuilt from PostgreSQL since the last read: the old figure was
-                        // Redis's (possibly wrong) view, the new one is the durable truth.
-                        entry.remaining = unconfirmed;
-                        entry.sold_out_at = None;
-                    }
-                    entry.epoch = epoch;
-                    entry.lower(unconfirmed, sold_out_us.map(scripts::from_micros));
-                }
-                None => missing.push(Arc::clone(&entry.sale)),
-            }
-        }
-    }
-    for sale in missing {
-        if let Err(e) = reconcile::rebuild(inner, &sale).await {
-            tracing::warn!(sale = %sale.id, error = %e, "cannot rebuild sale in Redis yet");
-        }
-    }
+    None
 }
 
 const SALE_COLUMNS: &str = "id, name, starts_at, ends_at, stock, per_user_limit, sold, sold_out_at";
@@ -269,45 +304,4 @@ fn entry_of(row: &tokio_postgres::Row) -> Entry {
         sold_out_at: row.get(7),
         sale: Arc::new(sale),
     }
-}
-
-async fn load_new(inner: &Inner) -> Result<(), StoreError> {
-    let client = inner.pg().await?;
-    let rows = inner
-        .pg_call(
-            "load sales",
-            client.query(
-                &format!("SELECT {SALE_COLUMNS} FROM sales WHERE id > $1 ORDER BY id"),
-                &[&inner.snapshot.max_id()],
-            ),
-        )
-        .await?;
-    // This query runs every refresh: it is the heartbeat that lifts the up-front refusal of
-    // purchases as soon as PostgreSQL answers again.
-    inner.pg_reachable();
-    for row in &rows {
-        let e = entry_of(row);
-        inner.snapshot.insert(e.sale, e.remaining, e.sold_out_at);
-    }
-    Ok(())
-}
-
-/// Looks one sale up in PostgreSQL (created by another instance since the last refresh).
-pub(crate) async fn load_one(inner: &Inner, id: SaleId) -> Result<Option<Arc<Sale>>, StoreError> {
-    let client = inner.pg().await?;
-    let row = inner
-        .pg_call(
-            "load sale",
-            client.query_opt(
-                &format!("SELECT {SALE_COLUMNS} FROM sales WHERE id = $1"),
-                &[&id.0],
-            ),
-        )
-        .await?;
-    Ok(row.map(|row| {
-        let e = entry_of(&row);
-        let sale = Arc::clone(&e.sale);
-        inner.snapshot.insert(e.sale, e.remaining, e.sold_out_at);
-        sale
-    }))
 }

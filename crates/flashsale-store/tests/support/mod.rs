@@ -1,16 +1,16 @@
 //! Shared helpers for the Redis + PostgreSQL tests: isolation (a schema and a key prefix per
-//! test, dropped afterwards), private services for tests that stop or flush one, and the
-//! invariant check every failure test ends with.
+//! test, dropped afterwards: `flashsale_testkit::isolation`, re-exported), private services
+//! for tests that stop or flush one, and the invariant check every failure test ends with.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use flashsale_core::{IdempotencyKey, NewSale, Quantity, SaleId, UserId};
 use flashsale_store::Attempt;
-use flashsale_store::redis_pg::{RedisPgConfig, RedisPgStore};
+use flashsale_store::redis_pg::RedisPgConfig;
+pub use flashsale_testkit::isolation::{Cleanup, connect, database_url, isolated, redis_url};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -35,95 +35,6 @@ pub fn attempt(sale: SaleId, name: &str, key: Option<&str>) -> Attempt {
         quantity: Quantity::ONE,
         idempotency_key: key.map(|k| IdempotencyKey::parse(k).unwrap()),
     }
-}
-
-/// The shared Redis (TEST_REDIS_URL, default the local one).
-pub fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// The shared PostgreSQL (TEST_DATABASE_URL, default the local one).
-pub fn database_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A name no other test (or test run) uses.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}_{}_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed),
-        Uuid::now_v7().simple().to_string()[8..16].to_owned()
-    )
-}
-
-/// A configuration isolated by its own schema and key prefix, with test-friendly timings.
-pub fn isolated(redis_url: &str, database_url: &str) -> RedisPgConfig {
-    let name = unique("t");
-    let mut cfg = RedisPgConfig::new(redis_url, database_url);
-    cfg.key_prefix = name.clone();
-    cfg.pg_schema = name;
-    cfg.redis_timeout = Duration::from_millis(500);
-    cfg.pg_timeout = Duration::from_secs(3);
-    cfg
-}
-
-/// Drops a test's schema and Redis keys when dropped (on its own thread and runtime, since
-/// `Drop` cannot await).
-pub struct Cleanup {
-    pub cfg: RedisPgConfig,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let cfg = self.cfg.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&cfg.database_url, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!(
-                            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-                            cfg.pg_schema
-                        ))
-                        .await;
-                }
-                if let Ok(client) = redis::Client::open(cfg.redis_url.as_str())
-                    && let Ok(mut con) = client.get_multiplexed_async_connection().await
-                {
-                    let pattern = format!("{{{}:*", cfg.key_prefix);
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(&pattern)
-                        .query_async(&mut con)
-                        .await
-                        .unwrap_or_default();
-                    if !keys.is_empty() {
-                        let _: Result<(), _> =
-                            redis::cmd("DEL").arg(&keys).query_async(&mut con).await;
-                    }
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// Connects a store, failing loudly (never skipping) if the services are unreachable.
-pub async fn connect(cfg: &RedisPgConfig) -> RedisPgStore {
-    RedisPgStore::connect(cfg.clone()).await.unwrap_or_else(|e| {
-        panic!(
-            "cannot reach Redis at {} / PostgreSQL at {} (set TEST_REDIS_URL / TEST_DATABASE_URL): {e}",
-            cfg.redis_url, cfg.database_url
-        )
-    })
 }
 
 /// A direct PostgreSQL client on the test's schema.

@@ -1,0 +1,100 @@
+//! Test support for flashsale stores, as a crate so that a store anywhere can run it:
+//!
+//! - [`StoreUnderTest`]: how a case gets a store on data of its own, opens it again on the
+//!   same data (a restart), and has another process open it (a crash);
+//! - [`conformance`]: what every store answers on fresh data;
+//! - [`durability`]: what every store keeps across a restart and a crash;
+//! - [`conformance_suite!`]: one `#[tokio::test]` per case of both, for one store;
+//! - [`stores`]: the embedded and scale-out stores as [`StoreUnderTest`]s;
+//! - [`isolation`]: each test's own schema and key prefix on the shared Redis and
+//!   PostgreSQL, removed however the test ends.
+//!
+//! Cases are plain `async fn`s generic over [`StoreUnderTest`]; a failed check panics, as in
+//! any test.
+
+// Test support: a setup that cannot be done is a failed test, said where it happened.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
+pub mod conformance;
+pub mod durability;
+pub mod isolation;
+pub mod stores;
+
+use async_trait::async_trait;
+use flashsale_store::SaleStore;
+use std::sync::Arc;
+
+/// A store the suite can run against, with data of one case's own.
+#[async_trait]
+pub trait StoreUnderTest: Send + Sync + Sized + 'static {
+    /// Fresh, empty data for one case (a directory, a schema and key prefix), removed when
+    /// this is dropped.
+    async fn isolated() -> Self;
+
+    /// Opens a store on this case's data: empty the first time; after the previous store
+    /// shut down (or its process was killed), the same data again (embedded: the same
+    /// directory; scale-out: a new instance on the same schema and prefix). A case drops every
+    /// handle of the previous store first.
+    async fn open(&self) -> Arc<dyn SaleStore>;
+
+    /// One line another process gives to [`StoreUnderTest::open_described`] to open this
+    /// case's data (the crash case's child).
+    fn describe(&self) -> String;
+
+    /// In another process: opens the data [`StoreUnderTest::describe`] named, never removing
+    /// it (the case that described it owns it).
+    async fn open_described(description: &str) -> Arc<dyn SaleStore>;
+}
+
+/// Generates, in a module named `$backend`, one `#[tokio::test]` per case of
+/// [`conformance`] and [`durability`] for the [`StoreUnderTest`] `$sut`, plus the (ignored)
+/// test the crash case runs as its child process. The invoking crate needs `tokio` with the
+/// `macros` and `rt-multi-thread` features.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($backend:ident, $sut:ty) => {
+        mod $backend {
+            $crate::conformance_suite!(@cases $sut; conformance;
+                new_sale_has_full_stock_and_is_listed,
+                confirmed_purchase_takes_one_unit_and_is_readable,
+                buyer_at_the_limit_is_already_purchased_with_their_order,
+                per_user_limit_above_one_is_enforced_across_attempts,
+                quantity_above_the_sales_limit_is_refused,
+                last_unit_sells_then_every_attempt_is_sold_out,
+                quantity_above_the_remaining_stock_is_insufficient_stock,
+                attempts_outside_the_window_are_not_active,
+                unknown_sale_is_not_found_everywhere,
+                idempotency_key_replays_the_first_outcome,
+                racing_buyers_and_duplicates_never_oversell,
+                summary_counts_attempts_and_rejections_by_reason,
+                creating_a_sale_again_with_its_key_returns_the_same_sale,
+            );
+            $crate::conformance_suite!(@cases $sut; durability;
+                confirmed_orders_stock_keys_and_counters_survive_a_restart,
+                a_key_replays_its_order_after_a_restart,
+            );
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn confirmed_orders_survive_a_crash_mid_batch() {
+                let sut = <$sut as $crate::StoreUnderTest>::isolated().await;
+                let child = concat!(module_path!(), "::crash_child");
+                $crate::durability::confirmed_orders_survive_a_crash_mid_batch(sut, child).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[ignore = "the child process of confirmed_orders_survive_a_crash_mid_batch"]
+            async fn crash_child() {
+                $crate::durability::crash_child::<$sut>().await;
+            }
+        }
+    };
+    (@cases $sut:ty; $module:ident; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let sut = <$sut as $crate::StoreUnderTest>::isolated().await;
+                $crate::$module::$case(sut).await;
+            }
+        )*
+    };
+}
