@@ -1,10 +1,11 @@
 //! The one error type of the HTTP layer. Every non-2xx answer is an [`ApiError`]; each variant
 //! documents its status and stable `code`. Bodies are JSON `{"code", "message"}` plus the extra
 //! fields of docs/api.md. Bodies without variable parts are built at compile time, since the
-//! commonest answers under load (`sold_out`) are among them. 5xx bodies are generic; the cause
-//! is logged once, here, inside the request's span, with its whole chain (a store error's
-//! `what`, then each `source` beneath it down to the root: "store unavailable: postgres commit
-//! orders: db error: ...").
+//! commonest answers under load (`sold_out`) are among them. 5xx bodies are generic; the cause,
+//! with its whole chain (a store error's `what`, then each `source` beneath it down to the
+//! root: "store unavailable: postgres commit orders: db error: ..."), rides on the response as
+//! a [`Failure`] and is logged once, with the request's id, method and path, by
+//! [`crate::http::stack::frame`].
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -348,18 +349,56 @@ fn to_bytes<T: Serialize>(value: &T) -> Bytes {
     }
 }
 
+/// Why an answer is a 5xx, carried on the response to the one place that logs it,
+/// [`crate::http::stack::frame`], which knows the request (id, method, path) and logs it once.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// A bug or corrupt data (logged as an error), not a dependency being away (a warning).
+    pub internal: bool,
+    /// The log line's message: what kind of failure.
+    pub what: &'static str,
+    /// What failed, with its whole cause chain on one line.
+    pub cause: String,
+}
+
+impl Failure {
+    /// The failure behind `error`, if it is one worth a log line.
+    fn of(error: &ApiError) -> Option<Self> {
+        let (internal, what, cause) = match error {
+            ApiError::Store(cause @ StoreError::Internal { .. }) => {
+                (true, "internal error", cause.report().to_string())
+            }
+            ApiError::Internal(cause) => (true, "internal error", cause.clone()),
+            ApiError::Store(cause) => (false, "store unavailable", cause.report().to_string()),
+            _ => return None,
+        };
+        Some(Self {
+            internal,
+            what,
+            cause,
+        })
+    }
+
+    /// Logs it, once, with the request it answered.
+    pub fn log(&self, id: &str, method: &axum::http::Method, path: &str, status: StatusCode) {
+        let status = status.as_u16();
+        let (what, cause) = (self.what, &self.cause);
+        if self.internal {
+            tracing::error!(id, %method, path, status, error = %cause, "{what}");
+        } else {
+            tracing::warn!(id, %method, path, status, error = %cause, "{what}");
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        match &self {
-            ApiError::Store(cause @ StoreError::Internal { .. }) => {
-                tracing::error!(error = %cause.report(), "internal error");
-            }
-            ApiError::Internal(cause) => tracing::error!(error = %cause, "internal error"),
-            ApiError::Store(cause) => tracing::warn!(error = %cause.report(), "store unavailable"),
-            _ => {}
-        }
+        let failure = Failure::of(&self);
         let mut response = (status, self.body()).into_response();
+        if let Some(failure) = failure {
+            response.extensions_mut().insert(failure);
+        }
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -501,66 +540,65 @@ mod tests {
         assert_eq!(response.headers()[header::RETRY_AFTER], "3");
     }
 
-    /// Runs `f` with a subscriber that writes every log line into the returned buffer.
-    fn logged(f: impl FnOnce()) -> String {
-        #[derive(Clone, Default)]
-        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Buffer {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::with_default(subscriber, f);
-        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    fn failure_of(error: ApiError) -> Failure {
+        error
+            .into_response()
+            .extensions()
+            .get::<Failure>()
+            .cloned()
+            .expect("a 5xx carries its failure")
     }
 
     #[test]
-    fn a_store_failure_is_logged_once_with_its_whole_cause_chain() {
+    fn a_store_failure_carries_its_whole_cause_chain_to_the_log() {
         let root = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
-        let error = ApiError::Store(StoreError::unavailable_from("postgres commit orders", root));
-        let lines = logged(|| drop(error.into_response()));
-        assert_eq!(lines.lines().count(), 1, "{lines}");
-        assert!(
-            lines.contains("store unavailable: postgres commit orders: connection refused"),
-            "{lines}"
+        let failure = failure_of(ApiError::Store(StoreError::unavailable_from(
+            "postgres commit orders",
+            root,
+        )));
+        assert!(!failure.internal);
+        assert_eq!(
+            failure.cause,
+            "store unavailable: postgres commit orders: connection refused"
         );
     }
 
     #[test]
-    fn an_internal_store_error_is_logged_as_an_error_with_its_root_cause() {
+    fn an_internal_store_error_is_an_internal_failure_with_its_root_cause() {
         let root = std::io::Error::other("malformed reply");
         let inner = StoreError::internal_from("parsing the admission reply", root);
-        let error = ApiError::Store(StoreError::unavailable_from("the admission failed", inner));
-        let lines = logged(|| drop(error.into_response()));
-        assert!(
-            lines.contains(
-                "store unavailable: the admission failed: store internal error: parsing the \
-                 admission reply: malformed reply"
-            ),
-            "{lines}"
+        let failure = failure_of(ApiError::Store(StoreError::unavailable_from(
+            "the admission failed",
+            inner,
+        )));
+        assert_eq!(
+            failure.cause,
+            "store unavailable: the admission failed: store internal error: parsing the \
+             admission reply: malformed reply"
         );
-        let response = ApiError::Store(StoreError::internal_from(
+        let failure = failure_of(ApiError::Store(StoreError::internal_from(
             "parsing the admission reply",
             std::io::Error::other("malformed reply"),
-        ));
-        let lines = logged(|| {
-            assert_eq!(
-                response.into_response().status(),
-                StatusCode::INTERNAL_SERVER_ERROR
+        )));
+        assert!(failure.internal);
+        assert!(failure.cause.contains("malformed reply"), "{failure:?}");
+    }
+
+    #[test]
+    fn answers_that_are_not_failures_carry_none() {
+        for error in [
+            ApiError::SaleNotFound,
+            ApiError::Overloaded,
+            ApiError::Timeout,
+        ] {
+            assert!(
+                error
+                    .into_response()
+                    .extensions()
+                    .get::<Failure>()
+                    .is_none()
             );
-        });
-        assert!(lines.contains("ERROR"), "{lines}");
-        assert!(lines.contains("malformed reply"), "{lines}");
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::http::client_ip::{TrustedProxies, rate_key};
 use crate::http::error::ApiError;
 use crate::http::extract::MAX_BODY_BYTES;
 use crate::http::{AppState, routes};
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::{Extensions, HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -437,12 +437,9 @@ fn quota(per_second: u32, burst: u32) -> Quota {
     Quota::per_second(rate).allow_burst(burst)
 }
 
-/// Route middleware: charges the request to its client address (per route class).
-pub async fn limit_by_address(
-    State(app): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// Charges the request to its client address (per route class), then runs the route (called
+/// by [`crate::http::stack::around_route`]).
+pub async fn limit_by_address(app: &AppState, request: Request, next: Next) -> Response {
     if !app.limiter.enabled {
         return next.run(request).await;
     }

@@ -18,9 +18,8 @@
 
 use crate::http::AppState;
 use crate::http::routes;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use flashsale_core::Outcome;
 use flashsale_store::SaleStore;
@@ -190,7 +189,8 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
-    fn record(&self, route: &str, status: StatusCode, started: Instant) {
+    /// Counts one answer of `route` with `status`, and its latency since `started`.
+    pub fn record(&self, route: &str, status: StatusCode, started: Instant) {
         let Some(m) = self.routes.get(route) else {
             return;
         };
@@ -217,19 +217,6 @@ impl Metrics {
         });
         counter.increment(1);
     }
-}
-
-/// Middleware (on routes only, so the matched route is known): counts and times each request.
-pub async fn track(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    // A clone of the matched path is a reference-count increment, not a copy.
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(request).await;
-    if let Some(route) = route {
-        app.metrics
-            .record(route.as_str(), response.status(), started);
-    }
-    response
 }
 
 /// Prometheus text exposition.

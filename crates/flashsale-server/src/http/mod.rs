@@ -13,6 +13,7 @@ pub mod events;
 pub mod extract;
 pub mod health;
 pub mod identity;
+pub mod json;
 pub mod known_sales;
 pub mod limits;
 pub mod metrics;
@@ -20,29 +21,20 @@ pub mod openapi;
 pub mod orders;
 pub mod page;
 pub mod sales;
+pub mod stack;
 
 use crate::address_slots::AddressSlots;
 use crate::http::error::ApiError;
 use axum::Router;
-use axum::http::{HeaderName, HeaderValue, Request};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use flashsale_store::SaleStore;
-use std::any::Any;
-use std::hash::{BuildHasher, RandomState};
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::TraceLayer;
 
 /// Route paths, shared by the router and the per-route metrics.
 pub mod routes {
@@ -165,7 +157,6 @@ pub fn router(state: AppState) -> Router {
 
 /// Builds the router for one listener's [`Surface`].
 pub fn router_for(state: AppState, surface: Surface) -> Router {
-    let x_request_id = HeaderName::from_static("x-request-id");
     let mut routes = Router::new()
         .route(routes::HEALTHZ, get(health::healthz))
         .route(routes::READYZ, get(health::readyz));
@@ -191,75 +182,21 @@ pub fn router_for(state: AppState, surface: Surface) -> Router {
             .route(routes::ADMIN_SUMMARY, get(admin::get_summary));
     }
     routes
-        // A later layer wraps the earlier ones: metrics see every answer, the timeout covers
-        // the limiter and the handler, and the limiter refuses before any work.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            limits::limit_by_address,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            answer_within_timeout,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
+            stack::around_route,
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
             ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(
-                    x_request_id.clone(),
-                    NextRequestId::default(),
+                .layer(axum::middleware::from_fn_with_state(
+                    stack::RequestIds::default(),
+                    stack::frame,
                 ))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(|request: &Request<_>| {
-                            let id = request
-                                .headers()
-                                .get("x-request-id")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("-");
-                            tracing::info_span!(
-                                "request",
-                                id,
-                                method = %request.method(),
-                                path = %request.uri().path(),
-                            )
-                        })
-                        // 5xx are logged once, with their cause, by `ApiError`.
-                        .on_failure(()),
-                )
-                .layer(PropagateRequestIdLayer::new(x_request_id))
-                // Browsers must not guess a JSON error into HTML, nor send our URLs elsewhere.
-                .layer(SetResponseHeaderLayer::if_not_present(
-                    axum::http::header::X_CONTENT_TYPE_OPTIONS,
-                    HeaderValue::from_static("nosniff"),
-                ))
-                .layer(SetResponseHeaderLayer::if_not_present(
-                    axum::http::header::REFERRER_POLICY,
-                    HeaderValue::from_static("no-referrer"),
-                ))
-                .layer(CatchPanicLayer::custom(panic_response)),
+                .layer(CatchPanicLayer::custom(stack::panic_response)),
         )
         .with_state(state)
-}
-
-/// Answers 503 `timeout` when the handler has not produced a response in time. Only the wait
-/// for the response head counts: an event stream, once started, is not cut off.
-async fn answer_within_timeout(
-    axum::extract::State(app): axum::extract::State<AppState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    match tokio::time::timeout(app.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(timeout = ?app.request_timeout, "request timed out");
-            ApiError::Timeout.into_response()
-        }
-    }
 }
 
 /// 404 `not_found` for unknown routes.
@@ -270,34 +207,4 @@ async fn not_found() -> ApiError {
 /// 405 `method_not_allowed` for known routes with another method.
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
-}
-
-fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
-    let detail = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned());
-    ApiError::Internal(format!("handler panicked: {detail}")).into_response()
-}
-
-/// Request ids: a process-wide counter hashed under a key drawn at start, as 16 hex digits.
-/// Unique in practice (a 64-bit keyed hash of distinct counters), cheap, easy to grep, and,
-/// unlike the bare counter, they do not tell a client how many requests the service has had.
-#[derive(Clone)]
-struct NextRequestId(Arc<(AtomicU64, RandomState)>);
-
-impl Default for NextRequestId {
-    fn default() -> Self {
-        Self(Arc::new((AtomicU64::new(0), RandomState::new())))
-    }
-}
-
-impl MakeRequestId for NextRequestId {
-    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        let (counter, key) = &*self.0;
-        let n = counter.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:016x}", key.hash_one(n));
-        HeaderValue::from_str(&id).ok().map(RequestId::new)
-    }
 }

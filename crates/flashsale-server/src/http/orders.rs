@@ -16,6 +16,7 @@ use crate::http::AppState;
 use crate::http::error::{ApiError, Challenge};
 use crate::http::extract::{BuyerPath, SalePath, idempotency_key, json_body, parse_object};
 use crate::http::identity::Caller;
+use crate::http::json::JsonBuf;
 use crate::http::limits::refuse_unread;
 use axum::Json;
 use axum::extract::{Request, State};
@@ -37,11 +38,39 @@ struct RawOrder<'a> {
     quantity: Option<i64>,
 }
 
-/// The 201 body.
+/// The 201 body's serde form: the reference the hand-written [`confirmed_json`] is tested
+/// against.
+#[cfg(test)]
 #[derive(Serialize)]
 struct ConfirmedBody<'a> {
     code: &'static str,
     order: &'a Order,
+}
+
+/// The 201 body, written by hand (see [`crate::http::json`]): the bytes of [`ConfirmedBody`].
+fn confirmed_json(order: &Order) -> JsonBuf {
+    let mut out = JsonBuf::with_capacity(192 + order.user_id.as_str().len());
+    let mut uuid = uuid::Uuid::encode_buffer();
+    out.raw(b"{\"code\":")
+        .string(Outcome::Confirmed.code())
+        .raw(b",\"order\":{\"order_id\":\"")
+        .raw(
+            order
+                .order_id
+                .hyphenated()
+                .encode_lower(&mut uuid)
+                .as_bytes(),
+        )
+        .raw(b"\",\"sale_id\":")
+        .number(order.sale_id.0)
+        .raw(b",\"user_id\":")
+        .string(order.user_id.as_str())
+        .raw(b",\"quantity\":")
+        .number(order.quantity)
+        .raw(b",\"created_at\":")
+        .instant(Some(order.created_at))
+        .raw(b"}}");
+    out
 }
 
 /// The purchase request body in a token mode: the buyer comes from the token, so `user_id`
@@ -101,11 +130,7 @@ pub async fn create_order(
     match result {
         Ok(order) => {
             app.metrics.record_purchase(Outcome::Confirmed);
-            let body = ConfirmedBody {
-                code: Outcome::Confirmed.code(),
-                order: &order,
-            };
-            (StatusCode::CREATED, Json(body)).into_response()
+            confirmed_json(&order).into_response(StatusCode::CREATED)
         }
         Err(e) => {
             if let Some(outcome) = e.outcome() {
@@ -298,4 +323,44 @@ async fn orders_of(
         orders: &orders,
     };
     Ok(Json(body).into_response())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use time::OffsetDateTime;
+
+    proptest! {
+        #[test]
+        fn the_hand_written_confirmation_is_what_serde_writes(
+            id in any::<u128>(),
+            sale in any::<i64>(),
+            user in "[^\\p{Cc}\\s]{1,40}",
+            quantity in any::<u32>(),
+            seconds in -62_135_596_800i64..253_402_300_799,
+            nanos in 0i64..1_000_000_000,
+        ) {
+            let Ok(user_id) = UserId::parse(&user) else { return Ok(()) };
+            let order = Order {
+                order_id: uuid::Uuid::from_u128(id),
+                sale_id: SaleId(sale),
+                user_id,
+                quantity,
+                created_at: OffsetDateTime::from_unix_timestamp(seconds).unwrap()
+                    + time::Duration::nanoseconds(nanos),
+            };
+            let expected = serde_json::to_vec(&ConfirmedBody {
+                code: Outcome::Confirmed.code(),
+                order: &order,
+            })
+            .unwrap();
+            let written = confirmed_json(&order).into_bytes();
+            prop_assert_eq!(
+                std::str::from_utf8(&written).unwrap(),
+                std::str::from_utf8(&expected).unwrap()
+            );
+        }
+    }
 }

@@ -5,8 +5,10 @@
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::SalePath;
-use axum::Json;
+use crate::http::json::JsonBuf;
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use flashsale_core::{EndReason, SaleState, pick_featured};
 use flashsale_store::SaleStatus;
 use serde::Serialize;
@@ -92,6 +94,48 @@ impl SaleBody {
             server_time: now,
         }
     }
+
+    /// The body as JSON, the same bytes `serde_json` writes for it (a test holds them equal;
+    /// see [`crate::http::json`] for why by hand).
+    pub fn to_json(&self) -> JsonBuf {
+        let mut out = JsonBuf::with_capacity(320 + self.name.len());
+        out.raw(b"{\"sale_id\":")
+            .number(self.sale_id)
+            .raw(b",\"name\":")
+            .string(&self.name)
+            .raw(match self.state {
+                StateName::Upcoming => b",\"state\":\"upcoming\"",
+                StateName::Active => b",\"state\":\"active\"",
+                StateName::Ended => b",\"state\":\"ended\"",
+            })
+            .raw(match self.ended_reason {
+                None => b",\"ended_reason\":null",
+                Some(EndedReason::Time) => b",\"ended_reason\":\"time\"",
+                Some(EndedReason::SoldOut) => b",\"ended_reason\":\"sold_out\"",
+            })
+            .raw(b",\"starts_at\":")
+            .instant(Some(self.starts_at))
+            .raw(b",\"ends_at\":")
+            .instant(Some(self.ends_at))
+            .raw(b",\"stock_total\":")
+            .number(self.stock_total)
+            .raw(b",\"stock_remaining\":")
+            .number(self.stock_remaining)
+            .raw(b",\"per_user_limit\":")
+            .number(self.per_user_limit)
+            .raw(b",\"sold_out_at\":")
+            .instant(self.sold_out_at)
+            .raw(b",\"server_time\":")
+            .instant(Some(self.server_time))
+            .raw(b"}");
+        out
+    }
+}
+
+impl IntoResponse for SaleBody {
+    fn into_response(self) -> Response {
+        self.to_json().into_response(StatusCode::OK)
+    }
 }
 
 /// The sale the page shows: the active one, else the next upcoming, else the latest ended.
@@ -105,7 +149,7 @@ impl SaleBody {
         (status = 503, description = "`unavailable`", body = crate::http::openapi::ErrorDoc),
     )
 )]
-pub async fn get_featured_sale(State(app): State<AppState>) -> Result<Json<SaleBody>, ApiError> {
+pub async fn get_featured_sale(State(app): State<AppState>) -> Result<SaleBody, ApiError> {
     let statuses = app.store.statuses().await?;
     let now = app.store.now();
     let featured = pick_featured(statuses.iter().map(|s| (&*s.sale, s.remaining)), now)
@@ -115,7 +159,7 @@ pub async fn get_featured_sale(State(app): State<AppState>) -> Result<Json<SaleB
         .iter()
         .find(|s| s.sale.id == featured)
         .ok_or(ApiError::SaleNotFound)?;
-    Ok(Json(SaleBody::new(status, now)))
+    Ok(SaleBody::new(status, now))
 }
 
 /// One sale's status.
@@ -133,7 +177,96 @@ pub async fn get_featured_sale(State(app): State<AppState>) -> Result<Json<SaleB
 pub async fn get_sale(
     State(app): State<AppState>,
     SalePath(id): SalePath,
-) -> Result<Json<SaleBody>, ApiError> {
+) -> Result<SaleBody, ApiError> {
     let status = app.store.status(id).await?.ok_or(ApiError::SaleNotFound)?;
-    Ok(Json(SaleBody::new(&status, app.store.now())))
+    Ok(SaleBody::new(&status, app.store.now()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn instant() -> impl Strategy<Value = OffsetDateTime> {
+        // Years 1..=9999 and any nanosecond: what RFC 3339 can write.
+        (-62_135_596_800i64..253_402_300_799, 0u32..1_000_000_000).prop_map(|(s, ns)| {
+            OffsetDateTime::from_unix_timestamp(s).unwrap()
+                + time::Duration::nanoseconds(i64::from(ns))
+        })
+    }
+
+    fn body() -> impl Strategy<Value = SaleBody> {
+        (
+            (any::<i64>(), any::<String>(), 0usize..3, 0usize..3),
+            (
+                instant(),
+                instant(),
+                proptest::option::of(instant()),
+                instant(),
+            ),
+            (any::<u32>(), any::<u32>(), any::<u32>()),
+        )
+            .prop_map(
+                |((sale_id, name, state, reason), (starts, ends, sold_out, now), (t, r, l))| {
+                    SaleBody {
+                        sale_id,
+                        name,
+                        state: [StateName::Upcoming, StateName::Active, StateName::Ended][state],
+                        ended_reason: [None, Some(EndedReason::Time), Some(EndedReason::SoldOut)]
+                            [reason],
+                        starts_at: starts,
+                        ends_at: ends,
+                        stock_total: t,
+                        stock_remaining: r,
+                        per_user_limit: l,
+                        sold_out_at: sold_out,
+                        server_time: now,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn the_hand_written_body_is_what_serde_writes(body in body()) {
+            let expected = serde_json::to_vec(&body).unwrap();
+            let written = body.to_json().into_bytes();
+            prop_assert_eq!(
+                std::str::from_utf8(&written).unwrap(),
+                std::str::from_utf8(&expected).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn names_that_need_escaping_are_escaped_as_serde_does() {
+        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        for name in [
+            "\"quoted\"",
+            "back\\slash",
+            "tab\tnew\nline",
+            "\u{1}\u{1f}",
+            "ünï 🎉",
+        ] {
+            let body = SaleBody {
+                sale_id: 7,
+                name: name.to_owned(),
+                state: StateName::Active,
+                ended_reason: None,
+                starts_at: at,
+                ends_at: at,
+                stock_total: 1,
+                stock_remaining: 0,
+                per_user_limit: 1,
+                sold_out_at: Some(at),
+                server_time: at,
+            };
+            assert_eq!(
+                body.to_json().into_bytes(),
+                serde_json::to_vec(&body).unwrap(),
+                "{name:?}"
+            );
+        }
+    }
 }

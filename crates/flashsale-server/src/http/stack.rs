@@ -1,0 +1,263 @@
+//! The middleware every request passes through, as two plain functions rather than a stack of
+//! layers: each layer of a tower stack clones its inner service and boxes or moves a future per
+//! request, and a status read is cheap enough that the stack cost as much as the handler
+//! (issue 15; `scripts/instructions_per_request.sh` counts it).
+//!
+//! - [`frame`], around every request (routes, fallbacks, panics): the request id (the
+//!   `x-request-id` header, kept when the client sent one, generated otherwise, and echoed on
+//!   the answer), `X-Content-Type-Options: nosniff` and `Referrer-Policy: no-referrer`, a
+//!   `request` span at DEBUG level (so at the default INFO it costs nothing), and the one log
+//!   line of a 5xx: the [`Failure`] the answer carries, with the request's id, method and path;
+//! - [`around_route`], around each matched route: the per-address rate limit, the answer
+//!   timeout, and the route's metrics, in that order from the inside out: metrics see every
+//!   answer (timeouts and refusals too), the timeout covers the limiter and the handler.
+
+use crate::http::AppState;
+use crate::http::error::{ApiError, Failure};
+use crate::http::limits;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::any::Any;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use tracing::Instrument;
+
+/// The request id header.
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request ids: a process-wide counter hashed under a key drawn at start, as 16 hex digits.
+/// Unique in practice (a 64-bit keyed hash of distinct counters), cheap, easy to grep, and,
+/// unlike the bare counter, they do not tell a client how many requests the service has had.
+#[derive(Clone)]
+pub struct RequestIds(Arc<(AtomicU64, RandomState)>);
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self(Arc::new((AtomicU64::new(0), RandomState::new())))
+    }
+}
+
+impl RequestIds {
+    fn next(&self) -> HeaderValue {
+        let (counter, key) = &*self.0;
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        let mut hex = [0u8; 16];
+        let digits = key.hash_one(n);
+        for (i, byte) in hex.iter_mut().enumerate() {
+            let nibble = (digits >> (60 - 4 * i)) & 0xf;
+            *byte = b"0123456789abcdef"[nibble as usize];
+        }
+        // Sixteen hex digits are always a valid header value.
+        HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+}
+
+/// Outer middleware: request id, security headers, and the DEBUG span (see the module docs).
+pub async fn frame(State(ids): State<RequestIds>, mut request: Request, next: Next) -> Response {
+    let id = match request.headers().get(&X_REQUEST_ID) {
+        Some(given) => given.clone(),
+        None => {
+            let id = ids.next();
+            request
+                .headers_mut()
+                .insert(X_REQUEST_ID.clone(), id.clone());
+            id
+        }
+    };
+    let span = tracing::debug_span!(
+        "request",
+        id = id.to_str().unwrap_or("-"),
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    // Kept for a failure's log line: a method and a URI clone are reference counts, not copies.
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let mut response = next.run(request).instrument(span).await;
+    if let Some(failure) = response.extensions_mut().remove::<Failure>() {
+        let id = id.to_str().unwrap_or("-");
+        failure.log(id, &method, uri.path(), response.status());
+    }
+    let headers = response.headers_mut();
+    headers.insert(X_REQUEST_ID.clone(), id);
+    // Browsers must not guess a JSON error into HTML, nor send our URLs elsewhere.
+    headers
+        .entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    headers
+        .entry(header::REFERRER_POLICY)
+        .or_insert(HeaderValue::from_static("no-referrer"));
+    response
+}
+
+/// Route middleware: rate limit, timeout and metrics (see the module docs).
+pub async fn around_route(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    // A clone of the matched path is a reference-count increment, not a copy.
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let answer = limits::limit_by_address(&app, request, next);
+    // Only the wait for the response head counts: an event stream, once started, is not cut off.
+    let response = match tokio::time::timeout(app.request_timeout, answer).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut response = ApiError::Timeout.into_response();
+            response.extensions_mut().insert(Failure {
+                internal: false,
+                what: "request timed out",
+                cause: format!("no answer within {:?}", app.request_timeout),
+            });
+            response
+        }
+    };
+    if let Some(route) = route {
+        app.metrics
+            .record(route.as_str(), response.status(), started);
+    }
+    response
+}
+
+/// The answer to a handler that panicked: 500 `internal`, logged with the panic's message.
+pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    ApiError::Internal(format!("handler panicked: {detail}")).into_response()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use flashsale_store::StoreError;
+    use tower::ServiceExt;
+    use tower_http::catch_panic::CatchPanicLayer;
+
+    /// Runs `f` with a subscriber that writes every log line into the returned buffer.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// The log of one `GET path` through `frame` (and a panic catcher, as the real stack has),
+    /// and the request id the answer carried.
+    fn log_of_one_request(path: &'static str) -> (String, String) {
+        let app = Router::new()
+            .route(
+                "/unavailable",
+                get(|| async {
+                    let root = std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        "connection refused",
+                    );
+                    ApiError::Store(StoreError::unavailable_from("postgres commit orders", root))
+                }),
+            )
+            .route(
+                "/panics",
+                get(|| async {
+                    if true {
+                        panic!("the handler's bug");
+                    }
+                }),
+            )
+            .route("/fine", get(|| async { "fine" }))
+            .layer(
+                tower::ServiceBuilder::new()
+                    .layer(axum::middleware::from_fn_with_state(
+                        RequestIds::default(),
+                        frame,
+                    ))
+                    .layer(CatchPanicLayer::custom(panic_response)),
+            );
+        let mut id = String::new();
+        let lines = logged(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let request = axum::http::Request::get(path).body(Body::empty()).unwrap();
+            let response = runtime.block_on(app.oneshot(request)).unwrap();
+            id = response.headers()[&X_REQUEST_ID]
+                .to_str()
+                .unwrap()
+                .to_owned();
+        });
+        (lines, id)
+    }
+
+    #[test]
+    fn a_failure_is_logged_once_with_its_request_and_whole_cause_chain() {
+        let (lines, id) = log_of_one_request("/unavailable");
+        assert_eq!(lines.lines().count(), 1, "{lines}");
+        for part in [
+            "WARN",
+            id.as_str(),
+            "GET",
+            "/unavailable",
+            "503",
+            "store unavailable: postgres commit orders: connection refused",
+        ] {
+            assert!(lines.contains(part), "{part:?} missing from {lines}");
+        }
+    }
+
+    #[test]
+    fn a_panic_is_logged_once_as_an_error_with_its_request() {
+        let (lines, id) = log_of_one_request("/panics");
+        let errors: Vec<_> = lines.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "{lines}");
+        assert!(
+            errors[0].contains(&id) && errors[0].contains("the handler's bug"),
+            "{lines}"
+        );
+    }
+
+    #[test]
+    fn a_success_logs_nothing_at_the_default_level() {
+        let (lines, id) = log_of_one_request("/fine");
+        assert_eq!(id.len(), 16);
+        assert_eq!(lines, "", "{lines}");
+    }
+
+    #[test]
+    fn request_ids_are_sixteen_hex_digits_and_differ() {
+        let ids = RequestIds::default();
+        let a = ids.next();
+        let b = ids.next();
+        for id in [&a, &b] {
+            let s = id.to_str().unwrap();
+            assert_eq!(s.len(), 16, "{s}");
+            assert!(
+                s.bytes()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+                "{s}"
+            );
+        }
+        assert_ne!(a, b);
+    }
+}
