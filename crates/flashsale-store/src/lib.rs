@@ -52,7 +52,9 @@ pub mod redis_pg;
 pub use config::StoreConfig;
 pub use error::{Cause, Report, StoreError};
 pub use in_flight::PurchaseHold;
-pub use model::{Attempt, Order, PurchaseOutcome, RejectionCounts, SaleStatus, Summary};
+pub use model::{
+    Attempt, Dependency, Order, PurchaseOutcome, RejectionCounts, SaleStatus, Summary,
+};
 
 use async_trait::async_trait;
 use flashsale_core::{NewSale, Sale, SaleId, UserId};
@@ -102,9 +104,9 @@ pub trait SaleStore: Send + Sync + 'static {
     /// `Ok` when every dependency answers (for `/readyz`).
     async fn ready(&self) -> Result<(), StoreError>;
 
-    /// Each external dependency by name with whether it answers now (for the
+    /// Each external dependency with whether it answers now (for the
     /// `flashsale_dependency_up` metric); none for a store without external services.
-    async fn dependencies(&self) -> Vec<(&'static str, bool)> {
+    async fn dependencies(&self) -> Vec<Dependency> {
         Vec::new()
     }
 

@@ -156,6 +156,15 @@ impl Serialize for RejectionCounts {
     }
 }
 
+/// An external service a store depends on, and whether it answered when asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dependency {
+    /// Its name (`redis`, `postgres`): the `dependency` label of `flashsale_dependency_up`.
+    pub name: &'static str,
+    /// Whether it answered.
+    pub up: bool,
+}
+
 /// The operator's view of a sale.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {

@@ -44,40 +44,6 @@ fn attempt(sale: SaleId, name: &str, key: Option<&str>) -> Attempt {
     }
 }
 
-/// The sold-out instant is derived from the orders (the latest `created_at` once sold =
-/// stock), so it is the same after a reopen whichever group committed the last unit. The rest
-/// of what a restart keeps is the shared suite's (`conformance.rs`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_sold_out_instant_is_the_same_after_a_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let sale = store.create_sale(active(300, 1)).await.unwrap();
-    // 500 concurrent buyers, so the last units commit in different groups.
-    let tasks: Vec<_> = (0..500)
-        .map(|i| {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move {
-                let key = format!("key-{i}");
-                let attempt = attempt(sale.id, &format!("u{i}"), Some(&key));
-                store.purchase(attempt).await.unwrap()
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let before = store.status(sale.id).await.unwrap().unwrap();
-    assert_eq!(before.remaining, 0);
-    assert!(before.sold_out_at.is_some());
-    store.shutdown().await;
-    drop(store);
-
-    let store = open(dir.path());
-    let after = store.status(sale.id).await.unwrap().unwrap();
-    assert_eq!(after.sold_out_at, before.sold_out_at);
-    store.shutdown().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_disk_write_answers_unavailable_and_gives_the_stock_back() {
     let dir = tempfile::tempdir().unwrap();

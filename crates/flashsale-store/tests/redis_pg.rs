@@ -323,6 +323,80 @@ async fn redis_losing_its_data_is_rebuilt_from_postgres_and_buyers_stay_bought()
     store.shutdown().await;
 }
 
+/// The sold-out instant is the one Redis decided (the last unit's admission, the latest
+/// confirmed order's `created_at`): PostgreSQL records it whichever commit group finished the
+/// stock, a rebuild after Redis lost its data writes it back, and a second instance reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sold_out_instant_is_redis_s_in_postgres_after_a_rebuild_and_on_every_instance() {
+    let redis_server = support::PrivateRedis::start();
+    let cfg = isolated(&redis_server.url(), &support::database_url());
+    let _cleanup = Cleanup { cfg: cfg.clone() };
+    let store = Arc::new(connect(&cfg).await);
+    let sale = store.create_sale(active(300, 1)).await.unwrap();
+    // 500 concurrent buyers, so the last units commit in different, overlapping groups.
+    let tasks: Vec<_> = (0..500)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { buy(&*store, sale.id, &format!("u{i}")).await.unwrap() })
+        })
+        .collect();
+    let mut last_taken = None;
+    for task in tasks {
+        if let PurchaseOutcome::Confirmed(order) = task.await.unwrap() {
+            last_taken = last_taken.max(Some(order.created_at));
+        }
+    }
+    let running = store.status(sale.id).await.unwrap().unwrap();
+    assert_eq!(running.remaining, 0);
+    assert_eq!(running.sold_out_at, last_taken);
+    let pg = support::pg(&cfg).await;
+    let recorded: Option<time::OffsetDateTime> = pg
+        .query_one("SELECT sold_out_at FROM sales WHERE id = $1", &[&sale.id.0])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, last_taken, "PostgreSQL's instant is not Redis's");
+
+    let mut con = support::redis(&cfg).await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut con).await.unwrap();
+    let meta = format!("{{{}:sale:{}}}:meta", cfg.key_prefix, sale.id.0);
+    let expected = last_taken.map(|t| (t.unix_timestamp_nanos() / 1000) as i64);
+    let rebuilt = eventually(Duration::from_secs(10), || {
+        let (mut con, meta, store) = (con.clone(), meta.clone(), Arc::clone(&store));
+        async move {
+            let _ = store.reconcile_now().await;
+            let us: Option<i64> = redis::cmd("HGET")
+                .arg(&meta)
+                .arg("sold_out_us")
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            us.is_some()
+        }
+    })
+    .await;
+    assert!(rebuilt, "the sale was not rebuilt");
+    let us: Option<i64> = redis::cmd("HGET")
+        .arg(&meta)
+        .arg("sold_out_us")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(us, expected, "the rebuild wrote another instant back");
+    assert_eq!(
+        store.status(sale.id).await.unwrap().unwrap().sold_out_at,
+        last_taken
+    );
+
+    let other = connect(&cfg).await;
+    assert_eq!(
+        other.status(sale.id).await.unwrap().unwrap().sold_out_at,
+        last_taken
+    );
+    other.shutdown().await;
+    store.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_unreachable_fails_ready_and_purchases_fast_then_recovers_by_itself() {
     let mut redis_server = support::PrivateRedis::start();

@@ -160,14 +160,14 @@ impl Metrics {
     pub async fn sample_store(&self, store: &dyn SaleStore) {
         let ready = store.ready().await.is_ok();
         self.ready.set(f64::from(u8::from(ready)));
-        for (dependency, up) in store.dependencies().await {
+        for dependency in store.dependencies().await {
             let key = Key::from_parts(
                 "flashsale_dependency_up",
-                vec![Label::new("dependency", dependency)],
+                vec![Label::new("dependency", dependency.name)],
             );
             self.recorder
                 .register_gauge(&key, &METADATA)
-                .set(f64::from(u8::from(up)));
+                .set(f64::from(u8::from(dependency.up)));
         }
         self.released.absolute(store.reservations_released());
         if let Ok(statuses) = store.statuses().await {

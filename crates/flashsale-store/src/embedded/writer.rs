@@ -19,6 +19,10 @@
 //! Each order group also writes the counters of the sales that changed, in the same
 //! transaction, so the persisted rejections never lag the orders by more than the quiet
 //! periods in between (flushed every [`COUNTER_FLUSH`]).
+//!
+//! Every statement a group runs, `BEGIN` and `COMMIT` included ([`WriteTx`]), comes from the
+//! connection's statement cache (six statements: the default capacity of 16 holds them all),
+//! so no group parses SQL again.
 
 use super::book::{PersistedCounters, SaleBook};
 use super::schema::{sale_of_row, to_micros};
@@ -212,12 +216,51 @@ pub(crate) fn run(
     }
 }
 
+/// A write transaction begun and committed with cached statements (rusqlite's `Transaction`
+/// parses `BEGIN` and `COMMIT` every time); rolled back if dropped before its commit, as
+/// `Transaction` is.
+struct WriteTx<'c> {
+    conn: &'c Connection,
+}
+
+impl<'c> WriteTx<'c> {
+    /// `BEGIN` (deferred, as `Connection::transaction`).
+    fn begin(conn: &'c mut Connection) -> rusqlite::Result<Self> {
+        conn.prepare_cached("BEGIN")?.execute([])?;
+        Ok(Self { conn })
+    }
+
+    /// `COMMIT`; on failure the transaction is rolled back when `self` drops.
+    fn commit(self) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        if !self.conn.is_autocommit() {
+            // Nothing of a failed group may stay. As with `Transaction`, a failed rollback is
+            // not reported here: the next group's BEGIN fails, and is reported, instead.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
 fn commit_orders(
     conn: &mut Connection,
     orders: &[PendingOrder],
     counters: &[(SaleId, PersistedCounters)],
 ) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+    let tx = WriteTx::begin(conn)?;
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO orders (order_id, sale_id, user_id, quantity, created_at_us, idempotency_key)
@@ -235,18 +278,29 @@ fn commit_orders(
             ])?;
             *sold.entry(order.sale_id).or_default() += i64::from(order.quantity);
         }
-        let mut add_sold = tx.prepare_cached("UPDATE sales SET sold = sold + ?2 WHERE id = ?1")?;
-        // The sold-out instant is the latest admission among the sale's orders, whichever
-        // group commits last: the order that took the last unit may commit in an earlier group
-        // than one admitted before it. The subquery runs once per sale, when it sells out.
-        let mut sold_out = tx.prepare_cached(
-            "UPDATE sales SET sold_out_at_us =
-                 (SELECT max(created_at_us) FROM orders WHERE sale_id = ?1)
-             WHERE id = ?1 AND sold = stock AND sold_out_at_us IS NULL",
+        // Says whether this group sold the sale out.
+        let mut add_sold = tx.prepare_cached(
+            "UPDATE sales SET sold = sold + ?2 WHERE id = ?1
+             RETURNING sold = stock AND sold_out_at_us IS NULL",
         )?;
         for (sale, units) in sold {
-            add_sold.execute(params![sale.0, units])?;
-            sold_out.execute(params![sale.0])?;
+            let sold_out = add_sold
+                .query_row(params![sale.0, units], |row| row.get::<_, bool>(0))
+                .optional()?;
+            if sold_out == Some(true) {
+                // The sold-out instant is the latest admission among the sale's orders,
+                // whichever group commits last: the order that took the last unit may commit
+                // in an earlier group than one admitted before it. Run only then, once per
+                // sale: SQLite plans this subquery for the bound sale id, so the statement
+                // cache's clearing of bindings made it re-prepare (~65k instructions) each
+                // time it ran.
+                tx.prepare_cached(
+                    "UPDATE sales SET sold_out_at_us =
+                         (SELECT max(created_at_us) FROM orders WHERE sale_id = ?1)
+                     WHERE id = ?1",
+                )?
+                .execute(params![sale.0])?;
+            }
         }
     }
     write_counters(&tx, counters)?;
@@ -306,7 +360,7 @@ fn flush_counters(
     if changed.is_empty() {
         return;
     }
-    let result = conn.transaction().and_then(|tx| {
+    let result = WriteTx::begin(conn).and_then(|tx| {
         write_counters(&tx, &changed)?;
         tx.commit()
     });
@@ -318,7 +372,7 @@ fn flush_counters(
 }
 
 fn write_counters(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     changed: &[(SaleId, PersistedCounters)],
 ) -> rusqlite::Result<()> {
     let mut upsert = tx.prepare_cached(upsert_counters_sql())?;

@@ -6,7 +6,7 @@
 
 use super::config::RedisPgConfig;
 use super::instants::unix_ms;
-use crate::StoreError;
+use crate::{Cause, StoreError};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::future::Future;
@@ -52,11 +52,7 @@ impl Redis {
         what: &str,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(StoreError::unavailable_from(format!("redis {what}"), e)),
-            Err(_) => Err(StoreError::timeout(format!("redis {what}"))),
-        }
+        bounded(self.timeout, "redis", what, call).await
     }
 
     /// `Ok` if Redis answers now.
@@ -136,11 +132,7 @@ impl Postgres {
         what: &str,
         call: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(StoreError::unavailable_from(format!("postgres {what}"), e)),
-            Err(_) => Err(StoreError::timeout(format!("postgres {what}"))),
-        }
+        bounded(self.timeout, "postgres", what, call).await
     }
 
     /// `Ok` if PostgreSQL answers now.
@@ -165,5 +157,20 @@ impl Postgres {
     /// Whether PostgreSQL was found unreachable a moment ago.
     pub(crate) fn recently_down(&self) -> bool {
         unix_ms() < self.down_until_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs `call` within `timeout`: its failure is `Unavailable` with the cause beneath, running
+/// out of time `Timeout`, each named "`service` `what`".
+async fn bounded<T, E: Into<Cause>>(
+    timeout: Duration,
+    service: &str,
+    what: &str,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(StoreError::unavailable_from(format!("{service} {what}"), e)),
+        Err(_) => Err(StoreError::timeout(format!("{service} {what}"))),
     }
 }

@@ -53,7 +53,8 @@ pub use config::{DEFAULT_KEY_PREFIX, DEFAULT_PG_SCHEMA, RedisPgConfig};
 
 use crate::in_flight::InFlight;
 use crate::{
-    Attempt, Order, PurchaseHold, PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary,
+    Attempt, Dependency, Order, PurchaseHold, PurchaseOutcome, SaleStatus, SaleStore, StoreError,
+    Summary,
 };
 use async_trait::async_trait;
 use connections::{Postgres, Redis};
@@ -307,9 +308,18 @@ impl SaleStore for RedisPgStore {
         self.pg.ping().await
     }
 
-    async fn dependencies(&self) -> Vec<(&'static str, bool)> {
+    async fn dependencies(&self) -> Vec<Dependency> {
         let (redis, pg) = tokio::join!(self.redis.ping(), self.pg.ping());
-        vec![("redis", redis.is_ok()), ("postgres", pg.is_ok())]
+        vec![
+            Dependency {
+                name: "redis",
+                up: redis.is_ok(),
+            },
+            Dependency {
+                name: "postgres",
+                up: pg.is_ok(),
+            },
+        ]
     }
 
     fn reservations_released(&self) -> u64 {

@@ -407,9 +407,12 @@ async fn commit_tx(
         .collect();
     // One statement: claim the fence rows, write the orders that won them, raise the buyers'
     // holdings (one row per buyer, in one order for every instance so concurrent groups never
-    // deadlock) and the sales' `sold`. The CHECKs on `buyers` and `sales` refuse the whole
-    // statement if it would put anyone over the limit or the sale over its stock (`commit`
-    // then splits the group to find the offending orders).
+    // deadlock) and the sales' `sold`. The sold-out instant is the sale's latest order (the
+    // last unit Redis admitted), which an earlier group may have committed: `last_sold_at`
+    // carries it, read from the row as it is once a concurrent group has committed. The
+    // CHECKs on `buyers` and `sales` refuse the whole statement if it would put anyone over
+    // the limit or the sale over its stock (`commit` then splits the group to find the
+    // offending orders).
     let won: HashSet<Uuid> = tx
         .query(
             "WITH input AS (
@@ -434,8 +437,10 @@ async fn commit_tx(
                  ON CONFLICT (sale_id, user_id) DO UPDATE SET held = b.held + excluded.held
              ), sold AS (
                  UPDATE sales SET sold = sales.sold + d.n,
+                     last_sold_at = GREATEST(sales.last_sold_at, d.last),
                      sold_out_at = CASE WHEN sales.sold + d.n = sales.stock
-                                        THEN COALESCE(sales.sold_out_at, d.last)
+                                        THEN COALESCE(sales.sold_out_at,
+                                                      GREATEST(sales.last_sold_at, d.last))
                                         ELSE sales.sold_out_at END
                  FROM (SELECT sale_id, sum(quantity)::int4 AS n, max(created_at) AS last
                        FROM ins GROUP BY sale_id) d

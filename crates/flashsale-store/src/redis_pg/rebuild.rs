@@ -173,19 +173,26 @@ impl Rebuilder {
 /// Writes the holdings and confirmed idempotency keys back, in bounded chunks, each one call
 /// well within the Redis timeout, so a sale with any number of buyers finishes rebuilding.
 async fn fill(lock: &Lock<'_>, keys: &SaleKeys, durable: &Durable) -> Result<(), StoreError> {
-    for chunk in durable.held.chunks(CHUNK) {
-        let args: Vec<String> = chunk
-            .iter()
-            .flat_map(|h| [h.user.clone(), h.units.to_string()])
-            .collect();
-        lock.must(Step::Fill, &[&keys.held], &args).await?;
-    }
-    for chunk in durable.keys.chunks(CHUNK) {
-        let args: Vec<String> = chunk
-            .iter()
-            .flat_map(|k| [k.key.clone(), k.record.clone()])
-            .collect();
-        lock.must(Step::Fill, &[&keys.idempotency], &args).await?;
+    fill_hash(lock, &keys.held, &durable.held, |h| {
+        [h.user.clone(), h.units.to_string()]
+    })
+    .await?;
+    fill_hash(lock, &keys.idempotency, &durable.keys, |k| {
+        [k.key.clone(), k.record.clone()]
+    })
+    .await
+}
+
+/// Writes `items` into the hash `hash`, [`CHUNK`] (field, value) pairs a step.
+async fn fill_hash<T>(
+    lock: &Lock<'_>,
+    hash: &str,
+    items: &[T],
+    pair: impl Fn(&T) -> [String; 2],
+) -> Result<(), StoreError> {
+    for chunk in items.chunks(CHUNK) {
+        let args: Vec<String> = chunk.iter().flat_map(&pair).collect();
+        lock.must(Step::Fill, &[hash], &args).await?;
     }
     Ok(())
 }

@@ -203,12 +203,7 @@ impl Scripts {
             .arg(attempt.lease_ms)
             .arg(REFUSAL_RETENTION_MS)
             .arg(MAX_REFUSED_KEYS);
-        let mut con = self.redis.con();
-        let reply = self
-            .redis
-            .call("admission", inv.invoke_async::<Value>(&mut con))
-            .await?;
-        AdmissionReply::parse(reply)
+        AdmissionReply::parse(self.invoke("admission", &inv).await?)
     }
 
     /// Runs `settle.lua` on reservations of one sale resolved `how`.
@@ -229,12 +224,7 @@ impl Scripts {
         for id in order_ids {
             inv.arg(id.to_string());
         }
-        let mut con = self.redis.con();
-        let reply = self
-            .redis
-            .call("settle", inv.invoke_async::<Value>(&mut con))
-            .await?;
-        Settled::parse(reply)
+        Settled::parse(self.invoke("settle", &inv).await?)
     }
 
     /// Runs `expired.lua`: the order ids of up to `max` reservations whose lease ran out.
@@ -243,19 +233,9 @@ impl Scripts {
         keys: &SaleKeys,
         max: usize,
     ) -> Result<Vec<Uuid>, StoreError> {
-        let mut con = self.redis.con();
-        let reply = self
-            .redis
-            .call(
-                "expired",
-                self.expired
-                    .key(&keys.leases)
-                    .key(&keys.reservations)
-                    .arg(max)
-                    .invoke_async::<Value>(&mut con),
-            )
-            .await?;
-        parse_expired(reply)
+        let mut inv = self.expired.key(&keys.leases);
+        inv.key(&keys.reservations).arg(max);
+        parse_expired(self.invoke("expired", &inv).await?)
     }
 
     /// Runs one step of `rebuild.lua` under `lock`; `keys` follow the lock's key.
@@ -274,12 +254,7 @@ impl Scripts {
         for arg in args {
             inv.arg(arg);
         }
-        let mut con = self.redis.con();
-        let reply = self
-            .redis
-            .call("rebuild", inv.invoke_async::<Value>(&mut con))
-            .await?;
-        StepReply::parse(reply)
+        StepReply::parse(self.invoke("rebuild", &inv).await?)
     }
 
     /// Runs `audit.lua`: what Redis holds of a sale (see its header); holdings and keys are
@@ -289,22 +264,25 @@ impl Scripts {
         keys: &SaleKeys,
         full_max: usize,
     ) -> Result<AuditReply, StoreError> {
+        let mut inv = self.audit.key(&keys.meta);
+        inv.key(&keys.held)
+            .key(&keys.reservations)
+            .key(&keys.idempotency)
+            .key(&keys.reserving)
+            .arg(full_max);
+        AuditReply::parse(self.invoke("audit", &inv).await?)
+    }
+
+    /// Runs a script's invocation within the Redis timeout; `what` names it in the error.
+    async fn invoke(
+        &self,
+        what: &'static str,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<Value, StoreError> {
         let mut con = self.redis.con();
-        let reply = self
-            .redis
-            .call(
-                "audit",
-                self.audit
-                    .key(&keys.meta)
-                    .key(&keys.held)
-                    .key(&keys.reservations)
-                    .key(&keys.idempotency)
-                    .key(&keys.reserving)
-                    .arg(full_max)
-                    .invoke_async::<Value>(&mut con),
-            )
-            .await?;
-        AuditReply::parse(reply)
+        self.redis
+            .call(what, inv.invoke_async::<Value>(&mut con))
+            .await
     }
 }
 
