@@ -489,6 +489,27 @@ async fn in_scale_out_a_session_from_one_instance_works_on_another_until_a_logou
         sign_up(&client, &b, "ANN@example.com").await.0,
         StatusCode::CONFLICT
     );
+    // Eight sign-ups for one email, spread over both instances: one account.
+    let race: Vec<_> = (0..8)
+        .map(|i| {
+            let (client, base) = (
+                client.clone(),
+                if i % 2 == 0 { a.clone() } else { b.clone() },
+            );
+            tokio::spawn(async move { sign_up(&client, &base, "race@example.com").await.0 })
+        })
+        .collect();
+    let mut created = 0;
+    for attempt in race {
+        let status = attempt.await.unwrap();
+        assert!(
+            matches!(status, StatusCode::CREATED | StatusCode::CONFLICT),
+            "{status}"
+        );
+        created += usize::from(status == StatusCode::CREATED);
+    }
+    assert_eq!(created, 1);
+
     let token = token_of(&client, &b, "ann@example.com").await;
     let me = |base: &str| format!("{base}/api/sales/1/orders/me");
     // Verified on A without asking anybody: the key is shared.

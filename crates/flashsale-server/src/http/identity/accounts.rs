@@ -227,6 +227,30 @@ mod tests {
     }
 
     #[test]
+    fn a_short_key_is_refused_and_a_shared_store_needs_one() {
+        let embedded = StoreConfig::Embedded {
+            data_dir: PathBuf::from("d"),
+        };
+        let shared = StoreConfig::RedisPg(flashsale_store::redis_pg::RedisPgConfig::new(
+            "redis://r",
+            "postgres://p",
+        ));
+        let mut settings = IdentitySettings::default();
+        assert!(Accounts::check_settings(&settings, &embedded).is_ok());
+        assert!(matches!(
+            Accounts::check_settings(&settings, &shared),
+            Err(AccountsError::NoSessionKey)
+        ));
+        settings.session_key = Some("too short".into());
+        assert!(matches!(
+            Accounts::check_settings(&settings, &embedded),
+            Err(AccountsError::ShortSessionKey)
+        ));
+        settings.session_key = Some("k".repeat(MIN_KEY_BYTES));
+        assert!(Accounts::check_settings(&settings, &shared).is_ok());
+    }
+
+    #[test]
     fn the_generated_session_key_is_kept_and_readable_by_its_owner_only() {
         let dir = tempfile::tempdir().unwrap();
         let first = load_or_create_key(dir.path()).unwrap();
