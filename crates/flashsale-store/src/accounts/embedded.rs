@@ -158,18 +158,22 @@ impl AccountStore for SqliteAccounts {
         now: OffsetDateTime,
     ) -> Result<Revocations, StoreError> {
         // One connection writes, so sequence numbers become visible in order: a cursor on
-        // them misses nothing. Expired rows are deleted on the way (nobody needs them).
+        // them misses nothing. A fresh reader (a start) drops expired rows first, so the file
+        // stays as small as the live logouts; later reads write nothing.
         self.with_conn("read logouts", move |conn| {
-            conn.execute(
-                "DELETE FROM revoked_sessions WHERE expires_at_us <= ?1",
-                [micros(now)],
-            )?;
+            if cursor == RevocationCursor::default() {
+                conn.execute(
+                    "DELETE FROM revoked_sessions WHERE expires_at_us <= ?1",
+                    [micros(now)],
+                )?;
+            }
             let mut statement = conn.prepare_cached(
                 "SELECT seq, session_id, expires_at_us FROM revoked_sessions
                  WHERE seq > ?1 ORDER BY seq",
             )?;
             let mut next = cursor;
             let mut revoked = Vec::new();
+            let now_us = micros(now);
             let rows = statement.query_map([cursor.0], |row| {
                 let seq: i64 = row.get(0)?;
                 let session: Vec<u8> = row.get(1)?;
@@ -179,6 +183,9 @@ impl AccountStore for SqliteAccounts {
             for row in rows {
                 let (seq, session, expires_at_us) = row?;
                 next = RevocationCursor(seq.max(next.0));
+                if expires_at_us <= now_us {
+                    continue;
+                }
                 if let Ok(session) = Uuid::from_slice(&session) {
                     revoked.push(Revocation {
                         session,
