@@ -148,4 +148,17 @@ mod tests {
         assert!(!passwords.verify("wrong".into(), Some(hash)).await.unwrap());
         assert!(!passwords.verify("anything".into(), None).await.unwrap());
     }
+
+    #[tokio::test]
+    async fn past_the_slots_and_their_queue_a_hash_is_refused_at_once_as_overloaded() {
+        let passwords = Passwords::new(1).await.unwrap();
+        let attempts = (0..QUEUE_PER_SLOT + 8).map(|_| passwords.hash("password".into()));
+        let results = futures_util::future::join_all(attempts).await;
+        let overloaded = results
+            .iter()
+            .filter(|r| matches!(r, Err(ApiError::Overloaded)))
+            .count();
+        assert_eq!(overloaded, 8);
+        assert!(results.iter().filter(|r| r.is_ok()).count() == QUEUE_PER_SLOT);
+    }
 }
