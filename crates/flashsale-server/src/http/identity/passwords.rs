@@ -3,8 +3,8 @@
 //! Parameters: m = 19 MiB, t = 2, p = 1 (the OWASP password storage cheat sheet's first
 //! argon2id choice), a 16-byte random salt, the PHC string stored. Each hash takes tens of
 //! milliseconds of one core and 19 MiB, so hashing runs on the blocking pool, at most
-//! `--max-concurrent-hashes` at once, with at most [`QUEUE_PER_SLOT`] waiting per slot; past
-//! that a sign-up or log-in is 503 `overloaded` at once (a login flood cannot take the
+//! `--max-concurrent-hashes` at once, with at most [`QUEUE_PER_SLOT`] per slot running or
+//! waiting; past that a sign-up or log-in is 503 `overloaded` at once (a login flood cannot take the
 //! runtime, the memory, or the purchase path's cores).
 //!
 //! A log-in for an unknown email verifies against a dummy hash made at start with the same
@@ -23,7 +23,7 @@ pub const MEMORY_KIB: u32 = 19 * 1024;
 pub const ITERATIONS: u32 = 2;
 /// Lanes.
 pub const PARALLELISM: u32 = 1;
-/// Hashes that may wait for a slot, per slot.
+/// Hashes that may be running or waiting, per slot.
 pub const QUEUE_PER_SLOT: usize = 16;
 /// Shortest password accepted, in bytes.
 pub const MIN_PASSWORD_BYTES: usize = 8;
