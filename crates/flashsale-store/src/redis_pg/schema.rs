@@ -20,7 +20,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         3,
         include_str!("../../migrations/0003_sale_creation_key.sql"),
     ),
-    (4, include_str!("../../migrations/0004_accounts.sql")),
+    (5, include_str!("../../migrations/0005_accounts.sql")),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations.
