@@ -697,7 +697,31 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
-        assert!(Config::try_parse_from(["flashsale", "--identity", "accounts"]).is_err());
+        assert!(Config::try_parse_from(["flashsale", "--identity", "nobody"]).is_err());
+    }
+
+    #[test]
+    fn the_accounts_flags_parse_and_the_session_key_is_never_shown() {
+        let config = Config::try_parse_from([
+            "flashsale",
+            "--identity",
+            "accounts",
+            "--session-key",
+            "0123456789abcdef0123456789abcdef-secret",
+            "--session-ttl",
+            "3600",
+            "--max-concurrent-hashes",
+            "3",
+        ])
+        .unwrap();
+        let identity = &config.identity;
+        assert_eq!(identity.mode, IdentityMode::Accounts);
+        assert_eq!(identity.session_ttl_secs, 3600);
+        assert_eq!(identity.max_concurrent_hashes, 3);
+        assert!(!format!("{config:?}").contains("secret"));
+        let defaults = Config::try_parse_from(["flashsale", "--identity", "accounts"]).unwrap();
+        assert_eq!(defaults.identity.session_ttl_secs, 24 * 60 * 60);
+        assert!(Config::try_parse_from(["flashsale", "--session-ttl", "0"]).is_err());
     }
 
     #[test]

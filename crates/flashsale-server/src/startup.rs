@@ -1,17 +1,18 @@
 //! Startup and shutdown: [`Application::build`] does everything that can fail before traffic
 //! (load the TLS pair and, with `--identity jwt`, the identity provider's keys; bind, so a
 //! taken port fails before anything is created; then open the store the flags choose, through
-//! [`Config::store_config`]; resolve the admin token; seed the demo sale);
+//! [`Config::store_config`], and with `--identity accounts` the account store beside it (its
+//! session key, the logouts so far); resolve the admin token; seed the demo sale);
 //! [`Application::run_until_stopped`] serves until SIGTERM/SIGINT (or
 //! [`Application::shutdown_token`] is cancelled), then stops accepting, drains in-flight
 //! requests within [`DRAIN_DEADLINE`], ends live streams, stops background tasks (the TLS and
-//! JWT key reloads among them), and shuts the store down (it waits for every purchase in
+//! JWT key reloads and the logout poll among them), and shuts the store down (it waits for every purchase in
 //! flight, including those whose client hung up, then flushes).
 
 use crate::address_slots::AddressSlots;
 use crate::admin_token::{self, TokenFileError, TokenSource};
 use crate::config::{Config, check_admin_token, generate_admin_token};
-use crate::http::identity::{Identity, JwtError};
+use crate::http::identity::{Accounts, AccountsError, Identity, JwtError};
 use crate::http::{self, AppState, Shared, Surface};
 use crate::serve::{ConnectionLimits, serve};
 use crate::tls::Tls;
@@ -68,6 +69,9 @@ pub enum StartupError {
     /// `--identity jwt` without a usable key file.
     #[error(transparent)]
     Identity(#[from] JwtError),
+    /// `--identity accounts` without a usable session key or account store.
+    #[error(transparent)]
+    Accounts(#[from] AccountsError),
     /// The TLS certificate or key could not be loaded.
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
@@ -111,8 +115,24 @@ impl Application {
         let store_config = config
             .store_config()
             .map_err(StartupError::MissingSetting)?;
+        if identity.is_none() {
+            Accounts::check_settings(&config.identity, &store_config)?;
+        }
         let token_home = store_config.local_dir().map(Path::to_path_buf);
+        let accounts_config = store_config.clone();
         let store = store_config.open(clock).await?;
+        let identity = match identity {
+            Some(identity) => identity,
+            None => Identity::Accounts(Arc::new(
+                Accounts::open(
+                    &config.identity,
+                    &accounts_config,
+                    config.rate_limits.enabled,
+                    store.now(),
+                )
+                .await?,
+            )),
+        };
         let admin_token = resolve_admin_token(&config, token_home.as_deref())?;
         if config.demo_sale {
             seed_demo_sale(store.as_ref()).await?;
@@ -181,6 +201,16 @@ impl Application {
         }
         if let Identity::Jwt(verifier) = &state.identity {
             tasks.spawn(Arc::clone(verifier).watch(shutdown.clone()));
+        }
+        if let Identity::Accounts(accounts) = &state.identity {
+            let clock = Arc::clone(&store);
+            let idle = Arc::clone(accounts);
+            tasks.spawn(Arc::clone(&accounts.sessions).watch(
+                Arc::clone(&accounts.store),
+                move || clock.now(),
+                move || idle.limits.retain_recent(),
+                shutdown.clone(),
+            ));
         }
         let upkeep = spawn_upkeep(&tasks, state.clone(), shutdown.clone());
         let mut server = tokio::spawn(serve_listeners(

@@ -1211,3 +1211,141 @@ async fn in_jwt_mode_the_page_buys_with_the_shops_token_and_without_one_says_so(
         "{who:#}"
     );
 }
+
+/// What the page shows of its account (accounts mode).
+const ACCOUNT: &str = r#"
+    const $ = (id) => document.getElementById(id);
+    return {
+      identity: document.body.dataset.identity,
+      guest_field_hidden: $("guest-id").hidden,
+      form_hidden: $("account-form").hidden,
+      log_out_hidden: $("log-out").hidden,
+      error: $("account-error").hidden ? "" : $("account-error").textContent,
+      signed_in: $("signed-in").hidden ? "" : $("signed-in").textContent,
+      kept: JSON.parse(sessionStorage.getItem("flashsale:account")) !== null,
+    };
+"#;
+
+impl Browser {
+    /// Types `text` into the input `id` (emptied first).
+    async fn type_into(&self, id: &str, text: &str) {
+        let input = self.client.find(Locator::Id(id)).await.unwrap();
+        input.clear().await.unwrap();
+        input.send_keys(text).await.unwrap();
+    }
+
+    /// Polls the account view until `ready` holds, or fails naming `what`.
+    async fn wait_for_account(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + LIVE;
+        loop {
+            let account = self.js(ACCOUNT).await;
+            if ready(&account) {
+                return account;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the account view did not reach `{what}`: {account:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_accounts_mode_the_page_signs_up_logs_in_buys_shows_the_order_and_logs_out() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let manual = Arc::new(ManualClock::new(T0));
+    let identity = IdentitySettings {
+        mode: IdentityMode::Accounts,
+        ..IdentitySettings::default()
+    };
+    let app = spawn_app_identified(
+        Arc::clone(&manual) as Arc<dyn Clock>,
+        Some(manual),
+        identity,
+    )
+    .await;
+    let sale = app.create_sale("Members only", 0, 600, 5).await;
+    let browser = open_browser(1280, 900).await;
+
+    // Signed out: the account form, no id field, and Buy Now disabled.
+    browser.open(&app.page(sale)).await;
+    let snap = browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
+    let account = browser.js(ACCOUNT).await;
+    assert_eq!(account["identity"], "accounts");
+    assert_eq!(account["guest_field_hidden"], true, "{account:#}");
+    assert_eq!(account["form_hidden"], false, "{account:#}");
+    assert_eq!(account["log_out_hidden"], true, "{account:#}");
+    assert_eq!(snap["buy_disabled"], true, "{snap:#}");
+    browser.screenshot("21-accounts-signed-out").await;
+
+    // Sign up (which logs in too).
+    browser.type_into("email", "Buyer@Example.com").await;
+    browser
+        .type_into("password", "a long enough password")
+        .await;
+    browser.click("sign-up").await;
+    let account = browser
+        .wait_for_account("signed in", |a| a["form_hidden"] == true)
+        .await;
+    assert!(
+        s(&account, "signed_in").contains("Signed in as buyer@example.com"),
+        "{account:#}"
+    );
+    assert_eq!(account["log_out_hidden"], false, "{account:#}");
+    assert_eq!(account["kept"], true);
+    browser
+        .wait_for("buyable", LIVE, |p| p["buy_disabled"] == false)
+        .await;
+
+    browser.click("buy").await;
+    let done = browser
+        .wait_for("confirmed", LIVE, |p| {
+            p["result_class"] == "result result-confirmed"
+        })
+        .await;
+    assert!(s(&done, "result").contains("buyer@example.com"), "{done:#}");
+    browser.screenshot("22-accounts-confirmed").await;
+    assert_eq!(app.attempts(sale).await, 1);
+
+    browser.click("check").await;
+    browser
+        .wait_for("checked", LIVE, |p| {
+            p["result_class"] == "result result-check-yes"
+        })
+        .await;
+
+    // Log out: the form is back, the tab forgets the session, buying is off.
+    browser.click("log-out").await;
+    let account = browser
+        .wait_for_account("signed out", |a| a["form_hidden"] == false)
+        .await;
+    assert_eq!(account["kept"], false, "{account:#}");
+    assert!(s(&account, "signed_in").contains("Log in"), "{account:#}");
+    let snap = browser.snapshot().await;
+    assert_eq!(snap["buy_disabled"], true, "{snap:#}");
+
+    // A wrong password says so; the right one logs in again and the order is still there.
+    browser.type_into("email", "buyer@example.com").await;
+    browser.type_into("password", "not the password").await;
+    browser.click("log-in").await;
+    let account = browser
+        .wait_for_account("refused", |a| !s(a, "error").is_empty())
+        .await;
+    assert!(s(&account, "error").contains("wrong"), "{account:#}");
+    browser
+        .type_into("password", "a long enough password")
+        .await;
+    browser.click("log-in").await;
+    browser
+        .wait_for_account("signed in again", |a| a["form_hidden"] == true)
+        .await;
+    browser.click("check").await;
+    browser
+        .wait_for("checked again", LIVE, |p| {
+            p["result_class"] == "result result-check-yes"
+        })
+        .await;
+}

@@ -41,6 +41,7 @@
 //!   internal), each saying **what** the store was doing, with the **cause** beneath it as its
 //!   `source`; [`StoreError::report`] prints the chain.
 
+pub mod accounts;
 mod config;
 mod counter_columns;
 pub mod embedded;

@@ -30,6 +30,11 @@ pub enum ApiError {
     Unauthenticated(Challenge),
     /// 403 `forbidden`: the token's buyer asked to act for, or read, another buyer.
     Forbidden,
+    /// 401 `invalid_credentials` (`--identity accounts`): no account has this email, or the
+    /// password is wrong; the same answer for both, on purpose.
+    InvalidCredentials,
+    /// 409 `email_taken` (`--identity accounts`): an account with this email exists.
+    EmailTaken,
     /// 404 `sale_not_found`: no such sale (or a sale id that is not a positive integer).
     SaleNotFound,
     /// 404 `order_not_found`: the buyer has no order in this sale.
@@ -137,6 +142,12 @@ const FORBIDDEN: &str = fixed_body!(
     "forbidden",
     "the signed-in buyer may act only for themselves, and read only their own orders"
 );
+const INVALID_CREDENTIALS: &str =
+    fixed_body!("invalid_credentials", "the email or the password is wrong");
+const EMAIL_TAKEN: &str = fixed_body!(
+    "email_taken",
+    "an account with this email exists already: log in instead"
+);
 /// The challenge of every 401 `unauthenticated`.
 const BEARER_CHALLENGE: &str = r#"Bearer realm="flashsale""#;
 /// The challenge when a token was sent and refused (RFC 6750, section 3.1).
@@ -241,6 +252,8 @@ impl ApiError {
             }
             ApiError::Store(_) => Outcome::Unavailable,
             ApiError::Unauthorized
+            | ApiError::InvalidCredentials
+            | ApiError::EmailTaken
             | ApiError::OrderNotFound
             | ApiError::NotFound
             | ApiError::MethodNotAllowed => return None,
@@ -251,6 +264,8 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized => "unauthorized",
+            ApiError::InvalidCredentials => "invalid_credentials",
+            ApiError::EmailTaken => "email_taken",
             ApiError::OrderNotFound => "order_not_found",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -261,7 +276,8 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            ApiError::EmailTaken => StatusCode::CONFLICT,
             ApiError::OrderNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             _ => self
@@ -278,6 +294,8 @@ impl ApiError {
             ApiError::Unauthenticated(Challenge::InvalidToken) => TOKEN_INVALID,
             ApiError::Unauthenticated(Challenge::GuestMode) => GUEST_MODE,
             ApiError::Forbidden => FORBIDDEN,
+            ApiError::InvalidCredentials => INVALID_CREDENTIALS,
+            ApiError::EmailTaken => EMAIL_TAKEN,
             ApiError::SaleNotFound => SALE_NOT_FOUND,
             ApiError::OrderNotFound => ORDER_NOT_FOUND,
             ApiError::NotFound => NOT_FOUND,
@@ -452,6 +470,8 @@ mod tests {
             ApiError::Unauthenticated(Challenge::InvalidToken),
             ApiError::Unauthenticated(Challenge::GuestMode),
             ApiError::Forbidden,
+            ApiError::InvalidCredentials,
+            ApiError::EmailTaken,
             ApiError::SaleNotFound,
             ApiError::OrderNotFound,
             ApiError::NotFound,

@@ -6,6 +6,7 @@
 //! extractors ([`extract`]) and the fallbacks answer `not_found` / `method_not_allowed`.
 //! Every answer carries `X-Content-Type-Options: nosniff` and `Referrer-Policy: no-referrer`.
 
+pub mod accounts;
 pub mod admin;
 pub mod client_ip;
 pub mod error;
@@ -60,6 +61,12 @@ pub mod routes {
     pub const READYZ: &str = "/readyz";
     /// Prometheus metrics.
     pub const METRICS: &str = "/metrics";
+    /// Signing up (`--identity accounts`).
+    pub const ACCOUNTS: &str = "/api/accounts";
+    /// Logging in (`--identity accounts`).
+    pub const SESSIONS: &str = "/api/sessions";
+    /// Logging out (`--identity accounts`).
+    pub const CURRENT_SESSION: &str = "/api/sessions/current";
     /// The OpenAPI document.
     pub const OPENAPI: &str = "/api/openapi.json";
     /// The web page.
@@ -82,6 +89,9 @@ pub mod routes {
         OPENAPI,
         PAGE,
         FAVICON,
+        ACCOUNTS,
+        SESSIONS,
+        CURRENT_SESSION,
     ];
 }
 
@@ -175,6 +185,9 @@ pub fn router_for(state: AppState, surface: Surface) -> Router {
             .route(routes::OPENAPI, get(openapi::get_openapi))
             .route(routes::PAGE, page::page_route(state.identity.mode()))
             .route(routes::FAVICON, get(page::get_favicon));
+        if let identity::Identity::Accounts(_) = &state.identity {
+            routes = accounts::routes(routes);
+        }
     }
     if matches!(surface, Surface::All | Surface::Admin) {
         routes = routes

@@ -228,16 +228,23 @@ const BUYER_ROUTES: [(&str, HttpMethod); 3] = [
 /// In a token mode: declares the buyer's bearer scheme and requires it on the buyer routes.
 fn require_buyer_token(openapi: &mut utoipa::openapi::OpenApi, mode: IdentityMode) {
     let components = openapi.components.get_or_insert_with(Default::default);
+    let (format, description) = match mode {
+        IdentityMode::Accounts => (
+            "session",
+            "--identity accounts: the token of `POST /api/sessions`; the buyer id is the account's id",
+        ),
+        IdentityMode::Guest | IdentityMode::Jwt => (
+            "JWT",
+            "--identity jwt: the shop's signed token; the buyer id is its `sub`",
+        ),
+    };
     components.add_security_scheme(
         "buyer_token",
         SecurityScheme::Http(
             HttpBuilder::new()
                 .scheme(HttpAuthScheme::Bearer)
-                .bearer_format("JWT")
-                .description(Some(format!(
-                    "--identity {}: the shop's signed token; the buyer id is its `sub`",
-                    mode.as_str()
-                )))
+                .bearer_format(format)
+                .description(Some(description))
                 .build(),
         ),
     );
@@ -262,6 +269,79 @@ fn require_buyer_token(openapi: &mut utoipa::openapi::OpenApi, mode: IdentityMod
     }
 }
 
+/// An operation of the accounts routes with its answers (status, description).
+fn account_operation(summary: &str, answers: &[(&str, &str)]) -> utoipa::openapi::path::Operation {
+    let mut operation = OperationBuilder::new()
+        .tag("accounts")
+        .summary(Some(summary));
+    for (status, description) in answers {
+        let response = ResponseBuilder::new().description(*description);
+        let response = if *status == "204" {
+            response
+        } else {
+            response.content("application/json", ContentBuilder::new().build())
+        };
+        operation = operation.response(*status, response);
+    }
+    operation.build()
+}
+
+/// `--identity accounts`: sign up, log in, log out (logging out needs the buyer token).
+fn add_account_routes(openapi: &mut utoipa::openapi::OpenApi) {
+    let body = "`{\"email\", \"password\"}`: the email is trimmed and lower-cased; the password 8 to 1024 bytes";
+    let mut sign_up = account_operation(
+        "Sign up",
+        &[
+            ("201", "`{\"user_id\", \"email\"}`: the account is made"),
+            ("400", "`invalid_request`: a bad email or password"),
+            ("409", "`email_taken`"),
+            ("429", "`rate_limited`"),
+            ("503", "`overloaded`: too many password hashes waiting"),
+        ],
+    );
+    sign_up.description = Some(body.to_owned());
+    let mut log_in = account_operation(
+        "Log in",
+        &[
+            (
+                "201",
+                "`{\"token\", \"expires_at\", \"user_id\", \"email\"}`",
+            ),
+            (
+                "401",
+                "`invalid_credentials`: unknown email or wrong password, alike",
+            ),
+            (
+                "429",
+                "`rate_limited`: per address, per email and address, per email",
+            ),
+            ("503", "`overloaded`: too many password hashes waiting"),
+        ],
+    );
+    log_in.description = Some(body.to_owned());
+    let mut log_out = account_operation(
+        "Log out: the session ends on every instance",
+        &[("204", "Logged out"), ("401", "`unauthenticated`")],
+    );
+    log_out.security = Some(vec![SecurityRequirement::new(
+        "buyer_token",
+        Vec::<String>::new(),
+    )]);
+    let paths = &mut openapi.paths.paths;
+    paths.insert(
+        "/api/accounts".to_owned(),
+        PathItem::new(HttpMethod::Post, sign_up),
+    );
+    paths.insert(
+        "/api/sessions".to_owned(),
+        PathItem::new(HttpMethod::Post, log_in),
+    );
+    paths.insert(
+        "/api/sessions/current".to_owned(),
+        PathItem::new(HttpMethod::Delete, log_out),
+    );
+}
+
 /// The guest mode's document as JSON bytes.
 pub fn document() -> Bytes {
     document_for(IdentityMode::Guest)
@@ -271,6 +351,9 @@ pub fn document() -> Bytes {
 /// buyer's bearer token.
 pub fn document_for(mode: IdentityMode) -> Bytes {
     let mut openapi = ApiDoc::openapi();
+    if mode == IdentityMode::Accounts {
+        add_account_routes(&mut openapi);
+    }
     if mode != IdentityMode::Guest {
         require_buyer_token(&mut openapi, mode);
     }
@@ -400,5 +483,20 @@ mod tests {
                 .unwrap()
                 .contains("buyer_token")
         );
+    }
+
+    #[test]
+    fn in_accounts_mode_the_account_routes_are_described_and_logout_needs_the_token() {
+        let doc: Value = serde_json::from_slice(&document_for(IdentityMode::Accounts)).unwrap();
+        let scheme = &doc["components"]["securitySchemes"]["buyer_token"];
+        assert_eq!(scheme["bearerFormat"], "session");
+        assert!(doc["paths"]["/api/accounts"]["post"]["responses"]["409"].is_object());
+        assert!(doc["paths"]["/api/sessions"]["post"]["responses"]["401"].is_object());
+        let log_out = &doc["paths"]["/api/sessions/current"]["delete"];
+        assert!(log_out["security"].to_string().contains("buyer_token"));
+        let purchase = &doc["paths"]["/api/sales/{sale_id}/orders"]["post"];
+        assert!(purchase["security"].to_string().contains("buyer_token"));
+        let jwt: Value = serde_json::from_slice(&document_for(IdentityMode::Jwt)).unwrap();
+        assert!(jwt["paths"]["/api/accounts"].is_null());
     }
 }

@@ -88,14 +88,20 @@ static PAGE: LazyLock<Page> = LazyLock::new(|| Page::new(INDEX_HTML.as_bytes()))
 const GUEST_MARKER: &str = r#"data-identity="guest""#;
 
 /// The page for `--identity jwt`.
-static JWT_PAGE: LazyLock<Page> = LazyLock::new(|| {
+static JWT_PAGE: LazyLock<Page> = LazyLock::new(|| page_for(IdentityMode::Jwt));
+
+/// The page for `--identity accounts`.
+static ACCOUNTS_PAGE: LazyLock<Page> = LazyLock::new(|| page_for(IdentityMode::Accounts));
+
+/// The page with its identity attribute set to `mode`.
+fn page_for(mode: IdentityMode) -> Page {
     let html = INDEX_HTML.replacen(
         GUEST_MARKER,
-        &format!(r#"data-identity="{}""#, IdentityMode::Jwt.as_str()),
+        &format!(r#"data-identity="{}""#, mode.as_str()),
         1,
     );
     Page::new(html.as_bytes())
-});
+}
 
 impl Page {
     fn new(html: &[u8]) -> Self {
@@ -156,10 +162,16 @@ pub async fn get_jwt_page(headers: HeaderMap) -> Response {
     render(&JWT_PAGE, &headers)
 }
 
+/// [`get_page`] for `--identity accounts`.
+pub async fn get_accounts_page(headers: HeaderMap) -> Response {
+    render(&ACCOUNTS_PAGE, &headers)
+}
+
 /// The route serving the page rendered for `mode`.
 pub fn page_route(mode: IdentityMode) -> MethodRouter<AppState> {
     match mode {
         IdentityMode::Guest => get(get_page),
+        IdentityMode::Accounts => get(get_accounts_page),
         IdentityMode::Jwt => get(get_jwt_page),
     }
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod abuse;
+mod accounts;
 mod admin;
 mod concurrency;
 mod crash;

@@ -34,7 +34,7 @@
 //! - In Redis, `remaining + sold + reserved = stock` for every sale once nothing is in flight.
 
 mod config;
-mod connections;
+pub(crate) mod connections;
 mod counters;
 mod fence;
 mod instants;

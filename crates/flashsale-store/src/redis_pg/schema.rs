@@ -21,6 +21,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../../migrations/0003_sale_creation_key.sql"),
     ),
     (4, include_str!("../../migrations/0004_last_sold_at.sql")),
+    (5, include_str!("../../migrations/0005_accounts.sql")),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations.

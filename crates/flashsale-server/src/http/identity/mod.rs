@@ -1,6 +1,8 @@
 //! Who the buyer is (SPEC section 10, `--identity`): in `guest` mode the buyer names
-//! themselves in the body or path, as they always did; in `jwt` mode the shop's identity
-//! provider signs a token and the buyer id is its verified `sub`.
+//! themselves in the body or path, as they always did; in `accounts` mode they sign up and log
+//! in with the service, and the buyer id is their account's id, carried by a session token the
+//! service signs ([`sessions`]); in `jwt` mode the shop's identity provider signs a token and
+//! the buyer id is its verified `sub`.
 //!
 //! [`Identity`] is chosen once at startup and holds everything a mode needs; handlers ask it
 //! for the [`Caller`] of a request. Invariants:
@@ -8,12 +10,15 @@
 //! - in a token mode every buyer route answers 401 `unauthenticated` (with `WWW-Authenticate`)
 //!   without a valid token, and the buyer id comes from the token only;
 //! - verifying a token does no I/O: the keys are in memory and replaced whole by a reload
-//!   ([`jwt`]), never behind a lock held across an await.
-//!
-//! A later `accounts` mode is one more variant of [`Identity`] and [`IdentityMode`].
+//!   ([`jwt`]), or the session key and the set of ended sessions are ([`sessions`]), never
+//!   behind a lock held across an await.
 
+pub mod accounts;
 pub mod jwt;
 mod keys;
+pub mod login_limits;
+pub mod passwords;
+pub mod sessions;
 
 use crate::http::AppState;
 use crate::http::error::{ApiError, Challenge};
@@ -25,7 +30,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use time::OffsetDateTime;
 
+pub use accounts::{Accounts, AccountsError};
 pub use jwt::{JwtError, JwtVerifier, TokenRejection};
+
+/// The default session lifetime, in seconds (a day).
+pub const DEFAULT_SESSION_TTL_SECS: u64 = 24 * 60 * 60;
 
 /// How buyers are identified (`--identity`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -33,6 +42,8 @@ pub enum IdentityMode {
     /// The self-reported buyer id of the body or path (the default).
     #[default]
     Guest,
+    /// Accounts kept by the service: sign up, log in, log out; session tokens it signs.
+    Accounts,
     /// Tokens signed by the shop's identity provider; the buyer id is their `sub`.
     Jwt,
 }
@@ -42,16 +53,18 @@ impl IdentityMode {
     pub fn as_str(self) -> &'static str {
         match self {
             IdentityMode::Guest => "guest",
+            IdentityMode::Accounts => "accounts",
             IdentityMode::Jwt => "jwt",
         }
     }
 }
 
 /// The identity flags (and `FLASHSALE_*` variables).
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct IdentitySettings {
-    /// How buyers are identified: `guest` (the id they type) or `jwt` (a bearer token signed
-    /// by the shop's identity provider; needs a key file).
+    /// How buyers are identified: `guest` (the id they type), `accounts` (they sign up and
+    /// log in here) or `jwt` (a bearer token signed by the shop's identity provider; needs a
+    /// key file).
     #[arg(
         long = "identity",
         env = "FLASHSALE_IDENTITY",
@@ -82,6 +95,56 @@ pub struct IdentitySettings {
     /// when unset: they were meant for another service).
     #[arg(long, env = "FLASHSALE_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+
+    /// With `--identity accounts`: the secret (at least 32 bytes) session tokens are signed
+    /// with, the same on every instance. Unset with the embedded store: generated once into
+    /// `<data-dir>/session-key`; required with the scale-out store.
+    #[arg(long, env = "FLASHSALE_SESSION_KEY", hide_env_values = true)]
+    pub session_key: Option<String>,
+
+    /// With `--identity accounts`: how long a session lasts, in seconds.
+    #[arg(long = "session-ttl", env = "FLASHSALE_SESSION_TTL", value_name = "SECONDS",
+        default_value_t = DEFAULT_SESSION_TTL_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub session_ttl_secs: u64,
+
+    /// With `--identity accounts`: password hashes computed at once (each takes 19 MiB and
+    /// tens of milliseconds of a core); 0 means one per core.
+    #[arg(long, env = "FLASHSALE_MAX_CONCURRENT_HASHES", default_value_t = 0)]
+    pub max_concurrent_hashes: usize,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        Self {
+            mode: IdentityMode::Guest,
+            jwt_jwks_file: None,
+            jwt_public_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            session_key: None,
+            session_ttl_secs: DEFAULT_SESSION_TTL_SECS,
+            max_concurrent_hashes: 0,
+        }
+    }
+}
+
+/// The session key is a secret: never in the log.
+impl std::fmt::Debug for IdentitySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentitySettings")
+            .field("mode", &self.mode)
+            .field("jwt_jwks_file", &self.jwt_jwks_file)
+            .field("jwt_public_key_file", &self.jwt_public_key_file)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field(
+                "session_key",
+                &self.session_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("session_ttl_secs", &self.session_ttl_secs)
+            .field("max_concurrent_hashes", &self.max_concurrent_hashes)
+            .finish()
+    }
 }
 
 /// The chosen mode, ready to identify callers.
@@ -89,18 +152,22 @@ pub struct IdentitySettings {
 pub enum Identity {
     /// Buyers name themselves.
     Guest,
+    /// Buyers log in here and present the session tokens this service signs.
+    Accounts(Arc<Accounts>),
     /// Buyers present the shop's signed tokens.
     Jwt(Arc<JwtVerifier>),
 }
 
 impl Identity {
     /// Builds the mode the settings choose; `Err` says in one line what is missing or wrong
-    /// (no key file for `jwt`, an unreadable or invalid one).
-    pub fn from_settings(settings: &IdentitySettings) -> Result<Self, JwtError> {
+    /// (no key file for `jwt`, an unreadable or invalid one). `Ok(None)` for `accounts`,
+    /// which needs the store: [`Accounts::open`] builds it.
+    pub fn from_settings(settings: &IdentitySettings) -> Result<Option<Self>, JwtError> {
         match settings.mode {
-            IdentityMode::Guest => Ok(Identity::Guest),
+            IdentityMode::Guest => Ok(Some(Identity::Guest)),
+            IdentityMode::Accounts => Ok(None),
             IdentityMode::Jwt => {
-                JwtVerifier::from_settings(settings).map(|v| Identity::Jwt(Arc::new(v)))
+                JwtVerifier::from_settings(settings).map(|v| Some(Identity::Jwt(Arc::new(v))))
             }
         }
     }
@@ -109,6 +176,7 @@ impl Identity {
     pub fn mode(&self) -> IdentityMode {
         match self {
             Identity::Guest => IdentityMode::Guest,
+            Identity::Accounts(_) => IdentityMode::Accounts,
             Identity::Jwt(_) => IdentityMode::Jwt,
         }
     }
@@ -128,6 +196,17 @@ impl Identity {
     ) -> Result<Option<UserId>, ApiError> {
         match self {
             Identity::Guest => Ok(None),
+            Identity::Accounts(accounts) => {
+                let token =
+                    bearer_token(headers).ok_or(ApiError::Unauthenticated(Challenge::Missing))?;
+                match accounts.sessions.verify(token, now()) {
+                    Ok(session) => Ok(Some(session.buyer())),
+                    Err(rejection) => {
+                        tracing::debug!(reason = %rejection, "session token refused");
+                        Err(ApiError::Unauthenticated(Challenge::InvalidToken))
+                    }
+                }
+            }
             Identity::Jwt(verifier) => {
                 let token =
                     bearer_token(headers).ok_or(ApiError::Unauthenticated(Challenge::Missing))?;
@@ -146,7 +225,7 @@ impl Identity {
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme is case-insensitive).
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
