@@ -47,6 +47,7 @@ mod counter_columns;
 pub mod embedded;
 mod error;
 mod in_flight;
+mod instants;
 mod model;
 pub mod redis_pg;
 

@@ -287,14 +287,7 @@ impl Limiter {
         limiter: &DefaultKeyedRateLimiter<K>,
         key: &K,
     ) -> Result<(), ApiError> {
-        limiter.check_key(key).map_err(|not_until| {
-            let wait = not_until.wait_time_from(self.clock.now());
-            // Round up: a client that waits the advertised time finds a token.
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            ApiError::RateLimited {
-                retry_after_secs: secs.max(1),
-            }
-        })
+        check_key(limiter, key, &self.clock)
     }
 
     fn check_address(&self, class: Class, client: IpAddr) -> Result<(), ApiError> {
@@ -486,6 +479,23 @@ pub async fn refuse_unread(request: Request, mut response: Response) -> Response
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// Takes one token of `key`'s bucket, or answers 429 `rate_limited` with the wait until the
+/// next token (rounded up: a client that waits the advertised time finds one). Shared by every
+/// keyed limiter of the service (addresses, buyers, log-ins).
+pub fn check_key<K: Clone + Hash + Eq>(
+    limiter: &DefaultKeyedRateLimiter<K>,
+    key: &K,
+    clock: &DefaultClock,
+) -> Result<(), ApiError> {
+    limiter.check_key(key).map_err(|not_until| {
+        let wait = not_until.wait_time_from(clock.now());
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        ApiError::RateLimited {
+            retry_after_secs: secs.max(1),
+        }
+    })
 }
 
 #[cfg(test)]

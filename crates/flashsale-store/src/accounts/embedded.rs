@@ -7,6 +7,7 @@
 
 use super::{Account, AccountStore, Revocation, RevocationCursor, Revocations, SignUp};
 use crate::StoreError;
+use crate::instants::{from_micros, to_micros};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
@@ -65,15 +66,6 @@ impl SqliteAccounts {
     }
 }
 
-fn micros(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
-}
-
-fn from_micros(us: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
 #[async_trait]
 impl AccountStore for SqliteAccounts {
     async fn create_account(
@@ -95,7 +87,7 @@ impl AccountStore for SqliteAccounts {
                     account.id.as_bytes().as_slice(),
                     account.email,
                     account.password_hash,
-                    micros(now)
+                    to_micros(now)
                 ],
             );
             match inserted {
@@ -144,7 +136,7 @@ impl AccountStore for SqliteAccounts {
                  VALUES (?1, ?2)",
                 params![
                     revocation.session.as_bytes().as_slice(),
-                    micros(revocation.expires_at)
+                    to_micros(revocation.expires_at)
                 ],
             )
             .map(drop)
@@ -164,7 +156,7 @@ impl AccountStore for SqliteAccounts {
             if cursor == RevocationCursor::default() {
                 conn.execute(
                     "DELETE FROM revoked_sessions WHERE expires_at_us <= ?1",
-                    [micros(now)],
+                    [to_micros(now)],
                 )?;
             }
             let mut statement = conn.prepare_cached(
@@ -173,7 +165,7 @@ impl AccountStore for SqliteAccounts {
             )?;
             let mut next = cursor;
             let mut revoked = Vec::new();
-            let now_us = micros(now);
+            let now_us = to_micros(now);
             let rows = statement.query_map([cursor.0], |row| {
                 let seq: i64 = row.get(0)?;
                 let session: Vec<u8> = row.get(1)?;

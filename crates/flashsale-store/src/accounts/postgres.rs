@@ -8,6 +8,7 @@
 
 use super::{Account, AccountStore, Revocation, RevocationCursor, Revocations, SignUp};
 use crate::StoreError;
+use crate::instants::{from_micros, to_micros};
 use crate::redis_pg::RedisPgConfig;
 use crate::redis_pg::connections::Postgres;
 use crate::redis_pg::schema;
@@ -43,15 +44,6 @@ impl PgAccounts {
         schema::apply(&pg, &config.pg_schema).await?;
         Ok(Self { pg })
     }
-}
-
-fn micros(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
-}
-
-fn from_micros(us: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 #[async_trait]
@@ -171,7 +163,7 @@ impl AccountStore for PgAccounts {
             .collect();
         Ok(Revocations {
             revoked,
-            next: RevocationCursor(micros(read_at).max(1)),
+            next: RevocationCursor(to_micros(read_at).max(1)),
         })
     }
 }

@@ -5,7 +5,7 @@
 //! A leaf: it knows nothing of sales or orders, and every other module imports it.
 
 use super::config::RedisPgConfig;
-use super::instants::unix_ms;
+use crate::instants::unix_ms;
 use crate::{Cause, StoreError};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};

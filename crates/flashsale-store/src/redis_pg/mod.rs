@@ -21,7 +21,7 @@
 //! reservations whose instance died and audits each sale's Redis state; `rebuild.rs` restores
 //! a sale's Redis state from PostgreSQL when it was lost or found wrong; `counters.rs` keeps
 //! the operator counters. Under them all: `connections.rs` (Redis and PostgreSQL handles,
-//! with their timeouts), `keys.rs`, `instants.rs`, `schema.rs`, `config.rs`.
+//! with their timeouts), `keys.rs`, `schema.rs`, `config.rs`.
 //!
 //! Dependencies point one way: this module builds each part, hands it what it needs, and
 //! serves the [`SaleStore`] contract from them; no part imports from here.
@@ -37,7 +37,6 @@ mod config;
 pub(crate) mod connections;
 mod counters;
 mod fence;
-mod instants;
 pub mod keys;
 mod orders;
 mod purchase;

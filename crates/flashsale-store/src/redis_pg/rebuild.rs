@@ -12,11 +12,11 @@
 //! confirmed idempotency keys are written back in bounded chunks, `meta` last.
 
 use super::connections::{Postgres, Redis};
-use super::instants::to_micros;
 use super::keys::{Keys, SaleKeys};
 use super::scripts::{RebuildLock, Scripts, Step, StepReply};
 use super::snapshot::Snapshot;
 use crate::StoreError;
+use crate::instants::to_micros;
 use flashsale_core::{Sale, SaleId};
 use std::sync::Arc;
 use time::OffsetDateTime;

@@ -20,13 +20,13 @@
 
 use super::connections::{Postgres, Redis};
 use super::fence::{Fence, Reservation, Resolution};
-use super::instants::from_micros;
 use super::keys::Keys;
 use super::rebuild::Rebuilder;
 use super::scripts::{AuditReply, RedisHoldings, Scripts};
 use super::settle::Settler;
 use super::snapshot::Snapshot;
 use crate::StoreError;
+use crate::instants::from_micros;
 use flashsale_core::{Sale, SaleId};
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -9,9 +9,9 @@
 
 use super::connections::Redis;
 use super::fence::Resolution;
-use super::instants::from_micros;
 use super::keys::SaleKeys;
 use crate::StoreError;
+use crate::instants::from_micros;
 use flashsale_core::{NotActiveReason, Rejection};
 use redis::{FromRedisValue, Script, Value};
 use std::sync::Arc;

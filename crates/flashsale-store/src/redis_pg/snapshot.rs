@@ -16,7 +16,7 @@
 //! is over (sold out or past its end) keeps answering: nothing can change it any more.
 
 use super::connections::Postgres;
-use super::instants::{from_micros, to_micros, unix_ms};
+use crate::instants::{from_micros, to_micros, unix_ms};
 use crate::{SaleStatus, StoreError};
 use flashsale_core::{NotActiveReason, Rejection, Sale, SaleId};
 use parking_lot::RwLock;

@@ -18,7 +18,8 @@
 //! distributed guesser. A sign-up is charged to its address only.
 
 use crate::http::error::ApiError;
-use governor::clock::{Clock, DefaultClock};
+use crate::http::limits;
+use governor::clock::DefaultClock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -92,14 +93,7 @@ impl LoginLimits {
         limiter: &DefaultKeyedRateLimiter<K>,
         key: &K,
     ) -> Result<(), ApiError> {
-        limiter.check_key(key).map_err(|not_until| {
-            let wait = not_until.wait_time_from(self.clock.now());
-            // Round up: a client that waits the advertised time finds a token.
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            ApiError::RateLimited {
-                retry_after_secs: secs.max(1),
-            }
-        })
+        limits::check_key(limiter, key, &self.clock)
     }
 }
 

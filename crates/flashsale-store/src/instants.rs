@@ -1,6 +1,6 @@
-//! Instants as the scale-out store writes them down: microseconds since the Unix epoch (what
-//! the scripts store and Redis's `TIME` gives), and local Unix milliseconds (for the short
-//! waits measured here). A leaf.
+//! Instants as the stores write them down: microseconds since the Unix epoch (what the
+//! scale-out scripts store, Redis's `TIME` gives, and the account tables keep), and local Unix
+//! milliseconds (for the short waits the scale-out store measures). A leaf.
 
 use time::OffsetDateTime;
 
@@ -12,7 +12,7 @@ pub(crate) fn from_micros(us: i64) -> OffsetDateTime {
 
 /// Microseconds since the epoch.
 pub(crate) fn to_micros(at: OffsetDateTime) -> i64 {
-    (at.unix_timestamp_nanos() / 1_000) as i64
+    i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
 }
 
 /// Local wall-clock time in Unix milliseconds.
