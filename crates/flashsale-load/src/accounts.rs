@@ -80,9 +80,11 @@ pub async fn prepare(
     let count = users.len();
     let users = Arc::new(users);
     let next = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
     let mut workers = JoinSet::new();
     for k in 0..concurrency.clamp(1, count.max(1)) {
-        let (users, next) = (Arc::clone(&users), Arc::clone(&next));
+        let (users, next, finished) =
+            (Arc::clone(&users), Arc::clone(&next), Arc::clone(&finished));
         let mut conn = Conn::new(Arc::clone(&targets[k % targets.len()]), timeout);
         workers.spawn(async move {
             let mut done: Vec<(usize, String, u64)> = Vec::new();
@@ -93,24 +95,41 @@ pub async fn prepare(
                 };
                 let (token, micros) = sign_up_and_log_in(&mut conn, user).await?;
                 done.push((n, token, micros));
+                finished.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<_, anyhow::Error>(done)
         });
     }
+    let printer = tokio::spawn(async move {
+        let mut tick =
+            tokio::time::interval_at(start + Duration::from_secs(5), Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let done = finished.load(Ordering::Relaxed);
+            eprintln!("prepared {done}/{count} accounts");
+        }
+    });
     let mut authorization: Vec<Option<Arc<str>>> = vec![None; count];
     let mut login_micros = Vec::with_capacity(count);
-    let mut progress = Instant::now();
-    let mut finished = 0;
+    let mut failure = None;
     while let Some(part) = workers.join_next().await {
-        for (n, token, micros) in part.context("a preparation task failed")?? {
-            authorization[n] = Some(format!("Bearer {token}").into());
-            login_micros.push(micros);
-            finished += 1;
+        match part.context("a preparation task failed").and_then(|r| r) {
+            Ok(done) => {
+                for (n, token, micros) in done {
+                    authorization[n] = Some(format!("Bearer {token}").into());
+                    login_micros.push(micros);
+                }
+            }
+            Err(e) => {
+                // The first failure ends the run; the other workers stop with it.
+                workers.abort_all();
+                failure.get_or_insert(e);
+            }
         }
-        if progress.elapsed() >= Duration::from_secs(1) {
-            eprintln!("prepared {finished}/{count} accounts");
-            progress = Instant::now();
-        }
+    }
+    printer.abort();
+    if let Some(e) = failure {
+        return Err(e);
     }
     let authorization = authorization
         .into_iter()
