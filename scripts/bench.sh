@@ -9,6 +9,11 @@
 # Measures successful purchases (large stock), sold-out rejections and status reads at each
 # connection count, with flashsale-load and with wrk, then the seed scenario (1,000 buyers,
 # 100 units). Prints a table with req/s, p50, p99, errors and the ratio to the ceiling.
+# With the embedded store it also starts a second embedded server with `--identity accounts`
+# and, right after the guest purchases at each connection count, measures purchases by
+# 1,000 signed-in buyers there and by the same 1,000-buyer pool as guests (same connections,
+# same duration; the sign-ups and log-ins happen before the measured window), then prints
+# guest vs accounts purchases/s, their ratio and the log-in time flashsale-load measured.
 #
 # Usage: scripts/bench.sh   (about 5 minutes with the embedded store only, 10 with Redis too)
 # Environment:
@@ -16,7 +21,8 @@
 #   BENCH_CONNECTIONS="256 1000 10000"
 #   BENCH_TOOLS="load wrk"
 #   BENCH_STORES="embedded redis"
-#   BENCH_OUT=target/bench     where raw outputs and results.tsv go
+#   BENCH_OUT=target/bench     where raw outputs, results.tsv and accounts.tsv go
+#   BENCH_ACCOUNTS_POOL=1000   signed-in buyers of the accounts purchase runs
 #   REDIS_URL, DATABASE_URL    for the redis store (defaults: local Redis, local PostgreSQL
 #                              database flashsale_bench, created if missing)
 # Every server it starts is killed on exit.
@@ -36,6 +42,12 @@ CEILING_PORT=18090
 PORT_EMBEDDED=18080
 PORT_REDIS_A=18081
 PORT_REDIS_B=18082
+PORT_ACCOUNTS=18083
+# Accounts mode: buyers cycled through in the timed purchase runs (each is signed up and logged
+# in, two password hashes, before the window), and the sale's per-user limit that covers each
+# one's share (the API's maximum).
+ACCOUNTS_POOL=${BENCH_ACCOUNTS_POOL:-1000}
+ACCOUNTS_LIMIT=1000
 LOAD=$ROOT/target/release/flashsale-load
 CEILING=$ROOT/target/release/flashsale-ceiling
 SERVER=$ROOT/target/release/flashsale
@@ -204,6 +216,44 @@ bench_ceiling() { # conns tool
   fi
 }
 
+# Purchases by a pool of signed-in buyers vs the same pool as guests, at one connection count,
+# back to back (results in accounts.tsv, not in the ceiling table).
+bench_accounts() { # conns
+  local c=$1 pool=(--buyer-pool "$ACCOUNTS_POOL" --limit "$ACCOUNTS_LIMIT" --stock 100000000
+    --start-in 1 -d "$DUR" --verify-max 1000 --verify-sample 50 --prepare-concurrency "$(nproc)")
+  RESULTS=$OUT/accounts.tsv run_load guest purchase_pool "$c" sustained \
+    --target "http://127.0.0.1:$PORT_EMBEDDED" --admin-token "$TOKEN" "${pool[@]}"
+  RESULTS=$OUT/accounts.tsv run_load accounts purchase_pool "$c" sustained --identity accounts \
+    --target "http://127.0.0.1:$PORT_ACCOUNTS" --admin-token "$TOKEN" "${pool[@]}"
+}
+
+# The accounts section: guest vs accounts purchases/s per connection count, and log-in times.
+accounts_table() {
+  [ -s "$OUT/accounts.tsv" ] || return 0
+  echo
+  echo "Embedded store, purchases by a pool of $ACCOUNTS_POOL buyers (per-user limit $ACCOUNTS_LIMIT):"
+  echo "guests (\`--identity guest\`) vs signed-in buyers (\`--identity accounts\`, sign-ups and"
+  echo "log-ins before the window); flashsale-load, same connections and duration."
+  echo
+  echo "| conns | guest req/s | accounts req/s | accounts / guest | guest p99 ms | accounts p99 ms | errors (guest, accounts) | log-in p50 ms | log-in p99 ms | accounts prepared in s |"
+  echo "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
+  for c in $CONNS; do
+    local g a file
+    g=$(awk -F'\t' -v c="$c" '$1=="guest" && $4==c' "$OUT/accounts.tsv")
+    a=$(awk -F'\t' -v c="$c" '$1=="accounts" && $4==c' "$OUT/accounts.tsv")
+    [ -n "$g" ] && [ -n "$a" ] || continue
+    file="$OUT/load-accounts-purchase_pool-$c.json"
+    printf '%s\n%s\n' "$g" "$a" | awk -F'\t' -v c="$c" \
+      -v lp50="$(jq '.preparation.login.p50_ms // 0' "$file" 2>/dev/null || echo 0)" \
+      -v lp99="$(jq '.preparation.login.p99_ms // 0' "$file" 2>/dev/null || echo 0)" \
+      -v prep="$(jq '.preparation.elapsed_s // 0' "$file" 2>/dev/null || echo 0)" '
+      NR==1 { grps=$5; gp99=$7; gerr=$8 }
+      NR==2 { ratio = grps > 0 ? $5 / grps : 0
+              printf "| %s | %d | %d | %.3f | %.2f | %.2f | %s, %s | %.2f | %.2f | %.1f |\n",
+                c, grps, $5, ratio, gp99, $7, gerr, $8, lp50, lp99, prep }'
+  done
+}
+
 seed_scenario() { # label url1[,url2]
   local file="$OUT/seed-$1.json"
   log "seed  $1: 1,000 buyers, 100 units"
@@ -220,12 +270,22 @@ seed_scenario() { # label url1[,url2]
 
 # Start every deployment first; "label targets" lines.
 DEPLOYS=()
+ACCOUNTS=no
+: > "$OUT/accounts.tsv"
 if [ -n "$SERVER" ]; then
   for store in $STORES; do
     case $store in
       embedded)
         if start_server embedded $PORT_EMBEDDED --data-dir "$WORK/embedded"; then
           DEPLOYS+=("embedded http://127.0.0.1:$PORT_EMBEDDED")
+          # `--rate-limit off` (start_server) lifts the log-in limits too: every sign-up
+          # and log-in comes from 127.0.0.1.
+          if start_server embedded-accounts $PORT_ACCOUNTS --data-dir "$WORK/embedded-accounts" \
+            --identity accounts; then
+            ACCOUNTS=yes
+          else
+            echo "embedded store, accounts: SKIPPED (server not ready; see $OUT/server-embedded-accounts.log)" >&2
+          fi
         else
           echo "embedded store: SKIPPED (server not ready; see $OUT/server-embedded.log)" >&2
         fi
@@ -273,6 +333,9 @@ for c in $CONNS; do
     for d in "${DEPLOYS[@]}"; do
       bench_service ${d% *} ${d#* } "$c" "$tool"
     done
+    if [ "$tool" = load ] && [ "$ACCOUNTS" = yes ]; then
+      bench_accounts "$c"
+    fi
   done
 done
 
@@ -281,4 +344,7 @@ for d in "${DEPLOYS[@]}"; do
   seed_scenario ${d% *} ${d#* }
 done
 
-python3 "$ROOT/scripts/bench_table.py" "$RESULTS" "$OUT/seed.tsv" | tee "$OUT/table.md"
+{
+  python3 "$ROOT/scripts/bench_table.py" "$RESULTS" "$OUT/seed.tsv"
+  accounts_table
+} | tee "$OUT/table.md"

@@ -4,10 +4,17 @@
 #   - herd:       1,000 concurrent buyers released at the start instant vs 100 units;
 #   - duplicates: 300 buyers x 5 concurrent attempts each, per-user limit 2, 1,000 units;
 # and exit non-zero if any invariant fails (flashsale-load exits 1 on a failed check).
+# Then the same invariants with `--identity accounts` (issue 13): an embedded server started
+# that way, where flashsale-load signs up and logs in every buyer before the sale starts
+# (outside the measured window) and buys with their session tokens;
+#   - herd:       400 signed-in buyers released at the start instant vs 100 units;
+#   - duplicates: 100 signed-in buyers x 5 concurrent attempts, limit 2, 150 units
+# (fewer buyers than the guest runs: each account costs two argon2 hashes, slow in debug).
 #
 # Usage: scripts/stress.sh
-# Then, where this build has `--store redis` and Redis/PostgreSQL answer, the same against two
-# instances sharing them (skipped, and said so, otherwise).
+# Then, where this build has `--store redis` and Redis/PostgreSQL answer, the same (guest and
+# accounts, the accounts pair sharing one `--session-key`) against two instances sharing them
+# (skipped, and said so, otherwise).
 # Environment: STRESS_PROFILE=release|debug (default debug: no extra build in CI),
 #              STRESS_TARGETS=url[,url] to run against already running instances instead
 #              (then FLASHSALE_ADMIN_TOKEN must be their admin token),
@@ -78,12 +85,29 @@ stress() {
     --buyers 500 --attempts-per-buyer 3 --stock 100 --limit 1 --start-in 2 || status=1
 }
 
+# The seed scenarios with signed-in buyers, against a deployment started with
+# `--identity accounts` ($1 label, $2 targets, $3 admin token).
+stress_accounts() {
+  local label=$1 targets=$2 token=$3
+  echo "== [$label accounts] herd: 400 signed-in buyers vs 100 units"
+  "$BIN/flashsale-load" herd --identity accounts --target "$targets" --admin-token "$token" \
+    --buyers 400 --stock 100 --limit 1 --start-in 2 || status=1
+
+  echo "== [$label accounts] duplicates: 100 signed-in buyers x 5 concurrent attempts, limit 2, 150 units"
+  "$BIN/flashsale-load" duplicates --identity accounts --target "$targets" --admin-token "$token" \
+    --buyers 100 --attempts-per-buyer 5 --stock 150 --limit 2 --start-in 2 || status=1
+}
+
 if [ -n "${STRESS_TARGETS:-}" ]; then
   stress given "$STRESS_TARGETS" "${FLASHSALE_ADMIN_TOKEN:?FLASHSALE_ADMIN_TOKEN is needed with STRESS_TARGETS}"
 else
   TOKEN=stress-admin-token-$RANDOM$RANDOM
   start_server embedded "$TOKEN" || exit 2
   stress embedded "$STARTED_URL" "$TOKEN"
+  # `--rate-limit off` (start_server) also lifts the log-in limits: every buyer signs up
+  # and logs in from 127.0.0.1.
+  start_server embedded-accounts "$TOKEN" --identity accounts || exit 2
+  stress_accounts embedded "$STARTED_URL" "$TOKEN"
 
   # The scale-out store with two instances sharing Redis + PostgreSQL, where this build has
   # it and the services answer (REDIS_URL / DATABASE_URL, default the local ones).
@@ -105,6 +129,17 @@ else
       stress "redis x2" "$a,$STARTED_URL" "$TOKEN"
     else
       echo "== [redis x2] second instance did not start" >&2
+      status=1
+    fi
+    # The accounts pair: one session key, so a token from either instance is good on both.
+    session_key=$(printf '%s' "$TOKEN-session-key-0123456789abcdef" | sha256sum | cut -c1-64)
+    accounts_args=(--identity accounts --session-key "$session_key")
+    if start_server redis-accounts-a "$TOKEN" "${redis_args[@]}" "${accounts_args[@]}" &&
+      a=$STARTED_URL &&
+      start_server redis-accounts-b "$TOKEN" "${redis_args[@]}" "${accounts_args[@]}"; then
+      stress_accounts "redis x2" "$a,$STARTED_URL" "$TOKEN"
+    else
+      echo "== [redis x2 accounts] an instance did not start" >&2
       status=1
     fi
   fi

@@ -135,15 +135,17 @@ pub async fn summary(conn: &mut Conn, sale_id: u64) -> anyhow::Result<Summary> {
     serde_json::from_slice(&answer.body).context("parsing the summary")
 }
 
-/// Reads one buyer's orders.
+/// Reads one buyer's orders: by id for a guest, or with the buyer's `Authorization` value
+/// through `orders/me` for a signed-in buyer.
 pub async fn buyer_orders(
     conn: &mut Conn,
     sale_id: u64,
     user_id: &str,
+    auth: Option<&str>,
 ) -> anyhow::Result<BuyerOrders> {
-    let path = format!("/api/sales/{sale_id}/orders/{}", encode_segment(user_id));
+    let path = orders_path(sale_id, user_id, auth.is_some());
     let answer = conn
-        .send(Method::GET, &path, None)
+        .send_as(Method::GET, &path, None, auth)
         .await
         .map_err(|e: TransportError| anyhow::anyhow!("reading the orders of {user_id}: {e}"))?;
     match answer.status {
@@ -154,6 +156,14 @@ pub async fn buyer_orders(
         }
         StatusCode::NOT_FOUND => Ok(BuyerOrders::None),
         other => bail!("reading the orders of {user_id}: HTTP {other}"),
+    }
+}
+
+/// The path of a buyer's orders: `orders/me` for the signed-in caller, else by id.
+fn orders_path(sale_id: u64, user_id: &str, signed_in: bool) -> String {
+    match signed_in {
+        true => format!("/api/sales/{sale_id}/orders/me"),
+        false => format!("/api/sales/{sale_id}/orders/{}", encode_segment(user_id)),
     }
 }
 
@@ -178,5 +188,11 @@ mod tests {
     fn path_segments_are_percent_encoded() {
         assert_eq!(encode_segment("a b/c@d"), "a%20b%2Fc@d");
         assert_eq!(encode_segment("run-1.u_2~"), "run-1.u_2~");
+    }
+
+    #[test]
+    fn signed_in_buyers_read_their_orders_through_me() {
+        assert_eq!(orders_path(7, "a b", false), "/api/sales/7/orders/a%20b");
+        assert_eq!(orders_path(7, "a b", true), "/api/sales/7/orders/me");
     }
 }

@@ -7,6 +7,10 @@
 use clap::{Parser, ValueEnum};
 use std::time::Duration;
 
+/// Accounts prepared for a timed run in accounts mode without `--buyer-pool`: each takes two
+/// password hashes on the server, so one per purchase is out of reach.
+pub const DEFAULT_ACCOUNTS_POOL: u64 = 1000;
+
 /// What kind of load to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -28,6 +32,17 @@ impl Scenario {
     pub fn is_burst(self) -> bool {
         matches!(self, Scenario::Herd | Scenario::Duplicates)
     }
+}
+
+/// How buyers identify themselves to the service (the server's `--identity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Identity {
+    /// Buyers name themselves in the body (`user_id`).
+    Guest,
+    /// Buyers are signed up and logged in before the release; every purchase and order read
+    /// carries the buyer's session token.
+    Accounts,
 }
 
 /// flashsale load and stress tool: drives the service over HTTP, then checks its invariants.
@@ -100,6 +115,22 @@ pub struct Cli {
     #[arg(long)]
     pub user_prefix: Option<String>,
 
+    /// How buyers identify themselves: `accounts` signs up and logs in every buyer before the
+    /// release (outside every timing) and sends their tokens; the server must run with
+    /// `--identity accounts` (and `--rate-limit off`: every log-in comes from this address).
+    #[arg(long, value_enum, default_value_t = Identity::Guest)]
+    pub identity: Identity,
+
+    /// Timed runs: cycle through this many buyers (request `i` is buyer `i mod N`) instead of
+    /// a new buyer per purchase; with `--identity accounts` it is how many accounts are
+    /// prepared (default 1,000 there). Give the sale a `--limit` that covers each buyer's share.
+    #[arg(long)]
+    pub buyer_pool: Option<u64>,
+
+    /// `--identity accounts`: sign-ups and log-ins in flight at once while preparing.
+    #[arg(long, default_value_t = 8)]
+    pub prepare_concurrency: usize,
+
     /// Connect from this many loopback addresses (127.0.0.2 on), round robin, so a server or
     /// proxy on loopback sees that many clients (per-address rate limits); 0: the default.
     #[arg(long, default_value_t = 0, env = "FLASHSALE_LOAD_SOURCE_IPS")]
@@ -161,6 +192,28 @@ impl Cli {
         }
     }
 
+    /// Buyers cycled through in a timed run, or `None` for a new buyer per purchase. Bursts
+    /// always use `--buyers` distinct buyers.
+    pub fn pool(&self) -> Option<u64> {
+        if self.scenario.is_burst() {
+            return None;
+        }
+        match (self.buyer_pool, self.identity) {
+            (Some(n), _) => Some(n.max(1)),
+            (None, Identity::Accounts) => Some(DEFAULT_ACCOUNTS_POOL),
+            (None, Identity::Guest) => None,
+        }
+    }
+
+    /// How many accounts to sign up and log in before the release (0 in guest mode).
+    pub fn accounts_needed(&self) -> u64 {
+        match (self.identity, self.pool()) {
+            (Identity::Guest, _) => 0,
+            (Identity::Accounts, Some(pool)) => pool,
+            (Identity::Accounts, None) => self.buyers,
+        }
+    }
+
     /// Connections to open: as given, else one per attempt for bursts and 256 for timed runs.
     pub fn connection_count(&self) -> usize {
         let burst =
@@ -171,5 +224,46 @@ impl Cli {
             (None, true) => burst.max(1),
             (None, false) => 256,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("flashsale-load").chain(args.iter().copied()))
+            .expect("valid arguments")
+    }
+
+    #[test]
+    fn identity_defaults_to_guest_and_needs_no_accounts() {
+        let cli = parse(&["herd"]);
+        assert_eq!(cli.identity, Identity::Guest);
+        assert_eq!(cli.accounts_needed(), 0);
+        assert_eq!(parse(&["sustained"]).pool(), None);
+    }
+
+    #[test]
+    fn accounts_bursts_prepare_one_account_per_buyer() {
+        let cli = parse(&["herd", "--identity", "accounts", "--buyers", "300"]);
+        assert_eq!(cli.identity, Identity::Accounts);
+        assert_eq!(cli.pool(), None);
+        assert_eq!(cli.accounts_needed(), 300);
+    }
+
+    #[test]
+    fn accounts_timed_runs_prepare_the_pool() {
+        let cli = parse(&["sustained", "--identity", "accounts"]);
+        assert_eq!(cli.pool(), Some(DEFAULT_ACCOUNTS_POOL));
+        assert_eq!(cli.accounts_needed(), DEFAULT_ACCOUNTS_POOL);
+        let cli = parse(&["mixed", "--identity", "accounts", "--buyer-pool", "50"]);
+        assert_eq!(cli.accounts_needed(), 50);
+        assert_eq!(parse(&["sustained", "--buyer-pool", "7"]).pool(), Some(7));
+    }
+
+    #[test]
+    fn an_unknown_identity_is_refused() {
+        assert!(Cli::try_parse_from(["flashsale-load", "herd", "--identity", "jwt"]).is_err());
     }
 }

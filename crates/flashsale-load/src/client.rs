@@ -179,7 +179,20 @@ impl Conn {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<Answer, TransportError> {
-        let result = tokio::time::timeout(self.timeout, self.exchange(method, path, body)).await;
+        self.send_as(method, path, body, None).await
+    }
+
+    /// [`Conn::send`] with this `Authorization` value (`Bearer <token>`) instead of the
+    /// connection's own, when given: one connection serves many signed-in buyers.
+    pub async fn send_as(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        auth: Option<&str>,
+    ) -> Result<Answer, TransportError> {
+        let result =
+            tokio::time::timeout(self.timeout, self.exchange(method, path, body, auth)).await;
         match result {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => {
@@ -199,6 +212,7 @@ impl Conn {
         method: Method,
         path: &str,
         body: Option<Bytes>,
+        auth: Option<&str>,
     ) -> Result<Answer, TransportError> {
         self.open().await?;
         let sender = self.sender.as_mut().ok_or(TransportError::Connect)?;
@@ -210,8 +224,8 @@ impl Conn {
         if body.is_some() {
             builder = builder.header(CONTENT_TYPE, "application/json");
         }
-        if let Some(auth) = &self.auth {
-            builder = builder.header(AUTHORIZATION, auth.as_str());
+        if let Some(auth) = auth.or(self.auth.as_deref()) {
+            builder = builder.header(AUTHORIZATION, auth);
         }
         let request = builder
             .body(Full::new(body.unwrap_or_default()))

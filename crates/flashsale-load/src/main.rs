@@ -1,7 +1,8 @@
 //! `flashsale-load`: drives a flashsale service over HTTP only and checks it kept its
 //! promises (T-7..T-10, NF-1, NF-2, NF-5 in docs/requirements.md).
 //!
-//! A run: open and warm every connection ([`scenario::open_connections`]), create the sale
+//! A run: with `--identity accounts`, sign up and log in every buyer first ([`accounts`]);
+//! open and warm every connection ([`scenario::open_connections`]), create the sale
 //! through the admin API (or read the one given), release all workers at the sale's start
 //! instant, log every answer ([`outcome`]), then read the server's own figures back and judge
 //! the invariants ([`verify`]), and print the T-10 report ([`report`]). The exit status is
@@ -10,6 +11,7 @@
 //! Many connections need many file descriptors: raise the limit in the calling shell
 //! (`ulimit -n 20000`, as `scripts/bench.sh` does).
 
+mod accounts;
 mod api;
 mod cli;
 mod client;
@@ -18,9 +20,10 @@ mod report;
 mod scenario;
 mod verify;
 
+use accounts::Prepared;
 use anyhow::{Context, bail};
 use clap::Parser;
-use cli::{Cli, Scenario};
+use cli::{Cli, Identity, Scenario};
 use client::{Conn, Target};
 use outcome::Log;
 use report::{Report, Tally};
@@ -53,24 +56,29 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         None => default_prefix(),
     };
     let connections = cli.connection_count();
+    // Before the sale is created: its start must not pass while the accounts are made.
+    let prepared = prepare_accounts(&cli, &targets, &prefix).await?;
     let (conns, cold) = warm_connections(&targets, connections, cli.timeout()).await;
     let mut admin = Conn::new(Arc::clone(&targets[0]), cli.timeout());
     if let Some(token) = &cli.admin_token {
         admin = admin.with_bearer(token);
     }
     let sale = obtain_sale(&cli, &mut admin, &prefix).await?;
-    let plan = release_plan(&sale.status, prefix, connections);
+    let mut plan = release_plan(&sale.status, prefix, connections);
+    plan.pool = cli.pool();
+    plan.accounts = prepared.clone();
     let load = drive_load(&cli, &plan, conns).await?;
 
     let tally = Tally::of(&load.log);
     let mut report = first_report(&cli, &targets, &sale, connections, cold, &load, &tally);
+    report.preparation = prepared.as_deref().map(report::Preparation::of);
     if !cli.no_verify {
         let books = read_books(&cli, &mut admin, sale.status.sale_id).await?;
         report.final_stock = Some(books.status.stock_remaining);
         if books.status.stock_remaining == 0 {
             report.time_to_sell_out_s = tally.last_confirmation_micros.map(|m| m as f64 / 1e6);
         }
-        let observed = observe(&cli, &targets, &sale, books, load, &tally).await;
+        let observed = observe(&cli, &targets, &plan, &sale, books, load, &tally).await;
         report.checks = verify::evaluate(&observed);
         report.passed = report.checks.iter().all(|c| c.passed);
     } else if !cli.allow_errors && tally.not_decided() > 0 {
@@ -116,6 +124,31 @@ fn parse_targets(cli: &Cli) -> anyhow::Result<Vec<Arc<Target>>> {
         .collect::<anyhow::Result<_>>()?;
     anyhow::ensure!(!targets.is_empty(), "no --target given");
     Ok(targets)
+}
+
+/// With `--identity accounts`, signs up and logs in every buyer the run will use.
+async fn prepare_accounts(
+    cli: &Cli,
+    targets: &[Arc<Target>],
+    prefix: &str,
+) -> anyhow::Result<Option<Arc<Prepared>>> {
+    if cli.identity == Identity::Guest {
+        return Ok(None);
+    }
+    let count = cli.accounts_needed();
+    eprintln!(
+        "preparing {count} accounts ({} at a time)",
+        cli.prepare_concurrency
+    );
+    let users = (0..count).map(|n| format!("{prefix}-{n}")).collect();
+    let prepared = accounts::prepare(targets, cli.timeout(), users, cli.prepare_concurrency)
+        .await
+        .context("preparing the accounts (is the server running with --identity accounts?)")?;
+    eprintln!(
+        "prepared {count} accounts in {:.3} s",
+        prepared.elapsed.as_secs_f64()
+    );
+    Ok(Some(Arc::new(prepared)))
 }
 
 /// Opens and warms every connection before the measurement, saying how many could not be.
@@ -181,6 +214,8 @@ fn release_plan(sale: &api::SaleStatus, user_prefix: String, connections: usize)
         sale_id: sale.sale_id,
         user_prefix,
         release_at,
+        pool: None,
+        accounts: None,
     }
 }
 
@@ -205,7 +240,7 @@ async fn drive_load(cli: &Cli, plan: &Plan, conns: Vec<Conn>) -> anyhow::Result<
             let sent = log.samples.len() as u64;
             let buyers: Vec<String> = (0..sent)
                 .filter(|i| mix.op(*i) == outcome::Op::Buy)
-                .map(|i| plan.user(i))
+                .map(|i| plan.user(plan.buyer_of(i)))
                 .collect();
             (log, took, buyers)
         }
@@ -230,6 +265,12 @@ fn first_report(
     let elapsed = load.elapsed;
     Report {
         scenario: cli.scenario.to_possible_value_name(),
+        identity: match cli.identity {
+            Identity::Guest => "guest",
+            Identity::Accounts => "accounts",
+        }
+        .to_owned(),
+        preparation: None,
         targets: targets.iter().map(|t| t.url.clone()).collect(),
         sale_id: sale.status.sale_id,
         connections,
@@ -269,6 +310,7 @@ async fn read_books(cli: &Cli, admin: &mut Conn, sale_id: u64) -> anyhow::Result
 async fn observe(
     cli: &Cli,
     targets: &[Arc<Target>],
+    plan: &Plan,
     sale: &SaleUnderLoad,
     books: Books,
     load: Load,
@@ -281,11 +323,22 @@ async fn observe(
         .iter()
         .map(|c| c.user_id.as_str())
         .collect();
+    // A pool lists its buyers many times; each is read back once.
     let unconfirmed: Vec<String> = load
         .buyers
-        .into_iter()
+        .iter()
         .filter(|u| !confirmed_users.contains(u.as_str()))
+        .cloned()
+        .collect::<BTreeSet<String>>()
+        .into_iter()
         .collect();
+    let wanted = plan
+        .pool
+        .map(|_| verify::wanted_within_limit(&load.buyers, status.per_user_limit));
+    let auth = plan
+        .accounts
+        .as_ref()
+        .map(|a| Arc::new(a.by_buyer(|n| plan.user(n))));
     let buyers_read = verify::gather(
         targets,
         cli.timeout(),
@@ -294,6 +347,7 @@ async fn observe(
         &load.log.confirmations,
         verify::spread(&unconfirmed, cli.verify_sample),
         cli.verify_max,
+        auth,
     )
     .await;
     let each = cli.attempts_each();
@@ -309,6 +363,7 @@ async fn observe(
         allow_errors: cli.allow_errors,
         buyers: tally.attempts / each,
         demand_each: each,
+        wanted,
         buyers_read,
     }
 }

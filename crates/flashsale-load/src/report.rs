@@ -58,11 +58,37 @@ pub struct OpReport {
     pub latency: Latency,
 }
 
+/// `--identity accounts`: the sign-ups and log-ins made before the release.
+#[derive(Debug, Clone, Serialize)]
+pub struct Preparation {
+    /// Accounts signed up and logged in.
+    pub accounts: usize,
+    /// Seconds the whole preparation took (outside the measured window).
+    pub elapsed_s: f64,
+    /// Time of one log-in (`POST /api/sessions`) as the client saw it.
+    pub login: Latency,
+}
+
+impl Preparation {
+    /// The figures of a preparation.
+    pub fn of(prepared: &crate::accounts::Prepared) -> Self {
+        Self {
+            accounts: prepared.authorization.len(),
+            elapsed_s: prepared.elapsed.as_secs_f64(),
+            login: Latency::of(prepared.login_micros.iter().copied()),
+        }
+    }
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// Scenario name.
     pub scenario: String,
+    /// `guest` or `accounts`.
+    pub identity: String,
+    /// `--identity accounts`: the accounts prepared before the release.
+    pub preparation: Option<Preparation>,
     /// Target URLs.
     pub targets: Vec<String>,
     /// The sale.
@@ -186,6 +212,23 @@ impl Report {
             self.sale_id,
             self.targets.join(", ")
         );
+        match &self.preparation {
+            Some(p) => {
+                let _ = writeln!(
+                    s,
+                    "identity      {}: {} accounts prepared in {:.3} s (before the release)",
+                    self.identity, p.accounts, p.elapsed_s
+                );
+                let _ = writeln!(
+                    s,
+                    "login         p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+                    p.login.p50_ms, p.login.p99_ms, p.login.max_ms
+                );
+            }
+            None => {
+                let _ = writeln!(s, "identity      {}", self.identity);
+            }
+        }
         let _ = writeln!(
             s,
             "connections   {} ({} could not be warmed)",

@@ -11,7 +11,7 @@ use crate::api::{self, BuyerOrders, Summary};
 use crate::client::{Conn, Target};
 use crate::outcome::Confirmation;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -82,6 +82,9 @@ pub struct Observed {
     pub buyers: u64,
     /// Units each buyer asked for in all (attempts x quantity).
     pub demand_each: u64,
+    /// Units the buyers could take in all, each within the limit, when buyers asked for
+    /// different amounts (a buyer pool); `None`: `buyers x min(demand_each, limit)`.
+    pub wanted: Option<u64>,
     /// The per-buyer reads.
     pub buyers_read: BuyerFindings,
 }
@@ -145,14 +148,26 @@ pub fn evaluate(o: &Observed) -> Vec<Check> {
     }
 
     if o.own_sale && o.not_decided == 0 {
-        let want = expected_confirmed(o.stock_total, o.buyers, o.demand_each, o.per_user_limit);
+        let (want, how) = match o.wanted {
+            Some(wanted) => (
+                o.stock_total.min(wanted),
+                format!(
+                    "min({}, {wanted} wanted within limit {})",
+                    o.stock_total, o.per_user_limit
+                ),
+            ),
+            None => (
+                expected_confirmed(o.stock_total, o.buyers, o.demand_each, o.per_user_limit),
+                format!(
+                    "min({}, {} x min({}, {}))",
+                    o.stock_total, o.buyers, o.demand_each, o.per_user_limit
+                ),
+            ),
+        };
         checks.push(Check::new(
             "confirmed = min(stock, buyers x limit)",
             o.confirmed_seen == want && server_confirmed.is_none_or(|c| c == want),
-            format!(
-                "min({}, {} x min({}, {})) = {want}; answers {}",
-                o.stock_total, o.buyers, o.demand_each, o.per_user_limit, o.confirmed_seen
-            ),
+            format!("{how} = {want}; answers {}", o.confirmed_seen),
         ));
     }
 
@@ -218,6 +233,15 @@ fn first(items: &[String]) -> String {
         .unwrap_or_default()
 }
 
+/// Units `buyers` could take in all (one unit per listing of a buyer), each within `limit`.
+pub fn wanted_within_limit(buyers: &[String], limit: u32) -> u64 {
+    let mut asked: HashMap<&str, u64> = HashMap::new();
+    for b in buyers {
+        *asked.entry(b.as_str()).or_default() += 1;
+    }
+    asked.values().map(|n| (*n).min(u64::from(limit))).sum()
+}
+
 /// Confirmed units per buyer from the answers.
 pub fn per_buyer(confirmations: &[Confirmation]) -> BTreeMap<String, u64> {
     let mut map = BTreeMap::new();
@@ -241,7 +265,9 @@ pub fn spread<T: Clone>(items: &[T], max: usize) -> Vec<T> {
 }
 
 /// Reads back the orders of the confirmed buyers (up to `max`, else a spread sample) and of
-/// `others` (buyers with no confirmation), and compares them with the confirmations.
+/// `others` (buyers with no confirmation), and compares them with the confirmations. With
+/// `auth` (`--identity accounts`) each buyer reads `orders/me` with their own token.
+#[allow(clippy::too_many_arguments)]
 pub async fn gather(
     targets: &[Arc<Target>],
     timeout: Duration,
@@ -250,6 +276,7 @@ pub async fn gather(
     confirmations: &[Confirmation],
     others: Vec<String>,
     max: usize,
+    auth: Option<Arc<HashMap<String, Arc<str>>>>,
 ) -> BuyerFindings {
     let mut expected: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for c in confirmations {
@@ -279,6 +306,7 @@ pub async fn gather(
     let mut readers = JoinSet::new();
     for k in 0..VERIFY_CONNECTIONS.min(findings.checked.max(1)) {
         let queue = Arc::clone(&queue);
+        let auth = auth.clone();
         let mut conn = Conn::new(Arc::clone(&targets[k % targets.len()]), timeout);
         readers.spawn(async move {
             let mut part = BuyerFindings::default();
@@ -286,7 +314,17 @@ pub async fn gather(
                 let Some((user, ids)) = queue.lock().await.pop() else {
                     break;
                 };
-                match api::buyer_orders(&mut conn, sale_id, &user).await {
+                let token = match &auth {
+                    Some(map) => match map.get(&user) {
+                        Some(token) => Some(Arc::clone(token)),
+                        None => {
+                            part.read_errors.push(format!("no token for {user}"));
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                match api::buyer_orders(&mut conn, sale_id, &user, token.as_deref()).await {
                     Ok(BuyerOrders::Found(orders)) => {
                         let units: u64 = orders.iter().map(|o| u64::from(o.quantity)).sum();
                         if units > u64::from(limit) {
@@ -412,6 +450,23 @@ mod tests {
         assert_eq!(expected_confirmed(100, 1000, 1, 1), 100);
         assert_eq!(expected_confirmed(100, 10, 5, 2), 20);
         assert_eq!(expected_confirmed(100, 10, 1, 3), 10);
+    }
+
+    #[test]
+    fn a_pool_is_judged_by_what_its_buyers_could_take() {
+        let pool: Vec<String> = ["a", "b", "a", "a", "c"].map(String::from).to_vec();
+        assert_eq!(wanted_within_limit(&pool, 2), 4);
+        assert_eq!(wanted_within_limit(&pool, 1000), 5);
+        let mut o = herd(100);
+        o.stock_total = 1000;
+        o.stock_remaining = 1000 - 100;
+        o.wanted = Some(100);
+        assert!(failed(&evaluate(&o)).is_empty());
+        o.wanted = Some(101);
+        assert_eq!(
+            failed(&evaluate(&o)),
+            ["confirmed = min(stock, buyers x limit)"]
+        );
     }
 
     #[test]

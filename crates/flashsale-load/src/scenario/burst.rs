@@ -5,7 +5,7 @@
 //! attempt: every buyer pressed "Buy" at the release, so time spent waiting for a free
 //! connection on the client is part of what the buyer sees (no coordinated omission).
 
-use super::{Plan, Progress, buy_body, collect};
+use super::{Plan, Progress, collect};
 use crate::client::Conn;
 use crate::outcome::{Log, Op};
 use bytes::Bytes;
@@ -23,6 +23,8 @@ pub struct Attempt {
     pub user_id: String,
     /// The request body, built before the release.
     pub body: Bytes,
+    /// The buyer's `Authorization` value (`--identity accounts`).
+    pub auth: Option<Arc<str>>,
 }
 
 /// The attempts of a burst: `buyers` distinct buyers, `each` attempts apiece, a buyer's
@@ -31,11 +33,13 @@ pub fn attempts(plan: &Plan, buyers: u64, each: u64) -> Vec<Attempt> {
     let mut out = Vec::with_capacity(usize::try_from(buyers.saturating_mul(each)).unwrap_or(0));
     for b in 0..buyers {
         let user_id = plan.user(b);
-        let body = buy_body(&user_id);
+        let body = plan.buy_body(&user_id);
+        let auth: Option<Arc<str>> = plan.authorization(b).map(Arc::from);
         for _ in 0..each {
             out.push(Attempt {
                 user_id: user_id.clone(),
                 body: body.clone(),
+                auth: auth.clone(),
             });
         }
     }
@@ -73,7 +77,12 @@ pub async fn run(
                     break;
                 };
                 let result = conn
-                    .send(Method::POST, &path, Some(attempt.body.clone()))
+                    .send_as(
+                        Method::POST,
+                        &path,
+                        Some(attempt.body.clone()),
+                        attempt.auth.as_deref(),
+                    )
                     .await;
                 log.record(Op::Buy, &attempt.user_id, result, release_at.elapsed());
                 progress.tick();
@@ -99,10 +108,40 @@ mod tests {
             sale_id: 1,
             user_prefix: "t".into(),
             release_at: Instant::now(),
+            pool: None,
+            accounts: None,
         };
         let list = attempts(&plan, 2, 3);
         let users: Vec<_> = list.iter().map(|a| a.user_id.as_str()).collect();
         assert_eq!(users, ["t-0", "t-0", "t-0", "t-1", "t-1", "t-1"]);
         assert_eq!(&list[0].body[..], br#"{"user_id":"t-0","quantity":1}"#);
+    }
+
+    #[test]
+    fn signed_in_buyers_send_their_token_and_no_user_id() {
+        let prepared = crate::accounts::Prepared {
+            authorization: vec!["Bearer zero".into(), "Bearer one".into()],
+            ..Default::default()
+        };
+        let plan = Plan {
+            sale_id: 1,
+            user_prefix: "t".into(),
+            release_at: Instant::now(),
+            pool: None,
+            accounts: Some(Arc::new(prepared)),
+        };
+        let list = attempts(&plan, 2, 2);
+        let auth: Vec<_> = list.iter().map(|a| a.auth.as_deref()).collect();
+        assert_eq!(
+            auth,
+            [
+                Some("Bearer zero"),
+                Some("Bearer zero"),
+                Some("Bearer one"),
+                Some("Bearer one")
+            ]
+        );
+        assert_eq!(&list[0].body[..], br#"{"quantity":1}"#);
+        assert_eq!(list[2].user_id, "t-1");
     }
 }

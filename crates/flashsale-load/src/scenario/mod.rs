@@ -8,6 +8,7 @@
 pub mod burst;
 pub mod timed;
 
+use crate::accounts::Prepared;
 use crate::client::{Conn, Target};
 use crate::outcome::Log;
 use hyper::Method;
@@ -30,6 +31,10 @@ pub struct Plan {
     pub user_prefix: String,
     /// The instant the workers start.
     pub release_at: Instant,
+    /// Timed runs: request `i` is buyer `i mod pool` (`None`: buyer `i`).
+    pub pool: Option<u64>,
+    /// `--identity accounts`: the signed-in buyers, by buyer number.
+    pub accounts: Option<Arc<Prepared>>,
 }
 
 impl Plan {
@@ -46,6 +51,27 @@ impl Plan {
     /// The `n`-th generated buyer id.
     pub fn user(&self, n: u64) -> String {
         format!("{}-{n}", self.user_prefix)
+    }
+
+    /// The buyer number of request `i` of a timed run.
+    pub fn buyer_of(&self, i: u64) -> u64 {
+        match self.pool {
+            Some(pool) => i % pool.max(1),
+            None => i,
+        }
+    }
+
+    /// The `Authorization` value buyer number `n` sends (`None` for guests).
+    pub fn authorization(&self, n: u64) -> Option<&str> {
+        self.accounts.as_ref().and_then(|a| a.authorization_of(n))
+    }
+
+    /// The purchase body of `user_id`: a signed-in buyer is named by their token alone.
+    pub fn buy_body(&self, user_id: &str) -> bytes::Bytes {
+        match self.accounts {
+            Some(_) => bytes::Bytes::from_static(br#"{"quantity":1}"#),
+            None => buy_body(user_id),
+        }
     }
 }
 

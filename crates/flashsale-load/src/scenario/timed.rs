@@ -1,11 +1,12 @@
 //! `sustained`, `status` and `mixed`: every connection sends requests for a fixed duration.
 //!
-//! Request `i` of the run goes to buyer `i` (each purchase a distinct buyer). With a rate, it
+//! Request `i` of the run goes to buyer `i` (each purchase a distinct buyer), or to buyer
+//! `i mod N` with a buyer pool (`--buyer-pool`, and always with `--identity accounts`). With a rate, it
 //! is scheduled at `release + i / rate` and its latency counts from that instant, so a server
 //! that stalls cannot hide the requests it delayed (the coordinated-omission trap oha avoids);
 //! without one, the run is closed loop and latency counts from the send.
 
-use super::{Plan, Progress, buy_body, collect};
+use super::{Plan, Progress, collect};
 use crate::client::Conn;
 use crate::outcome::{Log, Op};
 use hyper::Method;
@@ -96,9 +97,15 @@ pub async fn run(
                 };
                 match mix.op(i) {
                     Op::Buy => {
-                        let user = plan.user(i);
+                        let buyer = plan.buyer_of(i);
+                        let user = plan.user(buyer);
                         let result = conn
-                            .send(Method::POST, &orders, Some(buy_body(&user)))
+                            .send_as(
+                                Method::POST,
+                                &orders,
+                                Some(plan.buy_body(&user)),
+                                plan.authorization(buyer),
+                            )
                             .await;
                         log.record(Op::Buy, &user, result, start.elapsed());
                     }
@@ -131,5 +138,20 @@ mod tests {
             .count();
         assert_eq!(reads, 900);
         assert!((0..100).all(|i| Mix::Buy.op(i) == Op::Buy));
+    }
+
+    #[test]
+    fn a_pool_cycles_through_its_buyers() {
+        let mut plan = Plan {
+            sale_id: 1,
+            user_prefix: "t".into(),
+            release_at: Instant::now(),
+            pool: Some(3),
+            accounts: None,
+        };
+        let buyers: Vec<_> = (0..7).map(|i| plan.buyer_of(i)).collect();
+        assert_eq!(buyers, [0, 1, 2, 0, 1, 2, 0]);
+        plan.pool = None;
+        assert_eq!(plan.buyer_of(7), 7);
     }
 }
