@@ -339,15 +339,18 @@ async fn observe(
         .accounts
         .as_ref()
         .map(|a| Arc::new(a.by_buyer(|n| plan.user(n))));
-    let buyers_read = verify::gather(
+    let read = verify::ReadBack {
         targets,
-        cli.timeout(),
-        sale.status.sale_id,
-        status.per_user_limit,
+        timeout: cli.timeout(),
+        sale_id: sale.status.sale_id,
+        limit: status.per_user_limit,
+        auth,
+    };
+    let buyers_read = verify::gather(
+        read,
         &load.log.confirmations,
         verify::spread(&unconfirmed, cli.verify_sample),
         cli.verify_max,
-        auth,
     )
     .await;
     let each = cli.attempts_each();

@@ -264,20 +264,35 @@ pub fn spread<T: Clone>(items: &[T], max: usize) -> Vec<T> {
         .collect()
 }
 
+/// Where and how the buyers' orders are read back.
+pub struct ReadBack<'a> {
+    /// The servers (readers spread over them).
+    pub targets: &'a [Arc<Target>],
+    /// Each read's timeout.
+    pub timeout: Duration,
+    /// The sale.
+    pub sale_id: u64,
+    /// Its per-user limit (a buyer holding more is a finding).
+    pub limit: u32,
+    /// With `--identity accounts`: each buyer's token, so they read `orders/me`.
+    pub auth: Option<Arc<HashMap<String, Arc<str>>>>,
+}
+
 /// Reads back the orders of the confirmed buyers (up to `max`, else a spread sample) and of
-/// `others` (buyers with no confirmation), and compares them with the confirmations. With
-/// `auth` (`--identity accounts`) each buyer reads `orders/me` with their own token.
-#[allow(clippy::too_many_arguments)]
+/// `others` (buyers with no confirmation), and compares them with the confirmations.
 pub async fn gather(
-    targets: &[Arc<Target>],
-    timeout: Duration,
-    sale_id: u64,
-    limit: u32,
+    read: ReadBack<'_>,
     confirmations: &[Confirmation],
     others: Vec<String>,
     max: usize,
-    auth: Option<Arc<HashMap<String, Arc<str>>>>,
 ) -> BuyerFindings {
+    let ReadBack {
+        targets,
+        timeout,
+        sale_id,
+        limit,
+        auth,
+    } = read;
     let mut expected: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for c in confirmations {
         expected
