@@ -215,19 +215,35 @@ fn lock_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
         .write(true)
         .open(&path)
         .map_err(|e| StoreError::unavailable_from(format!("cannot open {}", path.display()), e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::unavailable(format!(
-            "data directory {} is in use by another flashsale process (it holds {})",
-            data_dir.display(),
-            path.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::unavailable_from(
-            format!("cannot lock {}", path.display()),
-            e,
-        )),
+    // A lock just released can still be held for a moment by a process being spawned (its
+    // copy of the descriptor lives until it execs), so a busy lock is tried again briefly
+    // before the directory is called taken.
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::unavailable(format!(
+                    "data directory {} is in use by another flashsale process (it holds {})",
+                    data_dir.display(),
+                    path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::unavailable_from(
+                    format!("cannot lock {}", path.display()),
+                    e,
+                ));
+            }
+        }
     }
 }
+
+/// How long a busy data-directory lock is tried again before the directory is called taken.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(250);
 
 fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
     StoreError::unavailable_from(format!("database {}", path.display()), e)
