@@ -74,11 +74,7 @@ impl AccountStore for SqliteAccounts {
         password_hash: &str,
         now: OffsetDateTime,
     ) -> Result<SignUp, StoreError> {
-        let account = Account {
-            id: Uuid::now_v7(),
-            email: email.to_owned(),
-            password_hash: password_hash.to_owned(),
-        };
+        let account = Account::new(email, password_hash);
         self.with_conn("insert an account", move |conn| {
             let inserted = conn.execute(
                 "INSERT INTO accounts (id, email, password_hash, created_at_us)

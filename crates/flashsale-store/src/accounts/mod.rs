@@ -34,6 +34,17 @@ pub struct Account {
     pub password_hash: String,
 }
 
+impl Account {
+    /// A new account (a fresh time-ordered id) for a normalised email and a password hash.
+    pub fn new(email: &str, password_hash: &str) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            email: email.to_owned(),
+            password_hash: password_hash.to_owned(),
+        }
+    }
+}
+
 /// The answer to a sign-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignUp {

@@ -15,7 +15,6 @@ use crate::redis_pg::schema;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 use tokio_postgres::error::SqlState;
-use uuid::Uuid;
 
 /// How far before the previous read each read of revocations starts again.
 pub const OVERLAP: std::time::Duration = std::time::Duration::from_secs(10);
@@ -54,11 +53,7 @@ impl AccountStore for PgAccounts {
         password_hash: &str,
         now: OffsetDateTime,
     ) -> Result<SignUp, StoreError> {
-        let account = Account {
-            id: Uuid::now_v7(),
-            email: email.to_owned(),
-            password_hash: password_hash.to_owned(),
-        };
+        let account = Account::new(email, password_hash);
         let client = self.pg.client().await?;
         let inserted = tokio::time::timeout(
             self.pg.timeout(),
