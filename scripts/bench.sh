@@ -64,6 +64,7 @@ WORK=$(mktemp -d)
 RESULTS=$OUT/results.tsv
 : > "$RESULTS"
 PIDS=()
+declare -A SERVER_PIDS # start_server name -> pid
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -111,6 +112,7 @@ start_server() { # name port extra-args...; fails at once if the server exits
     >"$OUT/server-$name.log" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
+  SERVER_PIDS[$name]=$pid
   local deadline=$((SECONDS + 30))
   until curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz" 2>/dev/null; do
     kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ] || return 1
@@ -217,14 +219,48 @@ bench_ceiling() { # conns tool
 }
 
 # Purchases by a pool of signed-in buyers vs the same pool as guests, at one connection count,
-# back to back (results in accounts.tsv, not in the ceiling table).
+# back to back (results in accounts.tsv, not in the ceiling table), each with the server's CPU
+# time per purchase (in accounts-cpu.tsv): on a machine shared with other work, req/s moves
+# with the neighbours' load, but the CPU the server spends on one purchase barely does.
 bench_accounts() { # conns
   local c=$1 pool=(--buyer-pool "$ACCOUNTS_POOL" --limit "$ACCOUNTS_LIMIT" --stock 100000000
     --start-in 1 -d "$DUR" --verify-max 1000 --verify-sample 50 --prepare-concurrency "$(nproc)")
-  RESULTS=$OUT/accounts.tsv run_load guest purchase_pool "$c" sustained \
+  with_server_cpu "${SERVER_PIDS[embedded]}" guest "$c" \
+    run_load guest purchase_pool "$c" sustained \
     --target "http://127.0.0.1:$PORT_EMBEDDED" --admin-token "$TOKEN" "${pool[@]}"
-  RESULTS=$OUT/accounts.tsv run_load accounts purchase_pool "$c" sustained --identity accounts \
+  with_server_cpu "${SERVER_PIDS[embedded-accounts]}" accounts "$c" \
+    run_load accounts purchase_pool "$c" sustained --identity accounts \
     --target "http://127.0.0.1:$PORT_ACCOUNTS" --admin-token "$TOKEN" "${pool[@]}"
+}
+
+# Runs one purchase_pool load run (the command after $3) into accounts.tsv while sampling the
+# CPU ticks of server $1 every 0.1 s, then appends "label conns cpu_us_per_purchase" to
+# accounts-cpu.tsv. Only the samples inside the measured window count (the load tool reports
+# its length; it ends when the tool exits): the sign-ups and log-ins before it, two password
+# hashes per buyer, are preparation, not purchases.
+with_server_cpu() { # pid label conns command...
+  local pid=$1 label=$2 c=$3
+  shift 3
+  local samples="$WORK/cpu-$label-$c"
+  (while kill -0 "$pid" 2>/dev/null; do
+    echo "$(date +%s.%N) $(awk '{print $14 + $15}' "/proc/$pid/stat")"
+    sleep 0.1
+  done) >"$samples" 2>/dev/null &
+  local sampler=$!
+  RESULTS=$OUT/accounts.tsv "$@"
+  local end
+  end=$(date +%s.%N)
+  kill "$sampler" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
+  local file="$OUT/load-$label-purchase_pool-$c.json"
+  jq -e . "$file" >/dev/null 2>&1 || return 0
+  awk -v end="$end" -v el="$(jq .elapsed_s "$file")" -v n="$(jq .attempts "$file")" \
+    -v hz="$(getconf CLK_TCK)" -v label="$label" -v c="$c" '
+    BEGIN { from = end - el + 0.3; to = end - 0.3 }
+    $1 >= from && t0 == "" { t0 = $1; k0 = $2 }
+    $1 <= to { t1 = $1; k1 = $2 }
+    END { if (t1 > t0 && n > 0) printf "%s\t%s\t%.1f\n", label, c, (k1 - k0) / hz * 1e6 / (n * (t1 - t0) / el) }
+  ' "$samples" >>"$OUT/accounts-cpu.tsv"
 }
 
 # The accounts section: guest vs accounts purchases/s per connection count, and log-in times.
@@ -233,10 +269,11 @@ accounts_table() {
   echo
   echo "Embedded store, purchases by a pool of $ACCOUNTS_POOL buyers (per-user limit $ACCOUNTS_LIMIT):"
   echo "guests (\`--identity guest\`) vs signed-in buyers (\`--identity accounts\`, sign-ups and"
-  echo "log-ins before the window); flashsale-load, same connections and duration."
+  echo "log-ins before the window); flashsale-load, same connections and duration; server CPU"
+  echo "per purchase sampled from /proc inside the measured window."
   echo
-  echo "| conns | guest req/s | accounts req/s | accounts / guest | guest p99 ms | accounts p99 ms | errors (guest, accounts) | log-in p50 ms | log-in p99 ms | accounts prepared in s |"
-  echo "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
+  echo "| conns | guest req/s | accounts req/s | accounts / guest | guest p99 ms | accounts p99 ms | errors (guest, accounts) | server CPU µs per purchase (guest, accounts) | log-in p50 ms | log-in p99 ms | accounts prepared in s |"
+  echo "|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"
   for c in $CONNS; do
     local g a file
     g=$(awk -F'\t' -v c="$c" '$1=="guest" && $4==c' "$OUT/accounts.tsv")
@@ -246,11 +283,13 @@ accounts_table() {
     printf '%s\n%s\n' "$g" "$a" | awk -F'\t' -v c="$c" \
       -v lp50="$(jq '.preparation.login.p50_ms // 0' "$file" 2>/dev/null || echo 0)" \
       -v lp99="$(jq '.preparation.login.p99_ms // 0' "$file" 2>/dev/null || echo 0)" \
-      -v prep="$(jq '.preparation.elapsed_s // 0' "$file" 2>/dev/null || echo 0)" '
+      -v prep="$(jq '.preparation.elapsed_s // 0' "$file" 2>/dev/null || echo 0)" \
+      -v gcpu="$(awk -F'\t' -v c="$c" '$1=="guest" && $2==c {print $3}' "$OUT/accounts-cpu.tsv")" \
+      -v acpu="$(awk -F'\t' -v c="$c" '$1=="accounts" && $2==c {print $3}' "$OUT/accounts-cpu.tsv")" '
       NR==1 { grps=$5; gp99=$7; gerr=$8 }
       NR==2 { ratio = grps > 0 ? $5 / grps : 0
-              printf "| %s | %d | %d | %.3f | %.2f | %.2f | %s, %s | %.2f | %.2f | %.1f |\n",
-                c, grps, $5, ratio, gp99, $7, gerr, $8, lp50, lp99, prep }'
+              printf "| %s | %d | %d | %.3f | %.2f | %.2f | %s, %s | %s, %s | %.2f | %.2f | %.1f |\n",
+                c, grps, $5, ratio, gp99, $7, gerr, $8, gcpu, acpu, lp50, lp99, prep }'
   done
 }
 
@@ -272,6 +311,7 @@ seed_scenario() { # label url1[,url2]
 DEPLOYS=()
 ACCOUNTS=no
 : > "$OUT/accounts.tsv"
+: > "$OUT/accounts-cpu.tsv"
 if [ -n "$SERVER" ]; then
   for store in $STORES; do
     case $store in
