@@ -11,18 +11,24 @@
 //! - [`purchase`]: the rules that turn one attempt into an admission or a rejection.
 //! - [`outcome`]: every answer a purchase can get, with its wire code and status: the one
 //!   list the counters, metrics, OpenAPI enum and HTTP errors derive from.
+//! - [`checkout`]: a sale's checkout mode (instant, or hold with a payment window) and price.
+//! - [`money`]: ISO 4217 currencies, prices and amounts in whole minor units.
 //! - [`error`]: validation errors, each naming what was wrong.
 
+pub mod checkout;
 pub mod clock;
 pub mod error;
 pub mod ids;
+pub mod money;
 pub mod outcome;
 pub mod purchase;
 pub mod sale;
 
+pub use checkout::{Checkout, CheckoutMode, PaymentWindow};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ValidationError;
 pub use ids::{IdempotencyKey, Quantity, SaleId, UserId};
+pub use money::{Currency, Money, Price};
 pub use outcome::Outcome;
 pub use purchase::{
     Decision, NotActiveReason, QuantityAboveLimit, Rejection, check_quantity, decide,
