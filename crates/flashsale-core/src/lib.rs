@@ -13,6 +13,7 @@
 //!   list the counters, metrics, OpenAPI enum and HTTP errors derive from.
 //! - [`checkout`]: a sale's checkout mode (instant, or hold with a payment window) and price.
 //! - [`money`]: ISO 4217 currencies, prices and amounts in whole minor units.
+//! - [`units`]: a sale's units as available, held and sold, always adding up to the total.
 //! - [`error`]: validation errors, each naming what was wrong.
 
 pub mod checkout;
@@ -23,6 +24,7 @@ pub mod money;
 pub mod outcome;
 pub mod purchase;
 pub mod sale;
+pub mod units;
 
 pub use checkout::{Checkout, CheckoutMode, PaymentWindow};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -34,3 +36,4 @@ pub use purchase::{
     Decision, NotActiveReason, QuantityAboveLimit, Rejection, check_quantity, decide,
 };
 pub use sale::{EndReason, NewSale, Sale, SaleState, pick_featured};
+pub use units::{Units, UnitsError};
