@@ -14,23 +14,32 @@
 //! - [`checkout`]: a sale's checkout mode (instant, or hold with a payment window) and price.
 //! - [`money`]: ISO 4217 currencies, prices and amounts in whole minor units.
 //! - [`units`]: a sale's units as available, held and sold, always adding up to the total.
+//! - [`order`]: an order's status and [`transition`], the one statement of how events change it.
+//! - [`checkout_outcome`]: every answer of the checkout flow, with its wire code and status.
 //! - [`error`]: validation errors, each naming what was wrong.
 
 pub mod checkout;
+pub mod checkout_outcome;
 pub mod clock;
 pub mod error;
 pub mod ids;
 pub mod money;
+pub mod order;
 pub mod outcome;
 pub mod purchase;
 pub mod sale;
 pub mod units;
 
 pub use checkout::{Checkout, CheckoutMode, PaymentWindow};
+pub use checkout_outcome::CheckoutOutcome;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ValidationError;
-pub use ids::{IdempotencyKey, Quantity, SaleId, UserId};
+pub use ids::{IdempotencyKey, PaymentRef, Quantity, SaleId, UserId};
 pub use money::{Currency, Money, Price};
+pub use order::{
+    Canceller, OrderEvent, OrderState, OrderStatus, Reservation, Transition, TransitionError,
+    UnitsMove, transition,
+};
 pub use outcome::Outcome;
 pub use purchase::{
     Decision, NotActiveReason, QuantityAboveLimit, Rejection, check_quantity, decide,
