@@ -15,6 +15,7 @@
 //! - [`money`]: ISO 4217 currencies, prices and amounts in whole minor units.
 //! - [`units`]: a sale's units as available, held and sold, always adding up to the total.
 //! - [`order`]: an order's status and [`transition`], the one statement of how events change it.
+//! - [`waitlist`]: who waits for a freed unit, in which order, and who is offered the next one.
 //! - [`checkout_outcome`]: every answer of the checkout flow, with its wire code and status.
 //! - [`error`]: validation errors, each naming what was wrong.
 
@@ -29,6 +30,7 @@ pub mod outcome;
 pub mod purchase;
 pub mod sale;
 pub mod units;
+pub mod waitlist;
 
 pub use checkout::{Checkout, CheckoutMode, PaymentWindow};
 pub use checkout_outcome::CheckoutOutcome;
@@ -46,3 +48,4 @@ pub use purchase::{
 };
 pub use sale::{EndReason, NewSale, Sale, SaleState, pick_featured};
 pub use units::{Units, UnitsError};
+pub use waitlist::{Waitlist, WaitlistRefusal};
