@@ -16,6 +16,7 @@
 //! - [`units`]: a sale's units as available, held and sold, always adding up to the total.
 //! - [`order`]: an order's status and [`transition`], the one statement of how events change it.
 //! - [`waitlist`]: who waits for a freed unit, in which order, and who is offered the next one.
+//! - [`payment_signature`]: the payment webhook's `Flashsale-Signature`, signed and verified.
 //! - [`checkout_outcome`]: every answer of the checkout flow, with its wire code and status.
 //! - [`error`]: validation errors, each naming what was wrong.
 
@@ -27,6 +28,7 @@ pub mod ids;
 pub mod money;
 pub mod order;
 pub mod outcome;
+pub mod payment_signature;
 pub mod purchase;
 pub mod sale;
 pub mod units;
@@ -43,6 +45,7 @@ pub use order::{
     UnitsMove, transition,
 };
 pub use outcome::Outcome;
+pub use payment_signature::{SecretTooShort, SignatureRejection, WebhookSecret};
 pub use purchase::{
     Decision, NotActiveReason, QuantityAboveLimit, Rejection, check_quantity, decide,
 };
