@@ -96,6 +96,13 @@ impl Units {
         self.sold == self.total
     }
 
+    /// Units not sold (available or held): what [`crate::Sale::state`] takes as `remaining`
+    /// in hold mode, so that a sale whose units are all held stays `active` (buyers may join
+    /// the waitlist) and ends `sold_out` only once every unit is paid (FL-4, FL-5).
+    pub fn unsold(&self) -> u32 {
+        self.available + self.held
+    }
+
     /// A reservation: `n` units from available to held.
     pub fn reserve(&mut self, n: u32) -> Result<(), UnitsError> {
         let available = self.take_available(n)?;
@@ -192,6 +199,30 @@ mod tests {
     }
 
     #[test]
+    fn co3_a_hold_mode_sale_with_every_unit_held_is_active_and_ends_only_when_all_are_paid() {
+        use crate::ids::SaleId;
+        use crate::sale::{EndReason, NewSale, SaleState};
+        use time::macros::datetime;
+        let start = datetime!(2026-11-30 12:00 UTC);
+        let sale = NewSale::parse("Widget", start, datetime!(2026-11-30 13:00 UTC), 2, 1)
+            .unwrap()
+            .with_id(SaleId(1));
+        let mut units = Units::new(2);
+        units.reserve(2).unwrap();
+        assert_eq!(units.available(), 0);
+        assert_eq!(sale.state(start, units.unsold()), SaleState::Active);
+        units.pay(1).unwrap();
+        units.release(1).unwrap();
+        units.reserve(1).unwrap();
+        assert_eq!(sale.state(start, units.unsold()), SaleState::Active);
+        units.pay(1).unwrap();
+        assert_eq!(
+            sale.state(start, units.unsold()),
+            SaleState::Ended(EndReason::SoldOut)
+        );
+    }
+
+    #[test]
     fn co3_figures_read_back_must_add_up() {
         assert_eq!(Units::from_parts(10, 5, 3, 2).unwrap().held(), 3);
         assert_eq!(
@@ -254,6 +285,8 @@ mod tests {
                 }
                 let count = |at: u8| places.iter().filter(|p| **p == at).count() as u32;
                 prop_assert_eq!(units.available() + units.held() + units.sold(), units.total());
+                prop_assert_eq!(units.unsold(), count(0) + count(1));
+                prop_assert_eq!(units.sold_out(), count(2) == total);
                 prop_assert_eq!(
                     (units.available(), units.held(), units.sold()),
                     (count(0), count(1), count(2))
