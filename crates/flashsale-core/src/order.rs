@@ -720,11 +720,12 @@ mod tests {
             let mut state = reserved();
             let mut units = Units::new(3);
             units.reserve(2).unwrap();
-            let mut now = EXPIRES_AT - Duration::seconds(200);
+            // Close to the deadline, in steps of 0 to 3 s, so that events land exactly on it.
+            let mut now = EXPIRES_AT - Duration::seconds(4);
             let mut model = OrderStatus::Reserved;
             let mut changes = 0;
             for (i, step) in events {
-                now += Duration::seconds(step / 40);
+                now += Duration::seconds(step / 100);
                 let event = race_event(i);
                 // The model, written from the spec's words alone.
                 let live = now < EXPIRES_AT;
