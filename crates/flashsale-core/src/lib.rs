@@ -6,7 +6,8 @@
 //! so every boundary (exactly at the start, exactly at the end) can be tested exactly, and the
 //! stores decide each attempt inside their own atomic step with the clock they trust.
 //!
-//! - [`ids`]: parsed newtypes for user ids, sale ids, quantities and idempotency keys.
+//! - [`ids`]: parsed newtypes for user ids, sale ids, quantities, idempotency keys and payment
+//!   references.
 //! - [`sale`]: the sale, its derived state, and which sale the page features.
 //! - [`purchase`]: the rules that turn one attempt into an admission or a rejection.
 //! - [`outcome`]: every answer a purchase can get, with its wire code and status: the one
