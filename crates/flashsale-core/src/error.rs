@@ -35,4 +35,34 @@ pub enum ValidationError {
     /// The idempotency key is empty, too long, or not visible ASCII.
     #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
     BadIdempotencyKey,
+    /// The checkout mode is neither `instant` nor `hold`.
+    #[error("checkout_mode must be \"instant\" or \"hold\"")]
+    UnknownCheckoutMode,
+    /// A hold-mode sale without `payment_window_secs`.
+    #[error("checkout_mode \"hold\" needs payment_window_secs")]
+    PaymentWindowRequired,
+    /// `payment_window_secs` given for an instant-mode sale, where nothing waits for payment.
+    #[error("payment_window_secs is only for checkout_mode \"hold\"")]
+    PaymentWindowWithoutHold,
+    /// The payment window is outside 60..=86,400 seconds.
+    #[error("payment_window_secs must be between 60 and 86400")]
+    PaymentWindowOutOfRange,
+    /// A hold-mode sale without a price: a payment could not be checked against anything.
+    #[error("checkout_mode \"hold\" needs price_minor and currency")]
+    PriceRequired,
+    /// Only one of `price_minor` and `currency` was given.
+    #[error("price_minor and currency must be given together")]
+    PriceWithoutCurrency,
+    /// The price is below 1 or above [`crate::money::MAX_PRICE_MINOR`].
+    #[error("price_minor must be between 1 and 9007199254740 (minor units)")]
+    PriceOutOfRange,
+    /// The currency is not three uppercase ASCII letters.
+    #[error("currency must be an ISO 4217 code: three uppercase letters A-Z, such as EUR")]
+    BadCurrency,
+    /// A payment amount is negative or above [`crate::money::MAX_AMOUNT_MINOR`].
+    #[error("amount_minor must be between 0 and 9007199254740991 (minor units)")]
+    AmountOutOfRange,
+    /// The payment reference is empty, too long, or not visible ASCII.
+    #[error("payment_ref must be 1 to 255 visible ASCII characters")]
+    BadPaymentRef,
 }

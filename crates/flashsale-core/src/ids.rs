@@ -162,6 +162,33 @@ impl IdempotencyKey {
     }
 }
 
+/// The payment system's reference for one payment attempt (`payment_ref` in the webhook):
+/// 1 to 255 visible ASCII characters. Two events with the same reference are deliveries of the
+/// same payment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PaymentRef(Arc<str>);
+
+impl PaymentRef {
+    /// The longest reference accepted, in bytes.
+    pub const MAX_LEN: usize = 255;
+
+    /// Validates a raw reference.
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        let ok = !raw.is_empty()
+            && raw.len() <= Self::MAX_LEN
+            && raw.bytes().all(|b| b.is_ascii_graphic());
+        if !ok {
+            return Err(ValidationError::BadPaymentRef);
+        }
+        Ok(Self(Arc::from(raw)))
+    }
+
+    /// The reference as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Whether `c` is in Unicode's general category Cf (format: invisible characters that change
 /// how text around them is shown). The ranges are those of Unicode 16; the category changes
 /// rarely, and a new format character missing here only means two spellings of one id stay
@@ -325,6 +352,23 @@ mod tests {
             assert_eq!(
                 IdempotencyKey::parse(bad),
                 Err(ValidationError::BadIdempotencyKey)
+            );
+        }
+    }
+
+    #[test]
+    fn payment_ref_must_be_1_to_255_visible_ascii_characters() {
+        let max = "p".repeat(PaymentRef::MAX_LEN);
+        assert_eq!(PaymentRef::parse(&max).unwrap().as_str(), max);
+        assert_eq!(
+            PaymentRef::parse("pi_3Nx-42").unwrap().as_str(),
+            "pi_3Nx-42"
+        );
+        for bad in ["", " ", "pay ref", "caf\u{e9}", "a\nb", &"p".repeat(256)] {
+            assert_eq!(
+                PaymentRef::parse(bad),
+                Err(ValidationError::BadPaymentRef),
+                "{bad:?}"
             );
         }
     }
