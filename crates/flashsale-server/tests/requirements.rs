@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-const PREFIXES: &[&str] = &["FL", "IM", "PR", "FE", "NF", "T"];
+const PREFIXES: &[&str] = &["FL", "IM", "PR", "FE", "NF", "T", "CO"];
 
 /// The ids cited in `text`: a prefix at a word start, a dash, digits.
 fn cited(text: &str) -> BTreeSet<String> {
@@ -107,6 +107,7 @@ fn the_requirements_define_every_family() {
         ("FE", 7),
         ("NF", 12),
         ("T", 10),
+        ("CO", 11),
     ] {
         for n in 1..=last {
             let id = format!("{prefix}-{n}");
