@@ -10,7 +10,9 @@
 #   BINARY  target/release/flashsale or target/release/flashsale-ceiling (or a saved copy)
 #   ROUTE   status | sold-out | featured | purchase (each request a new buyer, stock ample)
 # Environment: IPR_SECONDS=4 (length of the counted load), IPR_CONNECTIONS=16.
-# Prints: binary, route, requests, instructions, instructions per request.
+# Prints: binary, route, requests, instructions, instructions per request, and allocations
+# (and reallocations) per request: the call edges into the allocator from outside it in the
+# same callgrind profile (scripts/callgrind_allocations.awk), so exact and just as noise-free.
 set -euo pipefail
 BIN=$1
 ROUTE=$2
@@ -84,5 +86,8 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 [ -n "${IPR_KEEP:-}" ] && cp "$WORK"/cg.*.1 "$IPR_KEEP"
-printf '%s\t%s\t%s requests (%s non-2xx)\t%s Ir\t%d Ir/request\n' "$(basename "$BIN")" "$ROUTE" \
-  "$requests" "${non2xx:-0}" "$ir" $((ir / requests))
+read -r allocs reallocs < <(awk -f "$(dirname "$0")/callgrind_allocations.awk" "$WORK"/cg.*.1)
+printf '%s\t%s\t%s requests (%s non-2xx)\t%s Ir\t%d Ir/request\t%s allocations/request\t%s reallocations/request\n' \
+  "$(basename "$BIN")" "$ROUTE" "$requests" "${non2xx:-0}" "$ir" $((ir / requests)) \
+  "$(awk -v n="$allocs" -v r="$requests" 'BEGIN { printf "%.1f", n / r }')" \
+  "$(awk -v n="$reallocs" -v r="$requests" 'BEGIN { printf "%.1f", n / r }')"
