@@ -11,8 +11,10 @@
 //! - [`purchase`]: the rules that turn one attempt into an admission or a rejection.
 //! - [`outcome`]: every answer a purchase can get, with its wire code and status: the one
 //!   list the counters, metrics, OpenAPI enum and HTTP errors derive from.
+//! - [`change`]: an operator's edit or cancellation of a sale, and the rules that allow it.
 //! - [`error`]: validation errors, each naming what was wrong.
 
+pub mod change;
 pub mod clock;
 pub mod error;
 pub mod ids;
@@ -20,6 +22,7 @@ pub mod outcome;
 pub mod purchase;
 pub mod sale;
 
+pub use change::{ChangeRefusal, FieldChange, SaleChange, SaleEdit};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ValidationError;
 pub use ids::{IdempotencyKey, Quantity, SaleId, UserId};
