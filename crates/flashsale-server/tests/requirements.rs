@@ -1,4 +1,4 @@
-//! Every requirement id cited in the repository (`FL-`, `IM-`, `PR-`, `FE-`, `NF-`, `T-` and a
+//! Every requirement id cited in the repository (`FL-`, `IM-`, `PR-`, `FE-`, `NF-`, `T-`, `OP-` and a
 //! number) is defined in `docs/requirements.md`, so a reader can look any of them up.
 
 #![allow(clippy::unwrap_used)]
@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-const PREFIXES: &[&str] = &["FL", "IM", "PR", "FE", "NF", "T"];
+const PREFIXES: &[&str] = &["FL", "IM", "PR", "FE", "NF", "T", "OP"];
 
 /// The ids cited in `text`: a prefix at a word start, a dash, digits.
 fn cited(text: &str) -> BTreeSet<String> {
