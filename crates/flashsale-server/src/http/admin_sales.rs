@@ -104,7 +104,7 @@ pub async fn list_sales(
     // Keyset on the id (creation order): a page never repeats or skips a sale because sales
     // were created or changed between two pages.
     statuses.retain(|s| after.is_none_or(|after| s.sale.id < after));
-    statuses.sort_unstable_by(|a, b| b.sale.id.cmp(&a.sale.id));
+    statuses.sort_unstable_by_key(|s| std::cmp::Reverse(s.sale.id));
     let mut page = Vec::with_capacity(limit.min(statuses.len()));
     let mut more = false;
     for status in &statuses {

@@ -299,6 +299,9 @@ async fn op5_cancel_ends_the_sale_at_once_and_a_second_cancel_is_409_sale_ended(
     assert_eq!(app.orders(id, "ann").await.0, StatusCode::OK);
 }
 
+/// One `sale_changes` row: kind, field, old value, new value, instant (µs).
+type ChangeRow = (String, String, Option<String>, Option<String>, i64);
+
 #[tokio::test]
 async fn op6_changes_are_durable_and_recorded_with_their_instant_and_old_and_new_values() {
     let app = spawn_app().await;
@@ -325,7 +328,7 @@ async fn op6_changes_are_durable_and_recorded_with_their_instant_and_old_and_new
     let mut rows = db
         .prepare("SELECT kind, field, old_value, new_value, at_us FROM sale_changes WHERE sale_id = ?1 ORDER BY id")
         .unwrap();
-    let rows: Vec<(String, String, Option<String>, Option<String>, i64)> = rows
+    let rows: Vec<ChangeRow> = rows
         .query_map([id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
