@@ -175,15 +175,17 @@ fn edit_active(
         if stock > i64::from(MAX_STOCK) || stock < 1 {
             return Err(ValidationError::StockOutOfRange.into());
         }
-        if stock < i64::from(taken) {
-            return Err(ChangeRefusal::Invalid(format!(
-                "stock must not be below the {taken} units already sold or held"
-            )));
-        }
+        // Lowering is refused whatever was sold: the rule, not the figures of the moment,
+        // decides the answer (an edit racing purchases gets the same refusal either way).
         if stock < i64::from(sale.stock) {
             return Err(ChangeRefusal::Started(
                 "the sale has started: its stock can only be raised",
             ));
+        }
+        if stock < i64::from(taken) {
+            return Err(ChangeRefusal::Invalid(format!(
+                "stock must not be below the {taken} units already sold or held"
+            )));
         }
         new.stock = stock as u32;
     }
@@ -321,6 +323,9 @@ mod tests {
         assert_eq!(raised.stock, 20);
         let lowered = apply(&sale(), DURING, 4, &edit(|e| e.stock = Some(9)));
         assert!(matches!(lowered, Err(ChangeRefusal::Started(_))));
+        // Below the units taken too: still the rule that stock only rises.
+        let below = apply(&sale(), DURING, 8, &edit(|e| e.stock = Some(3)));
+        assert!(matches!(below, Err(ChangeRefusal::Started(_))));
     }
 
     #[test]

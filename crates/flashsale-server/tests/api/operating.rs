@@ -441,7 +441,9 @@ impl TestApp {
 /// sale ends with, and what it shows left is exactly stock - confirmed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn op3_an_edit_racing_a_herd_of_purchases_never_lets_sold_exceed_the_stock() {
-    for round in 0..5 {
+    // The clock moves at a different moment of the edit's flight each round (its write and
+    // fsync take a few ms), so some rounds land it between the decision and the write.
+    for round in 0..24 {
         let app = spawn_app().await;
         let id = app.create_sale(40, 1).await;
         app.clock.set(START - Duration::microseconds(1));
@@ -465,7 +467,7 @@ async fn op3_an_edit_racing_a_herd_of_purchases_never_lets_sold_exceed_the_stock
             let app = std::sync::Arc::clone(&app);
             tokio::spawn(async move { app.patch_sale(id, json!({"stock": 10})).await.0 })
         };
-        tokio::time::sleep(StdDuration::from_millis(round * 3)).await;
+        tokio::time::sleep(StdDuration::from_micros(round * 400)).await;
         app.clock.set(START);
         let edit = editor.await.unwrap();
         let mut confirmed = 0;
