@@ -456,6 +456,10 @@ async fn op3_an_edit_racing_a_herd_of_purchases_never_lets_sold_exceed_the_stock
                     loop {
                         let (status, body) = app.buy(id, &format!("buyer-{i}")).await;
                         if body["state"] != "upcoming" {
+                            // Decided wholly before or after the edit: never a failed
+                            // write (an oversell the database refused).
+                            assert!(!status.is_server_error(), "{status} {body}");
+                            assert!(!status.is_server_error(), "{status} {body}");
                             return status == StatusCode::CREATED;
                         }
                         tokio::task::yield_now().await;
@@ -723,67 +727,75 @@ async fn scale_out_an_edit_racing_a_herd_of_purchases_never_lets_sold_exceed_the
     let (a, _stop_a) = spawn_instance(&name).await;
     let (b, _stop_b) = spawn_instance(&name).await;
     let client = reqwest::Client::new();
-    let now = OffsetDateTime::now_utc();
-    let starts = now + Duration::milliseconds(300);
-    let (status, sale) = admin_call(&client, &a, TOKEN, reqwest::Method::POST, "/api/admin/sales", Some(json!({
-        "name": "Race", "stock": 40, "starts_at": rfc3339(starts), "ends_at": rfc3339(now + Duration::hours(1)),
-    }))).await;
-    assert_eq!(status, StatusCode::CREATED, "{sale}");
-    let id = sale["sale_id"].as_i64().unwrap();
-    let herd: Vec<_> = (0..120)
-        .map(|i| {
-            let url = format!("{}/api/sales/{id}/orders", if i % 2 == 0 { &a } else { &b });
-            let client = client.clone();
-            tokio::spawn(async move {
-                loop {
-                    let (status, body) = read(
-                        client
-                            .post(&url)
-                            .json(&json!({"user_id": format!("buyer-{i}")}))
-                            .send()
-                            .await
-                            .unwrap(),
-                    )
-                    .await;
-                    if body["state"] != "upcoming" {
-                        return status == StatusCode::CREATED;
+    // The edit is sent at a different moment around the start each round (from 6 ms before
+    // to 4 ms after), so some rounds land the start inside the edit's flight.
+    for round in 0..6_i64 {
+        let now = OffsetDateTime::now_utc();
+        let starts = now + Duration::milliseconds(200);
+        let (status, sale) = admin_call(&client, &a, TOKEN, reqwest::Method::POST, "/api/admin/sales", Some(json!({
+            "name": "Race", "stock": 40, "starts_at": rfc3339(starts), "ends_at": rfc3339(now + Duration::hours(1)),
+        }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{sale}");
+        let id = sale["sale_id"].as_i64().unwrap();
+        let herd: Vec<_> = (0..80)
+            .map(|i| {
+                let url = format!("{}/api/sales/{id}/orders", if i % 2 == 0 { &a } else { &b });
+                let client = client.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let (status, body) = read(
+                            client
+                                .post(&url)
+                                .json(&json!({"user_id": format!("buyer-{i}")}))
+                                .send()
+                                .await
+                                .unwrap(),
+                        )
+                        .await;
+                        if body["state"] != "upcoming" {
+                            // Decided wholly before or after the edit: never a failed write
+                            // (an oversell PostgreSQL refused).
+                            assert!(!status.is_server_error(), "{status} {body}");
+                            return status == StatusCode::CREATED;
+                        }
+                        tokio::time::sleep(StdDuration::from_millis(1)).await;
                     }
-                    tokio::time::sleep(StdDuration::from_millis(2)).await;
-                }
+                })
             })
-        })
-        .collect();
-    let wait = (starts - OffsetDateTime::now_utc() - Duration::milliseconds(2)).max(Duration::ZERO);
-    tokio::time::sleep(wait.try_into().unwrap()).await;
-    let (edit, _) = admin_call(
-        &client,
-        &b,
-        TOKEN,
-        reqwest::Method::PATCH,
-        &format!("/api/admin/sales/{id}"),
-        Some(json!({"stock": 10})),
-    )
-    .await;
-    let mut confirmed = 0;
-    for buyer in herd {
-        confirmed += u64::from(buyer.await.unwrap());
-    }
-    let shown: Value = client
-        .get(format!("{a}/api/sales/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let total = shown["stock_total"].as_u64().unwrap();
-    assert!(
-        confirmed <= total,
-        "sold {confirmed} of {total} (edit {edit})"
-    );
-    match edit {
-        StatusCode::OK => assert_eq!(total, 10),
-        StatusCode::CONFLICT => assert_eq!(total, 40),
-        other => panic!("edit answered {other}"),
+            .collect();
+        let send_at = starts + Duration::milliseconds(2 * round - 6);
+        let wait = (send_at - OffsetDateTime::now_utc()).max(Duration::ZERO);
+        tokio::time::sleep(wait.try_into().unwrap()).await;
+        let (edit, _) = admin_call(
+            &client,
+            &b,
+            TOKEN,
+            reqwest::Method::PATCH,
+            &format!("/api/admin/sales/{id}"),
+            Some(json!({"stock": 2})),
+        )
+        .await;
+        let mut confirmed = 0;
+        for buyer in herd {
+            confirmed += u64::from(buyer.await.unwrap());
+        }
+        let shown: Value = client
+            .get(format!("{a}/api/sales/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let total = shown["stock_total"].as_u64().unwrap();
+        assert!(
+            confirmed <= total,
+            "round {round}: sold {confirmed} of {total} (edit {edit})"
+        );
+        match edit {
+            StatusCode::OK => assert_eq!(total, 2, "round {round}"),
+            StatusCode::CONFLICT => assert_eq!(total, 40, "round {round}"),
+            other => panic!("round {round}: edit answered {other}"),
+        }
     }
 }
