@@ -23,8 +23,8 @@
 
 use crate::model::{Order, PurchaseOutcome, RejectionCounts, SaleStatus};
 use flashsale_core::{
-    ChangeRefusal, Decision, IdempotencyKey, Outcome, Quantity, Rejection, Sale, SaleChange,
-    SaleState, UserId, decide,
+    ChangeRefusal, Decision, IdempotencyKey, Outcome, Quantity, QuantityAboveLimit, Rejection,
+    Sale, SaleChange, SaleState, UserId, check_quantity, decide,
 };
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
@@ -314,6 +314,11 @@ impl SaleBook {
     ) -> Step {
         let mut guard = self.state.lock();
         let st = &mut *guard;
+        // Core's first rule (`decide` states it too), checked before the key is looked up:
+        // the answer depends on the request and the sale alone.
+        if let Err(QuantityAboveLimit { limit }) = check_quantity(&st.sale, quantity) {
+            return Step::Answer(PurchaseOutcome::QuantityAboveLimit { limit });
+        }
         if let Some(changing) = &st.changing {
             // Decided after the operator's change, against the sale it makes.
             return Step::Retry(changing.subscribe());
@@ -406,9 +411,8 @@ impl SaleBook {
                 }
                 Step::Answer(outcome)
             }
-            // The store checks the quantity before the key lookup, so this is not reached
-            // through it; answering it here keeps the book right on its own (nothing counted,
-            // nothing remembered).
+            // Checked at the top, before the key lookup, so not reached; answering it here
+            // keeps the match whole (nothing counted, nothing remembered).
             Decision::QuantityAboveLimit(above) => {
                 Step::Answer(PurchaseOutcome::QuantityAboveLimit { limit: above.limit })
             }

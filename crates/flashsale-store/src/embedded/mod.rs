@@ -24,9 +24,7 @@ use crate::{
 use async_trait::async_trait;
 use book::{BookCounters, ChangeStep, FirstAttempt, SaleBook, Step};
 pub use book::{MAX_REFUSED_KEYS, REFUSAL_RETENTION};
-use flashsale_core::{
-    Clock, NewSale, QuantityAboveLimit, Sale, SaleChange, SaleId, UserId, check_quantity,
-};
+use flashsale_core::{Clock, NewSale, Sale, SaleChange, SaleId, UserId};
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -139,11 +137,6 @@ impl EmbeddedStore {
         let Some(book) = self.book(attempt.sale_id) else {
             return Ok(Reserved::No(PurchaseOutcome::SaleNotFound));
         };
-        // The rule is core's (`decide` states it first); it is checked here, before the key
-        // is looked up, because the answer depends on the request and the sale alone.
-        if let Err(QuantityAboveLimit { limit }) = check_quantity(&book.sale(), attempt.quantity) {
-            return Ok(Reserved::No(PurchaseOutcome::QuantityAboveLimit { limit }));
-        }
         // Stored instants have microsecond precision; deciding at the stored precision keeps
         // an order's `created_at` identical before and after a restart.
         loop {
