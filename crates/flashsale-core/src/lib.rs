@@ -19,8 +19,10 @@
 //! - [`waitlist`]: who waits for a freed unit, in which order, and who is offered the next one.
 //! - [`payment_signature`]: the payment webhook's `Flashsale-Signature`, signed and verified.
 //! - [`checkout_outcome`]: every answer of the checkout flow, with its wire code and status.
+//! - [`change`]: an operator's edit or cancellation of a sale, and the rules that allow it.
 //! - [`error`]: validation errors, each naming what was wrong.
 
+pub mod change;
 pub mod checkout;
 pub mod checkout_outcome;
 pub mod clock;
@@ -35,6 +37,7 @@ pub mod sale;
 pub mod units;
 pub mod waitlist;
 
+pub use change::{ChangeRefusal, FieldChange, SaleChange, SaleEdit};
 pub use checkout::{Checkout, CheckoutMode, PaymentWindow};
 pub use checkout_outcome::CheckoutOutcome;
 pub use clock::{Clock, ManualClock, SystemClock};

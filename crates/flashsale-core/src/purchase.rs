@@ -125,7 +125,7 @@ pub fn decide(
         SaleState::Upcoming => {
             return Decision::Reject(Rejection::NotActive(NotActiveReason::Upcoming));
         }
-        SaleState::Ended(EndReason::Time) => {
+        SaleState::Ended(EndReason::Time | EndReason::Cancelled) => {
             return Decision::Reject(Rejection::NotActive(NotActiveReason::Ended));
         }
         SaleState::Ended(EndReason::SoldOut) => return Decision::Reject(Rejection::SoldOut),

@@ -13,7 +13,8 @@ pub const MAX_PER_USER_LIMIT: u32 = 1_000;
 /// The longest sale name, in characters.
 pub const MAX_NAME_CHARS: usize = 200;
 
-/// A sale as created: immutable once it exists.
+/// A sale: as created, then as its operator changed it (`crate::change`); stores replace it
+/// whole, never mutate it in place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sale {
     /// Assigned by the store.
@@ -28,6 +29,8 @@ pub struct Sale {
     pub stock: u32,
     /// Units one buyer may hold across the sale.
     pub per_user_limit: u32,
+    /// When the operator cancelled it: from then on it is ended (reason `cancelled`).
+    pub cancelled_at: Option<OffsetDateTime>,
 }
 
 /// A validated request to create a sale; the store assigns the id.
@@ -117,6 +120,7 @@ impl NewSale {
             ends_at: self.ends_at,
             stock: self.stock,
             per_user_limit: self.per_user_limit,
+            cancelled_at: None,
         }
     }
 }
@@ -135,6 +139,8 @@ pub enum EndReason {
     Time,
     /// Every unit was sold.
     SoldOut,
+    /// The operator cancelled the sale.
+    Cancelled,
 }
 
 /// The state of a sale at one instant (the table of docs/requirements.md#2-sale-lifecycle).
@@ -174,6 +180,10 @@ impl Sale {
     /// with no stock left necessarily sold out before its end. FL-5 follows: neither `now`
     /// moving forward nor stock (which only falls) can take an ended sale back.
     pub fn state(&self, now: OffsetDateTime, remaining: u32) -> SaleState {
+        // A cancellation ends the sale whatever the clock or the stock says (FL-5: for good).
+        if self.cancelled_at.is_some() {
+            return SaleState::Ended(EndReason::Cancelled);
+        }
         if remaining == 0 {
             // A sale cannot be sold out before it starts: stock only moves inside the window.
             if now < self.starts_at {

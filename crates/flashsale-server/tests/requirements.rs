@@ -1,4 +1,4 @@
-//! Every requirement id cited in the repository (`FL-`, `IM-`, `PR-`, `FE-`, `NF-`, `T-` and a
+//! Every requirement id cited in the repository (`FL-`, `IM-`, `PR-`, `FE-`, `NF-`, `T-`, `OP-` and a
 //! number) is defined in `docs/requirements.md`, so a reader can look any of them up.
 
 #![allow(clippy::unwrap_used)]
@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-const PREFIXES: &[&str] = &["FL", "IM", "PR", "FE", "NF", "T", "CO"];
+const PREFIXES: &[&str] = &["FL", "IM", "PR", "FE", "NF", "T", "CO", "OP"];
 
 /// The ids cited in `text`: a prefix at a word start, a dash, digits.
 fn cited(text: &str) -> BTreeSet<String> {
@@ -108,6 +108,7 @@ fn the_requirements_define_every_family() {
         ("NF", 12),
         ("T", 10),
         ("CO", 11),
+        ("OP", 6),
     ] {
         for n in 1..=last {
             let id = format!("{prefix}-{n}");

@@ -55,11 +55,12 @@ pub use config::StoreConfig;
 pub use error::{Cause, Report, StoreError};
 pub use in_flight::PurchaseHold;
 pub use model::{
-    Attempt, Dependency, Order, PurchaseOutcome, RejectionCounts, SaleStatus, Summary,
+    Attempt, ChangeOutcome, Dependency, Order, PurchaseOutcome, RejectionCounts, SaleStatus,
+    Summary,
 };
 
 use async_trait::async_trait;
-use flashsale_core::{NewSale, Sale, SaleId, UserId};
+use flashsale_core::{NewSale, Sale, SaleChange, SaleId, UserId};
 use time::OffsetDateTime;
 
 /// The storage contract shared by every backend (embedded, Redis + PostgreSQL).
@@ -67,6 +68,16 @@ use time::OffsetDateTime;
 pub trait SaleStore: Send + Sync + 'static {
     /// Creates a sale and returns it with its new id.
     async fn create_sale(&self, new: NewSale) -> Result<Sale, StoreError>;
+
+    /// Decides an operator's change (edit or cancel) by `flashsale_core::change::apply`, in the
+    /// same atomic step as purchases (no purchase is decided between the decision and the
+    /// change taking effect), records it with its instant and old/new values, and returns only
+    /// once both are durable; every instance sees the change from then on.
+    async fn change_sale(
+        &self,
+        id: SaleId,
+        change: SaleChange,
+    ) -> Result<ChangeOutcome, StoreError>;
 
     /// Decides one attempt atomically (window, stock, limit, quantity, take, record) and, when
     /// admitted, returns only after the order is durable. `Err` means nothing was taken, except

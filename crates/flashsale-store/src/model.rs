@@ -1,7 +1,7 @@
 //! The values that cross the [`crate::SaleStore`] boundary.
 
 use flashsale_core::{
-    IdempotencyKey, Outcome, Quantity, Rejection, Sale, SaleId, SaleState, UserId,
+    ChangeRefusal, IdempotencyKey, Outcome, Quantity, Rejection, Sale, SaleId, SaleState, UserId,
 };
 use serde::Serialize;
 use std::sync::Arc;
@@ -61,6 +61,17 @@ pub enum PurchaseOutcome {
     /// The idempotency key was first used with another user or quantity
     /// (422 `idempotency_key_reused`).
     IdempotencyKeyReused,
+}
+
+/// What became of an operator's change to a sale ([`crate::SaleStore::change_sale`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeOutcome {
+    /// The change is durable and every later decision sees it; the sale as it is now.
+    Changed(SaleStatus),
+    /// The rules refused it; nothing changed.
+    Refused(ChangeRefusal),
+    /// There is no such sale.
+    SaleNotFound,
 }
 
 /// A sale with its live figures.

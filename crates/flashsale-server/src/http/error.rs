@@ -61,6 +61,12 @@ pub enum ApiError {
     },
     /// 409 `sale_not_active`: the sale is upcoming or ended by time.
     SaleNotActive(NotActiveReason),
+    /// 409 `sale_started`: an operator's change that is not allowed once the sale has started
+    /// (SPEC 11); the message names the rule.
+    SaleStarted(&'static str),
+    /// 409 `sale_ended`: an operator's change (or cancel) of a sale that has ended; the message
+    /// names the rule.
+    SaleEnded(&'static str),
     /// 409 `address_limit_reached`: this client address already holds (or is buying) its
     /// share of the sale (`--purchase-share-per-ip`).
     AddressShareTaken {
@@ -109,6 +115,17 @@ pub enum Challenge {
 impl From<ValidationError> for ApiError {
     fn from(e: ValidationError) -> Self {
         ApiError::InvalidRequest(Cow::Owned(e.to_string()))
+    }
+}
+
+impl From<flashsale_core::ChangeRefusal> for ApiError {
+    fn from(refusal: flashsale_core::ChangeRefusal) -> Self {
+        use flashsale_core::ChangeRefusal;
+        match refusal {
+            ChangeRefusal::Started(rule) => ApiError::SaleStarted(rule),
+            ChangeRefusal::Ended(rule) => ApiError::SaleEnded(rule),
+            ChangeRefusal::Invalid(message) => ApiError::InvalidRequest(Cow::Owned(message)),
+        }
     }
 }
 
@@ -254,6 +271,8 @@ impl ApiError {
             ApiError::Unauthorized
             | ApiError::InvalidCredentials
             | ApiError::EmailTaken
+            | ApiError::SaleStarted(_)
+            | ApiError::SaleEnded(_)
             | ApiError::OrderNotFound
             | ApiError::NotFound
             | ApiError::MethodNotAllowed => return None,
@@ -266,6 +285,8 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::InvalidCredentials => "invalid_credentials",
             ApiError::EmailTaken => "email_taken",
+            ApiError::SaleStarted(_) => "sale_started",
+            ApiError::SaleEnded(_) => "sale_ended",
             ApiError::OrderNotFound => "order_not_found",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -277,7 +298,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized | ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
-            ApiError::EmailTaken => StatusCode::CONFLICT,
+            ApiError::EmailTaken | ApiError::SaleStarted(_) | ApiError::SaleEnded(_) => {
+                StatusCode::CONFLICT
+            }
             ApiError::OrderNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             _ => self
@@ -315,6 +338,12 @@ impl ApiError {
             ApiError::Store(_) => UNAVAILABLE,
             ApiError::InvalidRequest(message) => {
                 return to_bytes(&ErrorBody::new("invalid_request", message));
+            }
+            ApiError::SaleStarted(rule) => {
+                return to_bytes(&ErrorBody::new("sale_started", rule));
+            }
+            ApiError::SaleEnded(rule) => {
+                return to_bytes(&ErrorBody::new("sale_ended", rule));
             }
             ApiError::AlreadyPurchased(orders) => {
                 return to_bytes(&ErrorBody {

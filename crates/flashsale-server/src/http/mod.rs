@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod admin_sales;
 pub mod client_ip;
 pub mod error;
 pub mod events;
@@ -27,7 +28,7 @@ pub mod stack;
 use crate::address_slots::AddressSlots;
 use crate::http::error::ApiError;
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use bytes::Bytes;
 use flashsale_store::SaleStore;
 use std::ops::Deref;
@@ -55,6 +56,10 @@ pub mod routes {
     pub const ADMIN_SALES: &str = "/api/admin/sales";
     /// A sale's summary.
     pub const ADMIN_SUMMARY: &str = "/api/admin/sales/{sale_id}/summary";
+    /// Editing a sale.
+    pub const ADMIN_SALE: &str = "/api/admin/sales/{sale_id}";
+    /// Cancelling a sale.
+    pub const ADMIN_CANCEL: &str = "/api/admin/sales/{sale_id}/cancel";
     /// Liveness.
     pub const HEALTHZ: &str = "/healthz";
     /// Readiness.
@@ -83,6 +88,8 @@ pub mod routes {
         EVENTS,
         ADMIN_SALES,
         ADMIN_SUMMARY,
+        ADMIN_SALE,
+        ADMIN_CANCEL,
         HEALTHZ,
         READYZ,
         METRICS,
@@ -191,7 +198,12 @@ pub fn router_for(state: AppState, surface: Surface) -> Router {
     }
     if matches!(surface, Surface::All | Surface::Admin) {
         routes = routes
-            .route(routes::ADMIN_SALES, post(admin::create_sale))
+            .route(
+                routes::ADMIN_SALES,
+                post(admin::create_sale).get(admin_sales::list_sales),
+            )
+            .route(routes::ADMIN_SALE, patch(admin_sales::update_sale))
+            .route(routes::ADMIN_CANCEL, post(admin_sales::cancel_sale))
             .route(routes::ADMIN_SUMMARY, get(admin::get_summary));
     }
     routes

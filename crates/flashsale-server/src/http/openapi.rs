@@ -4,7 +4,7 @@
 
 use crate::http::AppState;
 use crate::http::identity::IdentityMode;
-use crate::http::{admin, events, health, metrics, orders, sales};
+use crate::http::{admin, admin_sales, events, health, metrics, orders, sales};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -154,6 +154,9 @@ pub struct BuyerOrdersDoc {
         events::get_events,
         admin::create_sale,
         admin::get_summary,
+        admin_sales::list_sales,
+        admin_sales::update_sale,
+        admin_sales::cancel_sale,
         health::healthz,
         health::readyz,
         metrics::get_metrics,

@@ -35,6 +35,8 @@ pub enum EndedReason {
     Time,
     /// Every unit was sold.
     SoldOut,
+    /// The operator cancelled the sale.
+    Cancelled,
 }
 
 /// The status body (docs/api.md "Sale status").
@@ -84,6 +86,7 @@ impl SaleBody {
             ended_reason: state.ended_reason().map(|r| match r {
                 EndReason::Time => EndedReason::Time,
                 EndReason::SoldOut => EndedReason::SoldOut,
+                EndReason::Cancelled => EndedReason::Cancelled,
             }),
             starts_at: sale.starts_at,
             ends_at: sale.ends_at,
@@ -112,6 +115,7 @@ impl SaleBody {
                 None => b",\"ended_reason\":null",
                 Some(EndedReason::Time) => b",\"ended_reason\":\"time\"",
                 Some(EndedReason::SoldOut) => b",\"ended_reason\":\"sold_out\"",
+                Some(EndedReason::Cancelled) => b",\"ended_reason\":\"cancelled\"",
             })
             .raw(b",\"starts_at\":")
             .instant(Some(self.starts_at))

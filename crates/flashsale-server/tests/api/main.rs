@@ -15,6 +15,7 @@ mod identity;
 mod lifecycle;
 mod limits;
 mod monitoring;
+mod operating;
 mod operations;
 mod orders;
 mod overload;

@@ -14,10 +14,17 @@
 //! could make untrue (`sold_out` while the last units are pending, `already_purchased` while
 //! the buyer's own order is pending) is not given: the attempt waits for those writes to settle
 //! and is decided again.
+//!
+//! An operator's change (edit, cancel) is decided in the same critical section, with the same
+//! clock guard, against `sold + pending`; from that decision until the change is durable and in
+//! place ([`SaleBook::finish_change`]) the book is *changing*: attempts wait (as for writes in
+//! flight) rather than being decided against a sale about to be replaced, so an edit racing a
+//! purchase is before it or after it, never beside it.
 
 use crate::model::{Order, PurchaseOutcome, RejectionCounts, SaleStatus};
 use flashsale_core::{
-    Decision, IdempotencyKey, Outcome, Quantity, Rejection, Sale, SaleState, UserId, decide,
+    ChangeRefusal, Decision, IdempotencyKey, Outcome, Quantity, QuantityAboveLimit, Rejection,
+    Sale, SaleChange, SaleState, UserId, check_quantity, decide,
 };
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
@@ -89,6 +96,11 @@ struct Counters {
 }
 
 struct BookState {
+    /// The sale as it is now (replaced whole by an operator's change).
+    sale: Arc<Sale>,
+    /// Set from the decision of an operator's change until it is in place; dropped (which
+    /// wakes every attempt waiting on it) when it is.
+    changing: Option<watch::Sender<()>>,
     /// Units in durable orders.
     sold: u32,
     /// Units reserved by orders whose write is in flight.
@@ -119,6 +131,24 @@ pub(crate) enum Step {
     Retry(watch::Receiver<()>),
     /// Admitted: the caller must make `order` durable, then call `confirm` or `undo`.
     Reserved(Reservation),
+}
+
+/// What deciding an operator's change came to.
+pub(crate) enum ChangeStep {
+    /// Refused by the rules; nothing changed.
+    Refused(ChangeRefusal),
+    /// Another change is in flight: wait until the channel closes, then decide again.
+    Busy(watch::Receiver<()>),
+    /// Allowed: the book is changing until [`SaleBook::finish_change`]; `new` must be made
+    /// durable first.
+    Claimed {
+        /// The sale before.
+        old: Arc<Sale>,
+        /// The sale after.
+        new: Sale,
+        /// The instant of the decision.
+        at: OffsetDateTime,
+    },
 }
 
 /// An admitted order whose write is in flight.
@@ -173,7 +203,6 @@ impl Default for PersistedCounters {
 
 /// One sale and its live state.
 pub(crate) struct SaleBook {
-    sale: Arc<Sale>,
     state: Mutex<BookState>,
 }
 
@@ -181,8 +210,9 @@ impl SaleBook {
     /// A book for a sale with nothing sold yet.
     pub fn new(sale: Sale) -> Self {
         Self {
-            sale: Arc::new(sale),
             state: Mutex::new(BookState {
+                sale: Arc::new(sale),
+                changing: None,
                 sold: 0,
                 pending: 0,
                 sold_out_at: None,
@@ -197,9 +227,43 @@ impl SaleBook {
         }
     }
 
-    /// The sale.
-    pub fn sale(&self) -> &Arc<Sale> {
-        &self.sale
+    /// The sale as it is now.
+    pub fn sale(&self) -> Arc<Sale> {
+        Arc::clone(&self.state.lock().sale)
+    }
+
+    /// Decides an operator's change at `now` (or the last decided instant, if the clock went
+    /// back) against the units sold or in flight; if allowed, the book is changing from here
+    /// until [`SaleBook::finish_change`].
+    pub fn begin_change(&self, change: &SaleChange, now: OffsetDateTime) -> ChangeStep {
+        let mut st = self.state.lock();
+        if let Some(changing) = &st.changing {
+            return ChangeStep::Busy(changing.subscribe());
+        }
+        let now = now.max(st.last_decided);
+        st.last_decided = now;
+        match flashsale_core::change::apply(&st.sale, now, st.sold + st.pending, change) {
+            Err(refusal) => ChangeStep::Refused(refusal),
+            Ok(new) => {
+                st.changing = Some(watch::channel(()).0);
+                ChangeStep::Claimed {
+                    old: Arc::clone(&st.sale),
+                    new,
+                    at: now,
+                }
+            }
+        }
+    }
+
+    /// Ends the change begun by [`SaleBook::begin_change`]: `Some(sale)` once it is durable
+    /// (the book holds it from now on), `None` if it could not be made durable (nothing
+    /// changed). Either way attempts waiting on it are decided again.
+    pub fn finish_change(&self, new: Option<Sale>) {
+        let mut st = self.state.lock();
+        if let Some(sale) = new {
+            st.sale = Arc::new(sale);
+        }
+        drop(st.changing.take());
     }
 
     /// Restores a committed order while rebuilding from disk.
@@ -220,7 +284,7 @@ impl SaleBook {
         let buyer = st.buyers.entry(order.user_id.clone()).or_default();
         buyer.held += order.quantity;
         buyer.orders.push(order);
-        if st.sold >= self.sale.stock {
+        if st.sold >= st.sale.stock {
             // Derived from the orders, not from a flag: the same instant whichever order
             // committed last.
             st.sold_out_at = st.last_sold_at;
@@ -250,12 +314,21 @@ impl SaleBook {
     ) -> Step {
         let mut guard = self.state.lock();
         let st = &mut *guard;
+        // Core's first rule (`decide` states it too), checked before the key is looked up:
+        // the answer depends on the request and the sale alone.
+        if let Err(QuantityAboveLimit { limit }) = check_quantity(&st.sale, quantity) {
+            return Step::Answer(PurchaseOutcome::QuantityAboveLimit { limit });
+        }
+        if let Some(changing) = &st.changing {
+            // Decided after the operator's change, against the sale it makes.
+            return Step::Retry(changing.subscribe());
+        }
         // The clock guard: a wall clock stepped back must not re-open an ended sale.
         let now = now.max(st.last_decided);
         st.last_decided = now;
+        let sale = Arc::clone(&st.sale);
         let ended = matches!(
-            self.sale
-                .state(now, self.sale.stock.saturating_sub(st.sold)),
+            sale.state(now, sale.stock.saturating_sub(st.sold)),
             SaleState::Ended(_)
         );
         if ended && !st.refused.is_empty() {
@@ -295,9 +368,9 @@ impl SaleBook {
                 Some(KeyEntry::Refused(..)) | None => {}
             }
         }
-        let available = self.sale.stock.saturating_sub(st.sold + st.pending);
+        let available = sale.stock.saturating_sub(st.sold + st.pending);
         let (held, buyer_pending) = st.buyers.get(user).map_or((0, 0), |b| (b.held, b.pending));
-        match decide(&self.sale, now, available, held, quantity) {
+        match decide(&sale, now, available, held, quantity) {
             Decision::Reject(Rejection::SoldOut) if st.pending > 0 => Step::Retry(
                 st.stock_settled
                     .get_or_insert_with(|| watch::channel(()).0)
@@ -338,9 +411,8 @@ impl SaleBook {
                 }
                 Step::Answer(outcome)
             }
-            // The store checks the quantity before the key lookup, so this is not reached
-            // through it; answering it here keeps the book right on its own (nothing counted,
-            // nothing remembered).
+            // Checked at the top, before the key lookup, so not reached; answering it here
+            // keeps the match whole (nothing counted, nothing remembered).
             Decision::QuantityAboveLimit(above) => {
                 Step::Answer(PurchaseOutcome::QuantityAboveLimit { limit: above.limit })
             }
@@ -353,7 +425,7 @@ impl SaleBook {
                 buyer.pending += q;
                 let order = Order {
                     order_id: uuid::Uuid::now_v7(),
-                    sale_id: self.sale.id,
+                    sale_id: sale.id,
                     user_id: user.clone(),
                     quantity: q,
                     created_at: now,
@@ -412,7 +484,7 @@ impl SaleBook {
         st.counters.confirmed_orders += 1;
         st.counters.confirmed_units += u64::from(q);
         st.last_sold_at = st.last_sold_at.max(Some(order.created_at));
-        if st.sold == self.sale.stock {
+        if st.sold == st.sale.stock {
             st.sold_out_at = st.last_sold_at;
         }
         if st.pending == 0 {
@@ -462,8 +534,8 @@ impl SaleBook {
     pub fn status(&self) -> SaleStatus {
         let st = self.state.lock();
         SaleStatus {
-            sale: Arc::clone(&self.sale),
-            remaining: self.sale.stock.saturating_sub(st.sold),
+            sale: Arc::clone(&st.sale),
+            remaining: st.sale.stock.saturating_sub(st.sold),
             sold_out_at: st.sold_out_at,
         }
     }

@@ -18,12 +18,13 @@ mod writer;
 
 use crate::in_flight::InFlight;
 use crate::{
-    Attempt, Order, PurchaseHold, PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary,
+    Attempt, ChangeOutcome, Order, PurchaseHold, PurchaseOutcome, SaleStatus, SaleStore,
+    StoreError, Summary,
 };
 use async_trait::async_trait;
-use book::{BookCounters, FirstAttempt, SaleBook, Step};
+use book::{BookCounters, ChangeStep, FirstAttempt, SaleBook, Step};
 pub use book::{MAX_REFUSED_KEYS, REFUSAL_RETENTION};
-use flashsale_core::{Clock, NewSale, QuantityAboveLimit, Sale, SaleId, UserId, check_quantity};
+use flashsale_core::{Clock, NewSale, Sale, SaleChange, SaleId, UserId};
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
-use writer::{PendingOrder, Write};
+use writer::{PendingOrder, SaleChangeWrite, Write};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "flashsale.db";
@@ -136,11 +137,6 @@ impl EmbeddedStore {
         let Some(book) = self.book(attempt.sale_id) else {
             return Ok(Reserved::No(PurchaseOutcome::SaleNotFound));
         };
-        // The rule is core's (`decide` states it first); it is checked here, before the key
-        // is looked up, because the answer depends on the request and the sale alone.
-        if let Err(QuantityAboveLimit { limit }) = check_quantity(book.sale(), attempt.quantity) {
-            return Ok(Reserved::No(PurchaseOutcome::QuantityAboveLimit { limit }));
-        }
         // Stored instants have microsecond precision; deciding at the stored precision keeps
         // an order's `created_at` identical before and after a restart.
         loop {
@@ -259,6 +255,52 @@ impl SaleStore for EmbeddedStore {
         self.send(Write::CreateSale { new, reply }, rx)
             .await?
             .map_err(|e| StoreError::unavailable_from("the sale could not be made durable", e))
+    }
+
+    async fn change_sale(
+        &self,
+        id: SaleId,
+        change: SaleChange,
+    ) -> Result<ChangeOutcome, StoreError> {
+        let Some(book) = self.book(id) else {
+            return Ok(ChangeOutcome::SaleNotFound);
+        };
+        loop {
+            let now = flashsale_core::sale::truncate_to_micros(self.now());
+            match book.begin_change(&change, now) {
+                ChangeStep::Refused(refusal) => return Ok(ChangeOutcome::Refused(refusal)),
+                ChangeStep::Busy(mut rx) => {
+                    let _ = rx.changed().await;
+                }
+                ChangeStep::Claimed { old, new, at } => {
+                    let (reply, rx) = oneshot::channel();
+                    let write = Write::ChangeSale {
+                        change: SaleChangeWrite {
+                            book: Arc::clone(&book),
+                            kind: change.kind(),
+                            old,
+                            new,
+                            at,
+                        },
+                        reply,
+                    };
+                    // From here the writer (or, once durable, the syncer) ends the change,
+                    // whoever still waits for it.
+                    if let Err(std::sync::mpsc::SendError(_)) = self.writes.send(write) {
+                        book.finish_change(None);
+                        return Err(StoreError::ShuttingDown);
+                    }
+                    return match rx.await {
+                        Ok(Ok(status)) => Ok(ChangeOutcome::Changed(status)),
+                        Ok(Err(e)) => Err(StoreError::unavailable_from(
+                            "the change could not be made durable; nothing changed",
+                            e,
+                        )),
+                        Err(_) => Err(StoreError::ShuttingDown),
+                    };
+                }
+            }
+        }
     }
 
     async fn purchase_holding(

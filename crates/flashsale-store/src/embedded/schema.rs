@@ -57,6 +57,22 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE UNIQUE INDEX IF NOT EXISTS sales_creation_key ON sales (creation_key)",
     )?;
+    // Operators' changes (issue 14): the cancellation instant, and one row per field each
+    // edit or cancel altered, written in the same transaction as the change itself (the same
+    // table as PostgreSQL's migration 0006).
+    add_column(conn, "sales", "cancelled_at_us", "INTEGER")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS sale_changes (
+             id        INTEGER PRIMARY KEY AUTOINCREMENT,
+             sale_id   INTEGER NOT NULL REFERENCES sales(id),
+             at_us     INTEGER NOT NULL,
+             kind      TEXT    NOT NULL CHECK (kind IN ('edit', 'cancel')),
+             field     TEXT    NOT NULL,
+             old_value TEXT,
+             new_value TEXT
+         );
+         CREATE INDEX IF NOT EXISTS sale_changes_by_sale ON sale_changes (sale_id, id);",
+    )?;
     Ok(())
 }
 
@@ -73,8 +89,11 @@ fn add_column(conn: &Connection, table: &str, column: &str, ty: &str) -> rusqlit
     Ok(())
 }
 
-/// The sale in the first six columns of `row`: id, name, starts_at_us, ends_at_us, stock,
-/// per_user_limit.
+/// The columns [`sale_of_row`] reads, in its order.
+pub(crate) const SALE_COLUMNS: &str =
+    "id, name, starts_at_us, ends_at_us, stock, per_user_limit, cancelled_at_us";
+
+/// The sale in the first seven columns of `row` ([`SALE_COLUMNS`]).
 pub(crate) fn sale_of_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Sale> {
     Ok(Sale {
         id: SaleId(row.get(0)?),
@@ -83,6 +102,7 @@ pub(crate) fn sale_of_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Sale> {
         ends_at: from_micros(row.get(3)?),
         stock: row.get(4)?,
         per_user_limit: row.get(5)?,
+        cancelled_at: row.get::<_, Option<i64>>(6)?.map(from_micros),
     })
 }
 

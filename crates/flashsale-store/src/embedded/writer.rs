@@ -25,10 +25,10 @@
 //! so no group parses SQL again.
 
 use super::book::{PersistedCounters, SaleBook};
-use super::schema::{sale_of_row, to_micros};
+use super::schema::{SALE_COLUMNS, sale_of_row, to_micros};
 use crate::counter_columns;
-use crate::model::Order;
-use flashsale_core::{IdempotencyKey, NewSale, Sale, SaleId};
+use crate::model::{Order, SaleStatus};
+use flashsale_core::{IdempotencyKey, NewSale, Sale, SaleId, change::changed_fields};
 use parking_lot::RwLock;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use std::collections::{BTreeMap, HashMap};
@@ -61,6 +61,9 @@ pub(crate) enum WriteError {
     /// The sale could not be inserted.
     #[error("creating a sale in SQLite")]
     Sale(#[source] rusqlite::Error),
+    /// An operator's change could not be written.
+    #[error("changing a sale in SQLite")]
+    Change(#[source] rusqlite::Error),
 }
 
 /// One request to the writer.
@@ -72,8 +75,28 @@ pub(crate) enum Write {
         new: NewSale,
         reply: oneshot::Sender<Result<Sale, WriteError>>,
     },
+    /// Write an operator's change decided by the book (which is changing until it is in
+    /// place), with its record; put it in the book once durable and answer the sale's status.
+    ChangeSale {
+        change: SaleChangeWrite,
+        reply: oneshot::Sender<Result<SaleStatus, WriteError>>,
+    },
     /// Commit what is queued, persist counters, reply once durable, and stop.
     Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// An operator's change on its way to the disk.
+pub(crate) struct SaleChangeWrite {
+    /// The sale's book, changing until this write ends.
+    pub book: Arc<SaleBook>,
+    /// `edit` or `cancel`.
+    pub kind: &'static str,
+    /// The sale before.
+    pub old: Arc<Sale>,
+    /// The sale after.
+    pub new: Sale,
+    /// When it was decided.
+    pub at: time::OffsetDateTime,
 }
 
 /// An admitted order on its way to the disk, and whom to tell once it is there.
@@ -92,6 +115,12 @@ pub(crate) enum Ack {
     Order(oneshot::Sender<Result<(), WriteError>>),
     /// A sale is durable: add its book, then answer with it.
     Sale(oneshot::Sender<Result<Sale, WriteError>>, Sale),
+    /// A change is durable: put it in the book, then answer with the sale's status.
+    Change(
+        oneshot::Sender<Result<SaleStatus, WriteError>>,
+        Arc<SaleBook>,
+        Sale,
+    ),
     /// Everything before is durable and the writer has stopped.
     Shutdown(oneshot::Sender<()>),
 }
@@ -127,6 +156,12 @@ pub(crate) fn sync(
                         .entry(sale.id)
                         .or_insert_with(|| Arc::new(SaleBook::new(sale.clone())));
                     drop(reply.send(Ok(sale)));
+                }
+                // Also here, not by the caller: a caller that went away must not leave the book
+                // changing, nor the durable change out of it.
+                Ack::Change(reply, book, sale) => {
+                    book.finish_change(Some(sale));
+                    drop(reply.send(Ok(book.status())));
                 }
                 Ack::Shutdown(reply) => {
                     let _ = reply.send(());
@@ -182,6 +217,13 @@ pub(crate) fn run(
                 Write::CreateSale { new, reply } => match create_sale(&conn, new) {
                     Ok(sale) => durable.push(Ack::Sale(reply, sale)),
                     Err(e) => drop(reply.send(Err(WriteError::Sale(e)))),
+                },
+                Write::ChangeSale { change, reply } => match change_sale(&mut conn, &change) {
+                    Ok(()) => durable.push(Ack::Change(reply, change.book, change.new)),
+                    Err(e) => {
+                        change.book.finish_change(None);
+                        drop(reply.send(Err(WriteError::Change(e))));
+                    }
                 },
                 Write::Shutdown { reply } => shutdown = Some(reply),
             }
@@ -313,8 +355,7 @@ fn create_sale(conn: &Connection, new: NewSale) -> rusqlite::Result<Sale> {
     if let Some(key) = key {
         let existing = conn
             .query_row(
-                "SELECT id, name, starts_at_us, ends_at_us, stock, per_user_limit
-                 FROM sales WHERE creation_key = ?1",
+                &format!("SELECT {SALE_COLUMNS} FROM sales WHERE creation_key = ?1"),
                 params![key],
                 sale_of_row,
             )
@@ -336,6 +377,43 @@ fn create_sale(conn: &Connection, new: NewSale) -> rusqlite::Result<Sale> {
         ],
     )?;
     Ok(new.with_id(SaleId(conn.last_insert_rowid())))
+}
+
+/// Writes the sale as changed and one `sale_changes` row per field it altered, in one
+/// transaction.
+fn change_sale(conn: &mut Connection, change: &SaleChangeWrite) -> rusqlite::Result<()> {
+    let tx = WriteTx::begin(conn)?;
+    let new = &change.new;
+    tx.execute(
+        "UPDATE sales SET name = ?2, starts_at_us = ?3, ends_at_us = ?4, stock = ?5,
+                          per_user_limit = ?6, cancelled_at_us = ?7
+         WHERE id = ?1",
+        params![
+            new.id.0,
+            new.name,
+            to_micros(new.starts_at),
+            to_micros(new.ends_at),
+            new.stock,
+            new.per_user_limit,
+            new.cancelled_at.map(to_micros),
+        ],
+    )?;
+    let mut record = tx.prepare(
+        "INSERT INTO sale_changes (sale_id, at_us, kind, field, old_value, new_value)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for f in changed_fields(&change.old, new) {
+        record.execute(params![
+            new.id.0,
+            to_micros(change.at),
+            change.kind,
+            f.field,
+            f.old,
+            f.new
+        ])?;
+    }
+    drop(record);
+    tx.commit()
 }
 
 /// The sales whose counters changed since they were last written.

@@ -1,7 +1,7 @@
 -- admission.lua: decides one purchase attempt atomically, mirroring flashsale_core::decide.
 --
 -- KEYS[1] meta          hash  stock, limit, starts_us, ends_us, remaining, reserved, epoch,
---                             sold_out_us, clock_us
+--                             sold_out_us, clock_us, cancelled, changing_until (change.lua)
 -- KEYS[2] held          hash  user id -> units held (committed + reserved)
 -- KEYS[3] leases        zset  order id -> lease deadline (ms, Redis clock)
 -- KEYS[4] reservations  hash  order id -> "user\nquantity\ncreated_us\nkey\nepoch"
@@ -26,8 +26,9 @@
 --                                             limit (arg = allowed) | insufficient (arg = left);
 --                                             final "1": no later decision can differ (ended,
 --                                             sold out)
---   {"wait", now}                             a refusal that reservations still in flight could
---                                             make untrue (sold out while units are reserved;
+--   {"wait", now}                             an operator's change is being made (change.lua
+--                                             froze the sale), or a refusal that reservations
+--                                             still in flight could make untrue (sold out while units are reserved;
 --                                             the limit while the buyer's own are): nothing
 --                                             done, retry once they are settled
 --   {"reused", now}                           the key was first used by another user/quantity
@@ -44,7 +45,7 @@
 local function fmt(n) return string.format('%.0f', n) end
 
 local meta = redis.call('HMGET', KEYS[1], 'limit', 'starts_us', 'ends_us', 'remaining',
-  'epoch', 'reserved', 'clock_us')
+  'epoch', 'reserved', 'clock_us', 'cancelled', 'changing_until')
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local clock = tonumber(meta[7] or '0')
@@ -58,6 +59,11 @@ if not meta[1] then
   return {'missing', now}
 end
 
+if meta[9] and tonumber(meta[9]) > now_ms then
+  -- Decided after the operator's change, against the sale it makes (a few ms away).
+  return {'wait', now}
+end
+
 local user, qty, key, order_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local q = tonumber(qty)
 local limit = tonumber(meta[1])
@@ -66,6 +72,7 @@ local ends = tonumber(meta[3])
 local remaining = tonumber(meta[4])
 local epoch = meta[5]
 local reserved = tonumber(meta[6] or '0')
+local cancelled = meta[8] == '1'
 
 -- Forgets up to `n` remembered refusals, oldest first, among those scored up to `upto`.
 local function forget(upto, n)
@@ -83,7 +90,7 @@ end
 -- every decision is its final answer, the same for every key: a remembered refusal (say
 -- `upcoming`) would now be untrue, so it is forgotten before the key is looked up, and the
 -- attempt decided again, as the embedded store does.
-local ended = now_us >= starts and (now_us >= ends or remaining + reserved <= 0)
+local ended = cancelled or (now_us >= starts and (now_us >= ends or remaining + reserved <= 0))
 if ended and redis.call('ZCARD', KEYS[6]) > 0 then
   forget('+inf', 64)
 end
@@ -110,7 +117,10 @@ end
 
 -- State first (upcoming, sold out, ended), then the buyer's limit, then the quantity.
 local code, arg, final = nil, 0, false
-if now_us < starts then
+if cancelled then
+  -- As Sale::state: a cancellation ends the sale whatever the clock or the stock says.
+  code, final = 'ended', true
+elseif now_us < starts then
   code = 'upcoming'
 elseif remaining <= 0 then
   code, final = 'sold_out', true

@@ -33,6 +33,7 @@
 //!   (the commit or the reconciler's release): a late commit cannot land after a release.
 //! - In Redis, `remaining + sold + reserved = stock` for every sale once nothing is in flight.
 
+mod change;
 mod config;
 pub(crate) mod connections;
 mod counters;
@@ -52,14 +53,15 @@ pub use config::{DEFAULT_KEY_PREFIX, DEFAULT_PG_SCHEMA, RedisPgConfig};
 
 use crate::in_flight::InFlight;
 use crate::{
-    Attempt, Dependency, Order, PurchaseHold, PurchaseOutcome, SaleStatus, SaleStore, StoreError,
-    Summary,
+    Attempt, ChangeOutcome, Dependency, Order, PurchaseHold, PurchaseOutcome, SaleStatus,
+    SaleStore, StoreError, Summary,
 };
 use async_trait::async_trait;
+use change::Changes;
 use connections::{Postgres, Redis};
 use counters::Counters;
 use fence::Fence;
-use flashsale_core::{IdempotencyKey, NewSale, Sale, SaleId, UserId};
+use flashsale_core::{IdempotencyKey, NewSale, Sale, SaleChange, SaleId, UserId};
 use keys::Keys;
 use orders::OrderWriter;
 use purchase::{PreFilter, Purchases};
@@ -84,6 +86,7 @@ pub struct RedisPgStore {
     rebuilder: Arc<Rebuilder>,
     reconciler: Arc<Reconciler>,
     purchases: Arc<Purchases>,
+    changes: Arc<Changes>,
     /// Purchases past the pre-filter, run to their end whoever waits (shutdown waits for them).
     in_flight: InFlight,
     cancel: CancellationToken,
@@ -155,6 +158,14 @@ impl RedisPgStore {
             interval: cfg.reconcile_interval,
         }));
         tracker.spawn(Arc::clone(&reconciler).run(cancel.clone()));
+        let changes = Arc::new(Changes {
+            pg: Arc::clone(&pg),
+            keys: Arc::clone(&keys),
+            scripts: Arc::clone(&scripts),
+            snapshot: Arc::clone(&snapshot),
+            rebuilder: Arc::clone(&rebuilder),
+            patience: cfg.pg_timeout,
+        });
         let purchases = Arc::new(Purchases {
             snapshot: Arc::clone(&snapshot),
             counters: Arc::clone(&counters),
@@ -176,6 +187,7 @@ impl RedisPgStore {
             rebuilder,
             reconciler,
             purchases,
+            changes,
             in_flight: InFlight::default(),
             cancel,
             tracker,
@@ -243,6 +255,20 @@ impl SaleStore for RedisPgStore {
             tracing::warn!(sale = %sale.id, error = %e.report(), "new sale not yet initialised in Redis");
         }
         Ok(Sale::clone(&sale))
+    }
+
+    async fn change_sale(
+        &self,
+        id: SaleId,
+        change: SaleChange,
+    ) -> Result<ChangeOutcome, StoreError> {
+        // On the tracker: once the sale may be frozen, the change runs to its end (thawed or
+        // applied) whoever still waits for it.
+        let changes = Arc::clone(&self.changes);
+        self.tracker
+            .spawn(changes.change(id, change))
+            .await
+            .map_err(|e| StoreError::internal_from("the change's task failed", e))?
     }
 
     async fn purchase_holding(

@@ -14,7 +14,9 @@
 -- step "fill":    KEYS[2] a hash; ARGV[4..] field, value pairs to write into it.
 -- step "restore": KEYS[2] meta; ARGV[4..11] stock, limit, starts_us, ends_us, remaining,
 --                 epoch, sold_out_us or "", clock_us (the clock guard, carried over from the
---                 lost state or PostgreSQL's last order). Nothing is reserved after a rebuild.
+--                 lost state or PostgreSQL's last order), ARGV[12] cancelled ("1" or ""),
+--                 ARGV[13] revision (of the operator's changes). Nothing is reserved after a
+--                 rebuild.
 --                 Writes meta last (its presence lets admissions in).
 -- step "unlock":  deletes the lock.
 -- Returns "ok", "lost" (the lock is not ours: stop) or "newer" (begin only).
@@ -42,7 +44,10 @@ elseif step == 'restore' then
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[2], 'stock', ARGV[4], 'limit', ARGV[5], 'starts_us', ARGV[6],
     'ends_us', ARGV[7], 'remaining', ARGV[8], 'epoch', ARGV[9], 'reserved', '0',
-    'clock_us', ARGV[11])
+    'clock_us', ARGV[11], 'revision', ARGV[13])
+  if ARGV[12] == '1' then
+    redis.call('HSET', KEYS[2], 'cancelled', '1')
+  end
   if ARGV[10] ~= '' then
     redis.call('HSET', KEYS[2], 'sold_out_us', ARGV[10])
   end

@@ -146,14 +146,20 @@ impl Rebuilder {
             return Ok(());
         }
         fill(lock, keys, &durable).await?;
-        let remaining = sale.stock.saturating_sub(durable.sold);
+        // The sale as PostgreSQL holds it now, not as this instance last saw it: an operator
+        // may have changed it since.
+        let remaining = durable.sale.stock.saturating_sub(durable.sold);
         lock.must(
             Step::Restore,
             &[&keys.meta],
-            &restored_meta(sale, &durable, remaining, clock_us),
+            &restored_meta(&durable.sale, &durable, remaining, clock_us),
         )
         .await?;
-        self.snapshot.set_remaining(sale.id, remaining);
+        self.snapshot.replace(
+            Arc::new(durable.sale.clone()),
+            durable.revision,
+            Some(remaining),
+        );
         tracing::info!(sale = %sale.id, epoch = durable.epoch, sold = durable.sold, "sale rebuilt in Redis from PostgreSQL");
         Ok(())
     }
@@ -221,6 +227,8 @@ fn restored_meta(
             .unwrap_or(0)
             .max(durable.last_order_at.map_or(0, to_micros))
             .to_string(),
+        if sale.cancelled_at.is_some() { "1" } else { "" }.to_owned(),
+        durable.revision.to_string(),
     ]
 }
 
@@ -259,6 +267,10 @@ impl Lock<'_> {
 
 /// What PostgreSQL knows of a sale, read under a new epoch.
 struct Durable {
+    /// The sale's row as it is now (with every operator change).
+    sale: Sale,
+    /// How many operator changes it has had.
+    revision: i64,
     epoch: i64,
     sold: u32,
     sold_out_at: Option<OffsetDateTime>,
@@ -298,7 +310,8 @@ async fn read_durable(
         .query_one(
             "UPDATE sales SET epoch = GREATEST(epoch, $2) + 1 WHERE id = $1
              RETURNING epoch, sold, sold_out_at,
-                 (SELECT max(created_at) FROM orders WHERE sale_id = $1)",
+                 (SELECT max(created_at) FROM orders WHERE sale_id = $1),
+                 id, name, starts_at, ends_at, stock, per_user_limit, cancelled_at, revision",
             &[&id.0, &min_epoch],
         )
         .await?;
@@ -333,6 +346,16 @@ async fn read_durable(
         .collect();
     tx.commit().await?;
     Ok(Durable {
+        sale: Sale {
+            id: SaleId(row.get(4)),
+            name: row.get(5),
+            starts_at: row.get(6),
+            ends_at: row.get(7),
+            stock: row.get::<_, i32>(8) as u32,
+            per_user_limit: row.get::<_, i32>(9) as u32,
+            cancelled_at: row.get(10),
+        },
+        revision: row.get(11),
         epoch: row.get(0),
         sold: row.get::<_, i32>(1) as u32,
         sold_out_at: row.get(2),

@@ -2,7 +2,8 @@
 //! default, at most 250 ms), loads new sales from PostgreSQL (created by any instance), then
 //! reads the clock and every sale's figures from Redis in one pipelined round trip. A sale
 //! whose Redis state is missing is rebuilt from here too, so Redis losing its data is noticed
-//! even when nobody is buying. About once a second it also flushes the operator counters.
+//! even when nobody is buying. A sale whose Redis `revision` is ahead of the view (an operator
+//! changed it, on any instance) is reloaded from PostgreSQL. About once a second it also flushes the operator counters.
 
 use super::connections::Redis;
 use super::counters::Counters;
@@ -83,9 +84,15 @@ impl Refresher {
             }
         };
         self.snapshot.observe_clock(read.clock_us);
-        for sale in self.snapshot.apply(&ids, read.figures) {
+        let applied = self.snapshot.apply(&ids, read.figures);
+        for sale in applied.missing {
             if let Err(e) = self.rebuilder.rebuild(&sale).await {
                 tracing::warn!(sale = %sale.id, error = %e.report(), "cannot rebuild sale in Redis yet");
+            }
+        }
+        for id in applied.changed {
+            if let Err(e) = self.snapshot.reload(id).await {
+                tracing::debug!(sale = %id, error = %e.report(), "cannot reload a changed sale yet");
             }
         }
     }
@@ -100,10 +107,17 @@ impl Refresher {
                 .arg("remaining")
                 .arg("reserved")
                 .arg("sold_out_us")
-                .arg("epoch");
+                .arg("epoch")
+                .arg("revision");
         }
         let mut con = self.redis.con();
-        type Meta = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+        type Meta = (
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+        );
         let (time, metas) = self
             .redis
             .call("snapshot", async {
@@ -125,12 +139,15 @@ impl Refresher {
         };
         let figures = metas
             .into_iter()
-            .map(|(remaining, reserved, sold_out_us, epoch)| Figures {
-                remaining,
-                reserved,
-                sold_out_us,
-                epoch,
-            })
+            .map(
+                |(remaining, reserved, sold_out_us, epoch, revision)| Figures {
+                    remaining,
+                    reserved,
+                    sold_out_us,
+                    epoch,
+                    revision,
+                },
+            )
             .collect();
         Ok(RedisRead { clock_us, figures })
     }

@@ -22,6 +22,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     ),
     (4, include_str!("../../migrations/0004_last_sold_at.sql")),
     (5, include_str!("../../migrations/0005_accounts.sql")),
+    (6, include_str!("../../migrations/0006_sale_changes.sql")),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations.

@@ -26,6 +26,33 @@ pub(crate) struct Scripts {
     expired: Script,
     rebuild: Script,
     audit: Script,
+    change: Script,
+}
+
+/// What `change.lua`'s `freeze` step found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Freeze {
+    /// The sale's Redis state is gone: rebuild it, then retry.
+    Missing,
+    /// Another change holds the sale: retry shortly.
+    Busy,
+    /// Admissions wait from `now_us` until `apply` or `thaw`.
+    Frozen {
+        /// Redis's clock at the freeze (microseconds): the change is decided at this instant.
+        now_us: i64,
+        /// The sale's stock in Redis.
+        stock: i64,
+        /// Free units.
+        remaining: i64,
+        /// Units of live reservations.
+        reserved: i64,
+    },
+}
+
+/// The sale's values a change writes into Redis (`change.lua`'s `apply`).
+pub(crate) struct Applied<'a> {
+    pub sale: &'a flashsale_core::Sale,
+    pub revision: i64,
 }
 
 /// What `admission.lua` decided.
@@ -165,6 +192,7 @@ impl Scripts {
             expired: Script::new(include_str!("expired.lua")),
             rebuild: Script::new(include_str!("rebuild.lua")),
             audit: Script::new(include_str!("audit.lua")),
+            change: Script::new(include_str!("change.lua")),
         }
     }
 
@@ -176,6 +204,7 @@ impl Scripts {
             &self.expired,
             &self.rebuild,
             &self.audit,
+            &self.change,
         ] {
             let mut con = self.redis.con();
             self.redis
@@ -271,6 +300,68 @@ impl Scripts {
             .key(&keys.reserving)
             .arg(full_max);
         AuditReply::parse(self.invoke("audit", &inv).await?)
+    }
+
+    /// Runs `change.lua`'s `freeze` for the change `token`, with a lease of `lease_ms`.
+    pub(crate) async fn change_freeze(
+        &self,
+        keys: &SaleKeys,
+        token: &str,
+        lease_ms: u64,
+    ) -> Result<Freeze, StoreError> {
+        let mut inv = self.change.key(&keys.meta);
+        inv.arg("freeze").arg(token).arg(lease_ms);
+        let reply: Vec<String> = shape("change", self.invoke("change", &inv).await?)?;
+        match reply.first().map(String::as_str) {
+            Some("missing") => Ok(Freeze::Missing),
+            Some("busy") => Ok(Freeze::Busy),
+            Some("frozen") if reply.len() == 5 => Ok(Freeze::Frozen {
+                now_us: num(reply.get(1), &reply)?,
+                stock: num(reply.get(2), &reply)?,
+                remaining: num(reply.get(3), &reply)?,
+                reserved: num(reply.get(4), &reply)?,
+            }),
+            _ => Err(malformed("change", reply)),
+        }
+    }
+
+    /// Runs `change.lua`'s `apply`: the sale's new values; `Some(unconfirmed units)` once in
+    /// place, `None` if the freeze was no longer this change's.
+    pub(crate) async fn change_apply(
+        &self,
+        keys: &SaleKeys,
+        token: &str,
+        applied: &Applied<'_>,
+    ) -> Result<Option<u32>, StoreError> {
+        use crate::instants::to_micros;
+        let sale = applied.sale;
+        let mut inv = self.change.key(&keys.meta);
+        inv.arg("apply")
+            .arg(token)
+            .arg(sale.stock)
+            .arg(sale.per_user_limit)
+            .arg(to_micros(sale.starts_at))
+            .arg(to_micros(sale.ends_at))
+            .arg(if sale.cancelled_at.is_some() { "1" } else { "" })
+            .arg(applied.revision);
+        let reply: Vec<String> = shape("change", self.invoke("change", &inv).await?)?;
+        match reply.first().map(String::as_str) {
+            Some("lost") => Ok(None),
+            Some("ok") if reply.len() == 3 => {
+                let remaining: i64 = num(reply.get(1), &reply)?;
+                let reserved: i64 = num(reply.get(2), &reply)?;
+                Ok(Some((remaining + reserved).max(0) as u32))
+            }
+            _ => Err(malformed("change", reply)),
+        }
+    }
+
+    /// Runs `change.lua`'s `thaw`: the change `token` ends without changing anything.
+    pub(crate) async fn change_thaw(&self, keys: &SaleKeys, token: &str) -> Result<(), StoreError> {
+        let mut inv = self.change.key(&keys.meta);
+        inv.arg("thaw").arg(token);
+        let _: Vec<String> = shape("change", self.invoke("change", &inv).await?)?;
+        Ok(())
     }
 
     /// Runs a script's invocation within the Redis timeout; `what` names it in the error.

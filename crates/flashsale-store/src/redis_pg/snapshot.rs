@@ -11,6 +11,11 @@
 //! update keeps the lower figure (a refresh read before a settle cannot raise it back); only a
 //! rebuild from PostgreSQL sets it outright.
 //!
+//! An operator's change reaches every instance through Redis: `change.lua` stores the sale's
+//! new `revision` in `meta` with the change, the refresher reads it with the figures, and an
+//! entry whose revision is behind is reloaded from PostgreSQL (and its figure set outright: a
+//! raised stock is the one way the figure goes up).
+//!
 //! While Redis cannot be read, the last view is kept for [`STALE_AFTER`]; after that a status
 //! that could still change is refused (503) rather than answered from an old view. A sale that
 //! is over (sold out or past its end) keeps answering: nothing can change it any more.
@@ -38,6 +43,8 @@ pub(crate) struct Entry {
     /// The sale's Redis epoch the figure was read under (`None`: read from PostgreSQL).
     pub epoch: Option<i64>,
     pub sold_out_at: Option<OffsetDateTime>,
+    /// How many operator changes `sale` includes.
+    pub revision: i64,
 }
 
 impl Entry {
@@ -70,6 +77,17 @@ pub(crate) struct Figures {
     pub sold_out_us: Option<i64>,
     /// The sale's Redis epoch.
     pub epoch: Option<i64>,
+    /// The revision of the sale Redis holds (operator changes applied).
+    pub revision: Option<i64>,
+}
+
+/// What [`Snapshot::apply`] found.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    /// Sales whose Redis state is gone (to be rebuilt).
+    pub missing: Vec<Arc<Sale>>,
+    /// Sales an operator changed since this view loaded them (to be reloaded).
+    pub changed: Vec<SaleId>,
 }
 
 /// The view, Redis's clock as estimated from here, and where sales are loaded from.
@@ -115,18 +133,37 @@ impl Snapshot {
         remaining: u32,
         sold_out_at: Option<OffsetDateTime>,
     ) {
-        self.sales.write().entry(sale.id).or_insert(Entry {
+        self.insert_entry(Entry {
             sale,
             remaining,
             epoch: None,
             sold_out_at,
+            revision: 0,
         });
     }
 
-    /// Sets the figure outright (a rebuild read it from PostgreSQL).
-    pub(crate) fn set_remaining(&self, id: SaleId, remaining: u32) {
-        if let Some(entry) = self.sales.write().get_mut(&id) {
+    fn insert_entry(&self, entry: Entry) {
+        self.sales.write().entry(entry.sale.id).or_insert(entry);
+    }
+
+    /// Takes in the sale as changed (`revision`), unless the view holds a later one already;
+    /// with `remaining`, sets the figure outright (a rebuild read it from PostgreSQL, or a
+    /// change moved it).
+    pub(crate) fn replace(&self, sale: Arc<Sale>, revision: i64, remaining: Option<u32>) {
+        let mut sales = self.sales.write();
+        let Some(entry) = sales.get_mut(&sale.id) else {
+            return;
+        };
+        if revision < entry.revision {
+            return;
+        }
+        entry.sale = sale;
+        entry.revision = revision;
+        if let Some(remaining) = remaining {
             entry.remaining = remaining;
+            if remaining > 0 {
+                entry.sold_out_at = None;
+            }
         }
     }
 
@@ -144,10 +181,11 @@ impl Snapshot {
     }
 
     /// Takes in the figures Redis holds of `ids` (in the same order), just read; returns the
-    /// sales whose Redis state is gone (to be rebuilt).
-    pub(crate) fn apply(&self, ids: &[SaleId], figures: Vec<Figures>) -> Vec<Arc<Sale>> {
+    /// sales whose Redis state is gone (to be rebuilt) and those changed since loaded.
+    pub(crate) fn apply(&self, ids: &[SaleId], figures: Vec<Figures>) -> Applied {
         self.refreshed_ms.store(unix_ms(), Ordering::Relaxed);
-        let mut missing = Vec::new();
+        let mut applied = Applied::default();
+        let missing = &mut applied.missing;
         let mut sales = self.sales.write();
         for (id, figures) in ids.iter().zip(figures) {
             let Some(entry) = sales.get_mut(id) else {
@@ -164,10 +202,17 @@ impl Snapshot {
                 entry.remaining = unconfirmed;
                 entry.sold_out_at = None;
             }
+            if figures.revision.unwrap_or(0) > entry.revision {
+                // Changed by an operator (on any instance): the stock may have been raised.
+                entry.remaining = unconfirmed;
+                entry.sold_out_at = None;
+                applied.changed.push(*id);
+            }
             entry.epoch = figures.epoch;
             entry.lower(unconfirmed, figures.sold_out_us.map(from_micros));
         }
-        missing
+        drop(sales);
+        applied
     }
 
     /// Whether the view is too old to answer a status that could still change.
@@ -180,7 +225,11 @@ impl Snapshot {
     /// answered from a view Redis has not confirmed for a while.
     pub(crate) fn current(&self, status: SaleStatus) -> Result<SaleStatus, StoreError> {
         // Staleness first: it is the rare case, and the one clock read a fresh view needs.
-        if self.stale() && status.remaining > 0 && self.now() < status.sale.ends_at {
+        if self.stale()
+            && status.remaining > 0
+            && status.sale.cancelled_at.is_none()
+            && self.now() < status.sale.ends_at
+        {
             return Err(StoreError::unavailable(
                 "the sale's figures cannot be read from Redis right now",
             ));
@@ -233,8 +282,27 @@ impl Snapshot {
             .await?;
         self.pg.reachable();
         for row in &rows {
-            let e = entry_of(row);
-            self.insert(e.sale, e.remaining, e.sold_out_at);
+            self.insert_entry(entry_of(row));
+        }
+        Ok(())
+    }
+
+    /// Reloads a sale an operator changed from PostgreSQL (its figures stay as Redis said).
+    pub(crate) async fn reload(&self, id: SaleId) -> Result<(), StoreError> {
+        let client = self.pg.client().await?;
+        let row = self
+            .pg
+            .call(
+                "reload sale",
+                client.query_opt(
+                    &format!("SELECT {SALE_COLUMNS} FROM sales WHERE id = $1"),
+                    &[&id.0],
+                ),
+            )
+            .await?;
+        if let Some(row) = row {
+            let e = entry_of(&row);
+            self.replace(e.sale, e.revision, None);
         }
         Ok(())
     }
@@ -255,7 +323,7 @@ impl Snapshot {
         Ok(row.map(|row| {
             let e = entry_of(&row);
             let sale = Arc::clone(&e.sale);
-            self.insert(e.sale, e.remaining, e.sold_out_at);
+            self.insert_entry(e);
             sale
         }))
     }
@@ -274,6 +342,9 @@ fn settled_rejection(sale: &Sale, remaining: u32, now: OffsetDateTime) -> Option
     // Margin on the time check: this instance's estimate of Redis's clock may be a few ms
     // off, and an attempt at the very edge must be decided by Redis itself.
     const MARGIN: time::Duration = time::Duration::seconds(1);
+    if sale.cancelled_at.is_some() {
+        return Some(Rejection::NotActive(NotActiveReason::Ended));
+    }
     if now < sale.starts_at + MARGIN {
         return None;
     }
@@ -286,7 +357,7 @@ fn settled_rejection(sale: &Sale, remaining: u32, now: OffsetDateTime) -> Option
     None
 }
 
-const SALE_COLUMNS: &str = "id, name, starts_at, ends_at, stock, per_user_limit, sold, sold_out_at";
+const SALE_COLUMNS: &str = "id, name, starts_at, ends_at, stock, per_user_limit, sold, sold_out_at, cancelled_at, revision";
 
 fn entry_of(row: &tokio_postgres::Row) -> Entry {
     let sale = Sale {
@@ -296,12 +367,14 @@ fn entry_of(row: &tokio_postgres::Row) -> Entry {
         ends_at: row.get(3),
         stock: row.get::<_, i32>(4) as u32,
         per_user_limit: row.get::<_, i32>(5) as u32,
+        cancelled_at: row.get(8),
     };
     let sold = row.get::<_, i32>(6) as u32;
     Entry {
         remaining: sale.stock.saturating_sub(sold),
         epoch: None,
         sold_out_at: row.get(7),
+        revision: row.get(9),
         sale: Arc::new(sale),
     }
 }

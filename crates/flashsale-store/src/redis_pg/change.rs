@@ -1,0 +1,224 @@
+//! An operator's change to a sale (edit, cancel) in the scale-out store, decided in the same
+//! atomic step as purchases:
+//!
+//! 1. `change.lua` `freeze`: at one instant of Redis's clock, admissions of the sale stop (they
+//!    answer "wait" and are asked again) and the figures the change is decided against are
+//!    read: units taken = stock - free units (sold or reserved);
+//! 2. in one PostgreSQL transaction, under the sale row's lock: the rules
+//!    (`flashsale_core::change::apply`) decide against that row, that instant and those units;
+//!    if allowed, the row is updated (its `revision` moves on) and each altered field recorded
+//!    in `sale_changes`; PostgreSQL's own `CHECK (sold <= stock)` still refuses an oversell;
+//! 3. `change.lua` `apply` writes the new values (and revision) into `meta` and lets
+//!    admissions in again; `thaw` instead if nothing changed.
+//!
+//! The freeze has a lease ([`FREEZE_LEASE_MS`]): an instance that dies in between does not stop
+//! a sale's admissions for longer. The whole change runs on the store's tracker, so a caller
+//! that stops waiting does not stop it half-way. Other instances see the change at their next
+//! refresh (the revision in `meta`; see `snapshot.rs`).
+
+use super::connections::Postgres;
+use super::keys::Keys;
+use super::rebuild::Rebuilder;
+use super::scripts::{Applied, Freeze, Scripts};
+use super::snapshot::Snapshot;
+use crate::instants::from_micros;
+use crate::{ChangeOutcome, StoreError};
+use flashsale_core::change::{apply, changed_fields};
+use flashsale_core::{ChangeRefusal, Sale, SaleChange, SaleId};
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// How long a freeze stops admissions at most, if its change never ends it.
+const FREEZE_LEASE_MS: u64 = 2_000;
+/// How long to wait before asking again while another change (or a rebuild) holds the sale.
+const BUSY_POLL: Duration = Duration::from_millis(10);
+
+/// Makes operators' changes.
+pub(crate) struct Changes {
+    pub pg: Arc<Postgres>,
+    pub keys: Arc<Keys>,
+    pub scripts: Arc<Scripts>,
+    pub snapshot: Arc<Snapshot>,
+    pub rebuilder: Arc<Rebuilder>,
+    /// How long a change waits, in all, for another change or a rebuild.
+    pub patience: Duration,
+}
+
+impl Changes {
+    /// Steps 1 to 3 (see the module docs).
+    pub(crate) async fn change(
+        self: Arc<Self>,
+        id: SaleId,
+        change: SaleChange,
+    ) -> Result<ChangeOutcome, StoreError> {
+        let Some(sale) = self.snapshot.sale(id).await? else {
+            return Ok(ChangeOutcome::SaleNotFound);
+        };
+        let keys = self.keys.sale(id);
+        let token = Uuid::now_v7().to_string();
+        let deadline = Instant::now() + self.patience;
+        let (now_us, taken) = loop {
+            match self
+                .scripts
+                .change_freeze(&keys, &token, FREEZE_LEASE_MS)
+                .await?
+            {
+                Freeze::Frozen {
+                    now_us,
+                    stock,
+                    remaining,
+                    ..
+                } => break (now_us, (stock - remaining).max(0) as u32),
+                Freeze::Missing if Instant::now() < deadline => {
+                    if !self.rebuilder.rebuild(&sale).await? {
+                        tokio::time::sleep(BUSY_POLL).await;
+                    }
+                }
+                Freeze::Busy if Instant::now() < deadline => tokio::time::sleep(BUSY_POLL).await,
+                Freeze::Missing | Freeze::Busy => {
+                    return Err(StoreError::unavailable(
+                        "another change or a rebuild holds the sale; nothing changed",
+                    ));
+                }
+            }
+        };
+        let at = from_micros(now_us);
+        let written = match self.write(id, at, taken, &change).await {
+            Ok(written) => written,
+            Err(e) => {
+                self.thaw(&keys, &token).await;
+                return Err(e);
+            }
+        };
+        let (new, revision) = match written {
+            Ok(written) => written,
+            Err(refusal) => {
+                self.thaw(&keys, &token).await;
+                return Ok(ChangeOutcome::Refused(refusal));
+            }
+        };
+        let unconfirmed = self
+            .scripts
+            .change_apply(
+                &keys,
+                &token,
+                &Applied {
+                    sale: &new,
+                    revision,
+                },
+            )
+            .await;
+        let unconfirmed = match unconfirmed {
+            Ok(Some(unconfirmed)) => unconfirmed,
+            Ok(None) => {
+                return Err(StoreError::unavailable(
+                    "the change is durable but its freeze ran out before Redis took it",
+                ));
+            }
+            Err(e) => {
+                tracing::error!(sale = %id, error = %e.report(), "a durable change could not be applied in Redis");
+                return Err(StoreError::unavailable_from(
+                    "the change is durable but Redis could not take it",
+                    e,
+                ));
+            }
+        };
+        self.snapshot
+            .replace(Arc::new(new), revision, Some(unconfirmed));
+        let status = self
+            .snapshot
+            .get(id)
+            .ok_or_else(|| StoreError::internal(format!("sale {id} left the view")))?
+            .status();
+        Ok(ChangeOutcome::Changed(status))
+    }
+
+    /// Step 2: decides and, if allowed, writes the change and its record; the sale as changed
+    /// and its revision, or the refusal.
+    async fn write(
+        &self,
+        id: SaleId,
+        at: OffsetDateTime,
+        taken: u32,
+        change: &SaleChange,
+    ) -> Result<Result<(Sale, i64), ChangeRefusal>, StoreError> {
+        let mut client = self.pg.client().await?;
+        self.pg
+            .call(
+                "change sale",
+                write_change(&mut client, id, at, taken, change),
+            )
+            .await
+    }
+
+    async fn thaw(&self, keys: &super::keys::SaleKeys, token: &str) {
+        if let Err(e) = self.scripts.change_thaw(keys, token).await {
+            tracing::warn!(error = %e.report(), "could not thaw a sale; its freeze runs out by itself");
+        }
+    }
+}
+
+async fn write_change(
+    client: &mut deadpool_postgres::Object,
+    id: SaleId,
+    at: OffsetDateTime,
+    taken: u32,
+    change: &SaleChange,
+) -> Result<Result<(Sale, i64), ChangeRefusal>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_one(
+            "SELECT name, starts_at, ends_at, stock, per_user_limit, cancelled_at
+             FROM sales WHERE id = $1 FOR UPDATE",
+            &[&id.0],
+        )
+        .await?;
+    let old = Sale {
+        id,
+        name: row.get(0),
+        starts_at: row.get(1),
+        ends_at: row.get(2),
+        stock: row.get::<_, i32>(3) as u32,
+        per_user_limit: row.get::<_, i32>(4) as u32,
+        cancelled_at: row.get(5),
+    };
+    let new = match apply(&old, at, taken, change) {
+        Ok(new) => new,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let revision: i64 = tx
+        .query_one(
+            "UPDATE sales SET name = $2, starts_at = $3, ends_at = $4, stock = $5,
+                              per_user_limit = $6, cancelled_at = $7, revision = revision + 1
+             WHERE id = $1 RETURNING revision",
+            &[
+                &id.0,
+                &new.name,
+                &new.starts_at,
+                &new.ends_at,
+                &(new.stock as i32),
+                &(new.per_user_limit as i32),
+                &new.cancelled_at,
+            ],
+        )
+        .await?
+        .get(0);
+    let record = tx
+        .prepare(
+            "INSERT INTO sale_changes (sale_id, at, kind, field, old_value, new_value)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .await?;
+    for f in changed_fields(&old, &new) {
+        tx.execute(
+            &record,
+            &[&id.0, &at, &change.kind(), &f.field, &f.old, &f.new],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Ok((new, revision)))
+}
