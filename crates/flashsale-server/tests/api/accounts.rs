@@ -39,7 +39,7 @@ async fn post(
     request.send().await.unwrap()
 }
 
-async fn sign_up(client: &Client, base: &str, email: &str) -> (StatusCode, Value) {
+pub(crate) async fn sign_up(client: &Client, base: &str, email: &str) -> (StatusCode, Value) {
     read(
         post(
             client,
@@ -74,7 +74,7 @@ async fn log_in_as(
 }
 
 /// Logs in and returns the token.
-async fn token_of(client: &Client, base: &str, email: &str) -> String {
+pub(crate) async fn token_of(client: &Client, base: &str, email: &str) -> String {
     let (status, body) = log_in_as(client, base, email, PASSWORD, None).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     body["token"].as_str().unwrap().to_owned()

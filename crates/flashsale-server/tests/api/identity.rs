@@ -59,7 +59,7 @@ eQIDAQAB
 const JWKS_FILE: &str = "jwks.json";
 
 /// A key the test signs with, and its public JWK.
-struct Signer {
+pub(crate) struct Signer {
     alg: Algorithm,
     kid: String,
     key: EncodingKey,
@@ -102,7 +102,7 @@ impl Signer {
         Self::new(Algorithm::ES256, kid, key, jwk)
     }
 
-    fn ed25519(kid: &str) -> Self {
+    pub(crate) fn ed25519(kid: &str) -> Self {
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
         let key = EncodingKey::from_ed_pem(pair.serialize_pem().as_bytes()).unwrap();
         let jwk = json!({ "kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key_raw()), "alg": "EdDSA" });
@@ -110,7 +110,7 @@ impl Signer {
     }
 
     /// A token with these claims, its header naming this key.
-    fn sign(&self, claims: &Value) -> String {
+    pub(crate) fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.key).unwrap()
@@ -139,7 +139,7 @@ fn jwks_of(signers: &[&Signer]) -> String {
 }
 
 /// Switches `config` to jwt mode with a JWKS of `signers` written into its data directory.
-fn jwt_mode(config: &mut Config, signers: &[&Signer]) -> PathBuf {
+pub(crate) fn jwt_mode(config: &mut Config, signers: &[&Signer]) -> PathBuf {
     let path = config.data_dir.join(JWKS_FILE);
     std::fs::write(&path, jwks_of(signers)).unwrap();
     config.identity.mode = IdentityMode::Jwt;

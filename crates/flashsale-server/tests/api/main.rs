@@ -14,6 +14,7 @@ mod helpers;
 mod identity;
 mod lifecycle;
 mod limits;
+mod modes;
 mod monitoring;
 mod operating;
 mod operations;
