@@ -23,6 +23,7 @@
 #   BENCH_STORES="embedded redis"
 #   BENCH_OUT=target/bench     where raw outputs, results.tsv and accounts.tsv go
 #   BENCH_ACCOUNTS_POOL=1000   signed-in buyers of the accounts purchase runs
+#   BENCH_ACCOUNTS_ROUNDS=2    guest/accounts pairs per connection count (ABBA order)
 #   REDIS_URL, DATABASE_URL    for the redis store (defaults: local Redis, local PostgreSQL
 #                              database flashsale_bench, created if missing)
 # Every server it starts is killed on exit.
@@ -48,6 +49,7 @@ PORT_ACCOUNTS=18083
 # one's share (the API's maximum).
 ACCOUNTS_POOL=${BENCH_ACCOUNTS_POOL:-1000}
 ACCOUNTS_LIMIT=1000
+ACCOUNTS_ROUNDS=${BENCH_ACCOUNTS_ROUNDS:-2}
 LOAD=$ROOT/target/release/flashsale-load
 CEILING=$ROOT/target/release/flashsale-ceiling
 SERVER=$ROOT/target/release/flashsale
@@ -218,30 +220,42 @@ bench_ceiling() { # conns tool
   fi
 }
 
-# Purchases by a pool of signed-in buyers vs the same pool as guests, at one connection count,
-# back to back (results in accounts.tsv, not in the ceiling table), each with the server's CPU
-# time per purchase (in accounts-cpu.tsv): on a machine shared with other work, req/s moves
-# with the neighbours' load, but the CPU the server spends on one purchase barely does.
+# Purchases by a pool of signed-in buyers vs the same pool as guests, at one connection count
+# (results in accounts.tsv, not in the ceiling table), each with the server's CPU time per
+# purchase (in accounts-cpu.tsv): on a machine shared with other work, req/s moves with the
+# neighbours' load, but the CPU the server spends on one purchase barely does. Rounds go
+# guest-accounts, then accounts-guest (ABBA), so a drift in the background load during the
+# runs weighs on both sides alike.
 bench_accounts() { # conns
-  local c=$1 pool=(--buyer-pool "$ACCOUNTS_POOL" --limit "$ACCOUNTS_LIMIT" --stock 100000000
+  local c=$1 round order who
+  local pool=(--buyer-pool "$ACCOUNTS_POOL" --limit "$ACCOUNTS_LIMIT" --stock 100000000
     --start-in 1 -d "$DUR" --verify-max 1000 --verify-sample 50 --prepare-concurrency "$(nproc)")
-  with_server_cpu "${SERVER_PIDS[embedded]}" guest "$c" \
-    run_load guest purchase_pool "$c" sustained \
-    --target "http://127.0.0.1:$PORT_EMBEDDED" --admin-token "$TOKEN" "${pool[@]}"
-  with_server_cpu "${SERVER_PIDS[embedded-accounts]}" accounts "$c" \
-    run_load accounts purchase_pool "$c" sustained --identity accounts \
-    --target "http://127.0.0.1:$PORT_ACCOUNTS" --admin-token "$TOKEN" "${pool[@]}"
+  for round in $(seq 1 "$ACCOUNTS_ROUNDS"); do
+    order="guest accounts"
+    [ $((round % 2)) = 1 ] || order="accounts guest"
+    for who in $order; do
+      if [ "$who" = guest ]; then
+        with_server_cpu "${SERVER_PIDS[embedded]}" guest "purchase_pool_$round" "$c" \
+          run_load guest "purchase_pool_$round" "$c" sustained \
+          --target "http://127.0.0.1:$PORT_EMBEDDED" --admin-token "$TOKEN" "${pool[@]}"
+      else
+        with_server_cpu "${SERVER_PIDS[embedded-accounts]}" accounts "purchase_pool_$round" "$c" \
+          run_load accounts "purchase_pool_$round" "$c" sustained --identity accounts \
+          --target "http://127.0.0.1:$PORT_ACCOUNTS" --admin-token "$TOKEN" "${pool[@]}"
+      fi
+    done
+  done
 }
 
-# Runs one purchase_pool load run (the command after $3) into accounts.tsv while sampling the
-# CPU ticks of server $1 every 0.1 s, then appends "label conns cpu_us_per_purchase" to
+# Runs one load run (the command after $4) into accounts.tsv while sampling the CPU ticks of
+# server $1 every 0.1 s, then appends "label scenario conns cpu_us_per_purchase" to
 # accounts-cpu.tsv. Only the samples inside the measured window count (the load tool reports
 # its length; it ends when the tool exits): the sign-ups and log-ins before it, two password
 # hashes per buyer, are preparation, not purchases.
-with_server_cpu() { # pid label conns command...
-  local pid=$1 label=$2 c=$3
-  shift 3
-  local samples="$WORK/cpu-$label-$c"
+with_server_cpu() { # pid label scenario conns command...
+  local pid=$1 label=$2 scen=$3 c=$4
+  shift 4
+  local samples="$WORK/cpu-$label-$scen-$c"
   (while kill -0 "$pid" 2>/dev/null; do
     echo "$(date +%s.%N) $(awk '{print $14 + $15}' "/proc/$pid/stat")"
     sleep 0.1
@@ -252,44 +266,46 @@ with_server_cpu() { # pid label conns command...
   end=$(date +%s.%N)
   kill "$sampler" 2>/dev/null || true
   wait "$sampler" 2>/dev/null || true
-  local file="$OUT/load-$label-purchase_pool-$c.json"
+  local file="$OUT/load-$label-$scen-$c.json"
   jq -e . "$file" >/dev/null 2>&1 || return 0
   awk -v end="$end" -v el="$(jq .elapsed_s "$file")" -v n="$(jq .attempts "$file")" \
-    -v hz="$(getconf CLK_TCK)" -v label="$label" -v c="$c" '
+    -v hz="$(getconf CLK_TCK)" -v label="$label" -v scen="$scen" -v c="$c" '
     BEGIN { from = end - el + 0.3; to = end - 0.3 }
     $1 >= from && t0 == "" { t0 = $1; k0 = $2 }
     $1 <= to { t1 = $1; k1 = $2 }
-    END { if (t1 > t0 && n > 0) printf "%s\t%s\t%.1f\n", label, c, (k1 - k0) / hz * 1e6 / (n * (t1 - t0) / el) }
+    END { if (t1 > t0 && n > 0) printf "%s\t%s\t%s\t%.1f\n", label, scen, c, (k1 - k0) / hz * 1e6 / (n * (t1 - t0) / el) }
   ' "$samples" >>"$OUT/accounts-cpu.tsv"
 }
 
-# The accounts section: guest vs accounts purchases/s per connection count, and log-in times.
+# The accounts section: guest vs accounts purchases/s per connection count (means over the
+# rounds), the server's CPU per purchase, and log-in times.
 accounts_table() {
   [ -s "$OUT/accounts.tsv" ] || return 0
   echo
   echo "Embedded store, purchases by a pool of $ACCOUNTS_POOL buyers (per-user limit $ACCOUNTS_LIMIT):"
   echo "guests (\`--identity guest\`) vs signed-in buyers (\`--identity accounts\`, sign-ups and"
-  echo "log-ins before the window); flashsale-load, same connections and duration; server CPU"
-  echo "per purchase sampled from /proc inside the measured window."
+  echo "log-ins before the window); flashsale-load, same connections and duration, $ACCOUNTS_ROUNDS"
+  echo "rounds in ABBA order, means; server CPU per purchase sampled from /proc inside the window."
   echo
   echo "| conns | guest req/s | accounts req/s | accounts / guest | guest p99 ms | accounts p99 ms | errors (guest, accounts) | server CPU µs per purchase (guest, accounts) | log-in p50 ms | log-in p99 ms | accounts prepared in s |"
   echo "|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"
   for c in $CONNS; do
-    local g a file
-    g=$(awk -F'\t' -v c="$c" '$1=="guest" && $4==c' "$OUT/accounts.tsv")
-    a=$(awk -F'\t' -v c="$c" '$1=="accounts" && $4==c' "$OUT/accounts.tsv")
-    [ -n "$g" ] && [ -n "$a" ] || continue
-    file="$OUT/load-accounts-purchase_pool-$c.json"
-    printf '%s\n%s\n' "$g" "$a" | awk -F'\t' -v c="$c" \
+    local file="$OUT/load-accounts-purchase_pool_1-$c.json"
+    awk -F'\t' -v c="$c" \
       -v lp50="$(jq '.preparation.login.p50_ms // 0' "$file" 2>/dev/null || echo 0)" \
       -v lp99="$(jq '.preparation.login.p99_ms // 0' "$file" 2>/dev/null || echo 0)" \
-      -v prep="$(jq '.preparation.elapsed_s // 0' "$file" 2>/dev/null || echo 0)" \
-      -v gcpu="$(awk -F'\t' -v c="$c" '$1=="guest" && $2==c {print $3}' "$OUT/accounts-cpu.tsv")" \
-      -v acpu="$(awk -F'\t' -v c="$c" '$1=="accounts" && $2==c {print $3}' "$OUT/accounts-cpu.tsv")" '
-      NR==1 { grps=$5; gp99=$7; gerr=$8 }
-      NR==2 { ratio = grps > 0 ? $5 / grps : 0
-              printf "| %s | %d | %d | %.3f | %.2f | %.2f | %s, %s | %s, %s | %.2f | %.2f | %.1f |\n",
-                c, grps, $5, ratio, gp99, $7, gerr, $8, gcpu, acpu, lp50, lp99, prep }'
+      -v prep="$(jq '.preparation.elapsed_s // 0' "$file" 2>/dev/null || echo 0)" '
+      FILENAME ~ /cpu/ { if ($3 == c) { cpu[$1] += $4; ncpu[$1]++ }; next }
+      $4 == c { rps[$1] += $5; p99[$1] += $7; err[$1] += $8; n[$1]++ }
+      END {
+        if (!n["guest"] || !n["accounts"]) exit
+        g = rps["guest"] / n["guest"]; a = rps["accounts"] / n["accounts"]
+        printf "| %s | %d | %d | %.3f | %.2f | %.2f | %d, %d | %.1f, %.1f | %.2f | %.2f | %.1f |\n",
+          c, g, a, (g > 0 ? a / g : 0), p99["guest"] / n["guest"], p99["accounts"] / n["accounts"],
+          err["guest"], err["accounts"],
+          ncpu["guest"] ? cpu["guest"] / ncpu["guest"] : 0,
+          ncpu["accounts"] ? cpu["accounts"] / ncpu["accounts"] : 0, lp50, lp99, prep }
+    ' "$OUT/accounts-cpu.tsv" "$OUT/accounts.tsv"
   done
 }
 
