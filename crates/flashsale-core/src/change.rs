@@ -1,4 +1,4 @@
-//! An operator's change to a sale (docs/requirements.md#11-operating-sales): an edit of some
+//! An operator's change to a sale (docs/requirements.md#10-operating-sales): an edit of some
 //! of its fields, or a cancellation, decided against the sale, the instant of decision and the
 //! units already taken.
 //!
