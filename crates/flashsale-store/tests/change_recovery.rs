@@ -205,6 +205,48 @@ async fn a_cancel_redis_never_took_lets_no_purchase_be_confirmed_on_any_instance
     assert_invariants(&p.cfg, sale.id, &[before]).await;
 }
 
+/// Issue 14 phase 1b: an end lowered (to 1.5 s ahead) in PostgreSQL but not in Redis: once
+/// the new end has passed, stale Redis still admits by the old end; PostgreSQL's transaction
+/// must refuse those orders by the sale row's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_end_lowered_without_redis_lets_no_purchase_past_it_be_confirmed() {
+    let p = pair(Duration::from_secs(600)).await;
+    let _cleanup = Cleanup { cfg: p.cfg.clone() };
+    let sale = p.a.create_sale(active(10, 1)).await.unwrap();
+    let before = confirmed(&p.b.purchase(attempt(sale.id, "early", None)).await)
+        .expect("the sale sells before the edit");
+    let sooner = SaleEdit {
+        ends_at: Some(time::OffsetDateTime::now_utc() + time::Duration::milliseconds(1500)),
+        ..SaleEdit::default()
+    };
+    change_while_redis_is_cut(&p, sale.id, SaleChange::Edit(sooner)).await;
+    // Past both the freeze's lease and the new end.
+    tokio::time::sleep(FREEZE_LEASE + Duration::from_millis(200)).await;
+    for (i, store) in [&p.a, &p.b].into_iter().enumerate() {
+        let outcome = store
+            .purchase(attempt(sale.id, &format!("late-{i}"), None))
+            .await;
+        assert!(
+            confirmed(&outcome).is_none(),
+            "a purchase past the lowered end was confirmed: {outcome:?}"
+        );
+    }
+    let late: i64 = support::pg(&p.cfg)
+        .await
+        .query_one(
+            "SELECT count(*) FROM orders o JOIN sales s ON s.id = o.sale_id
+             WHERE o.sale_id = $1 AND o.created_at >= s.ends_at",
+            &[&sale.id.0],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(late, 0, "PostgreSQL holds orders made after the sale's end");
+    p.a.shutdown().await;
+    p.b.shutdown().await;
+    assert_invariants(&p.cfg, sale.id, &[before]).await;
+}
+
 /// Issue 14 phase 1b: a stock raise (2 to 5, one unit sold) committed in PostgreSQL but not in
 /// Redis would leave Redis selling one more unit and then refusing as sold out; the audit must notice PostgreSQL's revision ahead of Redis's
 /// and rebuild the sale, within the freeze's lease plus two audit intervals, after which both
@@ -237,6 +279,10 @@ async fn a_stock_raise_redis_never_took_reaches_redis_within_the_lease_and_two_a
         converged,
         "Redis still holds revision {:?} of the sale, PostgreSQL {pg_revision}, {:?} after the 503",
         revision_in_redis(&p.cfg, sale.id).await,
+        failed_at.elapsed()
+    );
+    eprintln!(
+        "the change reached Redis {:?} after the 503",
         failed_at.elapsed()
     );
     // Each instance's view follows Redis's revision within a refresh.
