@@ -1,5 +1,5 @@
 //! An operator's change committed in PostgreSQL while Redis could not take it (issue 14,
-//! phase 1b): the change's instance is cut off from Redis between its PostgreSQL commit and
+//! phase 1b; OP-7 in docs/requirements.md): the change's instance is cut off from Redis between its PostgreSQL commit and
 //! `change.lua`'s `apply`, so the admin gets a 503 and Redis keeps the old sale (and the
 //! change's freeze, until its lease runs out).
 //!
