@@ -7,7 +7,10 @@
 //!
 //! - the sales rows are locked and each order's admission epoch checked against the sale's
 //!   (an order admitted before Redis lost its data and was rebuilt is refused: it is already
-//!   forgotten by the rebuilt state);
+//!   forgotten by the rebuilt state), and its admission instant against the sale's window and
+//!   cancellation as the row holds them (an order a stale Redis admitted after an operator's
+//!   change it never took is refused: the change is committed, the order may not contradict
+//!   it);
 //! - each order claims its `reservations` row as `committed` (`ON CONFLICT DO NOTHING`): an
 //!   order the reconciler already released loses, and is not written;
 //! - `buyers.held` and `sales.sold` are raised, their CHECKs refusing any oversell. A CHECK
@@ -355,6 +358,27 @@ pub(crate) async fn buyer_orders(
         .collect())
 }
 
+/// What the group commit reads of a sale's row to accept an order admitted in Redis.
+struct SaleRow {
+    epoch: i64,
+    starts_at: time::OffsetDateTime,
+    ends_at: time::OffsetDateTime,
+    cancelled_at: Option<time::OffsetDateTime>,
+}
+
+impl SaleRow {
+    /// Whether an order admitted under `epoch` at `at` (Redis's clock) may commit: admitted
+    /// under the sale's current state, inside its window as PostgreSQL now holds it, and
+    /// before any cancellation. Orders admitted before a change froze the sale were decided
+    /// with it (counted as taken), and are admitted before its instant.
+    fn admits(&self, epoch: i64, at: time::OffsetDateTime) -> bool {
+        epoch == self.epoch
+            && self.starts_at <= at
+            && at < self.ends_at
+            && self.cancelled_at.is_none_or(|cancelled| at < cancelled)
+    }
+}
+
 fn retryable(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
     e.code().is_some_and(|c| {
@@ -379,16 +403,34 @@ async fn commit_tx(
     // FOR KEY SHARE: concurrent groups of the same sale do not block each other here (only on
     // the final `sold` update), but a rebuild's FOR UPDATE waits for every group in flight,
     // and a group starting after the rebuild reads the new epoch.
+    // The row also says what an operator's change committed (cancelled, a moved end): an
+    // order admitted by a Redis that never took that change is refused here, so stale Redis
+    // can cost a buyer a 503 but never confirm what the change forbids.
     let rows = tx
         .query(
-            "SELECT id, epoch FROM sales WHERE id = ANY($1) ORDER BY id FOR KEY SHARE",
+            "SELECT id, epoch, starts_at, ends_at, cancelled_at FROM sales
+             WHERE id = ANY($1) ORDER BY id FOR KEY SHARE",
             &[&sale_ids],
         )
         .await?;
-    let epochs: HashMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let rows: HashMap<i64, SaleRow> = rows
+        .iter()
+        .map(|r| {
+            let row = SaleRow {
+                epoch: r.get(1),
+                starts_at: r.get(2),
+                ends_at: r.get(3),
+                cancelled_at: r.get(4),
+            };
+            (r.get(0), row)
+        })
+        .collect();
     let mut fresh: Vec<&PendingOrder> = batch
         .iter()
-        .filter(|p| epochs.get(&p.order.sale_id.0) == Some(&p.epoch))
+        .filter(|p| {
+            rows.get(&p.order.sale_id.0)
+                .is_some_and(|row| row.admits(p.epoch, p.order.created_at))
+        })
         .collect();
     if fresh.is_empty() {
         tx.commit().await?;
@@ -455,4 +497,40 @@ async fn commit_tx(
         .collect();
     tx.commit().await?;
     Ok(won)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn an_order_is_admitted_only_under_the_epoch_window_and_cancellation_postgres_holds() {
+        let row = SaleRow {
+            epoch: 2,
+            starts_at: datetime!(2026-01-01 10:00 UTC),
+            ends_at: datetime!(2026-01-01 11:00 UTC),
+            cancelled_at: Some(datetime!(2026-01-01 10:30 UTC)),
+        };
+        assert!(row.admits(2, datetime!(2026-01-01 10:00 UTC)));
+        assert!(row.admits(2, datetime!(2026-01-01 10:29:59.999999 UTC)));
+        assert!(!row.admits(1, datetime!(2026-01-01 10:10 UTC)), "old epoch");
+        assert!(
+            !row.admits(2, datetime!(2026-01-01 9:59:59.999999 UTC)),
+            "before the start"
+        );
+        assert!(
+            !row.admits(2, datetime!(2026-01-01 10:30 UTC)),
+            "at the cancellation"
+        );
+        let open = SaleRow {
+            cancelled_at: None,
+            ..row
+        };
+        assert!(open.admits(2, datetime!(2026-01-01 10:59:59.999999 UTC)));
+        assert!(
+            !open.admits(2, datetime!(2026-01-01 11:00 UTC)),
+            "at the end"
+        );
+    }
 }

@@ -13,8 +13,13 @@
 //! PostgreSQL (`rebuild.rs`). So is a sale whose state is present but wrong (a partial loss:
 //! AOF `everysec` or a failover losing the last writes, an old dataset reloaded with a stale
 //! epoch): every round, `audit.lua` reads the sale's epoch, stock taken, holdings, confirmed
-//! keys and live reservations in one atomic step, and PostgreSQL says what they must be; two
-//! disagreements in a row trigger the rebuild. One instance per interval audits a sale (a
+//! keys, live reservations and the revision of the last operator's change it took in one
+//! atomic step, and PostgreSQL says what they must be; two disagreements in a row trigger the
+//! rebuild. A revision behind PostgreSQL's is a change committed there that Redis never took
+//! (its instance lost Redis, or died, between the two): once the change's freeze lease has run
+//! out (so no change is still on its way) the rebuild brings it in, within the lease plus one
+//! or two intervals of its commit. Meanwhile the group commit refuses any order that stale
+//! state admits against the change (`orders.rs`). One instance per interval audits a sale (a
 //! Redis lock per sale), and holdings and keys are summed only for sales with at most
 //! [`AUDIT_FULL_MAX`] of them.
 
@@ -233,7 +238,7 @@ impl Reconciler {
                          SELECT quantity, idempotency_key FROM orders
                          WHERE order_id = ANY($3) AND sale_id = $1 AND created_at <= $2
                      )
-                     SELECT s.epoch,
+                     SELECT s.epoch, s.revision,
                             (SELECT COALESCE(sum(quantity), 0) FROM mine)::int8
                               - (SELECT COALESCE(sum(quantity), 0) FROM reserved)::int8,
                             (SELECT count(idempotency_key) FROM mine)
@@ -245,9 +250,12 @@ impl Reconciler {
             .await?;
         Ok(Some(Audit::of(
             &holdings,
-            row.get(0),
-            row.get(1),
-            row.get(2),
+            Durable {
+                epoch: row.get(0),
+                revision: row.get(1),
+                settled: row.get(2),
+                settled_keys: row.get(3),
+            },
         )))
     }
 }
@@ -266,6 +274,12 @@ pub(crate) enum AuditPace {
 struct Audit {
     redis_epoch: i64,
     pg_epoch: i64,
+    /// The operator's change Redis last took.
+    redis_revision: i64,
+    /// The operator's change PostgreSQL last committed.
+    pg_revision: i64,
+    /// Whether a change's freeze lease was live in Redis (its change may be on its way).
+    frozen: bool,
     /// `stock - remaining` in Redis.
     taken: i64,
     /// Sum of the buyers' holdings in Redis (`None`: too many to sum in one script).
@@ -285,11 +299,13 @@ struct Audit {
 }
 
 impl Audit {
-    /// Whether Redis agrees with PostgreSQL: same epoch, and the units Redis counts as taken
-    /// (and as held by buyers) are exactly the settled orders plus the live reservations.
+    /// Whether Redis agrees with PostgreSQL: same epoch, the same revision (unless a change
+    /// is on its way), and the units Redis counts as taken (and as held by buyers) are exactly
+    /// the settled orders plus the live reservations.
     fn agrees(&self) -> bool {
         let expected = self.settled + self.reserved;
         self.redis_epoch == self.pg_epoch
+            && (self.frozen || self.redis_revision == self.pg_revision)
             && self.taken == expected
             && self.reserved_counter == self.reserved
             && self.reserving.is_none_or(|r| r == self.reserved)
@@ -299,11 +315,20 @@ impl Audit {
                 .is_none_or(|keys| keys == self.settled_keys)
     }
 
-    /// Redis's holdings beside PostgreSQL's epoch, settled units and settled keys.
-    fn of(redis: &RedisHoldings, pg_epoch: i64, settled: i64, settled_keys: i64) -> Self {
+    /// Redis's holdings beside what PostgreSQL holds.
+    fn of(redis: &RedisHoldings, pg: Durable) -> Self {
+        let Durable {
+            epoch: pg_epoch,
+            revision: pg_revision,
+            settled,
+            settled_keys,
+        } = pg;
         Self {
             redis_epoch: redis.epoch,
             pg_epoch,
+            redis_revision: redis.revision,
+            pg_revision,
+            frozen: redis.frozen,
             taken: redis.stock - redis.remaining,
             held: redis.held,
             confirmed_keys: redis.confirmed_keys,
@@ -316,6 +341,16 @@ impl Audit {
     }
 }
 
+/// What PostgreSQL says a sale's Redis state must be, at an audit's instant.
+struct Durable {
+    epoch: i64,
+    revision: i64,
+    /// Units committed for orders admitted before the audit and not reserved then.
+    settled: i64,
+    /// Keyed orders among those.
+    settled_keys: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +359,9 @@ mod tests {
         Audit {
             redis_epoch: 3,
             pg_epoch: 3,
+            redis_revision: 1,
+            pg_revision: 1,
+            frozen: false,
             taken: 12,
             held: Some(12),
             confirmed_keys: Some(4),
@@ -347,7 +385,20 @@ mod tests {
             .agrees(),
             "a large sale is judged on its epoch and stock taken"
         );
+        assert!(
+            Audit {
+                pg_revision: 2,
+                frozen: true,
+                ..healthy()
+            }
+            .agrees(),
+            "a change on its way (its freeze live) is not a divergence"
+        );
         let diverged = [
+            Audit {
+                pg_revision: 2,
+                ..healthy()
+            },
             Audit {
                 redis_epoch: 2,
                 ..healthy()

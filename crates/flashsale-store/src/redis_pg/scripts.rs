@@ -133,6 +133,10 @@ pub(crate) struct RedisHoldings {
     pub reserved_counter: i64,
     /// Sum of the per-buyer reserved units (`None`: too many to sum in one script).
     pub reserving: Option<i64>,
+    /// The operator's change (revision) Redis last took.
+    pub revision: i64,
+    /// Whether a change's freeze lease is live (the change may still be on its way).
+    pub frozen: bool,
     /// The order id of every live reservation.
     pub reserved_ids: Vec<Uuid>,
 }
@@ -558,7 +562,7 @@ impl AuditReply {
         let bad = || malformed("audit", &reply[..reply.len().min(10)]);
         match reply.first().map(String::as_str) {
             Some("missing") => return Ok(AuditReply::Missing),
-            Some("ok") if reply.len() >= 10 => {}
+            Some("ok") if reply.len() >= 12 => {}
             _ => return Err(bad()),
         }
         let num = |i: usize| -> Result<i64, StoreError> {
@@ -576,7 +580,9 @@ impl AuditReply {
             reserved: num(7)?,
             reserved_counter: num(8)?,
             reserving: optional(9),
-            reserved_ids: reply[10..].iter().filter_map(|s| s.parse().ok()).collect(),
+            revision: num(10)?,
+            frozen: num(11)? == 1,
+            reserved_ids: reply[12..].iter().filter_map(|s| s.parse().ok()).collect(),
         }))
     }
 }
@@ -731,7 +737,7 @@ mod tests {
     fn a_malformed_audit_reply_is_an_internal_error_not_a_panic() {
         let items = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         // Every figure there but the reservations' list: once an index past the end.
-        let short = items(&["ok", "1", "2", "10", "4", "", "", "0", "0"]);
+        let short = items(&["ok", "1", "2", "10", "4", "", "", "0", "0", "", "3"]);
         assert!(is_internal(AuditReply::parse_items(&short)));
         assert!(is_internal(AuditReply::parse_items(&items(&["ok"]))));
         assert!(is_internal(AuditReply::parse_items(&items(&["what"]))));
@@ -741,7 +747,9 @@ mod tests {
             AuditReply::Missing
         );
         let id = Uuid::now_v7().to_string();
-        let full = items(&["ok", "1", "2", "10", "4", "", "3", "1", "1", "1", &id]);
+        let full = items(&[
+            "ok", "1", "2", "10", "4", "", "3", "1", "1", "1", "7", "1", &id,
+        ]);
         let AuditReply::Holds(holdings) = AuditReply::parse_items(&full).unwrap() else {
             panic!("a full reply is not missing");
         };
@@ -749,6 +757,7 @@ mod tests {
             (holdings.epoch, holdings.held, holdings.confirmed_keys),
             (2, None, Some(3))
         );
+        assert_eq!((holdings.revision, holdings.frozen), (7, true));
         assert_eq!(holdings.reserved_ids.len(), 1);
     }
 
