@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 use std::error::Error;
 use std::fmt;
+use std::sync::Arc;
 use thiserror::Error;
 
 /// The failure underneath a [`StoreError`]: a Redis, PostgreSQL, SQLite or I/O error, or one of
@@ -87,9 +88,57 @@ impl StoreError {
         }
     }
 
+    /// This error once for each of `n` callers whose shared call failed (a batch): the same
+    /// kind and words for each, the cause beneath shared, so every report reads the same.
+    pub(crate) fn for_each_of(self, n: usize) -> Vec<StoreError> {
+        let shared = |source: Option<Cause>| source.map(|s| SharedCause(Arc::new(s)));
+        let copy = |source: &Option<SharedCause>| -> Option<Cause> {
+            source.clone().map(|s| Box::new(s) as Cause)
+        };
+        match self {
+            Self::Unavailable { what, source } => {
+                let source = shared(source);
+                (0..n)
+                    .map(|_| Self::Unavailable {
+                        what: what.clone(),
+                        source: copy(&source),
+                    })
+                    .collect()
+            }
+            Self::Internal { what, source } => {
+                let source = shared(source);
+                (0..n)
+                    .map(|_| Self::Internal {
+                        what: what.clone(),
+                        source: copy(&source),
+                    })
+                    .collect()
+            }
+            Self::Timeout { what } => (0..n).map(|_| Self::timeout(what.clone())).collect(),
+            Self::ShuttingDown => (0..n).map(|_| Self::ShuttingDown).collect(),
+        }
+    }
+
     /// The error and every cause beneath it on one line, `: `-separated (for logs).
     pub fn report(&self) -> Report<'_> {
         Report(self)
+    }
+}
+
+/// One cause shared by the errors of every caller of a failed batch: it reads as the cause
+/// itself (its text, then its own source).
+#[derive(Debug, Clone)]
+struct SharedCause(Arc<Cause>);
+
+impl fmt::Display for SharedCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Error for SharedCause {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.0.source()
     }
 }
 
@@ -143,6 +192,36 @@ mod tests {
             StoreError::ShuttingDown.report().to_string(),
             "store is shutting down"
         );
+    }
+
+    #[test]
+    fn each_caller_of_a_failed_batch_gets_the_same_error() {
+        #[derive(Debug, Error)]
+        #[error("io: {0}")]
+        struct Wrapper(#[source] io::Error);
+        let e = StoreError::unavailable_from(
+            "redis admission",
+            Wrapper(io::Error::other("connection reset")),
+        );
+        let want = e.report().to_string();
+        let each = e.for_each_of(3);
+        assert_eq!(each.len(), 3);
+        for e in &each {
+            assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+            assert_eq!(e.report().to_string(), want);
+        }
+        assert_eq!(
+            want,
+            "store unavailable: redis admission: io: connection reset"
+        );
+        let timeouts = StoreError::timeout("redis admission").for_each_of(2);
+        assert!(
+            timeouts
+                .iter()
+                .all(|e| e.to_string() == "store timed out: redis admission")
+        );
+        let internal = StoreError::internal("unexpected reply").for_each_of(1);
+        assert!(matches!(internal[..], [StoreError::Internal { .. }]));
     }
 
     #[test]

@@ -55,8 +55,8 @@ pub use config::StoreConfig;
 pub use error::{Cause, Report, StoreError};
 pub use in_flight::PurchaseHold;
 pub use model::{
-    Attempt, ChangeOutcome, Dependency, Order, PurchaseOutcome, RejectionCounts, SaleStatus,
-    Summary,
+    AdmissionBatches, Attempt, BATCH_SIZE_BOUNDS, ChangeOutcome, Dependency, Order,
+    PurchaseOutcome, RejectionCounts, SaleStatus, Summary,
 };
 
 use async_trait::async_trait;
@@ -127,6 +127,12 @@ pub trait SaleStore: Send + Sync + 'static {
     /// `flashsale_reservations_released_total` metric); 0 for a store without leases.
     fn reservations_released(&self) -> u64 {
         0
+    }
+
+    /// The admission batches sent to a shared service since start (for the
+    /// `flashsale_admission_*` metrics); none for a store deciding in process.
+    fn admission_batches(&self) -> AdmissionBatches {
+        AdmissionBatches::default()
     }
 
     /// The instant this store decides admission at, as best known here: the injected clock

@@ -176,6 +176,23 @@ pub struct Dependency {
     pub up: bool,
 }
 
+/// Upper bounds of the batch sizes counted in [`AdmissionBatches::at_most`].
+pub const BATCH_SIZE_BOUNDS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
+
+/// The admission calls a store made to its shared service since start (scale-out: runs of
+/// `admission.lua`), each deciding a batch of attempts: how many calls, and how big.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdmissionBatches {
+    /// Calls made.
+    pub calls: u64,
+    /// Attempts they decided (`attempts / calls` is the mean batch size; its inverse the
+    /// round trips per attempt).
+    pub attempts: u64,
+    /// Calls that decided at most `BATCH_SIZE_BOUNDS[i]` attempts (cumulative, as a
+    /// histogram's buckets: the last one is `calls`).
+    pub at_most: [u64; BATCH_SIZE_BOUNDS.len()],
+}
+
 /// The operator's view of a sale.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {

@@ -542,28 +542,41 @@ impl State {
     }
 }
 
-/// Runs `admission.lua` once, as `RedisPgStore::purchase` does after `check_quantity`.
+/// One attempt as the script takes it.
+struct ScriptAttempt {
+    user: String,
+    q: u32,
+    key: Option<String>,
+    order: String,
+}
+
+/// Runs `admission.lua` once on a batch of attempts, as the store's admitter does after
+/// `check_quantity`: one reply and decision instant per attempt.
 fn script_admit(
     con: &mut Connection,
     scripts: &Scripts,
     keys: &SaleKeys,
-    user: &str,
-    q: u32,
-    key: Option<&str>,
-    order: &str,
-) -> (Reply, i64) {
+    attempts: &[ScriptAttempt],
+) -> Vec<(Reply, i64)> {
     let mut inv = scripts.admission.prepare_invoke();
     for k in keys.script_keys() {
         inv.key(k);
     }
-    inv.arg(user)
-        .arg(q)
-        .arg(key.unwrap_or(""))
-        .arg(order)
-        .arg(LEASE_MS)
+    inv.arg(LEASE_MS)
         .arg(REFUSAL_RETENTION_MS)
         .arg(MAX_REFUSED_KEYS);
-    let r: Vec<String> = inv.invoke(con).unwrap();
+    for a in attempts {
+        inv.arg(&a.user)
+            .arg(a.q)
+            .arg(a.key.as_deref().unwrap_or(""))
+            .arg(&a.order);
+    }
+    let replies: Vec<Vec<String>> = inv.invoke(con).unwrap();
+    assert_eq!(replies.len(), attempts.len(), "one reply per attempt");
+    replies.iter().map(|r| parse_reply(r)).collect()
+}
+
+fn parse_reply(r: &[String]) -> (Reply, i64) {
     let now: i64 = r[1].parse().unwrap();
     let reply = match r[0].as_str() {
         "admit" => Reply::Admit {
@@ -601,6 +614,79 @@ fn script_settle(
         inv.arg(o);
     }
     inv.invoke(con).unwrap()
+}
+
+/// An attempt of a scenario, its retry resolved, as both sides take it.
+#[derive(Debug)]
+struct StepAttempt {
+    /// Its step's index in the scenario.
+    n: usize,
+    user: String,
+    q: Quantity,
+    key: Option<String>,
+    order: String,
+    fate: Fate,
+}
+
+/// What the harness runs at once.
+enum Group {
+    /// Attempts at one instant, decided in one script call.
+    Attempts {
+        instant: usize,
+        attempts: Vec<StepAttempt>,
+    },
+    SettleAll {
+        n: usize,
+        confirm: bool,
+    },
+}
+
+/// The scenario's steps, retries resolved (a retry of nothing yet is skipped), in groups: each
+/// attempt alone, or (`batched`) every run of consecutive attempts at one instant together.
+fn steps_of(sc: &Scenario, sale: i64, batched: bool) -> Vec<Group> {
+    let mut groups = Vec::new();
+    let mut sent: Vec<(u8, u32, Option<u8>)> = Vec::new();
+    for (n, (instant, op)) in sc.steps.iter().enumerate() {
+        let (buyer, quantity, key, fate) = match *op {
+            Op::Attempt {
+                buyer,
+                quantity,
+                key,
+                fate,
+            } => (buyer, quantity, key, fate),
+            Op::Retry { back, fate } if back <= sent.len() => {
+                let (buyer, quantity, key) = sent[sent.len() - back];
+                (buyer, quantity, key, fate)
+            }
+            Op::Retry { .. } => continue,
+            Op::SettleAll { confirm } => {
+                groups.push(Group::SettleAll { n, confirm });
+                continue;
+            }
+        };
+        sent.push((buyer, quantity, key));
+        let attempt = StepAttempt {
+            n,
+            user: format!("u{buyer}"),
+            // The global bound lets limit + 1 through; the sale's limit is checked by
+            // `check_quantity`, in the store as here, before the script.
+            q: Quantity::parse(i64::from(quantity), 1000).unwrap(),
+            key: key.map(|k| format!("k{k}")),
+            order: Uuid::from_u128(((sale as u128) << 64) | n as u128).to_string(),
+            fate,
+        };
+        match groups.last_mut() {
+            Some(Group::Attempts {
+                instant: last,
+                attempts,
+            }) if batched && last == instant => attempts.push(attempt),
+            _ => groups.push(Group::Attempts {
+                instant: *instant,
+                attempts: vec![attempt],
+            }),
+        }
+    }
+    groups
 }
 
 /// Deletes every key under the test's prefix when dropped, also when a case fails.
@@ -656,9 +742,10 @@ impl Harness {
         }
     }
 
-    /// Runs one scenario through both sides, comparing after every step.
-    /// Returns the script's replies (`None` for a settle step).
-    fn run(&self, sc: &Scenario) -> Result<Vec<Option<Reply>>, TestCaseError> {
+    /// Runs one scenario through both sides, comparing after every step (`batched`: after
+    /// every batch of attempts at one instant, sent to the script in one call). Returns the
+    /// script's replies (`None` for a settle step).
+    fn run(&self, sc: &Scenario, batched: bool) -> Result<Vec<Option<Reply>>, TestCaseError> {
         let con = &mut *self.con.borrow_mut();
         let id = self.next_sale.get();
         self.next_sale.set(id + 1);
@@ -691,104 +778,90 @@ impl Harness {
             .unwrap();
         let mut model = Model::new(sale.clone());
         let mut replies = Vec::new();
-        let mut sent: Vec<Op> = Vec::new();
-        for (n, (instant, op)) in sc.steps.iter().enumerate() {
-            let now_us = base + INSTANTS[*instant];
-            let op = match op {
-                Op::Retry { back, fate } if *back <= sent.len() => match &sent[sent.len() - back] {
-                    Op::Attempt {
-                        buyer,
-                        quantity,
-                        key,
-                        ..
-                    } => Op::Attempt {
-                        buyer: *buyer,
-                        quantity: *quantity,
-                        key: *key,
-                        fate: *fate,
-                    },
-                    _ => unreachable!("only attempts are sent"),
-                },
-                // Nothing to retry yet.
-                Op::Retry { .. } => continue,
-                op => op.clone(),
+        for group in steps_of(sc, id, batched) {
+            let Group::Attempts { instant, attempts } = group else {
+                let Group::SettleAll { n, confirm } = group else {
+                    unreachable!("two kinds of group")
+                };
+                replies.push(None);
+                let orders: Vec<String> = model.in_flight.iter().map(|r| r.order.clone()).collect();
+                if !orders.is_empty() {
+                    let got = script_settle(con, &self.scripts, &keys, &orders, confirm);
+                    let expected = model.settle(&orders, confirm);
+                    prop_assert_eq!(got, expected, "step {}: settle all", n);
+                }
+                prop_assert_eq!(
+                    State::of_redis(con, &keys),
+                    State::of_model(&model, epoch),
+                    "state after step {}: settle all",
+                    n
+                );
+                continue;
             };
-            if matches!(op, Op::Attempt { .. }) {
-                sent.push(op.clone());
+            let now_us = base + INSTANTS[instant];
+            let _: () = redis::cmd("HSET")
+                .arg(&keys.meta)
+                .arg("clock_us")
+                .arg(now_us)
+                .query(con)
+                .unwrap();
+            // The script's side: every attempt of the group that passes `check_quantity` (as
+            // in the store, the others never reach the script) in one call.
+            let to_script: Vec<ScriptAttempt> = attempts
+                .iter()
+                .filter(|a| check_quantity(&sale, a.q).is_ok())
+                .map(|a| ScriptAttempt {
+                    user: a.user.clone(),
+                    q: a.q.get(),
+                    key: a.key.clone(),
+                    order: a.order.clone(),
+                })
+                .collect();
+            let mut from_script = if to_script.is_empty() {
+                Vec::new()
+            } else {
+                script_admit(con, &self.scripts, &keys, &to_script)
             }
-            let op = &op;
-            match op {
-                Op::Attempt {
-                    buyer,
-                    quantity,
-                    key,
-                    fate,
-                } => {
-                    let user = format!("u{buyer}");
-                    let key = key.map(|k| format!("k{k}"));
-                    let order = Uuid::from_u128(((id as u128) << 64) | n as u128).to_string();
-                    // The global bound lets limit + 1 through; the sale's limit is checked by
-                    // `check_quantity`, in the store as here, before the script.
-                    let q = Quantity::parse(i64::from(*quantity), 1000).unwrap();
-                    let (expected, got) = if let Err(e) = check_quantity(&sale, q) {
-                        let r = Reply::QuantityAboveLimit { limit: e.limit };
-                        (r.clone(), r)
-                    } else {
-                        let _: () = redis::cmd("HSET")
-                            .arg(&keys.meta)
-                            .arg("clock_us")
-                            .arg(now_us)
-                            .query(con)
-                            .unwrap();
-                        let (got, decided_us) = script_admit(
-                            con,
-                            &self.scripts,
-                            &keys,
-                            &user,
-                            q.get(),
-                            key.as_deref(),
-                            &order,
-                        );
-                        prop_assert_eq!(decided_us, now_us, "step {}: the script's clock", n);
-                        let expected = model.admit(
-                            at(base, INSTANTS[*instant]),
-                            now_us,
-                            &user,
-                            q,
-                            key.as_deref(),
-                            &order,
-                        );
-                        (expected, got)
-                    };
-                    prop_assert_eq!(&got, &expected, "step {}: {:?}", n, op);
-                    self.seen(&got);
-                    replies.push(Some(got.clone()));
-                    if matches!(got, Reply::Admit { .. }) && *fate != Fate::Hold {
-                        let confirm = *fate == Fate::Confirm;
-                        let orders = [order];
-                        let got = script_settle(con, &self.scripts, &keys, &orders, confirm);
-                        let expected = model.settle(&orders, confirm);
-                        prop_assert_eq!(got, expected, "step {}: settle {:?}", n, fate);
-                    }
+            .into_iter();
+            // The model's side: each attempt in turn, as if alone.
+            let mut admitted = Vec::new();
+            for a in &attempts {
+                let (expected, got) = if let Err(e) = check_quantity(&sale, a.q) {
+                    let r = Reply::QuantityAboveLimit { limit: e.limit };
+                    (r.clone(), r)
+                } else {
+                    let (got, decided_us) = from_script.next().unwrap();
+                    prop_assert_eq!(decided_us, now_us, "step {}: the script's clock", a.n);
+                    let expected = model.admit(
+                        at(base, INSTANTS[instant]),
+                        now_us,
+                        &a.user,
+                        a.q,
+                        a.key.as_deref(),
+                        &a.order,
+                    );
+                    (expected, got)
+                };
+                prop_assert_eq!(&got, &expected, "step {}: {:?}", a.n, a);
+                self.seen(&got);
+                replies.push(Some(got.clone()));
+                if matches!(got, Reply::Admit { .. }) && a.fate != Fate::Hold {
+                    admitted.push(a);
                 }
-                Op::Retry { .. } => unreachable!("resolved above"),
-                Op::SettleAll { confirm } => {
-                    replies.push(None);
-                    let orders: Vec<String> =
-                        model.in_flight.iter().map(|r| r.order.clone()).collect();
-                    if !orders.is_empty() {
-                        let got = script_settle(con, &self.scripts, &keys, &orders, *confirm);
-                        let expected = model.settle(&orders, *confirm);
-                        prop_assert_eq!(got, expected, "step {}: settle all", n);
-                    }
-                }
+            }
+            // Then each admission's commit, in order, as the group commit settles them.
+            for a in admitted {
+                let confirm = a.fate == Fate::Confirm;
+                let orders = [a.order.clone()];
+                let got = script_settle(con, &self.scripts, &keys, &orders, confirm);
+                let expected = model.settle(&orders, confirm);
+                prop_assert_eq!(got, expected, "step {}: settle {:?}", a.n, a.fate);
             }
             prop_assert_eq!(
                 State::of_redis(con, &keys),
                 State::of_model(&model, epoch),
-                "state after step {}: {:?}",
-                n,
-                op
+                "state after steps {:?}",
+                attempts.iter().map(|a| a.n).collect::<Vec<_>>()
             );
         }
         // At quiet: every admission confirmed; stock taken = units held.
@@ -841,7 +914,7 @@ fn admission_lua_agrees_with_decide() {
     let harness = Harness::new();
     let started = std::time::Instant::now();
     let mut runner = TestRunner::new(config());
-    let result = runner.run(&scenario(), |sc| harness.run(&sc).map(drop));
+    let result = runner.run(&scenario(), |sc| harness.run(&sc, false).map(drop));
     eprintln!(
         "{} cases in {:.2?}; replies seen: {:?}",
         runner.config().cases,
@@ -901,7 +974,7 @@ fn a_refused_key_gets_the_final_answer_once_the_sale_has_ended() {
             (2, attempt(1, 1, 2)),
         ],
     );
-    let replies = h.run(&sold_out).unwrap();
+    let replies = h.run(&sold_out, false).unwrap();
     assert_eq!(replies[0], reject("upcoming"));
     assert_eq!(replies[3], reject("sold_out"), "not the `upcoming` replay");
     assert_eq!(
@@ -920,8 +993,140 @@ fn a_refused_key_gets_the_final_answer_once_the_sale_has_ended() {
             (6, attempt(1, 1, 0)),
         ],
     );
-    let replies = h.run(&by_time).unwrap();
+    let replies = h.run(&by_time, false).unwrap();
     assert_eq!(replies[0], reject("upcoming"));
     assert_eq!(replies[1], reject("ended"));
     assert_eq!(replies[2], reject("ended"));
+}
+
+/// Group admission (issue 15): every run of attempts at one instant goes to the script in one
+/// call, and each reply must still be the one `decide` gives that attempt in turn, with the
+/// same state after each batch.
+#[test]
+fn batched_admission_lua_agrees_with_decide_attempt_by_attempt() {
+    let harness = Harness::new();
+    let mut runner = TestRunner::new(config());
+    let result = runner.run(&scenario(), |sc| harness.run(&sc, true).map(drop));
+    let tally = harness.tally.borrow();
+    eprintln!("replies seen in batches: {tally:?}");
+    if let Err(e) = result {
+        panic!("a batch of admission.lua and decide disagree: {e}");
+    }
+    for kind in [
+        "admit",
+        "wait",
+        "pending",
+        "reused",
+        "replay C",
+        "reject sold_out",
+    ] {
+        assert!(
+            tally.contains_key(kind),
+            "no {kind} reply in any batch: {tally:?}"
+        );
+    }
+}
+
+/// One batch holding the same key three times and the same buyer past the limit: the first
+/// use of the key is admitted, its duplicate is told it is pending, the key with another buyer
+/// is reused, and the buyer's next attempt waits for their own reservation.
+#[test]
+fn a_batch_decides_duplicate_keys_and_limits_in_arrival_order() {
+    let h = Harness::new();
+    let attempt = |buyer, quantity, key| Op::Attempt {
+        buyer,
+        quantity,
+        key,
+        fate: Fate::Hold,
+    };
+    let sc = Scenario {
+        stock: 5,
+        limit: 2,
+        steps: vec![
+            (2, attempt(0, 1, Some(0))),
+            (2, attempt(0, 1, Some(0))),
+            (2, attempt(1, 1, Some(0))),
+            (2, attempt(0, 1, None)),
+            (2, attempt(0, 1, None)),
+            (2, attempt(1, 2, Some(1))),
+            (2, attempt(2, 2, None)),
+            (2, attempt(2, 1, None)),
+        ],
+    };
+    let replies = h.run(&sc, true).unwrap();
+    let admit = |remaining| Some(Reply::Admit { remaining });
+    assert_eq!(
+        replies,
+        vec![
+            admit(4),
+            Some(Reply::Pending),
+            Some(Reply::Reused),
+            admit(3),
+            Some(Reply::Wait),
+            admit(1),
+            Some(Reply::Reject {
+                code: "insufficient".into(),
+                arg: 1,
+                last: false
+            }),
+            admit(0),
+        ]
+    );
+}
+
+/// A script call that fails half-way (Redis keeps what a script wrote before its error) is
+/// undone by releasing every order id of the batch, as the store does for each attempt of a
+/// failed call: the sale is as it was before the batch.
+#[test]
+fn a_batch_that_fails_half_way_is_undone_by_releasing_every_order_id() {
+    let h = Harness::new();
+    let con = &mut *h.con.borrow_mut();
+    let keys = h.keys.sale(SaleId(1_000));
+    let base = base_us(con);
+    let _: () = redis::cmd("HSET")
+        .arg(&keys.meta)
+        .arg(&[
+            ("stock", "5".to_owned()),
+            ("limit", "2".to_owned()),
+            ("starts_us", (base + START).to_string()),
+            ("ends_us", (base + END).to_string()),
+            ("remaining", "5".to_owned()),
+            ("reserved", "0".to_owned()),
+            ("epoch", "1".to_owned()),
+            ("clock_us", (base + START + 1).to_string()),
+        ])
+        .query(con)
+        .unwrap();
+    let before = State::of_redis(con, &keys);
+    let orders: Vec<String> = (0..4).map(|_| Uuid::now_v7().to_string()).collect();
+    let mut inv = h.scripts.admission.prepare_invoke();
+    for k in keys.script_keys() {
+        inv.key(k);
+    }
+    inv.arg(LEASE_MS)
+        .arg(REFUSAL_RETENTION_MS)
+        .arg(MAX_REFUSED_KEYS);
+    // The third attempt's quantity is not a number: the script fails there, after two
+    // admissions (one under a key) were written.
+    for (i, (user, q, key)) in [
+        ("u0", "1", "k0"),
+        ("u1", "2", ""),
+        ("u2", "x", ""),
+        ("u3", "1", ""),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        inv.arg(user).arg(q).arg(key).arg(&orders[i]);
+    }
+    let failed: redis::RedisResult<Vec<Vec<String>>> = inv.invoke(con);
+    assert!(failed.is_err(), "the script ran to its end: {failed:?}");
+    let half_way = State::of_redis(con, &keys);
+    assert_eq!(
+        half_way.reserved, 3,
+        "the two admissions before the error stay"
+    );
+    let (settled, unconfirmed, _) = script_settle(con, &h.scripts, &keys, &orders, false);
+    assert_eq!((settled, unconfirmed), (2, 5));
+    assert_eq!(State::of_redis(con, &keys), before);
 }

@@ -13,8 +13,12 @@
 //! - sampled from the store every few seconds by [`Metrics::sample_store`] (for alerts that
 //!   must not depend on traffic or on a prober): `flashsale_ready` (what `/readyz` would
 //!   answer), `flashsale_dependency_up{dependency}` (Redis, PostgreSQL),
-//!   `flashsale_reservations_released_total` (expired reservations whose stock went back) and
-//!   `flashsale_sale_stock_remaining{sale_id}` (sales not yet past their end).
+//!   `flashsale_reservations_released_total` (expired reservations whose stock went back),
+//!   `flashsale_sale_stock_remaining{sale_id}` (sales not yet past their end) and, for a store
+//!   that admits in batches (scale-out), `flashsale_admission_calls_total`,
+//!   `flashsale_admission_attempts_total` (their ratio is the round trips per attempt) and
+//!   `flashsale_admission_calls_by_size_total{le}` (calls of at most `le` attempts,
+//!   cumulative as a histogram's buckets).
 
 use crate::http::AppState;
 use crate::http::routes;
@@ -22,7 +26,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flashsale_core::Outcome;
-use flashsale_store::SaleStore;
+use flashsale_store::{AdmissionBatches, BATCH_SIZE_BOUNDS, SaleStore};
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
     BuildError, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -112,6 +116,21 @@ impl Metrics {
             None,
             "Expired reservations whose stock this instance's reconciler gave back".into(),
         );
+        recorder.describe_counter(
+            "flashsale_admission_calls_total".into(),
+            None,
+            "Admission script calls, each deciding a batch of attempts of one sale".into(),
+        );
+        recorder.describe_counter(
+            "flashsale_admission_attempts_total".into(),
+            None,
+            "Purchase attempts decided by the admission script calls".into(),
+        );
+        recorder.describe_counter(
+            "flashsale_admission_calls_by_size_total".into(),
+            None,
+            "Admission script calls that decided at most `le` attempts".into(),
+        );
         recorder.describe_gauge(
             "flashsale_sale_stock_remaining".into(),
             None,
@@ -170,6 +189,7 @@ impl Metrics {
                 .set(f64::from(u8::from(dependency.up)));
         }
         self.released.absolute(store.reservations_released());
+        self.sample_batches(store.admission_batches());
         if let Ok(statuses) = store.statuses().await {
             let now = store.now();
             for status in statuses.iter().filter(|s| now < s.sale.ends_at) {
@@ -181,6 +201,32 @@ impl Metrics {
                     .register_gauge(&key, &METADATA)
                     .set(f64::from(status.remaining));
             }
+        }
+    }
+
+    /// Shows the store's admission batches (nothing until it has made a call, so a store
+    /// deciding in process shows no such series).
+    fn sample_batches(&self, batches: AdmissionBatches) {
+        if batches.calls == 0 {
+            return;
+        }
+        let counter = |name: &'static str, labels: Vec<Label>| {
+            self.recorder
+                .register_counter(&Key::from_parts(name, labels), &METADATA)
+        };
+        counter("flashsale_admission_calls_total", vec![]).absolute(batches.calls);
+        counter("flashsale_admission_attempts_total", vec![]).absolute(batches.attempts);
+        let by_size = BATCH_SIZE_BOUNDS
+            .iter()
+            .map(u64::to_string)
+            .zip(batches.at_most)
+            .chain([("+Inf".to_owned(), batches.calls)]);
+        for (le, calls) in by_size {
+            counter(
+                "flashsale_admission_calls_by_size_total",
+                vec![Label::new("le", le)],
+            )
+            .absolute(calls);
         }
     }
 
@@ -260,5 +306,32 @@ mod tests {
             .filter(|l| l.starts_with("flashsale_purchases_total{"))
             .count();
         assert_eq!(series, Outcome::COUNT);
+    }
+
+    #[test]
+    fn admission_batches_show_as_calls_attempts_and_cumulative_sizes() {
+        let metrics = Metrics::new().unwrap();
+        metrics.sample_batches(AdmissionBatches::default());
+        assert!(!metrics.handle.render().contains("flashsale_admission"));
+        let mut at_most = [0; BATCH_SIZE_BOUNDS.len()];
+        at_most[0] = 2;
+        for cell in &mut at_most[1..] {
+            *cell = 3;
+        }
+        metrics.sample_batches(AdmissionBatches {
+            calls: 3,
+            attempts: 7,
+            at_most,
+        });
+        let text = metrics.handle.render();
+        for line in [
+            "flashsale_admission_calls_total 3",
+            "flashsale_admission_attempts_total 7",
+            "flashsale_admission_calls_by_size_total{le=\"1\"} 2",
+            "flashsale_admission_calls_by_size_total{le=\"8\"} 3",
+            "flashsale_admission_calls_by_size_total{le=\"+Inf\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
     }
 }

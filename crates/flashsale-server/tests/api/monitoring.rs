@@ -245,12 +245,17 @@ async fn every_metric_the_alerts_and_the_dashboard_query_is_exported() {
         missing.is_empty(),
         "queried by deploy/ but not exported: {missing:?}"
     );
-    // And the sampled values say what is true: ready, both dependencies up, 4 units left.
+    // And the sampled values say what is true: ready, both dependencies up, one admission
+    // call, 4 units left.
     for line in [
         "flashsale_ready 1",
         "flashsale_dependency_up{dependency=\"redis\"} 1",
         "flashsale_dependency_up{dependency=\"postgres\"} 1",
         "flashsale_reservations_released_total 0",
+        // The one purchase went to Redis in one admission call of one attempt.
+        "flashsale_admission_calls_total 1",
+        "flashsale_admission_attempts_total 1",
+        "flashsale_admission_calls_by_size_total{le=\"1\"} 1",
     ] {
         assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
     }

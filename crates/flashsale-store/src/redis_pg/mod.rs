@@ -7,7 +7,8 @@
 //! 2. admission (`admission.lua`, run by `scripts.rs`): one atomic script decides with
 //!    Redis's clock, by the rules of `flashsale_core::decide` (checked against it by
 //!    `tests/admission_differential.rs`), and if admitted takes the stock and records a
-//!    reservation with a lease;
+//!    reservation with a lease; the attempts of a sale queued together share one call, each
+//!    decided in turn in arrival order (`admitter.rs`);
 //! 3. group commit and fence (`orders.rs`, `fence.rs`): the order is written to PostgreSQL in
 //!    a multi-row transaction that claims the reservation's fence row as committed; only then
 //!    is `confirmed` answered (a failed write is fenced as released instead);
@@ -33,6 +34,7 @@
 //!   (the commit or the reconciler's release): a late commit cannot land after a release.
 //! - In Redis, `remaining + sold + reserved = stock` for every sale once nothing is in flight.
 
+mod admitter;
 mod change;
 mod config;
 pub(crate) mod connections;
@@ -53,9 +55,10 @@ pub use config::{DEFAULT_KEY_PREFIX, DEFAULT_PG_SCHEMA, RedisPgConfig};
 
 use crate::in_flight::InFlight;
 use crate::{
-    Attempt, ChangeOutcome, Dependency, Order, PurchaseHold, PurchaseOutcome, SaleStatus,
-    SaleStore, StoreError, Summary,
+    AdmissionBatches, Attempt, ChangeOutcome, Dependency, Order, PurchaseHold, PurchaseOutcome,
+    SaleStatus, SaleStore, StoreError, Summary,
 };
+use admitter::Admitter;
 use async_trait::async_trait;
 use change::Changes;
 use connections::{Postgres, Redis};
@@ -166,16 +169,21 @@ impl RedisPgStore {
             rebuilder: Arc::clone(&rebuilder),
             patience: cfg.pg_timeout,
         });
+        let admitter = Admitter::spawn(
+            scripts,
+            Arc::clone(&keys),
+            cfg.lease.as_millis() as u64,
+            &cancel,
+            &tracker,
+        );
         let purchases = Arc::new(Purchases {
             snapshot: Arc::clone(&snapshot),
             counters: Arc::clone(&counters),
             pg: Arc::clone(&pg),
-            keys: Arc::clone(&keys),
-            scripts,
+            admitter,
             settler,
             rebuilder: Arc::clone(&rebuilder),
             writer,
-            lease_ms: cfg.lease.as_millis() as u64,
             patience: cfg.pg_timeout,
         });
         Ok(Self {
@@ -349,6 +357,10 @@ impl SaleStore for RedisPgStore {
 
     fn reservations_released(&self) -> u64 {
         self.reconciler.released()
+    }
+
+    fn admission_batches(&self) -> AdmissionBatches {
+        self.purchases.admitter.batches()
     }
 
     fn now(&self) -> OffsetDateTime {

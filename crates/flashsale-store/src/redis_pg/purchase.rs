@@ -3,13 +3,13 @@
 //! [`Purchases::purchase`] (admission onwards) runs on the store's tracker, so it goes on to
 //! its end whether or not anyone still waits for it.
 
+use super::admitter::Admitter;
 use super::connections::Postgres;
 use super::counters::Counters;
 use super::fence::Resolution;
-use super::keys::Keys;
 use super::orders::{self, CommitOutcome, OrderWriter, PendingOrder};
 use super::rebuild::Rebuilder;
-use super::scripts::{Admission, AdmissionArgs, Scripts};
+use super::scripts::Admission;
 use super::settle::Settler;
 use super::snapshot::Snapshot;
 use crate::{Attempt, Order, PurchaseOutcome, StoreError};
@@ -39,13 +39,10 @@ pub(crate) struct Purchases {
     pub snapshot: Arc<Snapshot>,
     pub counters: Arc<Counters>,
     pub pg: Arc<Postgres>,
-    pub keys: Arc<Keys>,
-    pub scripts: Arc<Scripts>,
+    pub admitter: Admitter,
     pub settler: Arc<Settler>,
     pub rebuilder: Arc<Rebuilder>,
     pub writer: OrderWriter,
-    /// How long a reservation lives before the reconciler may resolve it, in milliseconds.
-    pub lease_ms: u64,
     /// How long one purchase waits, in all, for reservations in flight or a rebuild.
     pub patience: Duration,
 }
@@ -91,6 +88,8 @@ impl Purchases {
         sale: Arc<Sale>,
         attempt: Attempt,
     ) -> Result<PurchaseOutcome, StoreError> {
+        // Shared with the admission batch (which outlives no purchase) without a copy.
+        let attempt = Arc::new(attempt);
         let (sale, attempt) = (&sale, &attempt);
         let order_id = Uuid::now_v7();
         let deadline = Instant::now() + self.patience;
@@ -144,22 +143,15 @@ impl Purchases {
         Ok((!*rebuilt).then_some(REBUILD_POLL))
     }
 
-    /// Step 2: one run of the admission script.
+    /// Step 2: the attempt decided by the admission script, in a batch with the attempts of
+    /// its sale that arrived with it (`admitter.rs`).
     async fn admit(
         &self,
         id: SaleId,
-        attempt: &Attempt,
+        attempt: &Arc<Attempt>,
         order_id: Uuid,
     ) -> Result<Admission, StoreError> {
-        let keys = self.keys.sale(id);
-        let args = AdmissionArgs {
-            user: attempt.user_id.as_str(),
-            quantity: attempt.quantity.get(),
-            idempotency_key: attempt.idempotency_key.as_ref().map_or("", |k| k.as_str()),
-            order_id,
-            lease_ms: self.lease_ms,
-        };
-        let reply = match self.scripts.admission(&keys, &args).await {
+        let reply = match self.admitter.admit(attempt, order_id).await {
             Ok(reply) => reply,
             // The script answered, but not as its header says: a bug, not an outage.
             Err(e @ StoreError::Internal { .. }) => return Err(e),

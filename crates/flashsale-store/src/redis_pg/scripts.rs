@@ -218,25 +218,37 @@ impl Scripts {
         Ok(())
     }
 
-    /// Runs `admission.lua`. A failed call is `Unavailable` or `Timeout` (the script may
-    /// have run); a malformed reply is `Internal`.
+    /// Runs `admission.lua` once on a batch of attempts of one sale, decided in the order
+    /// given; one reply per attempt, in that order. A failed call is `Unavailable` or
+    /// `Timeout` (the script may have run, in part or in full); a malformed reply is
+    /// `Internal`.
     pub(crate) async fn admission(
         &self,
         keys: &SaleKeys,
-        attempt: &AdmissionArgs<'_>,
-    ) -> Result<AdmissionReply, StoreError> {
+        lease_ms: u64,
+        attempts: &[AdmissionArgs<'_>],
+    ) -> Result<Vec<AdmissionReply>, StoreError> {
         let mut inv = self.admission.prepare_invoke();
         for key in keys.script_keys() {
             inv.key(key);
         }
-        inv.arg(attempt.user)
-            .arg(attempt.quantity)
-            .arg(attempt.idempotency_key)
-            .arg(attempt.order_id.to_string())
-            .arg(attempt.lease_ms)
+        inv.arg(lease_ms)
             .arg(REFUSAL_RETENTION_MS)
             .arg(MAX_REFUSED_KEYS);
-        AdmissionReply::parse(self.invoke("admission", &inv).await?)
+        for attempt in attempts {
+            inv.arg(attempt.user)
+                .arg(attempt.quantity)
+                .arg(attempt.idempotency_key)
+                .arg(attempt.order_id.to_string());
+        }
+        let replies: Vec<Value> = shape("admission", self.invoke("admission", &inv).await?)?;
+        if replies.len() != attempts.len() {
+            return Err(malformed(
+                "admission",
+                format!("{} replies to {} attempts", replies.len(), attempts.len()),
+            ));
+        }
+        replies.into_iter().map(AdmissionReply::parse).collect()
     }
 
     /// Runs `settle.lua` on reservations of one sale resolved `how`.
@@ -395,7 +407,6 @@ pub(crate) struct AdmissionArgs<'a> {
     pub idempotency_key: &'a str,
     /// The order id to use if admitted.
     pub order_id: Uuid,
-    pub lease_ms: u64,
 }
 
 /// A reply that is not what `script`'s header promises.
