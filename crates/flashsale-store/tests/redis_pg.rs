@@ -449,7 +449,11 @@ async fn postgres_unreachable_fails_ready_and_purchases_fast_then_recovers_by_it
     let _cleanup = Cleanup { cfg: cfg.clone() };
     let store = connect(&cfg).await;
     let sale = store.create_sale(active(10, 1)).await.unwrap();
-    let alice = order_id(&buy(&store, sale.id, "alice").await.unwrap());
+    let keyed = Attempt {
+        idempotency_key: Some(IdempotencyKey::parse("alice-1").unwrap()),
+        ..attempt(sale.id, "alice")
+    };
+    let alice = order_id(&store.purchase(keyed.clone()).await.unwrap());
 
     postgres.stop_server();
     assert!(store.ready().await.is_err());
@@ -459,6 +463,18 @@ async fn postgres_unreachable_fails_ready_and_purchases_fast_then_recovers_by_it
         started.elapsed() < Duration::from_secs(3),
         "took {:?}",
         started.elapsed()
+    );
+    // Refused up front for a moment: "nothing was taken" is true of carol, but alice's key
+    // has an order on record (she retries after losing the first answer), so hers is unknown.
+    let carol = buy(&store, sale.id, "carol").await;
+    assert!(
+        matches!(carol, Err(StoreError::Unavailable { .. })),
+        "{carol:?}"
+    );
+    let retry = store.purchase(keyed.clone()).await;
+    assert!(
+        matches!(retry, Err(StoreError::Timeout { .. })),
+        "{retry:?}"
     );
     assert!(
         store.status(sale.id).await.unwrap().is_some(),

@@ -74,7 +74,15 @@ impl Purchases {
         }
         if self.pg.recently_down() {
             // At most one attempt a second reaches Redis while PostgreSQL is unreachable, so
-            // an outage strands (until it ends plus a lease) almost no stock.
+            // an outage strands (until it ends plus a lease) almost no stock. "Nothing was
+            // taken" is true of this attempt but not always of its key: an earlier attempt
+            // with the key may have been confirmed (its answer lost in the outage), so a keyed
+            // attempt is told the outcome is unknown, and its retry will replay it.
+            if attempt.idempotency_key.is_some() {
+                return Err(StoreError::timeout(
+                    "postgres is unreachable; the key's first attempt may have been confirmed",
+                ));
+            }
             return Err(StoreError::unavailable("postgres is unreachable"));
         }
         Ok(PreFilter::Admit(sale))
