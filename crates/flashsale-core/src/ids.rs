@@ -147,10 +147,7 @@ impl IdempotencyKey {
 
     /// Validates a raw header value.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        let ok = !raw.is_empty()
-            && raw.len() <= Self::MAX_LEN
-            && raw.bytes().all(|b| b.is_ascii_graphic());
-        if !ok {
+        if !is_visible_ascii(raw, Self::MAX_LEN) {
             return Err(ValidationError::BadIdempotencyKey);
         }
         Ok(Self(Arc::from(raw)))
@@ -160,6 +157,12 @@ impl IdempotencyKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether `raw` is 1 to `max_len` visible ASCII characters (no space, no control): what an
+/// opaque token from a header or another system may be.
+fn is_visible_ascii(raw: &str, max_len: usize) -> bool {
+    !raw.is_empty() && raw.len() <= max_len && raw.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// The payment system's reference for one payment attempt (`payment_ref` in the webhook):
@@ -174,10 +177,7 @@ impl PaymentRef {
 
     /// Validates a raw reference.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        let ok = !raw.is_empty()
-            && raw.len() <= Self::MAX_LEN
-            && raw.bytes().all(|b| b.is_ascii_graphic());
-        if !ok {
+        if !is_visible_ascii(raw, Self::MAX_LEN) {
             return Err(ValidationError::BadPaymentRef);
         }
         Ok(Self(Arc::from(raw)))
