@@ -15,6 +15,7 @@
 //! half-way (Redis does not roll a script back) leaves reservations that those releases undo.
 //! A caller whose batch task went away without replying is told the same.
 
+use super::grouping::next_group;
 use super::keys::Keys;
 use super::scripts::{AdmissionArgs, AdmissionReply, Scripts};
 use crate::{AdmissionBatches, Attempt, BATCH_SIZE_BOUNDS, StoreError};
@@ -114,24 +115,10 @@ impl Batcher {
         tracker: TaskTracker,
     ) {
         let permits = Arc::new(Semaphore::new(CONCURRENT_CALLS));
-        loop {
-            let first = tokio::select! {
-                first = rx.recv() => first,
-                _ = cancel.cancelled() => None,
-            };
-            let Some(first) = first else { break };
-            // Waiting for a permit first lets the queue grow into a bigger batch meanwhile.
-            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                break;
-            };
+        while let Some((permit, queued)) =
+            next_group(&mut rx, &permits, &cancel, MAX_ATTEMPTS_PER_CALL).await
+        {
             let permit = Arc::new(permit);
-            let mut queued = vec![first];
-            while queued.len() < MAX_ATTEMPTS_PER_CALL {
-                match rx.try_recv() {
-                    Ok(request) => queued.push(request),
-                    Err(_) => break,
-                }
-            }
             for (sale, batch) in by_sale(queued) {
                 let batcher = Arc::clone(&self);
                 let permit = Arc::clone(&permit);

@@ -40,6 +40,7 @@ mod config;
 pub(crate) mod connections;
 mod counters;
 mod fence;
+mod grouping;
 pub mod keys;
 mod orders;
 mod purchase;

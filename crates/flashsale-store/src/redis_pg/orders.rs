@@ -26,6 +26,7 @@
 
 use super::connections::Postgres;
 use super::fence::{Fence, Reservation, Resolution};
+use super::grouping::next_group;
 use super::settle::Settler;
 use crate::StoreError;
 use crate::model::Order;
@@ -139,23 +140,9 @@ impl Committer {
         tracker: TaskTracker,
     ) {
         let permits = Arc::new(Semaphore::new(CONCURRENT_COMMITS));
-        loop {
-            let first = tokio::select! {
-                first = rx.recv() => first,
-                _ = cancel.cancelled() => None,
-            };
-            let Some(first) = first else { break };
-            // Waiting for a permit first lets the queue grow into a bigger group meanwhile.
-            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                break;
-            };
-            let mut batch = vec![first];
-            while batch.len() < self.max_batch {
-                match rx.try_recv() {
-                    Ok(order) => batch.push(order),
-                    Err(_) => break,
-                }
-            }
+        while let Some((permit, batch)) =
+            next_group(&mut rx, &permits, &cancel, self.max_batch).await
+        {
             let committer = Arc::clone(&self);
             tracker.spawn(async move {
                 committer.commit_group(batch).await;
