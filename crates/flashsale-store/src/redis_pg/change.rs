@@ -19,6 +19,7 @@
 use super::connections::Postgres;
 use super::keys::Keys;
 use super::rebuild::Rebuilder;
+use super::sale_row::{SALE, sale_at};
 use super::scripts::{Applied, Freeze, Scripts};
 use super::snapshot::Snapshot;
 use crate::instants::from_micros;
@@ -171,20 +172,11 @@ async fn write_change(
     let tx = client.transaction().await?;
     let row = tx
         .query_one(
-            "SELECT name, starts_at, ends_at, stock, per_user_limit, cancelled_at
-             FROM sales WHERE id = $1 FOR UPDATE",
+            &format!("SELECT {SALE} FROM sales WHERE id = $1 FOR UPDATE"),
             &[&id.0],
         )
         .await?;
-    let old = Sale {
-        id,
-        name: row.get(0),
-        starts_at: row.get(1),
-        ends_at: row.get(2),
-        stock: row.get::<_, i32>(3) as u32,
-        per_user_limit: row.get::<_, i32>(4) as u32,
-        cancelled_at: row.get(5),
-    };
+    let old = sale_at(&row, 0);
     let new = match apply(&old, at, taken, change) {
         Ok(new) => new,
         Err(refusal) => return Ok(Err(refusal)),

@@ -47,6 +47,7 @@ mod purchase;
 mod rebuild;
 mod reconcile;
 mod refresh;
+mod sale_row;
 pub(crate) mod schema;
 mod scripts;
 mod settle;

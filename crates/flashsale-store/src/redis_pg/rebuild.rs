@@ -13,6 +13,7 @@
 
 use super::connections::{Postgres, Redis};
 use super::keys::{Keys, SaleKeys};
+use super::sale_row::{SALE, sale_at};
 use super::scripts::{RebuildLock, Scripts, Step, StepReply};
 use super::snapshot::Snapshot;
 use crate::StoreError;
@@ -308,10 +309,11 @@ async fn read_durable(
         .await?;
     let row = tx
         .query_one(
-            "UPDATE sales SET epoch = GREATEST(epoch, $2) + 1 WHERE id = $1
-             RETURNING epoch, sold, sold_out_at,
-                 (SELECT max(created_at) FROM orders WHERE sale_id = $1),
-                 id, name, starts_at, ends_at, stock, per_user_limit, cancelled_at, revision",
+            &format!(
+                "UPDATE sales SET epoch = GREATEST(epoch, $2) + 1 WHERE id = $1
+                 RETURNING epoch, sold, sold_out_at,
+                     (SELECT max(created_at) FROM orders WHERE sale_id = $1), {SALE}, revision"
+            ),
             &[&id.0, &min_epoch],
         )
         .await?;
@@ -346,15 +348,7 @@ async fn read_durable(
         .collect();
     tx.commit().await?;
     Ok(Durable {
-        sale: Sale {
-            id: SaleId(row.get(4)),
-            name: row.get(5),
-            starts_at: row.get(6),
-            ends_at: row.get(7),
-            stock: row.get::<_, i32>(8) as u32,
-            per_user_limit: row.get::<_, i32>(9) as u32,
-            cancelled_at: row.get(10),
-        },
+        sale: sale_at(&row, 4),
         revision: row.get(11),
         epoch: row.get(0),
         sold: row.get::<_, i32>(1) as u32,

@@ -21,6 +21,7 @@
 //! is over (sold out or past its end) keeps answering: nothing can change it any more.
 
 use super::connections::Postgres;
+use super::sale_row::{SALE, sale_at};
 use crate::instants::{from_micros, to_micros, unix_ms};
 use crate::{SaleStatus, StoreError};
 use flashsale_core::{NotActiveReason, Rejection, Sale, SaleId};
@@ -275,7 +276,7 @@ impl Snapshot {
             .call(
                 "load sales",
                 client.query(
-                    &format!("SELECT {SALE_COLUMNS} FROM sales WHERE id > $1 ORDER BY id"),
+                    &format!("SELECT {SALE}, sold, sold_out_at, revision FROM sales WHERE id > $1 ORDER BY id"),
                     &[&self.max_id()],
                 ),
             )
@@ -295,7 +296,7 @@ impl Snapshot {
             .call(
                 "reload sale",
                 client.query_opt(
-                    &format!("SELECT {SALE_COLUMNS} FROM sales WHERE id = $1"),
+                    &format!("SELECT {SALE}, sold, sold_out_at, revision FROM sales WHERE id = $1"),
                     &[&id.0],
                 ),
             )
@@ -315,7 +316,7 @@ impl Snapshot {
             .call(
                 "load sale",
                 client.query_opt(
-                    &format!("SELECT {SALE_COLUMNS} FROM sales WHERE id = $1"),
+                    &format!("SELECT {SALE}, sold, sold_out_at, revision FROM sales WHERE id = $1"),
                     &[&id.0],
                 ),
             )
@@ -357,23 +358,14 @@ fn settled_rejection(sale: &Sale, remaining: u32, now: OffsetDateTime) -> Option
     None
 }
 
-const SALE_COLUMNS: &str = "id, name, starts_at, ends_at, stock, per_user_limit, sold, sold_out_at, cancelled_at, revision";
-
 fn entry_of(row: &tokio_postgres::Row) -> Entry {
-    let sale = Sale {
-        id: SaleId(row.get(0)),
-        name: row.get(1),
-        starts_at: row.get(2),
-        ends_at: row.get(3),
-        stock: row.get::<_, i32>(4) as u32,
-        per_user_limit: row.get::<_, i32>(5) as u32,
-        cancelled_at: row.get(8),
-    };
-    let sold = row.get::<_, i32>(6) as u32;
+    // SELECT {SALE}, sold, sold_out_at, revision
+    let sale = sale_at(row, 0);
+    let sold = row.get::<_, i32>(7) as u32;
     Entry {
         remaining: sale.stock.saturating_sub(sold),
         epoch: None,
-        sold_out_at: row.get(7),
+        sold_out_at: row.get(8),
         revision: row.get(9),
         sale: Arc::new(sale),
     }
