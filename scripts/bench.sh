@@ -9,10 +9,11 @@
 # Measures successful purchases (large stock), sold-out rejections and status reads at each
 # connection count, with flashsale-load and with wrk, then the seed scenario (1,000 buyers,
 # 100 units). Prints a table with req/s, p50, p99, errors and the ratio to the ceiling.
-# With the embedded store it also starts a second embedded server with `--identity accounts`
-# and, right after the guest purchases at each connection count, measures purchases by
-# 1,000 signed-in buyers there and by the same 1,000-buyer pool as guests (same connections,
-# same duration; the sign-ups and log-ins happen before the measured window), then prints
+# With the embedded store it also starts two more embedded servers, one with `--identity
+# accounts` and one without, and, right after the guest purchases at each connection count,
+# measures purchases by 1,000 signed-in buyers on the first and by the same 1,000-buyer pool as
+# guests on the second (same connections, same duration; the sign-ups and log-ins happen
+# before the measured window), then prints
 # guest vs accounts purchases/s, their ratio and the log-in time flashsale-load measured.
 #
 # Usage: scripts/bench.sh   (about 5 minutes with the embedded store only, 10 with Redis too)
@@ -44,6 +45,7 @@ PORT_EMBEDDED=18080
 PORT_REDIS_A=18081
 PORT_REDIS_B=18082
 PORT_ACCOUNTS=18083
+PORT_GUESTS=18084
 # Accounts mode: buyers cycled through in the timed purchase runs (each is signed up and logged
 # in, two password hashes, before the window), and the sale's per-user limit that covers each
 # one's share (the API's maximum).
@@ -235,9 +237,9 @@ bench_accounts() { # conns
     [ $((round % 2)) = 1 ] || order="accounts guest"
     for who in $order; do
       if [ "$who" = guest ]; then
-        with_server_cpu "${SERVER_PIDS[embedded]}" guest "purchase_pool_$round" "$c" \
+        with_server_cpu "${SERVER_PIDS[embedded-guests]}" guest "purchase_pool_$round" "$c" \
           run_load guest "purchase_pool_$round" "$c" sustained \
-          --target "http://127.0.0.1:$PORT_EMBEDDED" --admin-token "$TOKEN" "${pool[@]}"
+          --target "http://127.0.0.1:$PORT_GUESTS" --admin-token "$TOKEN" "${pool[@]}"
       else
         with_server_cpu "${SERVER_PIDS[embedded-accounts]}" accounts "purchase_pool_$round" "$c" \
           run_load accounts "purchase_pool_$round" "$c" sustained --identity accounts \
@@ -336,8 +338,11 @@ if [ -n "$SERVER" ]; then
           DEPLOYS+=("embedded http://127.0.0.1:$PORT_EMBEDDED")
           # `--rate-limit off` (start_server) lifts the log-in limits too: every sign-up
           # and log-in comes from 127.0.0.1.
+          # The guest side of that comparison has a server of its own too, so both start
+          # empty and see the same runs (the main one also takes the ceiling table's).
           if start_server embedded-accounts $PORT_ACCOUNTS --data-dir "$WORK/embedded-accounts" \
-            --identity accounts; then
+            --identity accounts &&
+            start_server embedded-guests $PORT_GUESTS --data-dir "$WORK/embedded-guests"; then
             ACCOUNTS=yes
           else
             echo "embedded store, accounts: SKIPPED (server not ready; see $OUT/server-embedded-accounts.log)" >&2
