@@ -55,7 +55,7 @@ pub use config::StoreConfig;
 pub use error::{Cause, Report, StoreError};
 pub use in_flight::PurchaseHold;
 pub use model::{
-    AdmissionBatches, Attempt, BATCH_SIZE_BOUNDS, ChangeOutcome, Dependency, Order,
+    AdmissionBatches, Attempt, BATCH_SIZE_BOUNDS, ChangeOutcome, Dependency, Order, OrderKey,
     PurchaseOutcome, RejectionCounts, SaleStatus, Summary,
 };
 
@@ -110,6 +110,17 @@ pub trait SaleStore: Send + Sync + 'static {
     /// The buyer's committed orders in a sale (empty if none), or `None` if there is no such
     /// sale.
     async fn orders(&self, id: SaleId, user: &UserId) -> Result<Option<Vec<Order>>, StoreError>;
+
+    /// One page of the sale's committed orders, in [`OrderKey`] order: the first `limit`
+    /// after `after` (from the first order when `None`), or `None` if there is no such sale.
+    /// An order committed before the first page was read is on exactly one page of a walk
+    /// from `None` to an empty page; one committed during the walk is on at most one.
+    async fn order_page(
+        &self,
+        id: SaleId,
+        after: Option<OrderKey>,
+        limit: usize,
+    ) -> Result<Option<Vec<Order>>, StoreError>;
 
     /// The sale's counters for operators, or `None` if there is no such sale.
     async fn summary(&self, id: SaleId) -> Result<Option<Summary>, StoreError>;

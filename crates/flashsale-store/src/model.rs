@@ -38,6 +38,27 @@ pub struct Order {
     pub created_at: OffsetDateTime,
 }
 
+/// Where an order sits in a sale's export order: by `created_at`, then `order_id`. A keyset
+/// cursor: the page after a key starts at the next order in this order, so orders committed
+/// meanwhile never shift a page (as an offset would).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OrderKey {
+    /// When the order's attempt was admitted.
+    pub created_at: OffsetDateTime,
+    /// The order's id (breaks ties between orders admitted at the same instant).
+    pub order_id: Uuid,
+}
+
+impl Order {
+    /// The order's place in its sale's export order.
+    pub fn key(&self) -> OrderKey {
+        OrderKey {
+            created_at: self.created_at,
+            order_id: self.order_id,
+        }
+    }
+}
+
 /// What became of an attempt. Replaying an idempotency key returns the first outcome again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PurchaseOutcome {

@@ -34,7 +34,10 @@ fn keyed(sale: SaleId, name: &str, key: &str) -> Attempt {
 }
 
 /// Shuts `store` down and drops it (it must be the last handle), then opens the same data.
-async fn restart<S: StoreUnderTest>(sut: &S, store: Arc<dyn SaleStore>) -> Arc<dyn SaleStore> {
+pub(crate) async fn restart<S: StoreUnderTest>(
+    sut: &S,
+    store: Arc<dyn SaleStore>,
+) -> Arc<dyn SaleStore> {
     store.shutdown().await;
     drop(store);
     sut.open().await

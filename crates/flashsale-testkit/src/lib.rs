@@ -4,6 +4,7 @@
 //!   same data (a restart), and has another process open it (a crash);
 //! - [`conformance`]: what every store answers on fresh data;
 //! - [`durability`]: what every store keeps across a restart and a crash;
+//! - [`export`]: the operator's export of a sale's orders, page by page;
 //! - [`conformance_suite!`]: one `#[tokio::test]` per case of both, for one store;
 //! - [`stores`]: the embedded and scale-out stores as [`StoreUnderTest`]s;
 //! - [`isolation`]: each test's own schema and key prefix on the shared Redis and
@@ -17,6 +18,7 @@
 
 pub mod conformance;
 pub mod durability;
+pub mod export;
 pub mod isolation;
 pub mod stores;
 
@@ -47,7 +49,7 @@ pub trait StoreUnderTest: Send + Sync + Sized + 'static {
 }
 
 /// Generates, in a module named `$backend`, one `#[tokio::test]` per case of
-/// [`conformance`] and [`durability`] for the [`StoreUnderTest`] `$sut`, plus the (ignored)
+/// [`conformance`], [`durability`] and [`export`] for the [`StoreUnderTest`] `$sut`, plus the (ignored)
 /// test the crash case runs as its child process. The invoking crate needs `tokio` with the
 /// `macros` and `rt-multi-thread` features.
 #[macro_export]
@@ -72,6 +74,9 @@ macro_rules! conformance_suite {
             $crate::conformance_suite!(@cases $sut; durability;
                 confirmed_orders_stock_keys_and_counters_survive_a_restart,
                 a_key_replays_its_order_after_a_restart,
+            );
+            $crate::conformance_suite!(@cases $sut; export;
+                orders_are_paged_once_each_while_purchases_continue,
             );
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod admin_orders;
 pub mod admin_sales;
 pub mod client_ip;
 pub mod error;
@@ -60,6 +61,8 @@ pub mod routes {
     pub const ADMIN_SALE: &str = "/api/admin/sales/{sale_id}";
     /// Cancelling a sale.
     pub const ADMIN_CANCEL: &str = "/api/admin/sales/{sale_id}/cancel";
+    /// A sale's orders (JSON pages or CSV).
+    pub const ADMIN_ORDERS: &str = "/api/admin/sales/{sale_id}/orders";
     /// Liveness.
     pub const HEALTHZ: &str = "/healthz";
     /// Readiness.
@@ -90,6 +93,7 @@ pub mod routes {
         ADMIN_SUMMARY,
         ADMIN_SALE,
         ADMIN_CANCEL,
+        ADMIN_ORDERS,
         HEALTHZ,
         READYZ,
         METRICS,
@@ -204,6 +208,7 @@ pub fn router_for(state: AppState, surface: Surface) -> Router {
             )
             .route(routes::ADMIN_SALE, patch(admin_sales::update_sale))
             .route(routes::ADMIN_CANCEL, post(admin_sales::cancel_sale))
+            .route(routes::ADMIN_ORDERS, get(admin_orders::list_orders))
             .route(routes::ADMIN_SUMMARY, get(admin::get_summary));
     }
     routes

@@ -4,7 +4,7 @@
 
 use crate::http::AppState;
 use crate::http::identity::IdentityMode;
-use crate::http::{admin, admin_sales, events, health, metrics, orders, sales};
+use crate::http::{admin, admin_orders, admin_sales, events, health, metrics, orders, sales};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -157,6 +157,7 @@ pub struct BuyerOrdersDoc {
         admin_sales::list_sales,
         admin_sales::update_sale,
         admin_sales::cancel_sale,
+        admin_orders::list_orders,
         health::healthz,
         health::readyz,
         metrics::get_metrics,

@@ -52,7 +52,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     spawn_configured(data_dir, clock, configure).await
 }
 
-async fn spawn_in(data_dir: TempDir, clock: Arc<ManualClock>) -> TestApp {
+/// Starts an app on an existing data directory and clock (a restart, or data a test wrote).
+pub async fn spawn_in(data_dir: TempDir, clock: Arc<ManualClock>) -> TestApp {
     spawn_configured(data_dir, clock, |_| {}).await
 }
 

@@ -9,6 +9,7 @@ mod admin;
 mod concurrency;
 mod crash;
 mod events;
+mod export;
 mod fuzz_http;
 mod helpers;
 mod identity;

@@ -21,13 +21,14 @@
 //! flight) rather than being decided against a sale about to be replaced, so an edit racing a
 //! purchase is before it or after it, never beside it.
 
-use crate::model::{Order, PurchaseOutcome, RejectionCounts, SaleStatus};
+use crate::model::{Order, OrderKey, PurchaseOutcome, RejectionCounts, SaleStatus};
 use flashsale_core::{
     ChangeRefusal, Decision, IdempotencyKey, Outcome, Quantity, QuantityAboveLimit, Rejection,
     Sale, SaleChange, SaleState, UserId, check_quantity, decide,
 };
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -80,8 +81,9 @@ struct Buyer {
     held: u32,
     /// Units of `held` whose write is in flight.
     pending: u32,
-    /// Committed orders only: nothing is shown before it is durable.
-    orders: Vec<Order>,
+    /// Committed orders only (nothing is shown before it is durable), as keys into
+    /// `BookState::orders`, which holds each order once.
+    orders: Vec<OrderKey>,
     /// Dropped (which wakes every receiver) once `pending` is back to 0.
     settled: Option<watch::Sender<()>>,
 }
@@ -112,6 +114,9 @@ struct BookState {
     /// The clock guard: no attempt is decided at an instant before this one.
     last_decided: OffsetDateTime,
     buyers: HashMap<UserId, Buyer>,
+    /// Every committed order in export order, so a page of the operator's export is a range
+    /// read, not a sort of the whole sale.
+    orders: BTreeMap<OrderKey, Order>,
     keys: HashMap<IdempotencyKey, KeyEntry>,
     /// Refused keys in the order they were stored, for retention and the bound.
     refused: VecDeque<(IdempotencyKey, OffsetDateTime)>,
@@ -219,6 +224,7 @@ impl SaleBook {
                 last_sold_at: None,
                 last_decided: OffsetDateTime::UNIX_EPOCH,
                 buyers: HashMap::new(),
+                orders: BTreeMap::new(),
                 keys: HashMap::new(),
                 refused: VecDeque::new(),
                 stock_settled: None,
@@ -283,7 +289,8 @@ impl SaleBook {
         }
         let buyer = st.buyers.entry(order.user_id.clone()).or_default();
         buyer.held += order.quantity;
-        buyer.orders.push(order);
+        buyer.orders.push(order.key());
+        st.orders.insert(order.key(), order);
         if st.sold >= st.sale.stock {
             // Derived from the orders, not from a flag: the same instant whichever order
             // committed last.
@@ -390,11 +397,9 @@ impl SaleBook {
             Decision::Reject(rejection) => {
                 st.counters.rejections.count(rejection);
                 let orders = match rejection {
-                    Rejection::AlreadyPurchased | Rejection::LimitExceeded { .. } => st
-                        .buyers
-                        .get(user)
-                        .map(|b| b.orders.clone())
-                        .unwrap_or_default(),
+                    Rejection::AlreadyPurchased | Rejection::LimitExceeded { .. } => {
+                        buyer_orders(st, user)
+                    }
                     _ => Vec::new(),
                 };
                 let outcome = PurchaseOutcome::Rejected { rejection, orders };
@@ -498,11 +503,12 @@ impl SaleBook {
         }
         if let Some(buyer) = st.buyers.get_mut(&order.user_id) {
             buyer.pending -= q;
-            buyer.orders.push(order);
+            buyer.orders.push(order.key());
             if buyer.pending == 0 {
                 drop(buyer.settled.take());
             }
         }
+        st.orders.insert(order.key(), order);
         outcome
     }
 
@@ -542,11 +548,18 @@ impl SaleBook {
 
     /// The buyer's committed orders.
     pub fn orders(&self, user: &UserId) -> Vec<Order> {
+        buyer_orders(&self.state.lock(), user)
+    }
+
+    /// Up to `limit` committed orders after `after`, in export order.
+    pub fn order_page(&self, after: Option<OrderKey>, limit: usize) -> Vec<Order> {
         let st = self.state.lock();
-        st.buyers
-            .get(user)
-            .map(|b| b.orders.clone())
-            .unwrap_or_default()
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        st.orders
+            .range((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, order)| order.clone())
+            .collect()
     }
 
     /// The operator's counters. Attempts are derived, so `attempts = confirmed + rejections +
@@ -580,4 +593,14 @@ impl SaleBook {
             last_decided: self.last_decided(),
         }
     }
+}
+
+/// The buyer's committed orders, in the order they were committed.
+fn buyer_orders(st: &BookState, user: &UserId) -> Vec<Order> {
+    st.buyers.get(user).map_or_else(Vec::new, |b| {
+        b.orders
+            .iter()
+            .filter_map(|key| st.orders.get(key).cloned())
+            .collect()
+    })
 }

@@ -18,7 +18,7 @@ mod writer;
 
 use crate::in_flight::InFlight;
 use crate::{
-    Attempt, ChangeOutcome, Order, PurchaseHold, PurchaseOutcome, SaleStatus, SaleStore,
+    Attempt, ChangeOutcome, Order, OrderKey, PurchaseHold, PurchaseOutcome, SaleStatus, SaleStore,
     StoreError, Summary,
 };
 use async_trait::async_trait;
@@ -352,6 +352,15 @@ impl SaleStore for EmbeddedStore {
 
     async fn orders(&self, id: SaleId, user: &UserId) -> Result<Option<Vec<Order>>, StoreError> {
         Ok(self.book(id).map(|b| b.orders(user)))
+    }
+
+    async fn order_page(
+        &self,
+        id: SaleId,
+        after: Option<OrderKey>,
+        limit: usize,
+    ) -> Result<Option<Vec<Order>>, StoreError> {
+        Ok(self.book(id).map(|b| b.order_page(after, limit)))
     }
 
     async fn summary(&self, id: SaleId) -> Result<Option<Summary>, StoreError> {

@@ -57,8 +57,8 @@ pub use config::{DEFAULT_KEY_PREFIX, DEFAULT_PG_SCHEMA, RedisPgConfig};
 
 use crate::in_flight::InFlight;
 use crate::{
-    AdmissionBatches, Attempt, ChangeOutcome, Dependency, Order, PurchaseHold, PurchaseOutcome,
-    SaleStatus, SaleStore, StoreError, Summary,
+    AdmissionBatches, Attempt, ChangeOutcome, Dependency, Order, OrderKey, PurchaseHold,
+    PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary,
 };
 use admitter::Admitter;
 use async_trait::async_trait;
@@ -329,6 +329,20 @@ impl SaleStore for RedisPgStore {
             return Ok(None);
         }
         orders::buyer_orders(&self.pg, id, user).await.map(Some)
+    }
+
+    async fn order_page(
+        &self,
+        id: SaleId,
+        after: Option<OrderKey>,
+        limit: usize,
+    ) -> Result<Option<Vec<Order>>, StoreError> {
+        if self.snapshot.sale(id).await?.is_none() {
+            return Ok(None);
+        }
+        orders::order_page(&self.pg, id, after, limit)
+            .await
+            .map(Some)
     }
 
     async fn summary(&self, id: SaleId) -> Result<Option<Summary>, StoreError> {

@@ -29,7 +29,7 @@ use super::fence::{Fence, Reservation, Resolution};
 use super::grouping::next_group;
 use super::settle::Settler;
 use crate::StoreError;
-use crate::model::Order;
+use crate::model::{Order, OrderKey};
 use flashsale_core::{IdempotencyKey, SaleId, UserId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -343,6 +343,57 @@ pub(crate) async fn buyer_orders(
             created_at: row.get(2),
         })
         .collect())
+}
+
+/// Up to `limit` of the sale's committed orders after `after`, in export order (by the
+/// `orders_by_sale_time` index, so each page is a range scan however many orders the sale has).
+pub(crate) async fn order_page(
+    pg: &Postgres,
+    id: SaleId,
+    after: Option<OrderKey>,
+    limit: usize,
+) -> Result<Vec<Order>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let client = pg.client().await?;
+    let rows = match after {
+        None => {
+            pg.call(
+                "a page of a sale's orders",
+                client.query(
+                    "SELECT order_id, user_id, quantity, created_at FROM orders
+                     WHERE sale_id = $1 ORDER BY created_at, order_id LIMIT $2",
+                    &[&id.0, &limit],
+                ),
+            )
+            .await?
+        }
+        Some(after) => {
+            pg.call(
+                "a page of a sale's orders",
+                client.query(
+                    "SELECT order_id, user_id, quantity, created_at FROM orders
+                     WHERE sale_id = $1 AND (created_at, order_id) > ($2, $3)
+                     ORDER BY created_at, order_id LIMIT $4",
+                    &[&id.0, &after.created_at, &after.order_id, &limit],
+                ),
+            )
+            .await?
+        }
+    };
+    rows.iter()
+        .map(|row| {
+            let user: &str = row.get(1);
+            Ok(Order {
+                order_id: row.get(0),
+                sale_id: id,
+                user_id: UserId::parse(user).map_err(|e| {
+                    StoreError::internal_from("reading a page of a sale's orders", e)
+                })?,
+                quantity: row.get::<_, i32>(2) as u32,
+                created_at: row.get(3),
+            })
+        })
+        .collect()
 }
 
 /// What the group commit reads of a sale's row to accept an order admitted in Redis.

@@ -23,6 +23,10 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("../../migrations/0004_last_sold_at.sql")),
     (5, include_str!("../../migrations/0005_accounts.sql")),
     (6, include_str!("../../migrations/0006_sale_changes.sql")),
+    (
+        7,
+        include_str!("../../migrations/0007_orders_by_sale_time.sql"),
+    ),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations.
