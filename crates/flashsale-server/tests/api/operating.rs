@@ -531,6 +531,14 @@ async fn scale_out_an_edit_or_cancel_on_one_instance_holds_on_every_instance() {
     }))).await;
     assert_eq!(status, StatusCode::CREATED, "{sale}");
     let id = sale["sale_id"].as_i64().unwrap();
+    let patch = |base: &str, body: Value| {
+        call(
+            base,
+            reqwest::Method::PATCH,
+            format!("/api/admin/sales/{id}"),
+            Some(body),
+        )
+    };
     let buy = |base: &str, user: &str| {
         let url = format!("{base}/api/sales/{id}/orders");
         let (client, user) = (client.clone(), user.to_owned());
@@ -549,11 +557,9 @@ async fn scale_out_an_edit_or_cancel_on_one_instance_holds_on_every_instance() {
     assert_eq!(buy(&b, "ann").await.0, StatusCode::CREATED);
 
     // Started: the start cannot move, the stock only rises.
-    let (status, body) = call(
+    let (status, body) = patch(
         &a,
-        reqwest::Method::PATCH,
-        format!("/api/admin/sales/{id}"),
-        Some(json!({"starts_at": rfc3339(now + Duration::minutes(1))})),
+        json!({"starts_at": rfc3339(now + Duration::minutes(1))}),
     )
     .await;
     assert_eq!(
@@ -561,38 +567,20 @@ async fn scale_out_an_edit_or_cancel_on_one_instance_holds_on_every_instance() {
         (StatusCode::CONFLICT, Some("sale_started")),
         "{body}"
     );
-    let (status, body) = call(
-        &a,
-        reqwest::Method::PATCH,
-        format!("/api/admin/sales/{id}"),
-        Some(json!({"stock": 1})),
-    )
-    .await;
+    let (status, body) = patch(&a, json!({"stock": 1})).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (StatusCode::CONFLICT, Some("sale_started")),
         "{body}"
     );
-    let (status, body) = call(
-        &a,
-        reqwest::Method::PATCH,
-        format!("/api/admin/sales/{id}"),
-        Some(json!({"ends_at": rfc3339(now - Duration::minutes(1))})),
-    )
-    .await;
+    let (status, body) = patch(&a, json!({"ends_at": rfc3339(now - Duration::minutes(1))})).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_request")),
         "{body}"
     );
 
-    let (status, body) = call(
-        &a,
-        reqwest::Method::PATCH,
-        format!("/api/admin/sales/{id}"),
-        Some(json!({"stock": 4})),
-    )
-    .await;
+    let (status, body) = patch(&a, json!({"stock": 4})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         (
@@ -621,13 +609,7 @@ async fn scale_out_an_edit_or_cancel_on_one_instance_holds_on_every_instance() {
         "instance b to show the raised stock",
     )
     .await;
-    let (status, body) = call(
-        &b,
-        reqwest::Method::PATCH,
-        format!("/api/admin/sales/{id}"),
-        Some(json!({"stock": 9})),
-    )
-    .await;
+    let (status, body) = patch(&b, json!({"stock": 9})).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (StatusCode::CONFLICT, Some("sale_ended")),
