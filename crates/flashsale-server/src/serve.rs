@@ -20,8 +20,8 @@
 //! have; the caller bounds that wait with its drain deadline.
 
 use crate::address_slots::AddressSlots;
+use crate::http::App;
 use crate::http::client_ip::{TrustedProxies, rate_key};
-use axum::Router;
 use axum::extract::{ConnectInfo, Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -66,7 +66,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Serves `router` on `listener` until `shutdown`, then drains open connections.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    router: App,
     limits: ConnectionLimits,
     tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,

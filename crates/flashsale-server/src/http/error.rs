@@ -5,7 +5,7 @@
 //! with its whole chain (a store error's `what`, then each `source` beneath it down to the
 //! root: "store unavailable: postgres commit orders: db error: ..."), rides on the response as
 //! a [`Failure`] and is logged once, with the request's id, method and path, by
-//! [`crate::http::stack::frame`].
+//! [`crate::http::stack::Framed`].
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -397,7 +397,7 @@ fn to_bytes<T: Serialize>(value: &T) -> Bytes {
 }
 
 /// Why an answer is a 5xx, carried on the response to the one place that logs it,
-/// [`crate::http::stack::frame`], which knows the request (id, method, path) and logs it once.
+/// [`crate::http::stack::Framed`], which knows the request (id, method, path) and logs it once.
 #[derive(Debug, Clone)]
 pub struct Failure {
     /// A bug or corrupt data (logged as an error), not a dependency being away (a warning).

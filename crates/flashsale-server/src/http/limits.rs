@@ -30,8 +30,7 @@ use crate::http::extract::MAX_BODY_BYTES;
 use crate::http::{AppState, routes};
 use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::{Extensions, HeaderMap, HeaderValue, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use flashsale_core::{Sale, SaleId, UserId};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -430,11 +429,11 @@ fn quota(per_second: u32, burst: u32) -> Quota {
     Quota::per_second(rate).allow_burst(burst)
 }
 
-/// Charges the request to its client address (per route class), then runs the route (called
-/// by [`crate::http::stack::around_route`]).
-pub async fn limit_by_address(app: &AppState, request: Request, next: Next) -> Response {
+/// Charges the request to its client address (per route class): `Err` with the 429 when its
+/// bucket is empty (called by [`crate::http::stack::RouteStack`] before the route runs).
+pub fn charge_address(app: &AppState, request: &Request) -> Result<(), ApiError> {
     if !app.limiter.enabled {
-        return next.run(request).await;
+        return Ok(());
     }
     let class = match request
         .extensions()
@@ -446,12 +445,10 @@ pub async fn limit_by_address(app: &AppState, request: Request, next: Next) -> R
         _ => Class::Read,
     };
     // Without a peer address (a router called in-process) there is nobody to charge.
-    if let Some(client) = app.limiter.client_of(&request)
-        && let Err(e) = app.limiter.check_address(class, client)
-    {
-        return refuse_unread(request, e.into_response()).await;
+    match app.limiter.client_of(request) {
+        Some(client) => app.limiter.check_address(class, client),
+        None => Ok(()),
     }
-    next.run(request).await
 }
 
 /// Answers `response` to a request whose body has not been read. A small declared body is read

@@ -36,8 +36,6 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
 
 /// Route paths, shared by the router and the per-route metrics.
 pub mod routes {
@@ -171,13 +169,16 @@ pub enum Surface {
     Ops,
 }
 
+/// The service a listener serves: the router inside its [`stack::Framed`].
+pub type App = stack::Framed<Router>;
+
 /// Builds the router with every route, the JSON fallbacks and the middleware stack.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState) -> App {
     router_for(state, Surface::All)
 }
 
 /// Builds the router for one listener's [`Surface`].
-pub fn router_for(state: AppState, surface: Surface) -> Router {
+pub fn router_for(state: AppState, surface: Surface) -> App {
     let mut routes = Router::new()
         .route(routes::HEALTHZ, get(health::healthz))
         .route(routes::READYZ, get(health::readyz));
@@ -211,22 +212,12 @@ pub fn router_for(state: AppState, surface: Surface) -> Router {
             .route(routes::ADMIN_ORDERS, get(admin_orders::list_orders))
             .route(routes::ADMIN_SUMMARY, get(admin::get_summary));
     }
-    routes
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            stack::around_route,
-        ))
+    let router = routes
+        .route_layer(stack::RouteStackLayer::new(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(
-            ServiceBuilder::new()
-                .layer(axum::middleware::from_fn_with_state(
-                    stack::RequestIds::default(),
-                    stack::frame,
-                ))
-                .layer(CatchPanicLayer::custom(stack::panic_response)),
-        )
-        .with_state(state)
+        .with_state(state);
+    stack::Framed::new(router)
 }
 
 /// 404 `not_found` for unknown routes.

@@ -1,29 +1,37 @@
-//! The middleware every request passes through, as two plain functions rather than a stack of
-//! layers: each layer of a tower stack clones its inner service and boxes or moves a future per
-//! request, and a status read is cheap enough that the stack cost as much as the handler
-//! (issue 15; `scripts/instructions_per_request.sh` counts it).
+//! The middleware every request passes through, as two hand-written tower services rather
+//! than a stack of `from_fn` layers: each `from_fn` boxes a `Next` and its future per request,
+//! and each `Router::layer` wraps every route in one more boxed `Route` that axum clones per
+//! request, so a status read paid as much for its stack as for its handler (issue 15;
+//! `scripts/instructions_per_request.sh` counts both).
 //!
-//! - [`frame`], around every request (routes, fallbacks, panics): the request id (the
-//!   `x-request-id` header, kept when the client sent one, generated otherwise, and echoed on
-//!   the answer), `X-Content-Type-Options: nosniff` and `Referrer-Policy: no-referrer`, a
-//!   `request` span at DEBUG level (so at the default INFO it costs nothing), and the one log
-//!   line of a 5xx: the [`Failure`] the answer carries, with the request's id, method and path;
-//! - [`around_route`], around each matched route: the per-address rate limit, the answer
-//!   timeout, and the route's metrics, in that order from the inside out: metrics see every
-//!   answer (timeouts and refusals too), the timeout covers the limiter and the handler.
+//! - [`Framed`], around the whole router (routes, fallbacks, panics), built once per listener:
+//!   the request id (the `x-request-id` header, kept when the client sent one, generated
+//!   otherwise, and echoed on the answer), `X-Content-Type-Options: nosniff` and
+//!   `Referrer-Policy: no-referrer`, a `request` span at DEBUG level (so at the default INFO it
+//!   costs nothing), a panic answered 500 `internal`, and the one log line of a 5xx: the
+//!   [`Failure`] the answer carries, with the request's id, method and path;
+//! - [`RouteStack`], around each matched route (a `route_layer`, which is where axum knows the
+//!   matched path): the per-address rate limit, the answer timeout, and the route's metrics, in
+//!   that order from the inside out: metrics see every answer (timeouts and refusals too), the
+//!   timeout covers the limiter and the handler.
 
 use crate::http::AppState;
 use crate::http::error::{ApiError, Failure};
 use crate::http::limits;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Either};
 use std::any::Any;
+use std::convert::Infallible;
 use std::hash::{BuildHasher, RandomState};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Instant;
+use tower::{Layer, Service};
 use tracing::Instrument;
 
 /// The request id header.
@@ -56,68 +64,168 @@ impl RequestIds {
     }
 }
 
-/// Outer middleware: request id, security headers, and the DEBUG span (see the module docs).
-pub async fn frame(State(ids): State<RequestIds>, mut request: Request, next: Next) -> Response {
-    let id = match request.headers().get(&X_REQUEST_ID) {
-        Some(given) => given.clone(),
-        None => {
-            let id = ids.next();
-            request
-                .headers_mut()
-                .insert(X_REQUEST_ID.clone(), id.clone());
-            id
-        }
-    };
-    let span = tracing::debug_span!(
-        "request",
-        id = id.to_str().unwrap_or("-"),
-        method = %request.method(),
-        path = %request.uri().path(),
-    );
-    // Kept for a failure's log line: a method and a URI clone are reference counts, not copies.
-    let method = request.method().clone();
-    let uri = request.uri().clone();
-    let mut response = next.run(request).instrument(span).await;
-    if let Some(failure) = response.extensions_mut().remove::<Failure>() {
-        let id = id.to_str().unwrap_or("-");
-        failure.log(id, &method, uri.path(), response.status());
-    }
-    let headers = response.headers_mut();
-    headers.insert(X_REQUEST_ID.clone(), id);
-    // Browsers must not guess a JSON error into HTML, nor send our URLs elsewhere.
-    headers
-        .entry(header::X_CONTENT_TYPE_OPTIONS)
-        .or_insert(HeaderValue::from_static("nosniff"));
-    headers
-        .entry(header::REFERRER_POLICY)
-        .or_insert(HeaderValue::from_static("no-referrer"));
-    response
+/// The outermost service (see the module docs): wraps a router once, not each of its routes.
+#[derive(Clone)]
+pub struct Framed<S> {
+    inner: S,
+    ids: RequestIds,
 }
 
-/// Route middleware: rate limit, timeout and metrics (see the module docs).
-pub async fn around_route(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    // A clone of the matched path is a reference-count increment, not a copy.
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let answer = limits::limit_by_address(&app, request, next);
-    // Only the wait for the response head counts: an event stream, once started, is not cut off.
-    let response = match tokio::time::timeout(app.request_timeout, answer).await {
-        Ok(response) => response,
-        Err(_) => {
-            let mut response = ApiError::Timeout.into_response();
-            response.extensions_mut().insert(Failure {
-                internal: false,
-                what: "request timed out",
-                cause: format!("no answer within {:?}", app.request_timeout),
-            });
-            response
+impl<S> Framed<S> {
+    /// Frames every request `inner` serves.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            ids: RequestIds::default(),
         }
-    };
-    if let Some(route) = route {
-        app.metrics
-            .record(route.as_str(), response.status(), started);
     }
-    response
+}
+
+impl<S, B> Service<axum::http::Request<B>> for Framed<S>
+where
+    S: Service<axum::http::Request<B>, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: axum::http::Request<B>) -> Self::Future {
+        let id = match request.headers().get(&X_REQUEST_ID) {
+            Some(given) => given.clone(),
+            None => {
+                let id = self.ids.next();
+                request
+                    .headers_mut()
+                    .insert(X_REQUEST_ID.clone(), id.clone());
+                id
+            }
+        };
+        let span = tracing::debug_span!(
+            "request",
+            id = id.to_str().unwrap_or("-"),
+            method = %request.method(),
+            path = %request.uri().path(),
+        );
+        // Kept for a failure's log line: a method and a URI clone are reference counts, not
+        // copies.
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        // A panic while the router makes the handler's future is answered like one inside it.
+        let answer = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request)));
+        Box::pin(async move {
+            let answered = match answer {
+                Ok(future) => {
+                    AssertUnwindSafe(future)
+                        .catch_unwind()
+                        .instrument(span)
+                        .await
+                }
+                Err(panic) => Err(panic),
+            };
+            let mut response = match answered {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(panic) => panic_response(panic),
+            };
+            if let Some(failure) = response.extensions_mut().remove::<Failure>() {
+                let id = id.to_str().unwrap_or("-");
+                failure.log(id, &method, uri.path(), response.status());
+            }
+            let headers = response.headers_mut();
+            headers.insert(X_REQUEST_ID.clone(), id);
+            // Browsers must not guess a JSON error into HTML, nor send our URLs elsewhere.
+            headers
+                .entry(header::X_CONTENT_TYPE_OPTIONS)
+                .or_insert(HeaderValue::from_static("nosniff"));
+            headers
+                .entry(header::REFERRER_POLICY)
+                .or_insert(HeaderValue::from_static("no-referrer"));
+            Ok(response)
+        })
+    }
+}
+
+/// Puts a [`RouteStack`] around each matched route (`Router::route_layer`).
+#[derive(Clone)]
+pub struct RouteStackLayer(AppState);
+
+impl RouteStackLayer {
+    /// The route stack of the service whose state is `app`.
+    pub fn new(app: AppState) -> Self {
+        Self(app)
+    }
+}
+
+impl<S> Layer<S> for RouteStackLayer {
+    type Service = RouteStack<S>;
+    fn layer(&self, inner: S) -> RouteStack<S> {
+        RouteStack {
+            inner,
+            app: self.0.clone(),
+        }
+    }
+}
+
+/// Rate limit, timeout and metrics around one route (see the module docs).
+#[derive(Clone)]
+pub struct RouteStack<S> {
+    inner: S,
+    app: AppState,
+}
+
+impl<S> Service<Request> for RouteStack<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        // A clone of the matched path is a reference-count increment, not a copy.
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        // The limiter decides before the route starts, so a refused request never reaches it.
+        let answer = match limits::charge_address(&self.app, &request) {
+            Ok(()) => Either::Left(self.inner.call(request)),
+            Err(refusal) => {
+                Either::Right(limits::refuse_unread(request, refusal.into_response()).map(Ok))
+            }
+        };
+        let app = self.app.clone();
+        Box::pin(async move {
+            // Only the wait for the response head counts: an event stream, once started, is
+            // not cut off.
+            let response = match tokio::time::timeout(app.request_timeout, answer).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => {
+                    let mut response = ApiError::Timeout.into_response();
+                    response.extensions_mut().insert(Failure {
+                        internal: false,
+                        what: "request timed out",
+                        cause: format!("no answer within {:?}", app.request_timeout),
+                    });
+                    response
+                }
+            };
+            if let Some(route) = route {
+                app.metrics
+                    .record(route.as_str(), response.status(), started);
+            }
+            Ok(response)
+        })
+    }
 }
 
 /// The answer to a handler that panicked: 500 `internal`, logged with the panic's message.
@@ -139,7 +247,6 @@ mod tests {
     use axum::routing::get;
     use flashsale_store::StoreError;
     use tower::ServiceExt;
-    use tower_http::catch_panic::CatchPanicLayer;
 
     /// Runs `f` with a subscriber that writes every log line into the returned buffer.
     fn logged(f: impl FnOnce()) -> String {
@@ -164,7 +271,7 @@ mod tests {
         String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
     }
 
-    /// The log of one `GET path` through `frame` (and a panic catcher, as the real stack has),
+    /// The log of one `GET path` through [`Framed`] (which catches panics too),
     /// and the request id the answer carried.
     fn log_of_one_request(path: &'static str) -> (String, String) {
         let app = Router::new()
@@ -186,15 +293,8 @@ mod tests {
                     }
                 }),
             )
-            .route("/fine", get(|| async { "fine" }))
-            .layer(
-                tower::ServiceBuilder::new()
-                    .layer(axum::middleware::from_fn_with_state(
-                        RequestIds::default(),
-                        frame,
-                    ))
-                    .layer(CatchPanicLayer::custom(panic_response)),
-            );
+            .route("/fine", get(|| async { "fine" }));
+        let app = Framed::new(app);
         let mut id = String::new();
         let lines = logged(|| {
             let runtime = tokio::runtime::Builder::new_current_thread()
