@@ -4,7 +4,9 @@
 
 use crate::http::AppState;
 use crate::http::identity::IdentityMode;
-use crate::http::{admin, admin_orders, admin_sales, events, health, metrics, orders, sales};
+use crate::http::{
+    admin, admin_orders, admin_sales, events, health, images, metrics, orders, sales,
+};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -158,6 +160,9 @@ pub struct BuyerOrdersDoc {
         admin_sales::update_sale,
         admin_sales::cancel_sale,
         admin_orders::list_orders,
+        images::put_image,
+        images::delete_image,
+        images::get_image,
         health::healthz,
         health::readyz,
         metrics::get_metrics,
