@@ -3,7 +3,9 @@
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::extract::{AdminAuth, SalePath, idempotency_key, json_body, parse_object};
+use crate::http::extract::{
+    AdminAuth, MAX_SALE_BODY_BYTES, SalePath, idempotency_key, json_body_within, parse_object,
+};
 use crate::http::sales::{EndedReason, SaleBody, StateName};
 use axum::Json;
 use axum::extract::{Request, State};
@@ -144,7 +146,7 @@ pub async fn create_sale(
     request: Request,
 ) -> Result<(StatusCode, Json<SaleBody>), ApiError> {
     let key = idempotency_key(&request)?;
-    let body = json_body(request, app.body_timeout).await?;
+    let body = json_body_within(request, app.body_timeout, MAX_SALE_BODY_BYTES).await?;
     let raw: CreateSaleRequest = parse_object(&body)?;
     let mut new = NewSale::parse(
         &raw.name,

@@ -6,7 +6,9 @@
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::extract::{AdminAuth, SalePath, json_body, parse_object};
+use crate::http::extract::{
+    AdminAuth, MAX_SALE_BODY_BYTES, SalePath, json_body_within, parse_object,
+};
 use crate::http::sales::{SaleBody, StateName};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -197,7 +199,7 @@ pub async fn update_sale(
     SalePath(id): SalePath,
     request: Request,
 ) -> Result<SaleBody, ApiError> {
-    let body = json_body(request, app.body_timeout).await?;
+    let body = json_body_within(request, app.body_timeout, MAX_SALE_BODY_BYTES).await?;
     let raw: UpdateSaleRequest = parse_object(&body)?;
     let edit = SaleEdit {
         name: raw.name,

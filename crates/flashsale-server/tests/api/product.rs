@@ -170,6 +170,15 @@ async fn product_fields_are_set_at_creation_and_carried_by_status_bodies(t: &Tar
         .unwrap();
     assert_eq!(listed["price_minor"], 12_900);
 
+    // The longest description, in a script of two bytes a character, fits an operator's body.
+    let longest = "é".repeat(2000);
+    let id = t
+        .sale(Duration::minutes(5), json!({"description": longest}))
+        .await;
+    assert_eq!(t.status(id).await["description"], longest.as_str());
+    let (status, body) = t.patch(id, json!({"description": "ü".repeat(2000)})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
     let bare = t.sale(Duration::minutes(5), json!({})).await;
     let body = t.status(bare).await;
     for field in ["description", "price_minor", "currency", "image_url"] {
