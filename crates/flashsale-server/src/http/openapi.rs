@@ -397,6 +397,39 @@ mod tests {
     }
 
     #[test]
+    fn the_product_routes_and_fields_are_documented() {
+        let doc = doc();
+        let paths = &doc["paths"];
+        for (path, method) in [
+            ("/api/admin/sales/{sale_id}/image", "put"),
+            ("/api/admin/sales/{sale_id}/image", "delete"),
+            ("/api/sales/{sale_id}/image", "get"),
+        ] {
+            assert!(paths[path][method].is_object(), "{method} {path}");
+        }
+        let put = &paths["/api/admin/sales/{sale_id}/image"]["put"]["responses"];
+        for status in ["200", "401", "404", "409", "413", "415"] {
+            assert!(put[status].is_object(), "PUT image {status}");
+        }
+        assert!(paths["/api/sales/{sale_id}/image"]["get"]["responses"]["304"].is_object());
+        let schemas = &doc["components"]["schemas"];
+        for field in ["description", "price_minor", "currency", "image_url"] {
+            assert!(
+                schemas["SaleBody"]["properties"][field].is_object(),
+                "SaleBody.{field}"
+            );
+        }
+        for schema in ["CreateSaleRequest", "UpdateSaleRequest"] {
+            for field in ["description", "price_minor", "currency"] {
+                assert!(
+                    schemas[schema]["properties"][field].is_object(),
+                    "{schema}.{field}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn the_purchase_error_code_enum_is_every_outcome_but_confirmed() {
         let doc = doc();
         let listed: Vec<&str> =
