@@ -492,3 +492,22 @@ async fn op14_op15_scale_out_an_image_uploaded_to_one_instance_is_served_by_anot
     assert_eq!(response.headers()[header::CONTENT_TYPE], "image/jpeg");
     assert_eq!(&response.bytes().await.unwrap()[..], JPEG);
 }
+
+#[tokio::test]
+async fn op15_embedded_a_new_image_reaches_an_open_event_stream() {
+    let (app, t) = embedded().await;
+    let id = t.sale(Duration::minutes(5), json!({})).await;
+    let mut stream = app.get(&format!("/api/sales/{id}/events")).await;
+    let mut buffer = String::new();
+    let first = crate::events::next_sale_event(&mut stream, &mut buffer)
+        .await
+        .unwrap();
+    assert_eq!(first["image_url"], Value::Null);
+    let (_, body) = t.put_image(id, PNG, "image/png").await;
+    // Nothing else changed (no purchase, the clock stands still): only the change of the sale
+    // itself can make the broadcaster publish, well before the 5 s heartbeat.
+    let changed = crate::events::next_sale_event(&mut stream, &mut buffer)
+        .await
+        .unwrap();
+    assert_eq!(changed["image_url"], body["image_url"]);
+}
