@@ -15,6 +15,7 @@ use crate::http::AppState;
 use crate::http::admin_sales::change;
 use crate::http::error::ApiError;
 use crate::http::extract::{AdminAuth, SalePath};
+use crate::http::limits::refuse_unread;
 use crate::http::sales::SaleBody;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -58,8 +59,11 @@ pub async fn put_image(
     _: AdminAuth,
     SalePath(id): SalePath,
     request: Request,
-) -> Result<SaleBody, ApiError> {
-    let status = app.store.status(id).await?.ok_or(ApiError::SaleNotFound)?;
+) -> Result<Response, ApiError> {
+    let Some(status) = app.store.status(id).await? else {
+        // Refused before the body was read: drained if small, else the connection closes.
+        return Ok(refuse_unread(request, ApiError::SaleNotFound.into_response()).await);
+    };
     let bytes = image_body(request, app.max_image_bytes, app.body_timeout).await?;
     let image = ImageRef::of(&bytes).ok_or(ApiError::UnsupportedImage)?;
     let edit = SaleChange::Edit(SaleEdit {
@@ -71,7 +75,7 @@ pub async fn put_image(
     let taken = status.sale.stock.saturating_sub(status.remaining);
     flashsale_core::change::apply(&status.sale, app.store.now(), taken, &edit)?;
     app.store.put_image(id, image, bytes).await?;
-    change(&app, id, edit).await
+    Ok(change(&app, id, edit).await?.into_response())
 }
 
 /// Removes the sale's product image.
