@@ -5,7 +5,8 @@
 //! The rules (SPEC 11), stated once here and applied by every store inside the same atomic
 //! step as its purchases, so that an edit racing a purchase is decided before or after it,
 //! never beside it:
-//! - before the start, any field may change (each still valid as at creation, OP-2);
+//! - before the start, any field may change (each still valid as at creation, OP-2), the
+//!   product's description, price and image included (OP-13);
 //! - while active, only `stock` (raised, never below the units taken) and `ends_at` (never
 //!   into the past, never at or before the start) may change (OP-3);
 //! - once ended (by time, sold out, or cancelled) nothing may change (OP-4); sold out ends a
@@ -16,6 +17,9 @@
 //! while the sale is active as long as only stock and end differ.
 
 use crate::error::ValidationError;
+use crate::image::ImageRef;
+use crate::money::Price;
+use crate::product::{Product, parse_description};
 use crate::sale::{EndReason, MAX_STOCK, NewSale, Sale, SaleState, truncate_to_micros};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -34,6 +38,12 @@ pub struct SaleEdit {
     pub stock: Option<i64>,
     /// New per-user limit.
     pub per_user_limit: Option<i64>,
+    /// New description (empty: none).
+    pub description: Option<String>,
+    /// New price, or its removal.
+    pub price: Option<PriceEdit>,
+    /// New image, or its removal.
+    pub image: Option<ImageEdit>,
 }
 
 impl SaleEdit {
@@ -44,7 +54,56 @@ impl SaleEdit {
             && self.ends_at.is_none()
             && self.stock.is_none()
             && self.per_user_limit.is_none()
+            && self.description.is_none()
+            && self.price.is_none()
+            && self.image.is_none()
     }
+
+    /// The product as this edit makes it of `current`, validated as at creation.
+    fn product(&self, current: &Product) -> Result<Product, ValidationError> {
+        let description = match &self.description {
+            Some(raw) => parse_description(raw)?,
+            None => current.description.clone(),
+        };
+        let price = match &self.price {
+            Some(PriceEdit::Set { minor, currency }) => Some(Price::parse(*minor, currency)?),
+            Some(PriceEdit::Remove) => None,
+            None => current.price,
+        };
+        let image = match self.image {
+            Some(ImageEdit::Set(image)) => Some(image),
+            Some(ImageEdit::Remove) => None,
+            None => current.image,
+        };
+        Ok(Product {
+            description,
+            price,
+            image,
+        })
+    }
+}
+
+/// A change of a sale's price (raw: [`apply`] validates it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PriceEdit {
+    /// Set `price_minor` and `currency`, which come together.
+    Set {
+        /// Minor units.
+        minor: i64,
+        /// ISO 4217 code.
+        currency: String,
+    },
+    /// The sale has no price any more.
+    Remove,
+}
+
+/// A change of a sale's image: one already uploaded and sniffed, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageEdit {
+    /// Show this image.
+    Set(ImageRef),
+    /// Show no image.
+    Remove,
 }
 
 /// What an operator asks of a sale.
@@ -116,7 +175,7 @@ pub fn apply(
     };
     if edit.is_empty() {
         return Err(ChangeRefusal::Invalid(
-            "give at least one of name, starts_at, ends_at, stock, per_user_limit".into(),
+            "give at least one of name, starts_at, ends_at, stock, per_user_limit, description, price_minor and currency".into(),
         ));
     }
     let micros = |at: OffsetDateTime| truncate_to_micros(at.to_offset(time::UtcOffset::UTC));
@@ -126,7 +185,13 @@ pub fn apply(
             "ends_at must be in the future: a sale's end is never moved into the past".into(),
         ));
     }
+    let product = edit.product(&sale.product)?;
     if state == SaleState::Active {
+        if product != sale.product {
+            return Err(ChangeRefusal::Started(
+                "the sale has started: its description, price and image can no longer change (only stock, raised, and ends_at)",
+            ));
+        }
         return edit_active(sale, taken, edit, ends_at);
     }
     // Before the start: anything, validated as at creation.
@@ -137,7 +202,8 @@ pub fn apply(
         edit.stock.unwrap_or(i64::from(sale.stock)),
         edit.per_user_limit
             .unwrap_or(i64::from(sale.per_user_limit)),
-    )?;
+    )?
+    .with_product(product);
     if i64::from(new.stock) < i64::from(taken) {
         return Err(ChangeRefusal::Invalid(format!(
             "stock must not be below the {taken} units already taken"
@@ -243,6 +309,26 @@ pub fn changed_fields(old: &Sale, new: &Sale) -> Vec<FieldChange> {
         "per_user_limit",
         Some(old.per_user_limit.to_string()),
         Some(new.per_user_limit.to_string()),
+    );
+    push(
+        "description",
+        old.product.description.as_deref().map(str::to_owned),
+        new.product.description.as_deref().map(str::to_owned),
+    );
+    push(
+        "price_minor",
+        old.product.price.map(|p| p.minor().to_string()),
+        new.product.price.map(|p| p.minor().to_string()),
+    );
+    push(
+        "currency",
+        old.product.price.map(|p| p.currency().to_string()),
+        new.product.price.map(|p| p.currency().to_string()),
+    );
+    push(
+        "image",
+        old.product.image.map(|i| i.describe()),
+        new.product.image.map(|i| i.describe()),
     );
     push(
         "cancelled_at",
@@ -384,6 +470,107 @@ mod tests {
             upcoming.state(BEFORE, 10),
             SaleState::Ended(EndReason::Cancelled)
         );
+    }
+
+    fn image() -> ImageRef {
+        ImageRef::of(&crate::image::tests::png()).unwrap()
+    }
+
+    #[test]
+    fn op13_before_the_start_the_product_may_change_and_be_removed() {
+        let described = apply(
+            &sale(),
+            BEFORE,
+            0,
+            &edit(|e| {
+                e.description = Some(" Blue, 40 cm ".into());
+                e.price = Some(PriceEdit::Set {
+                    minor: 1999,
+                    currency: "EUR".into(),
+                });
+                e.image = Some(ImageEdit::Set(image()));
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            described.product.description.as_deref(),
+            Some("Blue, 40 cm")
+        );
+        assert_eq!(described.product.price.unwrap().minor(), 1999);
+        assert_eq!(described.product.image, Some(image()));
+        let bare = apply(
+            &described,
+            BEFORE,
+            0,
+            &edit(|e| {
+                e.description = Some(String::new());
+                e.price = Some(PriceEdit::Remove);
+                e.image = Some(ImageEdit::Remove);
+            }),
+        )
+        .unwrap();
+        assert_eq!(bare.product, Product::default());
+        let fields: Vec<_> = changed_fields(&described, &bare)
+            .into_iter()
+            .map(|f| f.field)
+            .collect();
+        assert_eq!(fields, ["description", "price_minor", "currency", "image"]);
+    }
+
+    #[test]
+    fn op13_the_product_is_validated_as_at_creation() {
+        let bad = apply(
+            &sale(),
+            BEFORE,
+            0,
+            &edit(|e| {
+                e.price = Some(PriceEdit::Set {
+                    minor: 0,
+                    currency: "EUR".into(),
+                })
+            }),
+        );
+        assert_eq!(bad, Err(ValidationError::PriceOutOfRange.into()));
+        let bad = apply(
+            &sale(),
+            BEFORE,
+            0,
+            &edit(|e| e.description = Some("\u{0}".into())),
+        );
+        assert_eq!(bad, Err(ValidationError::BadDescription.into()));
+    }
+
+    #[test]
+    fn op13_while_active_the_product_cannot_change_but_may_be_sent_back_unchanged() {
+        let mut described = sale();
+        described.product.description = Some("Blue".into());
+        described.product.image = Some(image());
+        for change in [
+            edit(|e| e.description = Some("Red".into())),
+            edit(|e| e.image = Some(ImageEdit::Remove)),
+            edit(|e| {
+                e.price = Some(PriceEdit::Set {
+                    minor: 5,
+                    currency: "EUR".into(),
+                })
+            }),
+        ] {
+            let r = apply(&described, DURING, 0, &change);
+            assert!(matches!(r, Err(ChangeRefusal::Started(m)) if m.contains("description")));
+        }
+        let same = apply(
+            &described,
+            DURING,
+            0,
+            &edit(|e| {
+                e.description = Some("Blue ".into());
+                e.image = Some(ImageEdit::Set(image()));
+                e.stock = Some(12);
+            }),
+        )
+        .unwrap();
+        assert_eq!(same.stock, 12);
+        assert_eq!(same.product, described.product);
     }
 
     #[test]

@@ -118,12 +118,7 @@ impl Checkout {
         currency: Option<&str>,
     ) -> Result<Self, ValidationError> {
         let mode = CheckoutMode::parse(mode, payment_window_secs)?;
-        let price = match (price_minor, currency) {
-            (Some(minor), Some(currency)) => Some(Price::parse(minor, currency)?),
-            (None, None) => None,
-            _ => return Err(ValidationError::PriceWithoutCurrency),
-        };
-        Self::new(mode, price)
+        Self::new(mode, Price::parse_pair(price_minor, currency)?)
     }
 
     /// Terms from parsed parts (a store reading a sale back): a hold needs a price.

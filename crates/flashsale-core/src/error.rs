@@ -59,6 +59,11 @@ pub enum ValidationError {
     /// The currency is not three uppercase ASCII letters.
     #[error("currency must be an ISO 4217 code: three uppercase letters A-Z, such as EUR")]
     BadCurrency,
+    /// The description is too long or has control characters other than line breaks and tabs.
+    #[error(
+        "description must be at most 2000 characters, with no control characters but line breaks and tabs"
+    )]
+    BadDescription,
     /// A payment amount is negative or above [`crate::money::MAX_AMOUNT_MINOR`].
     #[error("amount_minor must be between 0 and 9007199254740991 (minor units)")]
     AmountOutOfRange,

@@ -19,6 +19,8 @@
 //! - [`waitlist`]: who waits for a freed unit, in which order, and who is offered the next one.
 //! - [`payment_signature`]: the payment webhook's `Flashsale-Signature`, signed and verified.
 //! - [`checkout_outcome`]: every answer of the checkout flow, with its wire code and status.
+//! - [`product`]: what is on sale, described: description, price and image.
+//! - [`image`]: a product image's type, told from its bytes, and its digest.
 //! - [`change`]: an operator's edit or cancellation of a sale, and the rules that allow it.
 //! - [`error`]: validation errors, each naming what was wrong.
 
@@ -28,21 +30,24 @@ pub mod checkout_outcome;
 pub mod clock;
 pub mod error;
 pub mod ids;
+pub mod image;
 pub mod money;
 pub mod order;
 pub mod outcome;
 pub mod payment_signature;
+pub mod product;
 pub mod purchase;
 pub mod sale;
 pub mod units;
 pub mod waitlist;
 
-pub use change::{ChangeRefusal, FieldChange, SaleChange, SaleEdit};
+pub use change::{ChangeRefusal, FieldChange, ImageEdit, PriceEdit, SaleChange, SaleEdit};
 pub use checkout::{Checkout, CheckoutMode, PaymentWindow};
 pub use checkout_outcome::CheckoutOutcome;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ValidationError;
 pub use ids::{IdempotencyKey, PaymentRef, Quantity, SaleId, UserId};
+pub use image::{ImageKind, ImageRef};
 pub use money::{Currency, Money, Price};
 pub use order::{
     Canceller, OrderEvent, OrderState, OrderStatus, Reservation, Transition, TransitionError,
@@ -50,6 +55,7 @@ pub use order::{
 };
 pub use outcome::Outcome;
 pub use payment_signature::{SecretTooShort, SignatureRejection, WebhookSecret};
+pub use product::Product;
 pub use purchase::{
     Decision, NotActiveReason, QuantityAboveLimit, Rejection, check_quantity, decide,
 };

@@ -115,6 +115,18 @@ impl Price {
         })
     }
 
+    /// Validates an optional price as sent: both fields or neither (`None`).
+    pub fn parse_pair(
+        price_minor: Option<i64>,
+        currency: Option<&str>,
+    ) -> Result<Option<Self>, ValidationError> {
+        match (price_minor, currency) {
+            (Some(minor), Some(currency)) => Self::parse(minor, currency).map(Some),
+            (None, None) => Ok(None),
+            _ => Err(ValidationError::PriceWithoutCurrency),
+        }
+    }
+
     /// The unit price in minor units.
     pub fn minor(&self) -> u64 {
         self.unit.minor

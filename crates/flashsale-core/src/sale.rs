@@ -3,6 +3,7 @@
 
 use crate::error::ValidationError;
 use crate::ids::{IdempotencyKey, SaleId};
+use crate::product::Product;
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -31,6 +32,8 @@ pub struct Sale {
     pub per_user_limit: u32,
     /// When the operator cancelled it: from then on it is ended (reason `cancelled`).
     pub cancelled_at: Option<OffsetDateTime>,
+    /// Its description, price and image, as far as given.
+    pub product: Product,
 }
 
 /// A validated request to create a sale; the store assigns the id.
@@ -46,6 +49,8 @@ pub struct NewSale {
     pub stock: u32,
     /// Units one buyer may hold.
     pub per_user_limit: u32,
+    /// Its description, price and image, as far as given (none by [`NewSale::parse`]).
+    pub product: Product,
     /// The admin's `Idempotency-Key`, if any: creating again with the same key gives back the
     /// sale first created with it instead of a second one.
     pub creation_key: Option<IdempotencyKey>,
@@ -89,6 +94,7 @@ impl NewSale {
             ends_at,
             stock: stock as u32,
             per_user_limit: per_user_limit as u32,
+            product: Product::default(),
             creation_key: None,
         })
     }
@@ -101,6 +107,11 @@ impl NewSale {
         }
     }
 
+    /// The same request, describing its product.
+    pub fn with_product(self, product: Product) -> Self {
+        Self { product, ..self }
+    }
+
     /// Whether `sale` is what this request describes (a sale found under this request's
     /// creation key may have been created by a different request).
     pub fn describes(&self, sale: &Sale) -> bool {
@@ -109,6 +120,7 @@ impl NewSale {
             && self.ends_at == sale.ends_at
             && self.stock == sale.stock
             && self.per_user_limit == sale.per_user_limit
+            && self.product == sale.product
     }
 
     /// The sale this request becomes once the store has given it an id.
@@ -121,6 +133,7 @@ impl NewSale {
             stock: self.stock,
             per_user_limit: self.per_user_limit,
             cancelled_at: None,
+            product: self.product,
         }
     }
 }

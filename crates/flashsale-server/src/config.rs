@@ -201,6 +201,8 @@ const DEFAULT_MAX_STREAMS_PER_IP: usize = 256;
 const DEFAULT_STREAM_LIFETIME_SECS: u64 = 300;
 const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// 2 MiB: a product photo for a page, not a print original.
+const DEFAULT_MAX_IMAGE_BYTES: usize = 2 * 1024 * 1024;
 
 /// Bounds that keep the service answering quickly beyond capacity (NF-5).
 #[derive(Debug, Clone, clap::Args)]
@@ -236,6 +238,12 @@ pub struct Protection {
     #[arg(long, env = "FLASHSALE_STREAM_LIFETIME_SECS", default_value_t = DEFAULT_STREAM_LIFETIME_SECS,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub stream_lifetime_secs: u64,
+
+    /// The largest product image an operator may upload, in bytes; larger uploads are 413
+    /// `image_too_large`, refused without reading more than this.
+    #[arg(long, env = "FLASHSALE_MAX_IMAGE_BYTES", default_value_t = DEFAULT_MAX_IMAGE_BYTES,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64 * 1024 * 1024))]
+    pub max_image_bytes: usize,
 
     /// A request whose answer is not ready within this many milliseconds gets 503 `timeout`.
     #[arg(long, env = "FLASHSALE_REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_TIMEOUT_MS)]
@@ -344,6 +352,7 @@ impl Default for Protection {
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_streams_per_ip: DEFAULT_MAX_STREAMS_PER_IP,
             stream_lifetime_secs: DEFAULT_STREAM_LIFETIME_SECS,
+            max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
         }

@@ -319,6 +319,7 @@ fn app_state(
         known_sales: http::known_sales::KnownSales::default(),
         streams: AddressSlots::new(per_address(config, config.protection.max_streams_per_ip)),
         stream_lifetime: config.protection.stream_lifetime(),
+        max_image_bytes: config.protection.max_image_bytes,
         ops_listener: ports.ops.is_some(),
         identity,
     }))

@@ -1025,7 +1025,7 @@ async fn the_page_is_served_gzipped_with_a_strong_etag_and_revalidates_with_304(
     assert_ne!(plain.headers()["etag"], tag.as_str());
     let html = plain.text().await.unwrap();
     assert!(
-        html.len() < 30 * 1024 && gz_len < html.len() / 2,
+        html.len() < 34 * 1024 && gz_len < html.len() / 2,
         "{} / {gz_len}",
         html.len()
     );
@@ -1348,4 +1348,156 @@ async fn in_accounts_mode_the_page_signs_up_logs_in_buys_shows_the_order_and_log
             p["result_class"] == "result result-check-yes"
         })
         .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The product (OP-15: image, name, description and price above the sale)
+// ---------------------------------------------------------------------------------------------
+
+/// The product part of the page, as a buyer sees it.
+const PRODUCT: &str = r#"
+    const $ = (id) => document.getElementById(id);
+    const img = $("product-image"), fig = $("product-figure"), h1 = $("sale-name");
+    const box = fig.getBoundingClientRect();
+    return {
+      state: document.body.dataset.state,
+      name: h1.textContent,
+      figure_shown: !fig.hidden && box.height > 0,
+      figure_top: box.top, figure_width: box.width, figure_height: box.height,
+      name_top: h1.getBoundingClientRect().top,
+      img_src: img.getAttribute("src"),
+      img_loaded: img.complete && img.naturalWidth > 0,
+      img_natural: [img.naturalWidth, img.naturalHeight],
+      alt: img.alt,
+      description: $("description").hidden ? null : $("description").textContent,
+      description_elements: $("description").children.length,
+      price: $("price").hidden ? null : $("price").textContent,
+      broken_images: [...document.images].filter((i) => i.getAttribute("src") && !(i.complete && i.naturalWidth > 0)).length,
+      scripts_ran: window.__xss || 0,
+    };
+"#;
+
+impl TestApp {
+    /// Creates an upcoming sale with a product description and price.
+    async fn create_product_sale(&self, name: &str, product: Value) -> u64 {
+        let starts = self.clock.now() + time::Duration::seconds(300);
+        let mut body = json!({
+            "name": name, "stock": 25, "per_user_limit": 1,
+            "starts_at": starts.format(&Rfc3339).unwrap(),
+            "ends_at": (starts + time::Duration::seconds(600)).format(&Rfc3339).unwrap(),
+        });
+        for (k, v) in product.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let response = self
+            .http
+            .post(format!("{}/api/admin/sales", self.base))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "creating a sale");
+        response.json::<Value>().await.unwrap()["sale_id"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn op15_the_page_shows_the_product_image_name_description_and_price_above_the_sale() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app().await;
+    let sale = app
+        .create_product_sale(
+            "Walnut lounge chair",
+            json!({
+                "description": "Solid walnut, hand-oiled.\nShips in 3 days.",
+                "price_minor": 12_900, "currency": "EUR",
+            }),
+        )
+        .await;
+    let png = include_bytes!("fixtures/product.png");
+    let response = app
+        .http
+        .put(format!("{}/api/admin/sales/{sale}/image", app.base))
+        .bearer_auth(TOKEN)
+        .body(&png[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "uploading the image");
+    let browser = open_browser(1280, 1000).await;
+    browser.open(&app.page(sale)).await;
+    let mut shown = Value::Null;
+    let deadline = Instant::now() + LIVE;
+    while Instant::now() < deadline {
+        shown = browser.js(PRODUCT).await;
+        if shown["img_loaded"] == true && shown["price"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(shown["img_loaded"], true, "{shown:#}");
+    assert_eq!(shown["img_natural"], json!([160, 120]), "{shown:#}");
+    assert_eq!(shown["alt"], "Walnut lounge chair");
+    assert!(
+        shown["img_src"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("/api/sales/{sale}/image?v="))
+    );
+    // Above the sale, in a box of fixed proportions (4:3), so nothing moves as it loads.
+    assert!(
+        shown["figure_top"].as_f64().unwrap() < shown["name_top"].as_f64().unwrap(),
+        "{shown:#}"
+    );
+    let (w, h) = (
+        shown["figure_width"].as_f64().unwrap(),
+        shown["figure_height"].as_f64().unwrap(),
+    );
+    assert!((h - w * 3.0 / 4.0).abs() < 1.0, "{w}x{h}");
+    assert_eq!(
+        shown["description"],
+        "Solid walnut, hand-oiled.\nShips in 3 days."
+    );
+    // Minor units in the currency's exponent: 12900 cents are 129.00 euros.
+    let price = s(&shown, "price");
+    assert!(price.contains("129.00") && price.contains('€'), "{price}");
+    assert_eq!(shown["broken_images"], 0);
+    browser.screenshot("21-product").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn op15_without_an_image_nothing_is_broken_and_a_description_with_markup_is_shown_as_text() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app().await;
+    let hostile =
+        "<script>window.__xss = 1</script><img src=x onerror=\"window.__xss = 2\"><b>bold</b>";
+    let sale = app
+        .create_product_sale(
+            "Plain tee",
+            json!({"description": hostile, "price_minor": 1500, "currency": "JPY"}),
+        )
+        .await;
+    let browser = open_browser(1280, 900).await;
+    browser.open(&app.page(sale)).await;
+    browser
+        .wait_for("upcoming", LIVE, |p| p["state"] == "upcoming")
+        .await;
+    let shown = browser.js(PRODUCT).await;
+    assert_eq!(shown["name"], "Plain tee");
+    assert_eq!(shown["description"], hostile, "shown as the text it is");
+    assert_eq!(shown["description_elements"], 0, "no markup was made of it");
+    assert_eq!(shown["scripts_ran"], 0);
+    assert_eq!(shown["figure_shown"], false, "{shown:#}");
+    assert_eq!(shown["img_src"], Value::Null);
+    assert_eq!(shown["broken_images"], 0);
+    // JPY has no minor unit: 1500 is 1,500 yen, not 15.
+    let price = s(&shown, "price");
+    assert!(
+        price.contains("1,500") && !price.contains("15.00"),
+        "{price}"
+    );
+    browser.screenshot("22-product-no-image").await;
 }

@@ -49,6 +49,7 @@ mod error;
 mod in_flight;
 mod instants;
 mod model;
+mod product_columns;
 pub mod redis_pg;
 
 pub use config::StoreConfig;
@@ -60,7 +61,8 @@ pub use model::{
 };
 
 use async_trait::async_trait;
-use flashsale_core::{NewSale, Sale, SaleChange, SaleId, UserId};
+use bytes::Bytes;
+use flashsale_core::{ImageRef, NewSale, Sale, SaleChange, SaleId, UserId};
 use time::OffsetDateTime;
 
 /// The storage contract shared by every backend (embedded, Redis + PostgreSQL).
@@ -78,6 +80,15 @@ pub trait SaleStore: Send + Sync + 'static {
         id: SaleId,
         change: SaleChange,
     ) -> Result<ChangeOutcome, StoreError>;
+
+    /// Keeps `bytes`, the image `image` refers to, for sale `id`, durably (OP-14). The sale
+    /// shows it only once a change sets it ([`SaleStore::change_sale`] with
+    /// `ImageEdit::Set(image)`), so an image kept for a change that is then refused is never
+    /// served. Keeping the same bytes again is a no-op.
+    async fn put_image(&self, id: SaleId, image: ImageRef, bytes: Bytes) -> Result<(), StoreError>;
+
+    /// The bytes of sale `id`'s image `image`, or `None` if they are not kept.
+    async fn image(&self, id: SaleId, image: ImageRef) -> Result<Option<Bytes>, StoreError>;
 
     /// Decides one attempt atomically (window, stock, limit, quantity, take, record) and, when
     /// admitted, returns only after the order is durable. `Err` means nothing was taken, except

@@ -5,6 +5,7 @@
 //! - [`conformance`]: what every store answers on fresh data;
 //! - [`durability`]: what every store keeps across a restart and a crash;
 //! - [`export`]: the operator's export of a sale's orders, page by page;
+//! - [`product`]: the product's description, price and image, kept and changed by the rules;
 //! - [`conformance_suite!`]: one `#[tokio::test]` per case of both, for one store;
 //! - [`stores`]: the embedded and scale-out stores as [`StoreUnderTest`]s;
 //! - [`isolation`]: each test's own schema and key prefix on the shared Redis and
@@ -20,6 +21,7 @@ pub mod conformance;
 pub mod durability;
 pub mod export;
 pub mod isolation;
+pub mod product;
 pub mod stores;
 
 use async_trait::async_trait;
@@ -49,7 +51,7 @@ pub trait StoreUnderTest: Send + Sync + Sized + 'static {
 }
 
 /// Generates, in a module named `$backend`, one `#[tokio::test]` per case of
-/// [`conformance`], [`durability`] and [`export`] for the [`StoreUnderTest`] `$sut`, plus the (ignored)
+/// [`conformance`], [`durability`], [`export`] and [`product`] for the [`StoreUnderTest`] `$sut`, plus the (ignored)
 /// test the crash case runs as its child process. The invoking crate needs `tokio` with the
 /// `macros` and `rt-multi-thread` features.
 #[macro_export]
@@ -77,6 +79,9 @@ macro_rules! conformance_suite {
             );
             $crate::conformance_suite!(@cases $sut; export;
                 orders_are_paged_once_each_while_purchases_continue,
+            );
+            $crate::conformance_suite!(@cases $sut; product;
+                a_product_and_its_image_are_kept_changed_by_the_rules_and_survive_a_restart,
             );
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

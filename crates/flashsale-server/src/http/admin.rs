@@ -3,12 +3,14 @@
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::extract::{AdminAuth, SalePath, idempotency_key, json_body, parse_object};
+use crate::http::extract::{
+    AdminAuth, MAX_SALE_BODY_BYTES, SalePath, idempotency_key, json_body_within, parse_object,
+};
 use crate::http::sales::{EndedReason, SaleBody, StateName};
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use flashsale_core::{NewSale, Outcome};
+use flashsale_core::{NewSale, Outcome, Product};
 use flashsale_store::RejectionCounts;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -36,6 +38,20 @@ pub struct CreateSaleRequest {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 1000)]
     per_user_limit: Option<i64>,
+    /// What the buyer reads about the product: plain text (never markup), at most 2,000
+    /// characters; empty or absent for none.
+    #[serde(default)]
+    #[schema(max_length = 2000)]
+    description: Option<String>,
+    /// The unit price shown to buyers, in minor units of `currency` (1..=9,007,199,254,740);
+    /// given with `currency` or not at all.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 9_007_199_254_740_i64)]
+    price_minor: Option<i64>,
+    /// The price's ISO 4217 code (three uppercase letters, such as `EUR`); with `price_minor`.
+    #[serde(default)]
+    #[schema(pattern = "^[A-Z]{3}$")]
+    currency: Option<String>,
 }
 
 /// Rejections by reason: one field per counted outcome ([`Outcome::COUNTED`], in that order),
@@ -130,7 +146,7 @@ pub async fn create_sale(
     request: Request,
 ) -> Result<(StatusCode, Json<SaleBody>), ApiError> {
     let key = idempotency_key(&request)?;
-    let body = json_body(request, app.body_timeout).await?;
+    let body = json_body_within(request, app.body_timeout, MAX_SALE_BODY_BYTES).await?;
     let raw: CreateSaleRequest = parse_object(&body)?;
     let mut new = NewSale::parse(
         &raw.name,
@@ -138,7 +154,12 @@ pub async fn create_sale(
         instant("ends_at", &raw.ends_at)?,
         raw.stock,
         raw.per_user_limit.unwrap_or(1),
-    )?;
+    )?
+    .with_product(Product::parse(
+        raw.description.as_deref(),
+        raw.price_minor,
+        raw.currency.as_deref(),
+    )?);
     if let Some(key) = key {
         new = new.with_creation_key(key);
     }

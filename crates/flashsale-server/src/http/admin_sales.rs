@@ -6,14 +6,16 @@
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::extract::{AdminAuth, SalePath, json_body, parse_object};
+use crate::http::extract::{
+    AdminAuth, MAX_SALE_BODY_BYTES, SalePath, json_body_within, parse_object,
+};
 use crate::http::sales::{SaleBody, StateName};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use flashsale_core::{SaleChange, SaleEdit, SaleId};
+use flashsale_core::{PriceEdit, SaleChange, SaleEdit, SaleId};
 use flashsale_store::ChangeOutcome;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -66,6 +68,49 @@ pub struct UpdateSaleRequest {
     /// Units one buyer may hold (1..=1,000); before the start only.
     #[schema(minimum = 1, maximum = 1000)]
     per_user_limit: Option<i64>,
+    /// The product's description (plain text, at most 2,000 characters); `""` or `null`
+    /// removes it. Before the start only.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, max_length = 2000)]
+    description: Field<String>,
+    /// The unit price in minor units, with `currency`; both `null` remove the price. Before
+    /// the start only.
+    #[serde(default)]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 9_007_199_254_740_i64)]
+    price_minor: Field<i64>,
+    /// The price's ISO 4217 code, with `price_minor`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, pattern = "^[A-Z]{3}$")]
+    currency: Field<String>,
+}
+
+/// A field of a partial update: absent (unchanged), `null` (removed) or a value.
+#[derive(Default)]
+enum Field<T> {
+    #[default]
+    Absent,
+    Null,
+    Value(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Field<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Option::<T>::deserialize(d)?.map_or(Field::Null, Field::Value))
+    }
+}
+
+/// The price change of a PATCH body: both fields or neither, `null` together to remove.
+fn price_edit(minor: Field<i64>, currency: Field<String>) -> Result<Option<PriceEdit>, ApiError> {
+    match (minor, currency) {
+        (Field::Absent, Field::Absent) => Ok(None),
+        (Field::Null, Field::Null) => Ok(Some(PriceEdit::Remove)),
+        (Field::Value(minor), Field::Value(currency)) => {
+            Ok(Some(PriceEdit::Set { minor, currency }))
+        }
+        _ => Err(invalid(
+            "price_minor and currency must be given together (both null to remove the price)",
+        )),
+    }
 }
 
 /// Lists sales, newest first.
@@ -141,7 +186,7 @@ pub async fn list_sales(
         (status = 400, description = "`invalid_request`: a bad value, no field, an unknown field, an end in the past or before the start, stock below the units sold", body = crate::http::openapi::ErrorDoc),
         (status = 401, description = "`unauthorized`", body = crate::http::openapi::ErrorDoc),
         (status = 404, description = "`sale_not_found`", body = crate::http::openapi::ErrorDoc),
-        (status = 409, description = "`sale_started` (only raising stock or moving the end is allowed once active) or `sale_ended` (nothing changes once ended, sold out or cancelled)", body = crate::http::openapi::ErrorDoc),
+        (status = 409, description = "`sale_started` (only raising stock or moving the end is allowed once active; the description, price and image change only before the start) or `sale_ended` (nothing changes once ended, sold out or cancelled)", body = crate::http::openapi::ErrorDoc),
         (status = 413, description = "`payload_too_large`", body = crate::http::openapi::ErrorDoc),
         (status = 415, description = "`unsupported_media_type`", body = crate::http::openapi::ErrorDoc),
         (status = 429, description = "`rate_limited`: too many failed logins from this address", body = crate::http::openapi::ErrorDoc),
@@ -154,7 +199,7 @@ pub async fn update_sale(
     SalePath(id): SalePath,
     request: Request,
 ) -> Result<SaleBody, ApiError> {
-    let body = json_body(request, app.body_timeout).await?;
+    let body = json_body_within(request, app.body_timeout, MAX_SALE_BODY_BYTES).await?;
     let raw: UpdateSaleRequest = parse_object(&body)?;
     let edit = SaleEdit {
         name: raw.name,
@@ -170,6 +215,13 @@ pub async fn update_sale(
             .transpose()?,
         stock: raw.stock,
         per_user_limit: raw.per_user_limit,
+        description: match raw.description {
+            Field::Absent => None,
+            Field::Null => Some(String::new()),
+            Field::Value(text) => Some(text),
+        },
+        price: price_edit(raw.price_minor, raw.currency)?,
+        image: None,
     };
     change(&app, id, SaleChange::Edit(edit)).await
 }
@@ -198,7 +250,12 @@ pub async fn cancel_sale(
     change(&app, id, SaleChange::Cancel).await
 }
 
-async fn change(app: &AppState, id: SaleId, change: SaleChange) -> Result<SaleBody, ApiError> {
+/// Asks the store for `change` and answers the sale as it is now, or the refusal.
+pub(crate) async fn change(
+    app: &AppState,
+    id: SaleId,
+    change: SaleChange,
+) -> Result<SaleBody, ApiError> {
     let outcome = app.store.change_sale(id, change).await;
     // Whatever came of it, the next purchase here reads the sale afresh.
     app.known_sales.forget(id);

@@ -80,6 +80,17 @@ pub enum ApiError {
     PayloadTooLarge,
     /// 415 `unsupported_media_type`: `content-type` is not `application/json`.
     UnsupportedMediaType,
+    /// 413 `image_too_large`: an uploaded image over `--max-image-bytes`; refused from its
+    /// `Content-Length` or as soon as more arrived, never buffered past the limit.
+    ImageTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// 415 `unsupported_image`: an upload whose bytes are not a PNG, JPEG or WebP image
+    /// (whatever its `Content-Type` said).
+    UnsupportedImage,
+    /// 404 `image_not_found`: the sale has no image.
+    ImageNotFound,
     /// 422 `idempotency_key_reused`: the key was first used with another user or quantity.
     IdempotencyKeyReused,
     /// 429 `rate_limited`: this client or buyer sent too many requests; `Retry-After` set.
@@ -173,6 +184,11 @@ const SALE_NOT_FOUND: &str = fixed_body!("sale_not_found", "there is no such sal
 const ORDER_NOT_FOUND: &str =
     fixed_body!("order_not_found", "this buyer has no order in this sale");
 const NOT_FOUND: &str = fixed_body!("not_found", "there is nothing at this address");
+const UNSUPPORTED_IMAGE: &str = fixed_body!(
+    "unsupported_image",
+    "the body is not a PNG, JPEG or WebP image (its type is read from its bytes, not its Content-Type)"
+);
+const IMAGE_NOT_FOUND: &str = fixed_body!("image_not_found", "this sale has no image");
 const METHOD_NOT_ALLOWED: &str = fixed_body!(
     "method_not_allowed",
     "this method is not allowed on this address"
@@ -275,7 +291,10 @@ impl ApiError {
             | ApiError::SaleEnded(_)
             | ApiError::OrderNotFound
             | ApiError::NotFound
-            | ApiError::MethodNotAllowed => return None,
+            | ApiError::MethodNotAllowed
+            | ApiError::ImageTooLarge { .. }
+            | ApiError::UnsupportedImage
+            | ApiError::ImageNotFound => return None,
         })
     }
 
@@ -290,6 +309,9 @@ impl ApiError {
             ApiError::OrderNotFound => "order_not_found",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::ImageTooLarge { .. } => "image_too_large",
+            ApiError::UnsupportedImage => "unsupported_image",
+            ApiError::ImageNotFound => "image_not_found",
             _ => self.outcome().map_or("internal", Outcome::code),
         }
     }
@@ -301,8 +323,12 @@ impl ApiError {
             ApiError::EmailTaken | ApiError::SaleStarted(_) | ApiError::SaleEnded(_) => {
                 StatusCode::CONFLICT
             }
-            ApiError::OrderNotFound | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::OrderNotFound | ApiError::NotFound | ApiError::ImageNotFound => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::ImageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedImage => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             _ => self
                 .outcome()
                 .and_then(|o| StatusCode::from_u16(o.status()).ok())
@@ -323,6 +349,8 @@ impl ApiError {
             ApiError::OrderNotFound => ORDER_NOT_FOUND,
             ApiError::NotFound => NOT_FOUND,
             ApiError::MethodNotAllowed => METHOD_NOT_ALLOWED,
+            ApiError::UnsupportedImage => UNSUPPORTED_IMAGE,
+            ApiError::ImageNotFound => IMAGE_NOT_FOUND,
             ApiError::SoldOut => SOLD_OUT,
             ApiError::SaleNotActive(NotActiveReason::Upcoming) => NOT_ACTIVE_UPCOMING,
             ApiError::SaleNotActive(NotActiveReason::Ended) => NOT_ACTIVE_ENDED,
@@ -341,6 +369,10 @@ impl ApiError {
             }
             ApiError::SaleStarted(rule) => {
                 return to_bytes(&ErrorBody::new("sale_started", rule));
+            }
+            ApiError::ImageTooLarge { limit } => {
+                let message = format!("the image must be at most {limit} bytes");
+                return to_bytes(&ErrorBody::new("image_too_large", &message));
             }
             ApiError::SaleEnded(rule) => {
                 return to_bytes(&ErrorBody::new("sale_ended", rule));
@@ -455,6 +487,7 @@ impl IntoResponse for ApiError {
             self,
             ApiError::BodyTimeout
                 | ApiError::PayloadTooLarge
+                | ApiError::ImageTooLarge { .. }
                 | ApiError::UnsupportedMediaType
                 | ApiError::Unauthorized
                 | ApiError::Unauthenticated(_)
@@ -522,6 +555,9 @@ mod tests {
             ApiError::InvalidRequest("bad \"quote\"".into()),
             ApiError::AddressShareTaken { share: 10 },
             ApiError::BodyTimeout,
+            ApiError::ImageTooLarge { limit: 2048 },
+            ApiError::UnsupportedImage,
+            ApiError::ImageNotFound,
         ];
         for e in all {
             let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();

@@ -57,9 +57,11 @@ impl Snapshot {
         }
     }
 
-    /// Whether `other` is worth telling streams about (`server_time` alone is not).
+    /// Whether `other` is worth telling streams about (`server_time` alone is not; an
+    /// operator's change of the sale, its product included, is).
     fn differs(&self, other: &SaleStatus, state: SaleState) -> bool {
         self.state != state
+            || self.status.sale != other.sale
             || self.status.remaining != other.remaining
             || self.status.sold_out_at != other.sold_out_at
     }

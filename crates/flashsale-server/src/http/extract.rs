@@ -15,6 +15,10 @@ use std::time::Duration;
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 4096;
 
+/// The largest body of an operator's sale (create, edit): room for a product description of
+/// 2,000 characters of any script (up to 4 bytes each in UTF-8, more when escaped in JSON).
+pub const MAX_SALE_BODY_BYTES: usize = 16 * 1024;
+
 /// The `{sale_id}` path segment. Anything but a positive integer is 404 `sale_not_found`.
 pub struct SalePath(pub SaleId);
 
@@ -100,13 +104,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// (a client that declares more than it sends; nothing was read, so nothing was taken).
 /// Usually the body is one chunk, returned without copying.
 pub async fn json_body(request: Request, deadline: Duration) -> Result<Bytes, ApiError> {
-    match tokio::time::timeout(deadline, read_json_body(request)).await {
+    json_body_within(request, deadline, MAX_BODY_BYTES).await
+}
+
+/// [`json_body`] with a limit of `max` bytes instead of [`MAX_BODY_BYTES`].
+pub async fn json_body_within(
+    request: Request,
+    deadline: Duration,
+    max: usize,
+) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(deadline, read_json_body(request, max)).await {
         Ok(result) => result,
         Err(_) => Err(ApiError::BodyTimeout),
     }
 }
 
-async fn read_json_body(request: Request) -> Result<Bytes, ApiError> {
+async fn read_json_body(request: Request, max: usize) -> Result<Bytes, ApiError> {
     let headers = request.headers();
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -120,7 +133,7 @@ async fn read_json_body(request: Request) -> Result<Bytes, ApiError> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|len| len > max as u64) {
         return Err(ApiError::PayloadTooLarge);
     }
     let mut stream = request.into_body().into_data_stream();
@@ -131,7 +144,7 @@ async fn read_json_body(request: Request) -> Result<Bytes, ApiError> {
         let len = first.as_ref().map_or(0, Bytes::len)
             + joined.as_ref().map_or(0, BytesMut::len)
             + chunk.len();
-        if len > MAX_BODY_BYTES {
+        if len > max {
             return Err(ApiError::PayloadTooLarge);
         }
         match (&mut joined, first.take()) {

@@ -16,6 +16,7 @@ pub mod events;
 pub mod extract;
 pub mod health;
 pub mod identity;
+pub mod images;
 pub mod json;
 pub mod known_sales;
 pub mod limits;
@@ -29,7 +30,7 @@ pub mod stack;
 use crate::address_slots::AddressSlots;
 use crate::http::error::ApiError;
 use axum::Router;
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use bytes::Bytes;
 use flashsale_store::SaleStore;
 use std::ops::Deref;
@@ -57,6 +58,10 @@ pub mod routes {
     pub const ADMIN_SUMMARY: &str = "/api/admin/sales/{sale_id}/summary";
     /// Editing a sale.
     pub const ADMIN_SALE: &str = "/api/admin/sales/{sale_id}";
+    /// A sale's product image, uploaded or removed.
+    pub const ADMIN_IMAGE: &str = "/api/admin/sales/{sale_id}/image";
+    /// A sale's product image, served.
+    pub const IMAGE: &str = "/api/sales/{sale_id}/image";
     /// Cancelling a sale.
     pub const ADMIN_CANCEL: &str = "/api/admin/sales/{sale_id}/cancel";
     /// A sale's orders (JSON pages or CSV).
@@ -92,6 +97,8 @@ pub mod routes {
         ADMIN_SALE,
         ADMIN_CANCEL,
         ADMIN_ORDERS,
+        ADMIN_IMAGE,
+        IMAGE,
         HEALTHZ,
         READYZ,
         METRICS,
@@ -135,6 +142,8 @@ pub struct Shared {
     pub streams: Arc<AddressSlots>,
     /// How long one event stream lasts before the server ends it (the page reconnects).
     pub stream_lifetime: Duration,
+    /// The largest product image accepted (`--max-image-bytes`).
+    pub max_image_bytes: usize,
     /// With `--ops-listen`, `/metrics` is served there only.
     pub ops_listener: bool,
     /// How buyers are identified (`--identity`).
@@ -194,6 +203,7 @@ pub fn router_for(state: AppState, surface: Surface) -> App {
             .route(routes::BUYER_ORDERS, get(orders::get_orders))
             .route(routes::MY_ORDERS, get(orders::get_my_orders))
             .route(routes::EVENTS, get(events::get_events))
+            .route(routes::IMAGE, get(images::get_image))
             .route(routes::OPENAPI, get(openapi::get_openapi))
             .route(routes::PAGE, page::page_route(state.identity.mode()))
             .route(routes::FAVICON, get(page::get_favicon));
@@ -210,6 +220,10 @@ pub fn router_for(state: AppState, surface: Surface) -> App {
             .route(routes::ADMIN_SALE, patch(admin_sales::update_sale))
             .route(routes::ADMIN_CANCEL, post(admin_sales::cancel_sale))
             .route(routes::ADMIN_ORDERS, get(admin_orders::list_orders))
+            .route(
+                routes::ADMIN_IMAGE,
+                put(images::put_image).delete(images::delete_image),
+            )
             .route(routes::ADMIN_SUMMARY, get(admin::get_summary));
     }
     let router = routes

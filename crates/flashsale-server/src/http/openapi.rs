@@ -4,7 +4,9 @@
 
 use crate::http::AppState;
 use crate::http::identity::IdentityMode;
-use crate::http::{admin, admin_orders, admin_sales, events, health, metrics, orders, sales};
+use crate::http::{
+    admin, admin_orders, admin_sales, events, health, images, metrics, orders, sales,
+};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -158,6 +160,9 @@ pub struct BuyerOrdersDoc {
         admin_sales::update_sale,
         admin_sales::cancel_sale,
         admin_orders::list_orders,
+        images::put_image,
+        images::delete_image,
+        images::get_image,
         health::healthz,
         health::readyz,
         metrics::get_metrics,
@@ -389,6 +394,39 @@ mod tests {
 
     fn doc() -> Value {
         serde_json::from_slice(&document()).unwrap()
+    }
+
+    #[test]
+    fn the_product_routes_and_fields_are_documented() {
+        let doc = doc();
+        let paths = &doc["paths"];
+        for (path, method) in [
+            ("/api/admin/sales/{sale_id}/image", "put"),
+            ("/api/admin/sales/{sale_id}/image", "delete"),
+            ("/api/sales/{sale_id}/image", "get"),
+        ] {
+            assert!(paths[path][method].is_object(), "{method} {path}");
+        }
+        let put = &paths["/api/admin/sales/{sale_id}/image"]["put"]["responses"];
+        for status in ["200", "401", "404", "409", "413", "415"] {
+            assert!(put[status].is_object(), "PUT image {status}");
+        }
+        assert!(paths["/api/sales/{sale_id}/image"]["get"]["responses"]["304"].is_object());
+        let schemas = &doc["components"]["schemas"];
+        for field in ["description", "price_minor", "currency", "image_url"] {
+            assert!(
+                schemas["SaleBody"]["properties"][field].is_object(),
+                "SaleBody.{field}"
+            );
+        }
+        for schema in ["CreateSaleRequest", "UpdateSaleRequest"] {
+            for field in ["description", "price_minor", "currency"] {
+                assert!(
+                    schemas[schema]["properties"][field].is_object(),
+                    "{schema}.{field}"
+                );
+            }
+        }
     }
 
     #[test]

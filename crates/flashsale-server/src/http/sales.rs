@@ -9,9 +9,10 @@ use crate::http::json::JsonBuf;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use flashsale_core::{EndReason, SaleState, pick_featured};
+use flashsale_core::{Currency, EndReason, ImageRef, SaleState, pick_featured};
 use flashsale_store::SaleStatus;
 use serde::Serialize;
+use std::sync::Arc;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
@@ -68,6 +69,61 @@ pub struct SaleBody {
     /// The store's clock when this body was made.
     #[serde(with = "time::serde::rfc3339")]
     pub server_time: OffsetDateTime,
+    /// What the buyer reads about the product (plain text), if given.
+    #[serde(serialize_with = "shared_text")]
+    #[schema(value_type = Option<String>, max_length = 2000)]
+    pub description: Option<Arc<str>>,
+    /// The unit price in minor units of `currency` (cents for EUR, yen for JPY), if given.
+    #[schema(minimum = 1, maximum = 9_007_199_254_740_i64)]
+    pub price_minor: Option<u64>,
+    /// The price's ISO 4217 currency, with `price_minor`.
+    #[serde(serialize_with = "currency_code")]
+    #[schema(value_type = Option<String>, pattern = "^[A-Z]{3}$")]
+    pub currency: Option<Currency>,
+    /// Where the product image is served, with its version (`/api/sales/7/image?v=...`): a
+    /// new image is a new URL. `null` when the sale has no image.
+    #[serde(rename = "image_url", serialize_with = "image_url")]
+    #[schema(value_type = Option<String>)]
+    pub image: Option<ImageUrl>,
+}
+
+/// A sale's image as its status body links it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageUrl {
+    /// The sale.
+    pub sale_id: i64,
+    /// The image.
+    pub image: ImageRef,
+}
+
+impl ImageUrl {
+    /// Writes the URL (ASCII: digits and hex, nothing to escape) into `out`.
+    fn write(&self, out: &mut JsonBuf) {
+        out.raw(b"\"/api/sales/")
+            .number(self.sale_id)
+            .raw(b"/image?v=")
+            .raw(&self.image.version())
+            .raw(b"\"");
+    }
+}
+
+fn shared_text<S: serde::Serializer>(text: &Option<Arc<str>>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_some(&text.as_deref())
+}
+
+fn currency_code<S: serde::Serializer>(code: &Option<Currency>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_some(&code.as_ref().map(Currency::as_str))
+}
+
+fn image_url<S: serde::Serializer>(url: &Option<ImageUrl>, s: S) -> Result<S::Ok, S::Error> {
+    let url = url.map(|u| {
+        format!(
+            "/api/sales/{}/image?v={}",
+            u.sale_id,
+            String::from_utf8_lossy(&u.image.version())
+        )
+    });
+    s.serialize_some(&url)
 }
 
 impl SaleBody {
@@ -95,13 +151,21 @@ impl SaleBody {
             per_user_limit: sale.per_user_limit,
             sold_out_at: status.sold_out_at,
             server_time: now,
+            description: sale.product.description.clone(),
+            price_minor: sale.product.price.map(|p| p.minor()),
+            currency: sale.product.price.map(|p| p.currency()),
+            image: sale.product.image.map(|image| ImageUrl {
+                sale_id: sale.id.0,
+                image,
+            }),
         }
     }
 
     /// The body as JSON, the same bytes `serde_json` writes for it (a test holds them equal;
     /// see [`crate::http::json`] for why by hand).
     pub fn to_json(&self) -> JsonBuf {
-        let mut out = JsonBuf::with_capacity(320 + self.name.len());
+        let description = self.description.as_deref().map_or(0, str::len);
+        let mut out = JsonBuf::with_capacity(420 + self.name.len() + description);
         out.raw(b"{\"sale_id\":")
             .number(self.sale_id)
             .raw(b",\"name\":")
@@ -131,7 +195,29 @@ impl SaleBody {
             .instant(self.sold_out_at)
             .raw(b",\"server_time\":")
             .instant(Some(self.server_time))
-            .raw(b"}");
+            .raw(b",\"description\":");
+        match &self.description {
+            Some(text) => out.string(text),
+            None => out.raw(b"null"),
+        };
+        out.raw(b",\"price_minor\":");
+        match self.price_minor {
+            Some(minor) => out.number(minor),
+            None => out.raw(b"null"),
+        };
+        out.raw(b",\"currency\":");
+        match &self.currency {
+            Some(code) => out.string(code.as_str()),
+            None => out.raw(b"null"),
+        };
+        out.raw(b",\"image_url\":");
+        match &self.image {
+            Some(url) => url.write(&mut out),
+            None => {
+                out.raw(b"null");
+            }
+        }
+        out.raw(b"}");
         out
     }
 }
@@ -210,9 +296,20 @@ mod tests {
                 instant(),
             ),
             (any::<u32>(), any::<u32>(), any::<u32>()),
+            (
+                proptest::option::of(any::<String>()),
+                proptest::option::of(1..=flashsale_core::money::MAX_PRICE_MINOR),
+                proptest::option::of("[A-Z]{3}"),
+                proptest::option::of(any::<[u8; 8]>()),
+            ),
         )
             .prop_map(
-                |((sale_id, name, state, reason), (starts, ends, sold_out, now), (t, r, l))| {
+                |(
+                    (sale_id, name, state, reason),
+                    (starts, ends, sold_out, now),
+                    (t, r, l),
+                    (description, price, currency, image),
+                )| {
                     SaleBody {
                         sale_id,
                         name,
@@ -226,9 +323,24 @@ mod tests {
                         per_user_limit: l,
                         sold_out_at: sold_out,
                         server_time: now,
+                        description: description.map(Arc::from),
+                        price_minor: price,
+                        currency: currency.map(|c| Currency::parse(&c).unwrap()),
+                        image: image.map(|seed| ImageUrl {
+                            sale_id,
+                            image: an_image(seed),
+                        }),
                     }
                 },
             )
+    }
+
+    /// A PNG header of `seed`'s size: a different image (and digest) per seed.
+    fn an_image(seed: [u8; 8]) -> ImageRef {
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+        png.extend_from_slice(&[1, seed[0], seed[1], seed[2], 1, seed[3], seed[4], seed[5]]);
+        png.extend_from_slice(&[8, 6, 0, 0, 0, seed[6], seed[7], 0, 0]);
+        ImageRef::of(&png).unwrap()
     }
 
     proptest! {
@@ -265,6 +377,13 @@ mod tests {
                 per_user_limit: 1,
                 sold_out_at: Some(at),
                 server_time: at,
+                description: Some(Arc::from(name)),
+                price_minor: Some(1999),
+                currency: Some(Currency::parse("EUR").unwrap()),
+                image: Some(ImageUrl {
+                    sale_id: 7,
+                    image: an_image([0; 8]),
+                }),
             };
             assert_eq!(
                 body.to_json().into_bytes(),

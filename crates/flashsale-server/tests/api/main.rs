@@ -21,6 +21,7 @@ mod operating;
 mod operations;
 mod orders;
 mod overload;
+mod product;
 mod restart;
 mod sales;
 mod scale_out;

@@ -24,6 +24,8 @@ async fn sale_status_has_every_field_of_the_contract_with_server_time_from_the_s
             "starts_at": rfc3339(START), "ends_at": rfc3339(END),
             "stock_total": 10, "stock_remaining": 10, "per_user_limit": 2,
             "sold_out_at": null, "server_time": "2026-11-22T12:00:00Z",
+            // The product (OP-12): none given, so none shown.
+            "description": null, "price_minor": null, "currency": null, "image_url": null,
         })
     );
 }

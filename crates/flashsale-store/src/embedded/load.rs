@@ -1,7 +1,7 @@
 //! Opening the database and rebuilding the in-memory books from it.
 
 use super::book::{PersistedCounters, SaleBook};
-use super::schema::{from_micros, migrate, sale_of_row};
+use super::schema::{SALE_COLUMNS, SALE_LEN, from_micros, migrate, sale_of_row};
 use crate::counter_columns;
 use crate::model::{Order, RejectionCounts};
 use flashsale_core::{IdempotencyKey, Outcome, SaleId, UserId};
@@ -55,14 +55,14 @@ pub(crate) fn spawn_checkpointer(
 
 /// The index of the first counter column in the query of [`rebuild`] (after the sale, the
 /// clock guard and `attempts`).
-const FIRST_COUNTER: usize = 9;
+const FIRST_COUNTER: usize = SALE_LEN + 2;
 
 /// Rebuilds every sale's book from the committed rows.
 pub(crate) fn rebuild(conn: &Connection) -> rusqlite::Result<BTreeMap<SaleId, Arc<SaleBook>>> {
     let mut books = BTreeMap::new();
+    // The sale's column names are its table's alone, so they need no qualifier.
     let mut sales = conn.prepare(&format!(
-        "SELECT s.id, s.name, s.starts_at_us, s.ends_at_us, s.stock, s.per_user_limit,
-                s.cancelled_at_us, c.last_decided_us, c.attempts, {}
+        "SELECT {SALE_COLUMNS}, c.last_decided_us, c.attempts, {}
          FROM sales s LEFT JOIN sale_counters c ON c.sale_id = s.id",
         counter_columns::list(|c| format!("c.{c}"))
     ))?;
@@ -72,7 +72,7 @@ pub(crate) fn rebuild(conn: &Connection) -> rusqlite::Result<BTreeMap<SaleId, Ar
         // `sales.sold_out_at_us` is not read back: the sold-out instant is derived from the
         // orders themselves (see `SaleBook::restore`), so no flag can disagree with them.
         let last_decided = row
-            .get::<_, Option<i64>>(7)?
+            .get::<_, Option<i64>>(SALE_LEN)?
             .map_or(OffsetDateTime::UNIX_EPOCH, from_micros);
         let n = |i: usize| -> rusqlite::Result<u64> {
             Ok(row.get::<_, Option<i64>>(i)?.unwrap_or(0) as u64)
@@ -83,7 +83,7 @@ pub(crate) fn rebuild(conn: &Connection) -> rusqlite::Result<BTreeMap<SaleId, Ar
         }
         let counters = PersistedCounters {
             last_decided,
-            attempts: n(8)?,
+            attempts: n(SALE_LEN + 1)?,
             rejections,
         };
         let book = SaleBook::new(sale);

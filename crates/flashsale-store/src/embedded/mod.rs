@@ -12,6 +12,7 @@
 //! on disk with the counters), so a wall clock stepped back cannot re-open an ended sale.
 
 mod book;
+mod images;
 mod load;
 pub(crate) mod schema;
 mod writer;
@@ -24,7 +25,10 @@ use crate::{
 use async_trait::async_trait;
 use book::{BookCounters, ChangeStep, FirstAttempt, SaleBook, Step};
 pub use book::{MAX_REFUSED_KEYS, REFUSAL_RETENTION};
-use flashsale_core::{Clock, NewSale, Sale, SaleChange, SaleId, UserId};
+use bytes::Bytes;
+use flashsale_core::{Clock, ImageRef, NewSale, Sale, SaleChange, SaleId, UserId};
+pub use images::IMAGES_DIR;
+use images::ImageFiles;
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,6 +62,8 @@ pub struct EmbeddedStore {
     /// Shutdown releases it once the writer has stopped: a handle still alive somewhere (a
     /// task finishing) must not keep the next store from opening the directory.
     lock: Mutex<Option<std::fs::File>>,
+    /// The product images, files beside the database.
+    images: Arc<ImageFiles>,
 }
 
 impl EmbeddedStore {
@@ -72,6 +78,15 @@ impl EmbeddedStore {
         })?;
         let lock = lock_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
+        let images = ImageFiles::open(data_dir).map_err(|e| {
+            StoreError::unavailable_from(
+                format!(
+                    "cannot create the images directory in {}",
+                    data_dir.display()
+                ),
+                e,
+            )
+        })?;
         let conn = load::connect(&path).map_err(|e| unavailable(&path, e))?;
         let books = load::rebuild(&conn).map_err(|e| unavailable(&path, e))?;
         let high_water = books
@@ -113,6 +128,7 @@ impl EmbeddedStore {
             path,
             in_flight: InFlight::default(),
             lock: Mutex::new(Some(lock)),
+            images: Arc::new(images),
         })
     }
 
@@ -340,6 +356,22 @@ impl SaleStore for EmbeddedStore {
                 }
             })
             .await
+    }
+
+    async fn put_image(&self, id: SaleId, image: ImageRef, bytes: Bytes) -> Result<(), StoreError> {
+        let images = Arc::clone(&self.images);
+        tokio::task::spawn_blocking(move || images.put(id, image, &bytes))
+            .await
+            .map_err(|e| StoreError::internal_from("image write task failed", e))?
+            .map_err(|e| StoreError::unavailable_from("cannot write the image file", e))
+    }
+
+    async fn image(&self, id: SaleId, image: ImageRef) -> Result<Option<Bytes>, StoreError> {
+        let images = Arc::clone(&self.images);
+        tokio::task::spawn_blocking(move || images.get(id, image))
+            .await
+            .map_err(|e| StoreError::internal_from("image read task failed", e))?
+            .map_err(|e| StoreError::unavailable_from("cannot read the image file", e))
     }
 
     async fn status(&self, id: SaleId) -> Result<Option<SaleStatus>, StoreError> {

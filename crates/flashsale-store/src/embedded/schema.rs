@@ -5,6 +5,7 @@
 //! the orders, and `CHECK (sold <= stock)` makes the database refuse an oversell on its own,
 //! whatever the memory above it believes.
 
+use crate::product_columns::product_of;
 use flashsale_core::{Sale, SaleId};
 use rusqlite::Connection;
 use time::OffsetDateTime;
@@ -73,6 +74,16 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
          );
          CREATE INDEX IF NOT EXISTS sale_changes_by_sale ON sale_changes (sale_id, id);",
     )?;
+    // The product (OP-12..OP-15): the same columns as PostgreSQL's migration 0009; the
+    // image's bytes are files beside the database (`images.rs`), the row names which.
+    for column in crate::product_columns::COLUMNS.split(", ") {
+        let ty = if column == "price_minor" {
+            "INTEGER"
+        } else {
+            "TEXT"
+        };
+        add_column(conn, "sales", column, ty)?;
+    }
     Ok(())
 }
 
@@ -90,10 +101,13 @@ fn add_column(conn: &Connection, table: &str, column: &str, ty: &str) -> rusqlit
 }
 
 /// The columns [`sale_of_row`] reads, in its order.
-pub(crate) const SALE_COLUMNS: &str =
-    "id, name, starts_at_us, ends_at_us, stock, per_user_limit, cancelled_at_us";
+pub(crate) const SALE_COLUMNS: &str = "id, name, starts_at_us, ends_at_us, stock, per_user_limit, \
+     cancelled_at_us, description, price_minor, currency, image_kind, image_sha256";
 
-/// The sale in the first seven columns of `row` ([`SALE_COLUMNS`]).
+/// How many columns [`SALE_COLUMNS`] lists: a query's next column is at this index.
+pub(crate) const SALE_LEN: usize = 12;
+
+/// The sale in the first [`SALE_LEN`] columns of `row` ([`SALE_COLUMNS`]).
 pub(crate) fn sale_of_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Sale> {
     Ok(Sale {
         id: SaleId(row.get(0)?),
@@ -103,6 +117,13 @@ pub(crate) fn sale_of_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Sale> {
         stock: row.get(4)?,
         per_user_limit: row.get(5)?,
         cancelled_at: row.get::<_, Option<i64>>(6)?.map(from_micros),
+        product: product_of(
+            row.get(7)?,
+            row.get(8)?,
+            row.get(9)?,
+            row.get(10)?,
+            row.get(11)?,
+        ),
     })
 }
 
@@ -115,4 +136,14 @@ pub(crate) fn to_micros(at: OffsetDateTime) -> i64 {
 pub(crate) fn from_micros(micros: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sale_len_counts_the_sale_columns() {
+        assert_eq!(SALE_COLUMNS.split(", ").count(), SALE_LEN);
+    }
 }

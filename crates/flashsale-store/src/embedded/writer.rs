@@ -28,6 +28,7 @@ use super::book::{PersistedCounters, SaleBook};
 use super::schema::{SALE_COLUMNS, sale_of_row, to_micros};
 use crate::counter_columns;
 use crate::model::{Order, SaleStatus};
+use crate::product_columns::ProductRow;
 use flashsale_core::{IdempotencyKey, NewSale, Sale, SaleId, change::changed_fields};
 use parking_lot::RwLock;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
@@ -364,16 +365,23 @@ fn create_sale(conn: &Connection, new: NewSale) -> rusqlite::Result<Sale> {
             return Ok(sale);
         }
     }
+    let product = ProductRow::of(&new.product);
     conn.execute(
-        "INSERT INTO sales (name, starts_at_us, ends_at_us, stock, per_user_limit, creation_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO sales (name, starts_at_us, ends_at_us, stock, per_user_limit, creation_key,
+                            description, price_minor, currency, image_kind, image_sha256)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             new.name,
             to_micros(new.starts_at),
             to_micros(new.ends_at),
             new.stock,
             new.per_user_limit,
-            key
+            key,
+            product.description,
+            product.price_minor,
+            product.currency,
+            product.image_kind,
+            product.image_sha256,
         ],
     )?;
     Ok(new.with_id(SaleId(conn.last_insert_rowid())))
@@ -384,9 +392,11 @@ fn create_sale(conn: &Connection, new: NewSale) -> rusqlite::Result<Sale> {
 fn change_sale(conn: &mut Connection, change: &SaleChangeWrite) -> rusqlite::Result<()> {
     let tx = WriteTx::begin(conn)?;
     let new = &change.new;
+    let product = ProductRow::of(&new.product);
     tx.execute(
         "UPDATE sales SET name = ?2, starts_at_us = ?3, ends_at_us = ?4, stock = ?5,
-                          per_user_limit = ?6, cancelled_at_us = ?7
+                          per_user_limit = ?6, cancelled_at_us = ?7, description = ?8,
+                          price_minor = ?9, currency = ?10, image_kind = ?11, image_sha256 = ?12
          WHERE id = ?1",
         params![
             new.id.0,
@@ -396,6 +406,11 @@ fn change_sale(conn: &mut Connection, change: &SaleChangeWrite) -> rusqlite::Res
             new.stock,
             new.per_user_limit,
             new.cancelled_at.map(to_micros),
+            product.description,
+            product.price_minor,
+            product.currency,
+            product.image_kind,
+            product.image_sha256,
         ],
     )?;
     let mut record = tx.prepare(

@@ -23,6 +23,7 @@ use super::sale_row::{SALE, sale_at};
 use super::scripts::{Applied, Freeze, Scripts};
 use super::snapshot::Snapshot;
 use crate::instants::from_micros;
+use crate::product_columns::ProductRow;
 use crate::{ChangeOutcome, StoreError};
 use flashsale_core::change::{apply, changed_fields};
 use flashsale_core::{ChangeRefusal, Sale, SaleChange, SaleId};
@@ -181,10 +182,13 @@ async fn write_change(
         Ok(new) => new,
         Err(refusal) => return Ok(Err(refusal)),
     };
+    let product = ProductRow::of(&new.product);
     let revision: i64 = tx
         .query_one(
             "UPDATE sales SET name = $2, starts_at = $3, ends_at = $4, stock = $5,
-                              per_user_limit = $6, cancelled_at = $7, revision = revision + 1
+                              per_user_limit = $6, cancelled_at = $7, description = $8,
+                              price_minor = $9, currency = $10, image_kind = $11,
+                              image_sha256 = $12, revision = revision + 1
              WHERE id = $1 RETURNING revision",
             &[
                 &id.0,
@@ -194,6 +198,11 @@ async fn write_change(
                 &(new.stock as i32),
                 &(new.per_user_limit as i32),
                 &new.cancelled_at,
+                &product.description,
+                &product.price_minor,
+                &product.currency,
+                &product.image_kind,
+                &product.image_sha256,
             ],
         )
         .await?

@@ -56,17 +56,19 @@ mod snapshot;
 pub use config::{DEFAULT_KEY_PREFIX, DEFAULT_PG_SCHEMA, RedisPgConfig};
 
 use crate::in_flight::InFlight;
+use crate::product_columns::ProductRow;
 use crate::{
     AdmissionBatches, Attempt, ChangeOutcome, Dependency, Order, OrderKey, PurchaseHold,
     PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary,
 };
 use admitter::Admitter;
 use async_trait::async_trait;
+use bytes::Bytes;
 use change::Changes;
 use connections::{Postgres, Redis};
 use counters::Counters;
 use fence::Fence;
-use flashsale_core::{IdempotencyKey, NewSale, Sale, SaleChange, SaleId, UserId};
+use flashsale_core::{IdempotencyKey, ImageRef, NewSale, Sale, SaleChange, SaleId, UserId};
 use keys::Keys;
 use orders::OrderWriter;
 use purchase::{PreFilter, Purchases};
@@ -222,14 +224,16 @@ impl SaleStore for RedisPgStore {
         let pg = &self.pg;
         let client = pg.client().await?;
         let key = new.creation_key.as_ref().map(IdempotencyKey::as_str);
+        let product = ProductRow::of(&new.product);
         // A key seen before (a retry after a lost answer) inserts nothing: its sale is returned.
         let row = pg
             .call(
                 "create sale",
                 client.query_opt(
                     "INSERT INTO sales (name, starts_at, ends_at, stock, per_user_limit,
-                                        creation_key)
-                     VALUES ($1, $2, $3, $4, $5, $6)
+                                        creation_key, description, price_minor, currency,
+                                        image_kind, image_sha256)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                      ON CONFLICT (creation_key) DO NOTHING RETURNING id",
                     &[
                         &new.name,
@@ -238,6 +242,11 @@ impl SaleStore for RedisPgStore {
                         &(new.stock as i32),
                         &(new.per_user_limit as i32),
                         &key,
+                        &product.description,
+                        &product.price_minor,
+                        &product.currency,
+                        &product.image_kind,
+                        &product.image_sha256,
                     ],
                 ),
             )
@@ -279,6 +288,41 @@ impl SaleStore for RedisPgStore {
             .spawn(changes.change(id, change))
             .await
             .map_err(|e| StoreError::internal_from("the change's task failed", e))?
+    }
+
+    async fn put_image(&self, id: SaleId, image: ImageRef, bytes: Bytes) -> Result<(), StoreError> {
+        let client = self.pg.client().await?;
+        self.pg
+            .call(
+                "keep an image",
+                client.execute(
+                    "INSERT INTO sale_images (sale_id, sha256, kind, bytes) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (sale_id, sha256) DO NOTHING",
+                    &[
+                        &id.0,
+                        &image.sha256_hex(),
+                        &image.kind().as_str(),
+                        &bytes.as_ref(),
+                    ],
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn image(&self, id: SaleId, image: ImageRef) -> Result<Option<Bytes>, StoreError> {
+        let client = self.pg.client().await?;
+        let row = self
+            .pg
+            .call(
+                "read an image",
+                client.query_opt(
+                    "SELECT bytes FROM sale_images WHERE sale_id = $1 AND sha256 = $2",
+                    &[&id.0, &image.sha256_hex()],
+                ),
+            )
+            .await?;
+        Ok(row.map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
     }
 
     async fn purchase_holding(

@@ -13,7 +13,7 @@
 
 use super::connections::{Postgres, Redis};
 use super::keys::{Keys, SaleKeys};
-use super::sale_row::{SALE, sale_at};
+use super::sale_row::{SALE, SALE_LEN, sale_at};
 use super::scripts::{RebuildLock, Scripts, Step, StepReply};
 use super::snapshot::Snapshot;
 use crate::StoreError;
@@ -349,7 +349,7 @@ async fn read_durable(
     tx.commit().await?;
     Ok(Durable {
         sale: sale_at(&row, 4),
-        revision: row.get(11),
+        revision: row.get(4 + SALE_LEN),
         epoch: row.get(0),
         sold: row.get::<_, i32>(1) as u32,
         sold_out_at: row.get(2),

@@ -27,6 +27,8 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         7,
         include_str!("../../migrations/0007_orders_by_sale_time.sql"),
     ),
+    // 8 is the stock ledger's (another branch); versions are applied by number, each once.
+    (9, include_str!("../../migrations/0009_products.sql")),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations.

@@ -21,7 +21,7 @@
 //! is over (sold out or past its end) keeps answering: nothing can change it any more.
 
 use super::connections::Postgres;
-use super::sale_row::{SALE, sale_at};
+use super::sale_row::{SALE, SALE_LEN, sale_at};
 use crate::instants::{from_micros, to_micros, unix_ms};
 use crate::{SaleStatus, StoreError};
 use flashsale_core::{NotActiveReason, Rejection, Sale, SaleId};
@@ -361,12 +361,12 @@ fn settled_rejection(sale: &Sale, remaining: u32, now: OffsetDateTime) -> Option
 fn entry_of(row: &tokio_postgres::Row) -> Entry {
     // SELECT {SALE}, sold, sold_out_at, revision
     let sale = sale_at(row, 0);
-    let sold = row.get::<_, i32>(7) as u32;
+    let sold = row.get::<_, i32>(SALE_LEN) as u32;
     Entry {
         remaining: sale.stock.saturating_sub(sold),
         epoch: None,
-        sold_out_at: row.get(8),
-        revision: row.get(9),
+        sold_out_at: row.get(SALE_LEN + 1),
+        revision: row.get(SALE_LEN + 2),
         sale: Arc::new(sale),
     }
 }
