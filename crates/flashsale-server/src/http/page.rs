@@ -390,6 +390,26 @@ mod tests {
         assert_eq!(response.headers()[header::REFERRER_POLICY], "no-referrer");
     }
 
+    #[tokio::test]
+    async fn the_operator_page_runs_only_its_own_script_and_no_shared_cache_keeps_it() {
+        let response = get_admin_page(HeaderMap::new()).await;
+        let h = response.headers();
+        assert_eq!(h[header::CACHE_CONTROL], ADMIN_CACHE_CONTROL);
+        let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert_eq!(inline_scripts(ADMIN_HTML).count(), 1);
+        let script = inline_scripts(ADMIN_HTML).next().unwrap();
+        let expected = BASE64_STANDARD.encode(Sha256::digest(script.as_bytes()));
+        assert!(
+            csp.contains(&format!("script-src 'sha256-{expected}';")),
+            "{csp}"
+        );
+        // The policy allows no inline handler, so the page must not rely on one.
+        for handler in ["onclick=", "onsubmit=", "onload=", "onchange=", "oninput="] {
+            assert!(!ADMIN_HTML.contains(handler), "the page uses {handler}");
+        }
+        assert!(ADMIN_HTML.len() < 48 * 1024, "{} bytes", ADMIN_HTML.len());
+    }
+
     #[test]
     fn a_page_without_scripts_allows_none() {
         let csp = content_security_policy("<p>no script</p>");

@@ -281,3 +281,66 @@ async fn op16_the_operator_page_is_served_where_the_admin_api_is_with_a_strict_p
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn op18_scale_out_each_instance_samples_the_shared_figures_of_purchases_made_on_any() {
+    use crate::scale_out::{Cleanup, TOKEN, spawn_instance};
+    let name = flashsale_testkit::isolation::unique("live");
+    let _cleanup = Cleanup::named(&name);
+    let (a, stop_a) = spawn_instance(&name).await;
+    let (b, stop_b) = spawn_instance(&name).await;
+    let client = reqwest::Client::new();
+    let now = time::OffsetDateTime::now_utc();
+    let format = |at: time::OffsetDateTime| {
+        at.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let sale: Value = client
+        .post(format!("{a}/api/admin/sales"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({
+            "name": "Shared", "stock": 10,
+            "starts_at": format(now - time::Duration::seconds(1)),
+            "ends_at": format(now + time::Duration::hours(1)),
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sale = sale["sale_id"].as_i64().unwrap();
+    for (i, base) in [&a, &a, &a, &b, &b].into_iter().enumerate() {
+        let response = client
+            .post(format!("{base}/api/sales/{sale}/orders"))
+            .json(&serde_json::json!({ "user_id": format!("buyer-{i}") }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+
+    // Instance B's live view counts the purchases made on A too: the figures are the store's.
+    let response = client
+        .get(format!("{b}/api/admin/sales/{sale}/live"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut stream = LiveStream {
+        response,
+        buffer: String::new(),
+    };
+    let (event, history) = stream.next().await.unwrap();
+    assert_eq!(event, "history");
+    let mut seen = history["samples"].as_array().unwrap().clone();
+    while !seen
+        .iter()
+        .any(|s| s["sold"] == 5 && s["confirmed_orders"] == 5)
+    {
+        seen.push(stream.sample().await);
+    }
+    stop_a.cancel();
+    stop_b.cancel();
+}
