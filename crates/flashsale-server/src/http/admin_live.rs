@@ -21,7 +21,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use std::convert::Infallible;
-use std::sync::Arc;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -99,9 +98,7 @@ impl Viewer {
         if published.last {
             self.next = None;
         }
-        let event = Event::default()
-            .event("sample")
-            .data(Arc::clone(&published.json).as_ref());
+        let event = Event::default().event("sample").data(&*published.json);
         Some((Ok(event), self))
     }
 }

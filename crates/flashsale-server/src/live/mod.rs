@@ -23,7 +23,7 @@ pub mod history;
 
 use crate::http::sales::{EndedReason, StateName};
 use crate::latency::{LatencyCounts, Percentiles, PurchaseLatency};
-use flashsale_core::{EndReason, SaleId, SaleState};
+use flashsale_core::{SaleId, SaleState};
 use flashsale_store::{RejectionCounts, SaleStore, Summary};
 use history::History;
 use parking_lot::Mutex;
@@ -80,16 +80,8 @@ impl Sample {
         let stock_total = summary.status.sale.stock;
         Self {
             at: now,
-            state: match state {
-                SaleState::Upcoming => StateName::Upcoming,
-                SaleState::Active => StateName::Active,
-                SaleState::Ended(_) => StateName::Ended,
-            },
-            ended_reason: state.ended_reason().map(|r| match r {
-                EndReason::Time => EndedReason::Time,
-                EndReason::SoldOut => EndedReason::SoldOut,
-                EndReason::Cancelled => EndedReason::Cancelled,
-            }),
+            state: StateName::of(state),
+            ended_reason: EndedReason::of(state),
             stock_total,
             sold: stock_total.saturating_sub(summary.status.remaining),
             available: summary.status.remaining,
