@@ -352,13 +352,20 @@ async fn op19_the_operator_page_works_on_a_phone_sized_screen_with_the_keyboard(
         view["focus"], "live-name",
         "the opened sale's heading has the focus"
     );
+    // More buyers while the phone watches: the figures follow there too.
+    herd(&app, sale, 5, 5).await;
+    let view = browser
+        .wait_view("selling on a phone", |v| {
+            v["sold"] == 10 && v["p50"].is_number()
+        })
+        .await;
     assert!(
         view["overflow"].as_i64().unwrap() <= 0,
         "nothing is wider than the screen: {view:#}"
     );
     browser.screenshot("admin-07-phone-live-top").await;
     browser
-        .js("document.getElementById('chart').scrollIntoView()")
+        .js("document.getElementById('chart').scrollIntoView({block: 'center'})")
         .await;
     browser.screenshot("admin-08-phone-live-chart").await;
 }
