@@ -10,6 +10,8 @@
 //! - [`address_slots`]: what each client address holds open (connections, event streams).
 //! - [`tls`]: native HTTPS (rustls; HTTP/2 and HTTP/1.1 by ALPN; certificate reload on SIGHUP).
 //! - [`telemetry`]: logging (`RUST_LOG`, a request id on every line).
+//! - [`live`]: the operator's live view: per-sale samplers and their bounded histories;
+//!   [`latency`]: this instance's purchase latency as percentiles.
 //! - [`http`]: the router and one module per resource; the contract is `docs/api.md`.
 //!
 //! Dependencies point inward: this crate uses `flashsale-store` (the `SaleStore` trait and its
@@ -21,6 +23,8 @@ pub mod address_slots;
 pub mod admin_token;
 pub mod config;
 pub mod http;
+pub mod latency;
+pub mod live;
 pub mod serve;
 pub mod startup;
 pub mod telemetry;

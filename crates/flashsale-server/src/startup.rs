@@ -213,6 +213,7 @@ impl Application {
             ));
         }
         let upkeep = spawn_upkeep(&tasks, state.clone(), shutdown.clone());
+        tasks.spawn(Arc::clone(&state.live).watch_active());
         let mut server = tokio::spawn(serve_listeners(
             listeners,
             state,
@@ -306,11 +307,19 @@ fn app_state(
     tasks: &TaskTracker,
     ports: &Ports,
 ) -> Result<AppState, StartupError> {
+    let metrics = http::metrics::Metrics::new()?;
+    let live = crate::live::Live::new(
+        Arc::clone(store),
+        metrics.purchase_latency(),
+        shutdown.clone(),
+        tasks.clone(),
+    );
     Ok(AppState::new(Shared {
         store: Arc::clone(store),
         admin_token: admin_token.into_bytes().into_boxed_slice(),
-        metrics: http::metrics::Metrics::new()?,
+        metrics,
         events: http::events::Broadcasts::new(Arc::clone(store), shutdown.clone(), tasks.clone()),
+        live,
         openapi: http::openapi::document_for(identity.mode()),
         purchase_slots: Arc::new(Semaphore::new(config.protection.max_inflight_purchases)),
         limiter: http::limits::Limiter::new(&config.rate_limits),

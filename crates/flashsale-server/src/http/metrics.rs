@@ -22,6 +22,7 @@
 
 use crate::http::AppState;
 use crate::http::routes;
+use crate::latency::PurchaseLatency;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -32,7 +33,7 @@ use metrics_exporter_prometheus::{
     BuildError, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 /// Histogram buckets for request latency, in seconds.
@@ -62,6 +63,8 @@ static METADATA: Metadata<'static> =
 /// One route's handles, each registered on first use.
 struct RouteMetrics {
     route: &'static str,
+    /// The purchase route, whose answers also feed [`Metrics::purchase_latency`].
+    purchase: bool,
     latency: OnceLock<Histogram>,
     /// One per entry of [`STATUSES`], then `other`.
     by_status: Vec<OnceLock<Counter>>,
@@ -77,6 +80,8 @@ pub struct Metrics {
     purchases: [OnceLock<Counter>; Outcome::COUNT],
     ready: Gauge,
     released: Counter,
+    /// Purchase answer times as fine percentiles, for the operator's live view.
+    purchase_latency: Arc<PurchaseLatency>,
 }
 
 impl Metrics {
@@ -146,6 +151,7 @@ impl Metrics {
             .map(|&route| {
                 let metrics = RouteMetrics {
                     route,
+                    purchase: route == routes::ORDERS,
                     latency: OnceLock::new(),
                     by_status: (0..=STATUSES.len()).map(|_| OnceLock::new()).collect(),
                 };
@@ -159,7 +165,13 @@ impl Metrics {
             purchases: std::array::from_fn(|_| OnceLock::new()),
             ready,
             released,
+            purchase_latency: Arc::default(),
         })
+    }
+
+    /// This instance's purchase answer times (the live view reads percentiles from it).
+    pub fn purchase_latency(&self) -> Arc<PurchaseLatency> {
+        Arc::clone(&self.purchase_latency)
     }
 
     /// Counts one purchase answer.
@@ -247,7 +259,11 @@ impl Metrics {
             );
             self.recorder.register_histogram(&key, &METADATA)
         });
-        latency.record(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed();
+        latency.record(elapsed.as_secs_f64());
+        if m.purchase {
+            self.purchase_latency.record(elapsed);
+        }
         let index = STATUSES
             .iter()
             .position(|(s, _)| *s == status)

@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod admin_live;
 pub mod admin_orders;
 pub mod admin_sales;
 pub mod client_ip;
@@ -66,6 +67,10 @@ pub mod routes {
     pub const ADMIN_CANCEL: &str = "/api/admin/sales/{sale_id}/cancel";
     /// A sale's orders (JSON pages or CSV).
     pub const ADMIN_ORDERS: &str = "/api/admin/sales/{sale_id}/orders";
+    /// A sale's live figures (history, then samples).
+    pub const ADMIN_LIVE: &str = "/api/admin/sales/{sale_id}/live";
+    /// The operator's page.
+    pub const ADMIN_PAGE: &str = "/admin";
     /// Liveness.
     pub const HEALTHZ: &str = "/healthz";
     /// Readiness.
@@ -99,6 +104,8 @@ pub mod routes {
         ADMIN_ORDERS,
         ADMIN_IMAGE,
         IMAGE,
+        ADMIN_LIVE,
+        ADMIN_PAGE,
         HEALTHZ,
         READYZ,
         METRICS,
@@ -125,6 +132,8 @@ pub struct Shared {
     pub metrics: metrics::Metrics,
     /// Per-sale live-update broadcasters.
     pub events: events::Broadcasts,
+    /// Per-sale samplers and histories of the operator's live view.
+    pub live: Arc<crate::live::Live>,
     /// The OpenAPI document, serialised once.
     pub openapi: Bytes,
     /// Slots for purchases in flight (`--max-inflight-purchases`): past them, 503 at once. A
@@ -169,9 +178,9 @@ impl Deref for AppState {
 pub enum Surface {
     /// Every route on one listener (the default).
     All,
-    /// Everything but `/api/admin/*`, which answers 404 here.
+    /// Everything but `/api/admin/*` and `/admin`, which answer 404 here.
     Public,
-    /// Only `/api/admin/*` (plus health, readiness and metrics for the operator's probes).
+    /// Only `/api/admin/*` and the operator's page `/admin` (plus health, readiness and metrics for the operator's probes).
     Admin,
     /// Only health, readiness and metrics (`--ops-listen`): probes get through even when the
     /// public listener's connection budget is spent.
@@ -224,6 +233,8 @@ pub fn router_for(state: AppState, surface: Surface) -> App {
                 routes::ADMIN_IMAGE,
                 put(images::put_image).delete(images::delete_image),
             )
+            .route(routes::ADMIN_LIVE, get(admin_live::get_live))
+            .route(routes::ADMIN_PAGE, get(page::get_admin_page))
             .route(routes::ADMIN_SUMMARY, get(admin::get_summary));
     }
     let router = routes

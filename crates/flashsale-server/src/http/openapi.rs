@@ -5,7 +5,8 @@
 use crate::http::AppState;
 use crate::http::identity::IdentityMode;
 use crate::http::{
-    admin, admin_orders, admin_sales, events, health, images, metrics, orders, sales,
+    admin, admin_live, admin_orders, admin_sales, events, health, images, metrics, orders,
+    sales,
 };
 use axum::extract::State;
 use axum::http::header;
@@ -163,6 +164,7 @@ pub struct BuyerOrdersDoc {
         images::put_image,
         images::delete_image,
         images::get_image,
+        admin_live::get_live,
         health::healthz,
         health::readyz,
         metrics::get_metrics,
@@ -191,7 +193,7 @@ impl Modify for AdminToken {
     }
 }
 
-/// Declares `GET /` and `GET /favicon.ico`, whose handlers live with the page's assets.
+/// Declares `GET /`, `GET /admin` and `GET /favicon.ico`, whose handlers live with the page's assets.
 struct WebPage;
 
 impl Modify for WebPage {
@@ -210,6 +212,25 @@ impl Modify for WebPage {
             .paths
             .paths
             .insert("/".to_owned(), PathItem::new(HttpMethod::Get, operation));
+        let admin = OperationBuilder::new()
+            .tag("admin")
+            .summary(Some("The operator's page"))
+            .description(Some(
+                "Sales, create and edit forms, a live view with charts, CSV downloads; it asks \
+                 for the admin token and sends it as a bearer token. Served where the admin API \
+                 is (with `--admin-listen`, on that listener only).",
+            ))
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("The operator's page")
+                    .content("text/html", ContentBuilder::new().build()),
+            )
+            .build();
+        openapi
+            .paths
+            .paths
+            .insert("/admin".to_owned(), PathItem::new(HttpMethod::Get, admin));
         let icon = OperationBuilder::new()
             .tag("operations")
             .summary(Some("The page's icon"))

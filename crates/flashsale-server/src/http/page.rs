@@ -1,5 +1,10 @@
-//! `GET /`: the buyer's web page (docs/requirements.md#5-the-web-page),
-//! and `GET /favicon.ico`, both embedded in the binary so the service needs no files at run time.
+//! `GET /`: the buyer's web page (docs/requirements.md#5-the-web-page), `GET /admin`: the
+//! operator's page (docs/admin-page.md), and `GET /favicon.ico`, all embedded in the binary so
+//! the service needs no files at run time.
+//!
+//! The operator's page is served the same way with its own script hash, but `private,
+//! no-cache`: it holds no secret (the token is typed in and kept in the tab), yet no shared
+//! cache has any business keeping it, and an operator should get a new build at once.
 //!
 //! The page is one self-contained HTML file (`assets/index.html`: markup, style and script, no
 //! build step, nothing from other hosts). Under a herd every buyer loads it at the same moment,
@@ -34,6 +39,12 @@ use std::sync::LazyLock;
 /// The page's HTML.
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
 
+/// The operator's page (`assets/admin.html`).
+const ADMIN_HTML: &str = include_str!("../../assets/admin.html");
+
+/// The operator's page is revalidated on every load and kept by no shared cache.
+const ADMIN_CACHE_CONTROL: &str = "private, no-cache";
+
 /// The icon browsers show in the tab (a bolt): tiny, so served as is, never compressed.
 const FAVICON_SVG: &str = include_str!("../../assets/favicon.svg");
 
@@ -46,6 +57,10 @@ const CACHE_CONTROL: &str = "public, max-age=60, stale-while-revalidate=300";
 /// style keeps `'unsafe-inline'`: CSS cannot run code, and hashing it too buys little.
 static CONTENT_SECURITY_POLICY: LazyLock<HeaderValue> =
     LazyLock::new(|| content_security_policy(INDEX_HTML));
+
+/// [`CONTENT_SECURITY_POLICY`] for the operator's page.
+static ADMIN_CONTENT_SECURITY_POLICY: LazyLock<HeaderValue> =
+    LazyLock::new(|| content_security_policy(ADMIN_HTML));
 
 fn content_security_policy(html: &str) -> HeaderValue {
     let hashes: Vec<String> = inline_scripts(html)
@@ -83,6 +98,8 @@ struct Page {
 }
 
 static PAGE: LazyLock<Page> = LazyLock::new(|| Page::new(INDEX_HTML.as_bytes()));
+
+static ADMIN_PAGE: LazyLock<Page> = LazyLock::new(|| Page::new(ADMIN_HTML.as_bytes()));
 
 /// The mode the page source is written for; other modes replace this attribute.
 const GUEST_MARKER: &str = r#"data-identity="guest""#;
@@ -167,6 +184,16 @@ pub async fn get_accounts_page(headers: HeaderMap) -> Response {
     render(&ACCOUNTS_PAGE, &headers)
 }
 
+/// Serves the operator's page (it works only with the admin token, which it asks for).
+pub async fn get_admin_page(headers: HeaderMap) -> Response {
+    render_with(
+        &ADMIN_PAGE,
+        &headers,
+        ADMIN_CACHE_CONTROL,
+        &ADMIN_CONTENT_SECURITY_POLICY,
+    )
+}
+
 /// The route serving the page rendered for `mode`.
 pub fn page_route(mode: IdentityMode) -> MethodRouter<AppState> {
     match mode {
@@ -177,6 +204,15 @@ pub fn page_route(mode: IdentityMode) -> MethodRouter<AppState> {
 }
 
 fn render(page: &Page, headers: &HeaderMap) -> Response {
+    render_with(page, headers, CACHE_CONTROL, &CONTENT_SECURITY_POLICY)
+}
+
+fn render_with(
+    page: &Page,
+    headers: &HeaderMap,
+    cache_control: &'static str,
+    csp: &HeaderValue,
+) -> Response {
     let use_gzip = accepts_gzip(headers);
     let (body, tag) = if use_gzip {
         (&page.gzip, &page.gzip_etag)
@@ -201,13 +237,10 @@ fn render(page: &Page, headers: &HeaderMap) -> Response {
     h.insert(header::ETAG, tag.clone());
     h.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static(CACHE_CONTROL),
+        HeaderValue::from_static(cache_control),
     );
     h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        CONTENT_SECURITY_POLICY.clone(),
-    );
+    h.insert(header::CONTENT_SECURITY_POLICY, csp.clone());
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
@@ -356,6 +389,26 @@ mod tests {
             "{csp}"
         );
         assert_eq!(response.headers()[header::REFERRER_POLICY], "no-referrer");
+    }
+
+    #[tokio::test]
+    async fn the_operator_page_runs_only_its_own_script_and_no_shared_cache_keeps_it() {
+        let response = get_admin_page(HeaderMap::new()).await;
+        let h = response.headers();
+        assert_eq!(h[header::CACHE_CONTROL], ADMIN_CACHE_CONTROL);
+        let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert_eq!(inline_scripts(ADMIN_HTML).count(), 1);
+        let script = inline_scripts(ADMIN_HTML).next().unwrap();
+        let expected = BASE64_STANDARD.encode(Sha256::digest(script.as_bytes()));
+        assert!(
+            csp.contains(&format!("script-src 'sha256-{expected}';")),
+            "{csp}"
+        );
+        // The policy allows no inline handler, so the page must not rely on one.
+        for handler in ["onclick=", "onsubmit=", "onload=", "onchange=", "oninput="] {
+            assert!(!ADMIN_HTML.contains(handler), "the page uses {handler}");
+        }
+        assert!(ADMIN_HTML.len() < 48 * 1024, "{} bytes", ADMIN_HTML.len());
     }
 
     #[test]

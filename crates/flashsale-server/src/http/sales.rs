@@ -28,6 +28,17 @@ pub enum StateName {
     Ended,
 }
 
+impl StateName {
+    /// The wire name of `state`.
+    pub fn of(state: SaleState) -> Self {
+        match state {
+            SaleState::Upcoming => StateName::Upcoming,
+            SaleState::Active => StateName::Active,
+            SaleState::Ended(_) => StateName::Ended,
+        }
+    }
+}
+
 /// Why a sale ended, on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -38,6 +49,17 @@ pub enum EndedReason {
     SoldOut,
     /// The operator cancelled the sale.
     Cancelled,
+}
+
+impl EndedReason {
+    /// Why `state` ended, when it has.
+    pub fn of(state: SaleState) -> Option<Self> {
+        state.ended_reason().map(|r| match r {
+            EndReason::Time => EndedReason::Time,
+            EndReason::SoldOut => EndedReason::SoldOut,
+            EndReason::Cancelled => EndedReason::Cancelled,
+        })
+    }
 }
 
 /// The status body (docs/api.md "Sale status").
@@ -134,16 +156,8 @@ impl SaleBody {
         Self {
             sale_id: sale.id.0,
             name: sale.name.clone(),
-            state: match state {
-                SaleState::Upcoming => StateName::Upcoming,
-                SaleState::Active => StateName::Active,
-                SaleState::Ended(_) => StateName::Ended,
-            },
-            ended_reason: state.ended_reason().map(|r| match r {
-                EndReason::Time => EndedReason::Time,
-                EndReason::SoldOut => EndedReason::SoldOut,
-                EndReason::Cancelled => EndedReason::Cancelled,
-            }),
+            state: StateName::of(state),
+            ended_reason: EndedReason::of(state),
             starts_at: sale.starts_at,
             ends_at: sale.ends_at,
             stock_total: sale.stock,

@@ -15,6 +15,7 @@ mod helpers;
 mod identity;
 mod lifecycle;
 mod limits;
+mod live;
 mod modes;
 mod monitoring;
 mod operating;
