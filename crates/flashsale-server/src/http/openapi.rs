@@ -5,8 +5,7 @@
 use crate::http::AppState;
 use crate::http::identity::IdentityMode;
 use crate::http::{
-    admin, admin_live, admin_orders, admin_sales, events, health, images, metrics, orders,
-    sales,
+    admin, admin_live, admin_orders, admin_sales, events, health, images, metrics, orders, sales,
 };
 use axum::extract::State;
 use axum::http::header;

@@ -10,6 +10,7 @@ use fantoccini::Locator;
 use fantoccini::key::Key;
 use flashsale_core::SystemClock;
 use serde_json::{Value, json};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::format_description::well_known::Rfc3339;
@@ -155,6 +156,21 @@ async fn op16_op17_op19_the_operator_logs_in_creates_watches_a_sale_sell_cancels
         .await;
     browser.fill("f-stock", "0").await;
     browser.fill("f-per_user_limit", "1").await;
+    // OP-12, OP-14: the product through the same form; the image goes up once the sale exists.
+    browser
+        .fill("f-description", "Warm wool socks, one size")
+        .await;
+    browser.fill("f-price_minor", "1299").await;
+    browser.fill("f-currency", "EUR").await;
+    let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/product.png");
+    browser
+        .client
+        .find(Locator::Id("f-image"))
+        .await
+        .unwrap()
+        .send_keys(image.to_str().unwrap())
+        .await
+        .unwrap();
     browser.click("save").await;
     let view = browser
         .wait_view("stock error", |v| v["stock_error"] != "")
@@ -190,6 +206,31 @@ async fn op16_op17_op19_the_operator_logs_in_creates_watches_a_sale_sell_cancels
         .unwrap()["sales"][0]["sale_id"]
         .as_u64()
         .unwrap();
+    let product = app
+        .http
+        .get(format!("{}/api/sales/{sale}", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(product["description"], "Warm wool socks, one size");
+    assert_eq!(product["price_minor"], 1299);
+    assert_eq!(product["currency"], "EUR");
+    let image_url = product["image_url"].as_str().expect("the uploaded image");
+    let served = app
+        .http
+        .get(format!("{}{image_url}", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.headers()["content-type"], "image/png");
+    assert_eq!(
+        served.bytes().await.unwrap().as_ref(),
+        std::fs::read(&image).unwrap().as_slice(),
+        "the page uploaded the file's bytes"
+    );
 
     // The edit form: raising the stock (allowed before and after the start).
     browser.click("edit").await;
