@@ -5,6 +5,7 @@
 //! - [`conformance`]: what every store answers on fresh data;
 //! - [`durability`]: what every store keeps across a restart and a crash;
 //! - [`export`]: the operator's export of a sale's orders, page by page;
+//! - [`ledger`]: the stock ledger of a sale, page by page, and replayed after a herd;
 //! - [`conformance_suite!`]: one `#[tokio::test]` per case of both, for one store;
 //! - [`stores`]: the embedded and scale-out stores as [`StoreUnderTest`]s;
 //! - [`isolation`]: each test's own schema and key prefix on the shared Redis and
@@ -20,6 +21,7 @@ pub mod conformance;
 pub mod durability;
 pub mod export;
 pub mod isolation;
+pub mod ledger;
 pub mod stores;
 
 use async_trait::async_trait;
@@ -49,7 +51,7 @@ pub trait StoreUnderTest: Send + Sync + Sized + 'static {
 }
 
 /// Generates, in a module named `$backend`, one `#[tokio::test]` per case of
-/// [`conformance`], [`durability`] and [`export`] for the [`StoreUnderTest`] `$sut`, plus the (ignored)
+/// [`conformance`], [`durability`], [`export`] and [`ledger`] for the [`StoreUnderTest`] `$sut`, plus the (ignored)
 /// test the crash case runs as its child process. The invoking crate needs `tokio` with the
 /// `macros` and `rt-multi-thread` features.
 #[macro_export]
@@ -77,6 +79,10 @@ macro_rules! conformance_suite {
             );
             $crate::conformance_suite!(@cases $sut; export;
                 orders_are_paged_once_each_while_purchases_continue,
+            );
+            $crate::conformance_suite!(@cases $sut; ledger;
+                ledger_records_each_cause_once_while_purchases_continue,
+                ledger_replays_to_the_final_figures_after_a_concurrent_herd,
             );
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

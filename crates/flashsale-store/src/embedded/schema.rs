@@ -73,7 +73,61 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
          );
          CREATE INDEX IF NOT EXISTS sale_changes_by_sale ON sale_changes (sale_id, id);",
     )?;
-    Ok(())
+    create_stock_ledger(conn)
+}
+
+/// The stock ledger's recorded entries (issue 14; the same table as PostgreSQL's migration
+/// 0008): every change of a sale's units that is not an order (orders are their own entries),
+/// written in the same transaction as the change. A data directory from before it gets the
+/// entries its sales and `sale_changes` imply, once, when the table is created.
+fn create_stock_ledger(conn: &Connection) -> rusqlite::Result<()> {
+    let present: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'stock_ledger'",
+        [],
+        |row| row.get(0),
+    )?;
+    if present {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "BEGIN;
+         CREATE TABLE stock_ledger (
+             id              INTEGER PRIMARY KEY AUTOINCREMENT,
+             sale_id         INTEGER NOT NULL REFERENCES sales(id),
+             at_us           INTEGER NOT NULL,
+             cause           TEXT    NOT NULL,
+             order_id        BLOB,
+             available_delta INTEGER NOT NULL,
+             held_delta      INTEGER NOT NULL,
+             sold_delta      INTEGER NOT NULL,
+             sale_change_id  INTEGER REFERENCES sale_changes(id)
+         );
+         CREATE INDEX stock_ledger_by_sale ON stock_ledger (sale_id, at_us, id);
+         -- The stock a sale was created with is the first stock change's old value, if any;
+         -- it was created no later than its start (orders come after it) or its first change.
+         INSERT INTO stock_ledger (sale_id, at_us, cause, available_delta, held_delta, sold_delta)
+         SELECT s.id,
+                min(s.starts_at_us, coalesce(
+                    (SELECT min(c.at_us) FROM sale_changes c WHERE c.sale_id = s.id),
+                    s.starts_at_us)),
+                'created',
+                coalesce((SELECT CAST(c.old_value AS INTEGER) FROM sale_changes c
+                          WHERE c.sale_id = s.id AND c.field = 'stock' ORDER BY c.id LIMIT 1),
+                         s.stock),
+                0, 0
+         FROM sales s ORDER BY s.id;
+         INSERT INTO stock_ledger
+             (sale_id, at_us, cause, available_delta, held_delta, sold_delta, sale_change_id)
+         SELECT c.sale_id, c.at_us, c.kind,
+                CASE c.kind WHEN 'edit'
+                    THEN CAST(c.new_value AS INTEGER) - CAST(c.old_value AS INTEGER) ELSE 0 END,
+                0, 0, c.id
+         FROM sale_changes c
+         WHERE (c.kind = 'edit' AND c.field = 'stock')
+            OR (c.kind = 'cancel' AND c.field = 'cancelled_at')
+         ORDER BY c.id;
+         COMMIT;",
+    )
 }
 
 /// Adds `column` to `table` unless it is there (names are constants of this module).

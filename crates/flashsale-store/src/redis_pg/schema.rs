@@ -27,6 +27,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         7,
         include_str!("../../migrations/0007_orders_by_sale_time.sql"),
     ),
+    (8, include_str!("../../migrations/0008_stock_ledger.sql")),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations.
