@@ -8,11 +8,13 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod admin_ledger;
 pub mod admin_orders;
 pub mod admin_sales;
 pub mod client_ip;
 pub mod error;
 pub mod events;
+pub mod export;
 pub mod extract;
 pub mod health;
 pub mod identity;
@@ -63,6 +65,8 @@ pub mod routes {
     pub const ADMIN_CANCEL: &str = "/api/admin/sales/{sale_id}/cancel";
     /// A sale's orders (JSON pages or CSV).
     pub const ADMIN_ORDERS: &str = "/api/admin/sales/{sale_id}/orders";
+    /// A sale's stock ledger (JSON pages or CSV).
+    pub const ADMIN_LEDGER: &str = "/api/admin/sales/{sale_id}/ledger";
     /// Liveness.
     pub const HEALTHZ: &str = "/healthz";
     /// Readiness.
@@ -209,6 +213,7 @@ pub fn router_for(state: AppState, surface: Surface) -> Router {
             .route(routes::ADMIN_SALE, patch(admin_sales::update_sale))
             .route(routes::ADMIN_CANCEL, post(admin_sales::cancel_sale))
             .route(routes::ADMIN_ORDERS, get(admin_orders::list_orders))
+            .route(routes::ADMIN_LEDGER, get(admin_ledger::list_ledger))
             .route(routes::ADMIN_SUMMARY, get(admin::get_summary));
     }
     routes

@@ -4,7 +4,9 @@
 
 use crate::http::AppState;
 use crate::http::identity::IdentityMode;
-use crate::http::{admin, admin_orders, admin_sales, events, health, metrics, orders, sales};
+use crate::http::{
+    admin, admin_ledger, admin_orders, admin_sales, events, health, metrics, orders, sales,
+};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -158,6 +160,7 @@ pub struct BuyerOrdersDoc {
         admin_sales::update_sale,
         admin_sales::cancel_sale,
         admin_orders::list_orders,
+        admin_ledger::list_ledger,
         health::healthz,
         health::readyz,
         metrics::get_metrics,
@@ -389,6 +392,22 @@ mod tests {
 
     fn doc() -> Value {
         serde_json::from_slice(&document()).unwrap()
+    }
+
+    #[test]
+    fn the_ledger_route_is_described_with_every_cause() {
+        let doc = doc();
+        let route = &doc["paths"]["/api/admin/sales/{sale_id}/ledger"]["get"];
+        for status in ["200", "400", "401", "404"] {
+            assert!(route["responses"][status].is_object(), "{status}");
+        }
+        let cause =
+            doc["components"]["schemas"]["LedgerEntryBody"]["properties"]["cause"]["description"]
+                .as_str()
+                .unwrap();
+        for code in flashsale_store::LedgerCause::ALL.map(flashsale_store::LedgerCause::code) {
+            assert!(cause.contains(&format!("`{code}`")), "{code} not described");
+        }
     }
 
     #[test]
