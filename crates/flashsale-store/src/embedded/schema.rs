@@ -170,3 +170,52 @@ pub(crate) fn from_micros(micros: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_from_before_the_ledger_gets_the_entries_its_sales_and_changes_imply() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        // As the schema was before the ledger: a sale created with 10 units, raised to 15 at
+        // 50, renamed at 60, cancelled at 70.
+        conn.execute_batch(
+            "DROP TABLE stock_ledger;
+             INSERT INTO sales (id, name, starts_at_us, ends_at_us, stock, per_user_limit,
+                                cancelled_at_us)
+             VALUES (1, 'old', 100, 1000, 15, 1, 70);
+             INSERT INTO sale_changes (sale_id, at_us, kind, field, old_value, new_value) VALUES
+                 (1, 50, 'edit', 'stock', '10', '15'),
+                 (1, 60, 'edit', 'name', 'a', 'old'),
+                 (1, 70, 'cancel', 'cancelled_at', NULL, 'x');",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let rows: Vec<(i64, String, i64, Option<i64>)> = conn
+            .prepare(
+                "SELECT at_us, cause, available_delta, sale_change_id FROM stock_ledger
+                 ORDER BY at_us, id",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (50, "created".to_owned(), 10, None),
+                (50, "edit".to_owned(), 5, Some(1)),
+                (70, "cancel".to_owned(), 0, Some(3)),
+            ]
+        );
+        migrate(&conn).unwrap();
+        let count: i64 = conn
+            .query_row("SELECT count(*) FROM stock_ledger", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 3, "the backfill runs once");
+    }
+}
