@@ -15,6 +15,12 @@
 # guests on the second (same connections, same duration; the sign-ups and log-ins happen
 # before the measured window), then prints
 # guest vs accounts purchases/s, their ratio and the log-in time flashsale-load measured.
+# With BENCH_BASELINE_BIN set (and the embedded store), it also starts that binary (an older
+# build, e.g. main before a change) and the current one as two more fresh embedded servers, and
+# measures instant purchases on both at each connection count in ABBA rounds (the same rounds
+# and server-CPU sampling as the accounts comparison), then prints "baseline vs current":
+# req/s each, their ratio, p99, and the server's CPU µs per purchase (steadier than req/s on a
+# shared machine), and writes baseline.tsv and baseline-cpu.tsv.
 #
 # Usage: scripts/bench.sh   (about 5 minutes with the embedded store only, 10 with Redis too)
 # Environment:
@@ -25,6 +31,9 @@
 #   BENCH_OUT=target/bench     where raw outputs, results.tsv and accounts.tsv go
 #   BENCH_ACCOUNTS_POOL=1000   signed-in buyers of the accounts purchase runs
 #   BENCH_ACCOUNTS_ROUNDS=2    guest/accounts pairs per connection count (ABBA order)
+#   BENCH_BASELINE_BIN=        a flashsale binary to compare the current build with (unset:
+#                              no comparison), e.g. /work/baseline/flashsale-a6bdff1
+#   BENCH_BASELINE_ROUNDS=4    baseline/current pairs per connection count (ABBA order)
 #   REDIS_URL, DATABASE_URL    for the redis store (defaults: local Redis, local PostgreSQL
 #                              database flashsale_bench, created if missing)
 # Every server it starts is killed on exit.
@@ -46,6 +55,10 @@ PORT_REDIS_A=18081
 PORT_REDIS_B=18082
 PORT_ACCOUNTS=18083
 PORT_GUESTS=18084
+PORT_BASELINE=18085
+PORT_CURRENT=18086
+BASELINE_BIN=${BENCH_BASELINE_BIN:-}
+BASELINE_ROUNDS=${BENCH_BASELINE_ROUNDS:-4}
 # Accounts mode: buyers cycled through in the timed purchase runs (each is signed up and logged
 # in, two password hashes, before the window), and the sale's per-user limit that covers each
 # one's share (the API's maximum).
@@ -111,8 +124,8 @@ start_server() { # name port extra-args...; fails at once if the server exits
   local name=$1 port=$2
   shift 2
   # One client address sends every buyer here: per-address rate limits would measure the
-  # limiter, not the service.
-  "$SERVER" --listen "127.0.0.1:$port" --admin-token "$TOKEN" --demo-sale false --rate-limit off "$@" \
+  # limiter, not the service. SERVER_BIN, if set, is run instead of the current build.
+  "${SERVER_BIN:-$SERVER}" --listen "127.0.0.1:$port" --admin-token "$TOKEN" --demo-sale false --rate-limit off "$@" \
     >"$OUT/server-$name.log" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
@@ -222,36 +235,62 @@ bench_ceiling() { # conns tool
   fi
 }
 
-# Purchases by a pool of signed-in buyers vs the same pool as guests, at one connection count
-# (results in accounts.tsv, not in the ceiling table), each with the server's CPU time per
-# purchase (in accounts-cpu.tsv): on a machine shared with other work, req/s moves with the
-# neighbours' load, but the CPU the server spends on one purchase barely does. Rounds go
-# guest-accounts, then accounts-guest (ABBA), so a drift in the background load during the
-# runs weighs on both sides alike.
-bench_accounts() { # conns
-  local c=$1 round order who
-  local pool=(--buyer-pool "$ACCOUNTS_POOL" --limit "$ACCOUNTS_LIMIT" --stock 100000000
-    --start-in 1 -d "$DUR" --verify-max 1000 --verify-sample 50 --prepare-concurrency "$(nproc)")
-  for round in $(seq 1 "$ACCOUNTS_ROUNDS"); do
-    order="guest accounts"
-    [ $((round % 2)) = 1 ] || order="accounts guest"
+# Runs $3 rounds of one load run on each of two sides, $4 and $5, at $2 connections, in ABBA
+# order (A-B, then B-A, ...), so a drift in the background load during the runs weighs on both
+# sides alike; each run goes through with_server_cpu into $OUT/$1.tsv and $OUT/$1-cpu.tsv. $6 is
+# the function that runs one side's run, called as "$6 side round conns".
+abba_rounds() { # pair conns rounds side-a side-b run-function
+  local pair=$1 c=$2 rounds=$3 a=$4 b=$5 run=$6 round order who
+  for round in $(seq 1 "$rounds"); do
+    order="$a $b"
+    [ $((round % 2)) = 1 ] || order="$b $a"
     for who in $order; do
-      if [ "$who" = guest ]; then
-        with_server_cpu "${SERVER_PIDS[embedded-guests]}" guest "purchase_pool_$round" "$c" \
-          run_load guest "purchase_pool_$round" "$c" sustained \
-          --target "http://127.0.0.1:$PORT_GUESTS" --admin-token "$TOKEN" "${pool[@]}"
-      else
-        with_server_cpu "${SERVER_PIDS[embedded-accounts]}" accounts "purchase_pool_$round" "$c" \
-          run_load accounts "purchase_pool_$round" "$c" sustained --identity accounts \
-          --target "http://127.0.0.1:$PORT_ACCOUNTS" --admin-token "$TOKEN" "${pool[@]}"
-      fi
+      PAIR=$pair "$run" "$who" "$round" "$c"
     done
   done
 }
 
-# Runs one load run (the command after $4) into accounts.tsv while sampling the CPU ticks of
-# server $1 every 0.1 s, then appends "label scenario conns cpu_us_per_purchase" to
-# accounts-cpu.tsv. Only the samples inside the measured window count (the load tool reports
+# Purchases by a pool of signed-in buyers vs the same pool as guests, at one connection count
+# (results in accounts.tsv, not in the ceiling table), each with the server's CPU time per
+# purchase (in accounts-cpu.tsv): on a machine shared with other work, req/s moves with the
+# neighbours' load, but the CPU the server spends on one purchase barely does.
+bench_accounts() { # conns
+  abba_rounds accounts "$1" "$ACCOUNTS_ROUNDS" guest accounts accounts_side
+}
+
+accounts_side() { # guest|accounts round conns
+  local who=$1 round=$2 c=$3
+  local pool=(--buyer-pool "$ACCOUNTS_POOL" --limit "$ACCOUNTS_LIMIT" --stock 100000000
+    --start-in 1 -d "$DUR" --verify-max 1000 --verify-sample 50 --prepare-concurrency "$(nproc)")
+  if [ "$who" = guest ]; then
+    with_server_cpu "${SERVER_PIDS[embedded-guests]}" guest "purchase_pool_$round" "$c" \
+      run_load guest "purchase_pool_$round" "$c" sustained \
+      --target "http://127.0.0.1:$PORT_GUESTS" --admin-token "$TOKEN" "${pool[@]}"
+  else
+    with_server_cpu "${SERVER_PIDS[embedded-accounts]}" accounts "purchase_pool_$round" "$c" \
+      run_load accounts "purchase_pool_$round" "$c" sustained --identity accounts \
+      --target "http://127.0.0.1:$PORT_ACCOUNTS" --admin-token "$TOKEN" "${pool[@]}"
+  fi
+}
+
+# Instant purchases (embedded store, large stock) on the baseline binary vs the current build,
+# each on a fresh server of its own, at one connection count (baseline.tsv, baseline-cpu.tsv).
+bench_baseline() { # conns
+  abba_rounds baseline "$1" "$BASELINE_ROUNDS" baseline current baseline_side
+}
+
+baseline_side() { # baseline|current round conns
+  local who=$1 round=$2 c=$3 port=$PORT_CURRENT
+  [ "$who" = current ] || port=$PORT_BASELINE
+  with_server_cpu "${SERVER_PIDS[embedded-$who]}" "$who" "purchase_$round" "$c" \
+    run_load "$who" "purchase_$round" "$c" sustained --target "http://127.0.0.1:$port" \
+    --admin-token "$TOKEN" --stock 100000000 --start-in 1 -d "$DUR" --verify-max 1000 \
+    --verify-sample 50
+}
+
+# Runs one load run (the command after $4) into $PAIR.tsv (default accounts.tsv) while sampling
+# the CPU ticks of server $1 every 0.1 s, then appends "label scenario conns
+# cpu_us_per_purchase" to $PAIR-cpu.tsv. Only the samples inside the measured window count (the load tool reports
 # its length; it ends when the tool exits): the sign-ups and log-ins before it, two password
 # hashes per buyer, are preparation, not purchases.
 with_server_cpu() { # pid label scenario conns command...
@@ -263,7 +302,7 @@ with_server_cpu() { # pid label scenario conns command...
     sleep 0.1
   done) >"$samples" 2>/dev/null &
   local sampler=$!
-  RESULTS=$OUT/accounts.tsv "$@"
+  RESULTS=$OUT/${PAIR:-accounts}.tsv "$@"
   local end
   end=$(date +%s.%N)
   kill "$sampler" 2>/dev/null || true
@@ -276,7 +315,7 @@ with_server_cpu() { # pid label scenario conns command...
     $1 >= from && t0 == "" { t0 = $1; k0 = $2 }
     $1 <= to { t1 = $1; k1 = $2 }
     END { if (t1 > t0 && n > 0) printf "%s\t%s\t%s\t%.1f\n", label, scen, c, (k1 - k0) / hz * 1e6 / (n * (t1 - t0) / el) }
-  ' "$samples" >>"$OUT/accounts-cpu.tsv"
+  ' "$samples" >>"$OUT/${PAIR:-accounts}-cpu.tsv"
 }
 
 # The accounts section: guest vs accounts purchases/s per connection count (means over the
@@ -311,6 +350,33 @@ accounts_table() {
   done
 }
 
+# The baseline section: baseline vs current purchases/s per connection count (means over the
+# rounds) and the server's CPU per purchase.
+baseline_table() {
+  [ -s "$OUT/baseline.tsv" ] || return 0
+  echo
+  echo "Embedded store, instant purchases (large stock): baseline \`$BASELINE_BIN\` vs the current"
+  echo "build, each on a fresh server; flashsale-load, same connections and duration, $BASELINE_ROUNDS"
+  echo "rounds in ABBA order, means; server CPU per purchase sampled from /proc inside the window."
+  echo
+  echo "| conns | baseline req/s | current req/s | current / baseline | baseline p99 ms | current p99 ms | errors (baseline, current) | server CPU µs per purchase (baseline, current) | CPU current / baseline |"
+  echo "|---:|---:|---:|---:|---:|---:|---|---|---:|"
+  for c in $CONNS; do
+    awk -F'\t' -v c="$c" '
+      FILENAME ~ /cpu/ { if ($3 == c) { cpu[$1] += $4; ncpu[$1]++ }; next }
+      $4 == c { rps[$1] += $5; p99[$1] += $7; err[$1] += $8; n[$1]++ }
+      END {
+        if (!n["baseline"] || !n["current"]) exit
+        b = rps["baseline"] / n["baseline"]; k = rps["current"] / n["current"]
+        cb = ncpu["baseline"] ? cpu["baseline"] / ncpu["baseline"] : 0
+        ck = ncpu["current"] ? cpu["current"] / ncpu["current"] : 0
+        printf "| %s | %d | %d | %.3f | %.2f | %.2f | %d, %d | %.1f, %.1f | %.3f |\n",
+          c, b, k, (b > 0 ? k / b : 0), p99["baseline"] / n["baseline"], p99["current"] / n["current"],
+          err["baseline"], err["current"], cb, ck, (cb > 0 ? ck / cb : 0) }
+    ' "$OUT/baseline-cpu.tsv" "$OUT/baseline.tsv"
+  done
+}
+
 seed_scenario() { # label url1[,url2]
   local file="$OUT/seed-$1.json"
   log "seed  $1: 1,000 buyers, 100 units"
@@ -328,8 +394,11 @@ seed_scenario() { # label url1[,url2]
 # Start every deployment first; "label targets" lines.
 DEPLOYS=()
 ACCOUNTS=no
+BASELINE=no
 : > "$OUT/accounts.tsv"
 : > "$OUT/accounts-cpu.tsv"
+: > "$OUT/baseline.tsv"
+: > "$OUT/baseline-cpu.tsv"
 if [ -n "$SERVER" ]; then
   for store in $STORES; do
     case $store in
@@ -349,6 +418,17 @@ if [ -n "$SERVER" ]; then
           fi
         else
           echo "embedded store: SKIPPED (server not ready; see $OUT/server-embedded.log)" >&2
+        fi
+        if [ -n "$BASELINE_BIN" ]; then
+          if [ ! -x "$BASELINE_BIN" ]; then
+            echo "baseline comparison: SKIPPED ($BASELINE_BIN is not an executable)" >&2
+          elif SERVER_BIN=$BASELINE_BIN start_server embedded-baseline $PORT_BASELINE \
+            --data-dir "$WORK/embedded-baseline" &&
+            start_server embedded-current $PORT_CURRENT --data-dir "$WORK/embedded-current"; then
+            BASELINE=yes
+          else
+            echo "baseline comparison: SKIPPED (server not ready; see $OUT/server-embedded-baseline.log)" >&2
+          fi
         fi
         ;;
       redis)
@@ -397,6 +477,9 @@ for c in $CONNS; do
     if [ "$tool" = load ] && [ "$ACCOUNTS" = yes ]; then
       bench_accounts "$c"
     fi
+    if [ "$tool" = load ] && [ "$BASELINE" = yes ]; then
+      bench_baseline "$c"
+    fi
   done
 done
 
@@ -408,4 +491,5 @@ done
 {
   python3 "$ROOT/scripts/bench_table.py" "$RESULTS" "$OUT/seed.tsv"
   accounts_table
+  baseline_table
 } | tee "$OUT/table.md"

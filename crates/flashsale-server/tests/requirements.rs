@@ -108,7 +108,7 @@ fn the_requirements_define_every_family() {
         ("NF", 12),
         ("T", 10),
         ("CO", 11),
-        ("OP", 8),
+        ("OP", 19),
     ] {
         for n in 1..=last {
             let id = format!("{prefix}-{n}");

@@ -48,6 +48,7 @@ pub mod embedded;
 mod error;
 mod in_flight;
 mod instants;
+mod ledger;
 mod model;
 mod product_columns;
 pub mod redis_pg;
@@ -55,6 +56,7 @@ pub mod redis_pg;
 pub use config::StoreConfig;
 pub use error::{Cause, Report, StoreError};
 pub use in_flight::PurchaseHold;
+pub use ledger::{LedgerCause, LedgerEntry, LedgerKey, LedgerSource};
 pub use model::{
     AdmissionBatches, Attempt, BATCH_SIZE_BOUNDS, ChangeOutcome, Dependency, Order, OrderKey,
     PurchaseOutcome, RejectionCounts, SaleStatus, Summary,
@@ -132,6 +134,19 @@ pub trait SaleStore: Send + Sync + 'static {
         after: Option<OrderKey>,
         limit: usize,
     ) -> Result<Option<Vec<Order>>, StoreError>;
+
+    /// One page of the sale's stock ledger, in [`LedgerKey`] order: the first `limit` entries
+    /// after `after` (from the first when `None`), or `None` if there is no such sale. Every
+    /// change of the sale's available, held or sold units has exactly one entry, made durable
+    /// in the same atomic step as the change. An entry committed before the first page was read
+    /// is on exactly one page of a walk from `None` to an empty page; one committed during the
+    /// walk is on at most one.
+    async fn ledger_page(
+        &self,
+        id: SaleId,
+        after: Option<LedgerKey>,
+        limit: usize,
+    ) -> Result<Option<Vec<LedgerEntry>>, StoreError>;
 
     /// The sale's counters for operators, or `None` if there is no such sale.
     async fn summary(&self, id: SaleId) -> Result<Option<Summary>, StoreError>;

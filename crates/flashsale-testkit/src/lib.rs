@@ -5,6 +5,7 @@
 //! - [`conformance`]: what every store answers on fresh data;
 //! - [`durability`]: what every store keeps across a restart and a crash;
 //! - [`export`]: the operator's export of a sale's orders, page by page;
+//! - [`ledger`]: the stock ledger of a sale, page by page, and replayed after a herd;
 //! - [`product`]: the product's description, price and image, kept and changed by the rules;
 //! - [`conformance_suite!`]: one `#[tokio::test]` per case of both, for one store;
 //! - [`stores`]: the embedded and scale-out stores as [`StoreUnderTest`]s;
@@ -21,6 +22,7 @@ pub mod conformance;
 pub mod durability;
 pub mod export;
 pub mod isolation;
+pub mod ledger;
 pub mod product;
 pub mod stores;
 
@@ -51,7 +53,7 @@ pub trait StoreUnderTest: Send + Sync + Sized + 'static {
 }
 
 /// Generates, in a module named `$backend`, one `#[tokio::test]` per case of
-/// [`conformance`], [`durability`], [`export`] and [`product`] for the [`StoreUnderTest`] `$sut`, plus the (ignored)
+/// [`conformance`], [`durability`], [`export`], [`ledger`] and [`product`] for the [`StoreUnderTest`] `$sut`, plus the (ignored)
 /// test the crash case runs as its child process. The invoking crate needs `tokio` with the
 /// `macros` and `rt-multi-thread` features.
 #[macro_export]
@@ -79,6 +81,10 @@ macro_rules! conformance_suite {
             );
             $crate::conformance_suite!(@cases $sut; export;
                 orders_are_paged_once_each_while_purchases_continue,
+            );
+            $crate::conformance_suite!(@cases $sut; ledger;
+                ledger_records_each_cause_once_while_purchases_continue,
+                ledger_replays_to_the_final_figures_after_a_concurrent_herd,
             );
             $crate::conformance_suite!(@cases $sut; product;
                 a_product_and_its_image_are_kept_changed_by_the_rules_and_survive_a_restart,

@@ -8,12 +8,14 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod admin_ledger;
 pub mod admin_live;
 pub mod admin_orders;
 pub mod admin_sales;
 pub mod client_ip;
 pub mod error;
 pub mod events;
+pub mod export;
 pub mod extract;
 pub mod health;
 pub mod identity;
@@ -71,6 +73,8 @@ pub mod routes {
     pub const ADMIN_LIVE: &str = "/api/admin/sales/{sale_id}/live";
     /// The operator's page.
     pub const ADMIN_PAGE: &str = "/admin";
+    /// A sale's stock ledger (JSON pages or CSV).
+    pub const ADMIN_LEDGER: &str = "/api/admin/sales/{sale_id}/ledger";
     /// Liveness.
     pub const HEALTHZ: &str = "/healthz";
     /// Readiness.
@@ -235,6 +239,7 @@ pub fn router_for(state: AppState, surface: Surface) -> App {
             )
             .route(routes::ADMIN_LIVE, get(admin_live::get_live))
             .route(routes::ADMIN_PAGE, get(page::get_admin_page))
+            .route(routes::ADMIN_LEDGER, get(admin_ledger::list_ledger))
             .route(routes::ADMIN_SUMMARY, get(admin::get_summary));
     }
     let router = routes

@@ -5,7 +5,8 @@
 use crate::http::AppState;
 use crate::http::identity::IdentityMode;
 use crate::http::{
-    admin, admin_live, admin_orders, admin_sales, events, health, images, metrics, orders, sales,
+    admin, admin_ledger, admin_live, admin_orders, admin_sales, events, health, images, metrics,
+    orders, sales,
 };
 use axum::extract::State;
 use axum::http::header;
@@ -164,6 +165,7 @@ pub struct BuyerOrdersDoc {
         images::delete_image,
         images::get_image,
         admin_live::get_live,
+        admin_ledger::list_ledger,
         health::healthz,
         health::readyz,
         metrics::get_metrics,
@@ -446,6 +448,22 @@ mod tests {
                     "{schema}.{field}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn the_ledger_route_is_described_with_every_cause() {
+        let doc = doc();
+        let route = &doc["paths"]["/api/admin/sales/{sale_id}/ledger"]["get"];
+        for status in ["200", "400", "401", "404"] {
+            assert!(route["responses"][status].is_object(), "{status}");
+        }
+        let cause =
+            doc["components"]["schemas"]["LedgerEntryBody"]["properties"]["cause"]["description"]
+                .as_str()
+                .unwrap();
+        for code in flashsale_store::LedgerCause::ALL.map(flashsale_store::LedgerCause::code) {
+            assert!(cause.contains(&format!("`{code}`")), "{code} not described");
         }
     }
 

@@ -13,6 +13,7 @@ mod export;
 mod fuzz_http;
 mod helpers;
 mod identity;
+mod ledger;
 mod lifecycle;
 mod limits;
 mod live;

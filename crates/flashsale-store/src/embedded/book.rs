@@ -21,6 +21,7 @@
 //! flight) rather than being decided against a sale about to be replaced, so an edit racing a
 //! purchase is before it or after it, never beside it.
 
+use crate::ledger::{LedgerEntry, LedgerKey, merge};
 use crate::model::{Order, OrderKey, PurchaseOutcome, RejectionCounts, SaleStatus};
 use flashsale_core::{
     ChangeRefusal, Decision, IdempotencyKey, Outcome, Quantity, QuantityAboveLimit, Rejection,
@@ -117,6 +118,9 @@ struct BookState {
     /// Every committed order in export order, so a page of the operator's export is a range
     /// read, not a sort of the whole sale.
     orders: BTreeMap<OrderKey, Order>,
+    /// The stock ledger's recorded entries (every cause but orders, which are `orders`),
+    /// each added in the same critical section as the change it records.
+    recorded: BTreeMap<LedgerKey, LedgerEntry>,
     keys: HashMap<IdempotencyKey, KeyEntry>,
     /// Refused keys in the order they were stored, for retention and the bound.
     refused: VecDeque<(IdempotencyKey, OffsetDateTime)>,
@@ -225,6 +229,7 @@ impl SaleBook {
                 last_decided: OffsetDateTime::UNIX_EPOCH,
                 buyers: HashMap::new(),
                 orders: BTreeMap::new(),
+                recorded: BTreeMap::new(),
                 keys: HashMap::new(),
                 refused: VecDeque::new(),
                 stock_settled: None,
@@ -263,13 +268,24 @@ impl SaleBook {
 
     /// Ends the change begun by [`SaleBook::begin_change`]: `Some(sale)` once it is durable
     /// (the book holds it from now on), `None` if it could not be made durable (nothing
-    /// changed). Either way attempts waiting on it are decided again.
-    pub fn finish_change(&self, new: Option<Sale>) {
+    /// changed). Either way attempts waiting on it are decided again. The change's ledger
+    /// entry, if it has one, goes in with it: no reader sees one without the other.
+    pub fn finish_change(&self, new: Option<Sale>, entry: Option<LedgerEntry>) {
         let mut st = self.state.lock();
         if let Some(sale) = new {
             st.sale = Arc::new(sale);
+            if let Some(entry) = entry {
+                st.recorded.insert(entry.key, entry);
+            }
         }
         drop(st.changing.take());
+    }
+
+    /// Adds a durable recorded ledger entry (a sale's creation, or one read back from disk).
+    pub fn record(&self, entry: Option<LedgerEntry>) {
+        if let Some(entry) = entry {
+            self.state.lock().recorded.insert(entry.key, entry);
+        }
     }
 
     /// Restores a committed order while rebuilding from disk.
@@ -560,6 +576,25 @@ impl SaleBook {
             .take(limit)
             .map(|(_, order)| order.clone())
             .collect()
+    }
+
+    /// Up to `limit` entries of the sale's stock ledger after `after`: the recorded entries
+    /// merged with the committed orders, in ledger order.
+    pub fn ledger_page(&self, after: Option<LedgerKey>, limit: usize) -> Vec<LedgerEntry> {
+        let st = self.state.lock();
+        let (recorded_from, orders_from) = match after {
+            None => (Bound::Unbounded, Bound::Unbounded),
+            Some(key) => (Bound::Excluded(key), Bound::Excluded(key.order_bound())),
+        };
+        merge(
+            st.recorded
+                .range((recorded_from, Bound::Unbounded))
+                .map(|(_, entry)| entry.clone()),
+            st.orders
+                .range((orders_from, Bound::Unbounded))
+                .map(|(_, order)| LedgerEntry::of_order(order)),
+            limit,
+        )
     }
 
     /// The operator's counters. Attempts are derived, so `attempts = confirmed + rejections +

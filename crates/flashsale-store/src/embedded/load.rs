@@ -3,6 +3,7 @@
 use super::book::{PersistedCounters, SaleBook};
 use super::schema::{SALE_COLUMNS, SALE_LEN, from_micros, migrate, sale_of_row};
 use crate::counter_columns;
+use crate::ledger::{LedgerCause, LedgerEntry, LedgerKey, LedgerSource};
 use crate::model::{Order, RejectionCounts};
 use flashsale_core::{IdempotencyKey, Outcome, SaleId, UserId};
 use rusqlite::Connection;
@@ -115,6 +116,38 @@ pub(crate) fn rebuild(conn: &Connection) -> rusqlite::Result<BTreeMap<SaleId, Ar
             created_at: from_micros(row.get(4)?),
         };
         book.restore(order, key.and_then(|k| IdempotencyKey::parse(&k).ok()));
+    }
+    let mut recorded = conn.prepare(
+        "SELECT id, sale_id, at_us, cause, order_id, available_delta, held_delta, sold_delta,
+                sale_change_id
+         FROM stock_ledger",
+    )?;
+    let mut rows = recorded.query([])?;
+    while let Some(row) = rows.next()? {
+        let Some(book) = books.get(&SaleId(row.get(1)?)) else {
+            continue;
+        };
+        let cause: String = row.get(3)?;
+        let cause = LedgerCause::parse(&cause).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                3,
+                rusqlite::types::Type::Text,
+                format!("unknown ledger cause {cause:?}").into(),
+            )
+        })?;
+        let order_id: Option<[u8; 16]> = row.get(4)?;
+        book.record(Some(LedgerEntry {
+            key: LedgerKey {
+                at: from_micros(row.get(2)?),
+                source: LedgerSource::Recorded(row.get(0)?),
+            },
+            cause,
+            order_id: order_id.map(uuid::Uuid::from_bytes),
+            available_delta: row.get(5)?,
+            held_delta: row.get(6)?,
+            sold_delta: row.get(7)?,
+            sale_change_id: row.get(8)?,
+        }));
     }
     Ok(books)
 }

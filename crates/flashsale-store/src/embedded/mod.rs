@@ -19,8 +19,8 @@ mod writer;
 
 use crate::in_flight::InFlight;
 use crate::{
-    Attempt, ChangeOutcome, Order, OrderKey, PurchaseHold, PurchaseOutcome, SaleStatus, SaleStore,
-    StoreError, Summary,
+    Attempt, ChangeOutcome, LedgerEntry, LedgerKey, Order, OrderKey, PurchaseHold, PurchaseOutcome,
+    SaleStatus, SaleStore, StoreError, Summary,
 };
 use async_trait::async_trait;
 use book::{BookCounters, ChangeStep, FirstAttempt, SaleBook, Step};
@@ -265,10 +265,11 @@ fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
 impl SaleStore for EmbeddedStore {
     async fn create_sale(&self, new: NewSale) -> Result<Sale, StoreError> {
         let (reply, rx) = oneshot::channel();
+        let at = flashsale_core::sale::truncate_to_micros(self.now());
         // The syncer adds the sale's book once the sale is durable, whether or not this future
         // is still there to hear about it: a caller that goes away cannot leave a sale on disk
         // that answers 404.
-        self.send(Write::CreateSale { new, reply }, rx)
+        self.send(Write::CreateSale { new, at, reply }, rx)
             .await?
             .map_err(|e| StoreError::unavailable_from("the sale could not be made durable", e))
     }
@@ -303,7 +304,7 @@ impl SaleStore for EmbeddedStore {
                     // From here the writer (or, once durable, the syncer) ends the change,
                     // whoever still waits for it.
                     if let Err(std::sync::mpsc::SendError(_)) = self.writes.send(write) {
-                        book.finish_change(None);
+                        book.finish_change(None, None);
                         return Err(StoreError::ShuttingDown);
                     }
                     return match rx.await {
@@ -393,6 +394,15 @@ impl SaleStore for EmbeddedStore {
         limit: usize,
     ) -> Result<Option<Vec<Order>>, StoreError> {
         Ok(self.book(id).map(|b| b.order_page(after, limit)))
+    }
+
+    async fn ledger_page(
+        &self,
+        id: SaleId,
+        after: Option<LedgerKey>,
+        limit: usize,
+    ) -> Result<Option<Vec<LedgerEntry>>, StoreError> {
+        Ok(self.book(id).map(|b| b.ledger_page(after, limit)))
     }
 
     async fn summary(&self, id: SaleId) -> Result<Option<Summary>, StoreError> {

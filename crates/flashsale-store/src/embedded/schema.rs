@@ -84,7 +84,61 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         };
         add_column(conn, "sales", column, ty)?;
     }
-    Ok(())
+    create_stock_ledger(conn)
+}
+
+/// The stock ledger's recorded entries (issue 14; the same table as PostgreSQL's migration
+/// 0008): every change of a sale's units that is not an order (orders are their own entries),
+/// written in the same transaction as the change. A data directory from before it gets the
+/// entries its sales and `sale_changes` imply, once, when the table is created.
+fn create_stock_ledger(conn: &Connection) -> rusqlite::Result<()> {
+    let present: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'stock_ledger'",
+        [],
+        |row| row.get(0),
+    )?;
+    if present {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "BEGIN;
+         CREATE TABLE stock_ledger (
+             id              INTEGER PRIMARY KEY AUTOINCREMENT,
+             sale_id         INTEGER NOT NULL REFERENCES sales(id),
+             at_us           INTEGER NOT NULL,
+             cause           TEXT    NOT NULL,
+             order_id        BLOB,
+             available_delta INTEGER NOT NULL,
+             held_delta      INTEGER NOT NULL,
+             sold_delta      INTEGER NOT NULL,
+             sale_change_id  INTEGER REFERENCES sale_changes(id)
+         );
+         CREATE INDEX stock_ledger_by_sale ON stock_ledger (sale_id, at_us, id);
+         -- The stock a sale was created with is the first stock change's old value, if any;
+         -- it was created no later than its start (orders come after it) or its first change.
+         INSERT INTO stock_ledger (sale_id, at_us, cause, available_delta, held_delta, sold_delta)
+         SELECT s.id,
+                min(s.starts_at_us, coalesce(
+                    (SELECT min(c.at_us) FROM sale_changes c WHERE c.sale_id = s.id),
+                    s.starts_at_us)),
+                'created',
+                coalesce((SELECT CAST(c.old_value AS INTEGER) FROM sale_changes c
+                          WHERE c.sale_id = s.id AND c.field = 'stock' ORDER BY c.id LIMIT 1),
+                         s.stock),
+                0, 0
+         FROM sales s ORDER BY s.id;
+         INSERT INTO stock_ledger
+             (sale_id, at_us, cause, available_delta, held_delta, sold_delta, sale_change_id)
+         SELECT c.sale_id, c.at_us, c.kind,
+                CASE c.kind WHEN 'edit'
+                    THEN CAST(c.new_value AS INTEGER) - CAST(c.old_value AS INTEGER) ELSE 0 END,
+                0, 0, c.id
+         FROM sale_changes c
+         WHERE (c.kind = 'edit' AND c.field = 'stock')
+            OR (c.kind = 'cancel' AND c.field = 'cancelled_at')
+         ORDER BY c.id;
+         COMMIT;",
+    )
 }
 
 /// Adds `column` to `table` unless it is there (names are constants of this module).
@@ -139,11 +193,55 @@ pub(crate) fn from_micros(micros: i64) -> OffsetDateTime {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn sale_len_counts_the_sale_columns() {
         assert_eq!(SALE_COLUMNS.split(", ").count(), SALE_LEN);
+    }
+
+    #[test]
+    fn a_database_from_before_the_ledger_gets_the_entries_its_sales_and_changes_imply() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        // As the schema was before the ledger: a sale created with 10 units, raised to 15 at
+        // 50, renamed at 60, cancelled at 70.
+        conn.execute_batch(
+            "DROP TABLE stock_ledger;
+             INSERT INTO sales (id, name, starts_at_us, ends_at_us, stock, per_user_limit,
+                                cancelled_at_us)
+             VALUES (1, 'old', 100, 1000, 15, 1, 70);
+             INSERT INTO sale_changes (sale_id, at_us, kind, field, old_value, new_value) VALUES
+                 (1, 50, 'edit', 'stock', '10', '15'),
+                 (1, 60, 'edit', 'name', 'a', 'old'),
+                 (1, 70, 'cancel', 'cancelled_at', NULL, 'x');",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let rows: Vec<(i64, String, i64, Option<i64>)> = conn
+            .prepare(
+                "SELECT at_us, cause, available_delta, sale_change_id FROM stock_ledger
+                 ORDER BY at_us, id",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (50, "created".to_owned(), 10, None),
+                (50, "edit".to_owned(), 5, Some(1)),
+                (70, "cancel".to_owned(), 0, Some(3)),
+            ]
+        );
+        migrate(&conn).unwrap();
+        let count: i64 = conn
+            .query_row("SELECT count(*) FROM stock_ledger", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 3, "the backfill runs once");
     }
 }

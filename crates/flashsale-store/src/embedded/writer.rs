@@ -27,6 +27,7 @@
 use super::book::{PersistedCounters, SaleBook};
 use super::schema::{SALE_COLUMNS, sale_of_row, to_micros};
 use crate::counter_columns;
+use crate::ledger::{LedgerCause, LedgerEntry, LedgerKey, LedgerSource, change_entry};
 use crate::model::{Order, SaleStatus};
 use crate::product_columns::ProductRow;
 use flashsale_core::{IdempotencyKey, NewSale, Sale, SaleId, change::changed_fields};
@@ -71,9 +72,11 @@ pub(crate) enum WriteError {
 pub(crate) enum Write {
     /// Make an admitted order durable.
     Order(PendingOrder),
-    /// Create a sale, add its book once durable, and return it.
+    /// Create a sale (with its ledger entry, decided at `at`), add its book once durable, and
+    /// return it.
     CreateSale {
         new: NewSale,
+        at: time::OffsetDateTime,
         reply: oneshot::Sender<Result<Sale, WriteError>>,
     },
     /// Write an operator's change decided by the book (which is changing until it is in
@@ -114,13 +117,20 @@ pub(crate) struct PendingOrder {
 pub(crate) enum Ack {
     /// An order is durable.
     Order(oneshot::Sender<Result<(), WriteError>>),
-    /// A sale is durable: add its book, then answer with it.
-    Sale(oneshot::Sender<Result<Sale, WriteError>>, Sale),
-    /// A change is durable: put it in the book, then answer with the sale's status.
+    /// A sale is durable: add its book (with its ledger entry, unless it was created before
+    /// under the same key), then answer with it.
+    Sale(
+        oneshot::Sender<Result<Sale, WriteError>>,
+        Sale,
+        Option<LedgerEntry>,
+    ),
+    /// A change is durable: put it in the book with its ledger entry, if it has one, then
+    /// answer with the sale's status.
     Change(
         oneshot::Sender<Result<SaleStatus, WriteError>>,
         Arc<SaleBook>,
         Sale,
+        Option<LedgerEntry>,
     ),
     /// Everything before is durable and the writer has stopped.
     Shutdown(oneshot::Sender<()>),
@@ -150,18 +160,19 @@ pub(crate) fn sync(
                 Ack::Order(reply) => drop(reply.send(Ok(()))),
                 // The book is added here, not by the caller, so a caller that went away still
                 // leaves a sale that answers.
-                Ack::Sale(reply, sale) => {
+                Ack::Sale(reply, sale, entry) => {
                     // A sale created before under the same key already has its book.
-                    books
-                        .write()
-                        .entry(sale.id)
-                        .or_insert_with(|| Arc::new(SaleBook::new(sale.clone())));
+                    books.write().entry(sale.id).or_insert_with(|| {
+                        let book = SaleBook::new(sale.clone());
+                        book.record(entry);
+                        Arc::new(book)
+                    });
                     drop(reply.send(Ok(sale)));
                 }
                 // Also here, not by the caller: a caller that went away must not leave the book
                 // changing, nor the durable change out of it.
-                Ack::Change(reply, book, sale) => {
-                    book.finish_change(Some(sale));
+                Ack::Change(reply, book, sale, entry) => {
+                    book.finish_change(Some(sale), entry);
                     drop(reply.send(Ok(book.status())));
                 }
                 Ack::Shutdown(reply) => {
@@ -215,14 +226,14 @@ pub(crate) fn run(
         for write in batch.drain(..) {
             match write {
                 Write::Order(pending) => orders.push(pending),
-                Write::CreateSale { new, reply } => match create_sale(&conn, new) {
-                    Ok(sale) => durable.push(Ack::Sale(reply, sale)),
+                Write::CreateSale { new, at, reply } => match create_sale(&mut conn, new, at) {
+                    Ok((sale, entry)) => durable.push(Ack::Sale(reply, sale, entry)),
                     Err(e) => drop(reply.send(Err(WriteError::Sale(e)))),
                 },
                 Write::ChangeSale { change, reply } => match change_sale(&mut conn, &change) {
-                    Ok(()) => durable.push(Ack::Change(reply, change.book, change.new)),
+                    Ok(entry) => durable.push(Ack::Change(reply, change.book, change.new, entry)),
                     Err(e) => {
-                        change.book.finish_change(None);
+                        change.book.finish_change(None, None);
                         drop(reply.send(Err(WriteError::Change(e))));
                     }
                 },
@@ -350,8 +361,13 @@ fn commit_orders(
     tx.commit()
 }
 
-/// Inserts the sale, or returns the one first created with the same creation key.
-fn create_sale(conn: &Connection, new: NewSale) -> rusqlite::Result<Sale> {
+/// Inserts the sale and its `created` ledger entry in one transaction, or returns the one
+/// first created with the same creation key (and no entry: it has its own).
+fn create_sale(
+    conn: &mut Connection,
+    new: NewSale,
+    at: time::OffsetDateTime,
+) -> rusqlite::Result<(Sale, Option<LedgerEntry>)> {
     let key = new.creation_key.as_ref().map(IdempotencyKey::as_str);
     if let Some(key) = key {
         let existing = conn
@@ -362,11 +378,12 @@ fn create_sale(conn: &Connection, new: NewSale) -> rusqlite::Result<Sale> {
             )
             .optional()?;
         if let Some(sale) = existing {
-            return Ok(sale);
+            return Ok((sale, None));
         }
     }
     let product = ProductRow::of(&new.product);
-    conn.execute(
+    let tx = WriteTx::begin(conn)?;
+    tx.execute(
         "INSERT INTO sales (name, starts_at_us, ends_at_us, stock, per_user_limit, creation_key,
                             description, price_minor, currency, image_kind, image_sha256)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -384,12 +401,55 @@ fn create_sale(conn: &Connection, new: NewSale) -> rusqlite::Result<Sale> {
             product.image_sha256,
         ],
     )?;
-    Ok(new.with_id(SaleId(conn.last_insert_rowid())))
+    let sale = new.with_id(SaleId(tx.last_insert_rowid()));
+    let available = i64::from(sale.stock);
+    let entry = record(&tx, sale.id, at, LedgerCause::Created, available, None)?;
+    tx.commit()?;
+    Ok((sale, Some(entry)))
 }
 
-/// Writes the sale as changed and one `sale_changes` row per field it altered, in one
-/// transaction.
-fn change_sale(conn: &mut Connection, change: &SaleChangeWrite) -> rusqlite::Result<()> {
+/// Inserts one `stock_ledger` row (nothing held or sold moves in the causes recorded today)
+/// and returns it as an entry.
+fn record(
+    tx: &Connection,
+    sale: SaleId,
+    at: time::OffsetDateTime,
+    cause: LedgerCause,
+    available_delta: i64,
+    sale_change_id: Option<i64>,
+) -> rusqlite::Result<LedgerEntry> {
+    tx.execute(
+        "INSERT INTO stock_ledger
+             (sale_id, at_us, cause, available_delta, held_delta, sold_delta, sale_change_id)
+         VALUES (?1, ?2, ?3, ?4, 0, 0, ?5)",
+        params![
+            sale.0,
+            to_micros(at),
+            cause.code(),
+            available_delta,
+            sale_change_id
+        ],
+    )?;
+    Ok(LedgerEntry {
+        key: LedgerKey {
+            at,
+            source: LedgerSource::Recorded(tx.last_insert_rowid()),
+        },
+        cause,
+        order_id: None,
+        available_delta,
+        held_delta: 0,
+        sold_delta: 0,
+        sale_change_id,
+    })
+}
+
+/// Writes the sale as changed, one `sale_changes` row per field it altered and, if it moves
+/// units or cancels, its ledger entry, in one transaction.
+fn change_sale(
+    conn: &mut Connection,
+    change: &SaleChangeWrite,
+) -> rusqlite::Result<Option<LedgerEntry>> {
     let tx = WriteTx::begin(conn)?;
     let new = &change.new;
     let product = ProductRow::of(&new.product);
@@ -413,12 +473,14 @@ fn change_sale(conn: &mut Connection, change: &SaleChangeWrite) -> rusqlite::Res
             product.image_sha256,
         ],
     )?;
-    let mut record = tx.prepare(
+    let mut insert_change = tx.prepare(
         "INSERT INTO sale_changes (sale_id, at_us, kind, field, old_value, new_value)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
+    let ledger = change_entry(&change.old, new);
+    let mut referred = None;
     for f in changed_fields(&change.old, new) {
-        record.execute(params![
+        insert_change.execute(params![
             new.id.0,
             to_micros(change.at),
             change.kind,
@@ -426,9 +488,16 @@ fn change_sale(conn: &mut Connection, change: &SaleChangeWrite) -> rusqlite::Res
             f.old,
             f.new
         ])?;
+        if ledger.is_some_and(|(_, _, field)| field == f.field) {
+            referred = Some(tx.last_insert_rowid());
+        }
     }
-    drop(record);
-    tx.commit()
+    drop(insert_change);
+    let entry = ledger
+        .map(|(cause, delta, _)| record(&tx, new.id, change.at, cause, delta, referred))
+        .transpose()?;
+    tx.commit()?;
+    Ok(entry)
 }
 
 /// The sales whose counters changed since they were last written.

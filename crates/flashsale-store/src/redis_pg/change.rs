@@ -6,8 +6,8 @@
 //!    read: units taken = stock - free units (sold or reserved);
 //! 2. in one PostgreSQL transaction, under the sale row's lock: the rules
 //!    (`flashsale_core::change::apply`) decide against that row, that instant and those units;
-//!    if allowed, the row is updated (its `revision` moves on) and each altered field recorded
-//!    in `sale_changes`; PostgreSQL's own `CHECK (sold <= stock)` still refuses an oversell;
+//!    if allowed, the row is updated (its `revision` moves on), each altered field recorded
+//!    in `sale_changes`, and a stock move or a cancellation in `stock_ledger`; PostgreSQL's own `CHECK (sold <= stock)` still refuses an oversell;
 //! 3. `change.lua` `apply` writes the new values (and revision) into `meta` and lets
 //!    admissions in again; `thaw` instead if nothing changed.
 //!
@@ -23,6 +23,7 @@ use super::sale_row::{SALE, sale_at};
 use super::scripts::{Applied, Freeze, Scripts};
 use super::snapshot::Snapshot;
 use crate::instants::from_micros;
+use crate::ledger::change_entry;
 use crate::product_columns::ProductRow;
 use crate::{ChangeOutcome, StoreError};
 use flashsale_core::change::{apply, changed_fields};
@@ -210,13 +211,28 @@ async fn write_change(
     let record = tx
         .prepare(
             "INSERT INTO sale_changes (sale_id, at, kind, field, old_value, new_value)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .await?;
+    let ledger = change_entry(&old, &new);
+    let mut referred: Option<i64> = None;
     for f in changed_fields(&old, &new) {
+        let row = tx
+            .query_one(
+                &record,
+                &[&id.0, &at, &change.kind(), &f.field, &f.old, &f.new],
+            )
+            .await?;
+        if ledger.is_some_and(|(_, _, field)| field == f.field) {
+            referred = Some(row.get(0));
+        }
+    }
+    if let Some((cause, available_delta, _)) = ledger {
         tx.execute(
-            &record,
-            &[&id.0, &at, &change.kind(), &f.field, &f.old, &f.new],
+            "INSERT INTO stock_ledger
+                 (sale_id, at, cause, available_delta, held_delta, sold_delta, sale_change_id)
+             VALUES ($1, $2, $3, $4, 0, 0, $5)",
+            &[&id.0, &at, &cause.code(), &available_delta, &referred],
         )
         .await?;
     }

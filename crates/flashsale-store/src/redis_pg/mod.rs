@@ -42,6 +42,7 @@ mod counters;
 mod fence;
 mod grouping;
 pub mod keys;
+mod ledger;
 mod orders;
 mod purchase;
 mod rebuild;
@@ -58,8 +59,8 @@ pub use config::{DEFAULT_KEY_PREFIX, DEFAULT_PG_SCHEMA, RedisPgConfig};
 use crate::in_flight::InFlight;
 use crate::product_columns::ProductRow;
 use crate::{
-    AdmissionBatches, Attempt, ChangeOutcome, Dependency, Order, OrderKey, PurchaseHold,
-    PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary,
+    AdmissionBatches, Attempt, ChangeOutcome, Dependency, LedgerCause, LedgerEntry, LedgerKey,
+    Order, OrderKey, PurchaseHold, PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary,
 };
 use admitter::Admitter;
 use async_trait::async_trait;
@@ -225,16 +226,25 @@ impl SaleStore for RedisPgStore {
         let client = pg.client().await?;
         let key = new.creation_key.as_ref().map(IdempotencyKey::as_str);
         let product = ProductRow::of(&new.product);
+        let at = flashsale_core::sale::truncate_to_micros(self.now());
         // A key seen before (a retry after a lost answer) inserts nothing: its sale is returned.
+        // The sale and its `created` ledger entry are one statement, so one atomic step.
         let row = pg
             .call(
                 "create sale",
                 client.query_opt(
-                    "INSERT INTO sales (name, starts_at, ends_at, stock, per_user_limit,
-                                        creation_key, description, price_minor, currency,
-                                        image_kind, image_sha256)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                     ON CONFLICT (creation_key) DO NOTHING RETURNING id",
+                    "WITH sale AS (
+                         INSERT INTO sales (name, starts_at, ends_at, stock, per_user_limit,
+                                            creation_key, description, price_minor, currency,
+                                            image_kind, image_sha256)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                         ON CONFLICT (creation_key) DO NOTHING RETURNING id, stock
+                     ), entry AS (
+                         INSERT INTO stock_ledger
+                             (sale_id, at, cause, available_delta, held_delta, sold_delta)
+                         SELECT id, $12, $13, stock, 0, 0 FROM sale
+                     )
+                     SELECT id FROM sale",
                     &[
                         &new.name,
                         &new.starts_at,
@@ -247,6 +257,8 @@ impl SaleStore for RedisPgStore {
                         &product.currency,
                         &product.image_kind,
                         &product.image_sha256,
+                        &at,
+                        &LedgerCause::Created.code(),
                     ],
                 ),
             )
@@ -385,6 +397,20 @@ impl SaleStore for RedisPgStore {
             return Ok(None);
         }
         orders::order_page(&self.pg, id, after, limit)
+            .await
+            .map(Some)
+    }
+
+    async fn ledger_page(
+        &self,
+        id: SaleId,
+        after: Option<LedgerKey>,
+        limit: usize,
+    ) -> Result<Option<Vec<LedgerEntry>>, StoreError> {
+        if self.snapshot.sale(id).await?.is_none() {
+            return Ok(None);
+        }
+        ledger::ledger_page(&self.pg, id, after, limit)
             .await
             .map(Some)
     }

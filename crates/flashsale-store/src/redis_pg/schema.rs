@@ -27,7 +27,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         7,
         include_str!("../../migrations/0007_orders_by_sale_time.sql"),
     ),
-    // 8 is the stock ledger's (another branch); versions are applied by number, each once.
+    (8, include_str!("../../migrations/0008_stock_ledger.sql")),
     (9, include_str!("../../migrations/0009_products.sql")),
 ];
 
