@@ -301,6 +301,29 @@ async fn op16_op17_op19_the_operator_logs_in_creates_watches_a_sale_sell_cancels
     assert_eq!(rows.count(), 30, "{csv}");
     assert!(csv.contains("buyer-7@example.com"));
 
+    // OP-9, OP-17: the stock ledger's CSV the same way: created with 40, raised by 10, then
+    // one entry per order; replaying the deltas gives what is left.
+    browser.js("window.__csv = null").await;
+    browser.click("csv-ledger").await;
+    let view = browser
+        .wait_view("ledger csv downloaded", |v| v["csv"].is_string())
+        .await;
+    let csv = s(&view, "csv");
+    let mut rows = csv.lines();
+    assert_eq!(
+        rows.next(),
+        Some("at,cause,order_id,available_delta,held_delta,sold_delta,sale_change_id")
+    );
+    let entries: Vec<Vec<&str>> = rows.map(|row| row.split(',').collect()).collect();
+    assert_eq!(entries[0][1], "created", "{csv}");
+    assert_eq!(
+        entries.iter().filter(|e| e[1] == "order").count(),
+        30,
+        "{csv}"
+    );
+    let available: i64 = entries.iter().map(|e| e[3].parse::<i64>().unwrap()).sum();
+    assert_eq!(available, 50 - 30, "{csv}");
+
     // OP-17: cancel, with a confirm step; the badge and the summary follow.
     browser.click("cancel-sale").await;
     let view = browser.wait_view("confirm", |v| v["confirm"] == true).await;
