@@ -34,8 +34,16 @@
 #   BENCH_BASELINE_BIN=        a flashsale binary to compare the current build with (unset:
 #                              no comparison), e.g. /work/baseline/flashsale-a6bdff1
 #   BENCH_BASELINE_ROUNDS=4    baseline/current pairs per connection count (ABBA order)
+#   BENCH_BASELINE_TABLE=      with BENCH_BASELINE_BIN, "yes" also puts the baseline binary's
+#                              deployments (embedded, scale-out with 1 and 2 instances) in the
+#                              main table as `<name>-before`, each measured right after the
+#                              current one: a before/after of every route in one run
+#   BENCH_IDLE_CONNECTIONS=10000  idle keep-alive connections for the memory figure (0: skip)
 #   REDIS_URL, DATABASE_URL    for the redis store (defaults: local Redis, local PostgreSQL
 #                              database flashsale_bench, created if missing)
+# At the end it measures the resident memory per idle keep-alive connection
+# (scripts/idle_rss.py) of the ceiling, of a fresh embedded server, and of the baseline's with
+# BENCH_BASELINE_TABLE, and prints it under the tables.
 # Every server it starts is killed on exit.
 set -euo pipefail
 
@@ -59,6 +67,13 @@ PORT_BASELINE=18085
 PORT_CURRENT=18086
 BASELINE_BIN=${BENCH_BASELINE_BIN:-}
 BASELINE_ROUNDS=${BENCH_BASELINE_ROUNDS:-4}
+BASELINE_TABLE=${BENCH_BASELINE_TABLE:-}
+IDLE_CONNECTIONS=${BENCH_IDLE_CONNECTIONS:-10000}
+# Ports of the baseline's own deployments (BENCH_BASELINE_TABLE) and of the idle-memory server.
+PORT_BEFORE_EMBEDDED=18087
+PORT_BEFORE_REDIS_A=18088
+PORT_BEFORE_REDIS_B=18089
+PORT_IDLE=18091
 # Accounts mode: buyers cycled through in the timed purchase runs (each is signed up and logged
 # in, two password hashes, before the window), and the sale's per-user limit that covers each
 # one's share (the API's maximum).
@@ -405,6 +420,14 @@ if [ -n "$SERVER" ]; then
       embedded)
         if start_server embedded $PORT_EMBEDDED --data-dir "$WORK/embedded"; then
           DEPLOYS+=("embedded http://127.0.0.1:$PORT_EMBEDDED")
+          if [ -n "$BASELINE_TABLE" ] && [ -x "$BASELINE_BIN" ]; then
+            if SERVER_BIN=$BASELINE_BIN start_server embedded-before $PORT_BEFORE_EMBEDDED \
+              --data-dir "$WORK/embedded-before"; then
+              DEPLOYS+=("embedded-before http://127.0.0.1:$PORT_BEFORE_EMBEDDED")
+            else
+              echo "embedded store, baseline: SKIPPED (see $OUT/server-embedded-before.log)" >&2
+            fi
+          fi
           # `--rate-limit off` (start_server) lifts the log-in limits too: every sign-up
           # and log-in comes from 127.0.0.1.
           # The guest side of that comparison has a server of its own too, so both start
@@ -461,6 +484,21 @@ if [ -n "$SERVER" ]; then
         else
           echo "redis store, 2 instances: SKIPPED (second instance not ready)" >&2
         fi
+        if [ -n "$BASELINE_TABLE" ] && [ -x "$BASELINE_BIN" ]; then
+          # The baseline's own key prefix and schema: it shares nothing with the current build.
+          before=(--store redis --redis-url "$REDIS_URL" --database-url "$DATABASE_URL"
+            --redis-prefix "before-$TOKEN" --pg-schema "before_${TOKEN//-/_}")
+          if SERVER_BIN=$BASELINE_BIN start_server redis-1-before $PORT_BEFORE_REDIS_A \
+            "${before[@]}" --data-dir "$WORK/redis-1-before"; then
+            DEPLOYS+=("redis-1-before http://127.0.0.1:$PORT_BEFORE_REDIS_A")
+            if SERVER_BIN=$BASELINE_BIN start_server redis-2-before $PORT_BEFORE_REDIS_B \
+              "${before[@]}" --data-dir "$WORK/redis-2-before"; then
+              DEPLOYS+=("redis-2-before http://127.0.0.1:$PORT_BEFORE_REDIS_A,http://127.0.0.1:$PORT_BEFORE_REDIS_B")
+            fi
+          else
+            echo "redis store, baseline: SKIPPED (see $OUT/server-redis-1-before.log)" >&2
+          fi
+        fi
         ;;
     esac
   done
@@ -488,8 +526,46 @@ for d in "${DEPLOYS[@]}"; do
   seed_scenario ${d% *} ${d#* }
 done
 
+# Resident memory per idle keep-alive connection (issue 15): a server of its own, which keeps
+# idle connections open for the whole measurement (by default the header-read timeout closes
+# them after 10 s) and takes them all from one address.
+idle_memory() { # label bin port
+  local label=$1 bin=$2 port=$3 pid
+  if [ "$label" = ceiling ]; then
+    pid=$(pgrep -f "flashsale-ceiling --listen 127.0.0.1:$CEILING_PORT" | head -1)
+  else
+    SERVER_BIN=$bin start_server "idle-$label" "$port" --data-dir "$WORK/idle-$label" \
+      --header-read-timeout-ms 600000 --max-connections-per-ip $((IDLE_CONNECTIONS + 100)) || return 0
+    pid=${SERVER_PIDS[idle-$label]}
+    create_sale "http://127.0.0.1:$port" 100 >/dev/null
+  fi
+  local path=/api/sales/1
+  printf '%s\t%s\n' "$label" \
+    "$(python3 "$ROOT/scripts/idle_rss.py" "127.0.0.1:$port" "$pid" "$path" "$IDLE_CONNECTIONS" 2>>"$OUT/idle.log" ||
+      echo failed)" >>"$OUT/idle.tsv"
+  [ "$label" = ceiling ] || kill "$pid" 2>/dev/null || true
+}
+: > "$OUT/idle.tsv"
+if [ "$IDLE_CONNECTIONS" -gt 0 ] && [ -n "$SERVER" ]; then
+  idle_memory ceiling "" $CEILING_PORT
+  idle_memory current "$SERVER" $PORT_IDLE
+  if [ -n "$BASELINE_TABLE" ] && [ -x "$BASELINE_BIN" ]; then
+    idle_memory before "$BASELINE_BIN" $((PORT_IDLE + 1))
+  fi
+fi
+idle_table() {
+  [ -s "$OUT/idle.tsv" ] || return 0
+  echo
+  echo "Resident memory per idle keep-alive connection ($IDLE_CONNECTIONS connections, each served one status read, scripts/idle_rss.py):"
+  echo
+  echo "| server | connections | RSS before KiB | RSS after KiB | KiB per connection |"
+  echo "|---|---:|---:|---:|---:|"
+  awk -F'\t' '{ printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5 }' "$OUT/idle.tsv"
+}
+
 {
   python3 "$ROOT/scripts/bench_table.py" "$RESULTS" "$OUT/seed.tsv"
   accounts_table
   baseline_table
+  idle_table
 } | tee "$OUT/table.md"
