@@ -30,7 +30,7 @@ cleanup() {
   rm -rf "$WORK"
   if [ "$STORE" = redis ]; then # leave no schema or keys behind
     psql "$DATABASE_URL" -qc "DROP SCHEMA IF EXISTS ${TOKEN//-/_} CASCADE" >/dev/null 2>&1 || true
-    redis-cli -u "$REDIS_URL" --scan --pattern "$TOKEN*" | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null 2>&1 || true
+    redis-cli -u "$REDIS_URL" --scan --pattern "*$TOKEN*" | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null 2>&1 || true
   fi
 }
 trap cleanup EXIT
