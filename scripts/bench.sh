@@ -101,6 +101,13 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
+  # The scale-out deployments' schemas and keys (named after this run's token): none left.
+  local schema
+  for schema in "${TOKEN//-/_}" "before_${TOKEN//-/_}"; do
+    psql "$DATABASE_URL" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
+  done
+  redis-cli -u "$REDIS_URL" --scan --pattern "*$TOKEN*" 2>/dev/null |
+    xargs -r redis-cli -u "$REDIS_URL" del >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
