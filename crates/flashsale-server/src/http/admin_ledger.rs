@@ -9,9 +9,7 @@
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::export::{
-    Export, PageQuery, PageRequest, csv_response, decode_cursor, encode_cursor, invalid,
-};
+use crate::http::export::{Export, Listing, PageQuery, decode_cursor, encode_cursor, list};
 use crate::http::extract::{AdminAuth, SalePath};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -103,30 +101,14 @@ pub async fn list_ledger(
     headers: HeaderMap,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|_| invalid("the query string could not be read"))?;
-    let request = PageRequest::parse(query, &headers)?;
-    let after = request.cursor.as_deref().map(decode).transpose()?;
-    if request.csv {
-        return csv_response::<LedgerExport>(&app.store, id).await;
+    match list::<LedgerExport>(&app.store, id, &headers, query, decode, encode).await? {
+        Listing::Csv(response) => Ok(response),
+        Listing::Page(entries, next_cursor) => Ok(Json(LedgerPage {
+            entries: entries.iter().map(LedgerEntryBody::from).collect(),
+            next_cursor,
+        })
+        .into_response()),
     }
-    let limit = request.limit;
-    // One more than the page tells whether another page follows without a second read.
-    let mut entries = app
-        .store
-        .ledger_page(id, after, limit + 1)
-        .await?
-        .ok_or(ApiError::SaleNotFound)?;
-    let next_cursor = if entries.len() > limit {
-        entries.truncate(limit);
-        entries.last().map(|e| encode(e.key))
-    } else {
-        None
-    };
-    Ok(Json(LedgerPage {
-        entries: entries.iter().map(LedgerEntryBody::from).collect(),
-        next_cursor,
-    })
-    .into_response())
 }
 
 /// A sale's stock ledger as an [`Export`].

@@ -9,7 +9,7 @@
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::export::{
-    Export, PageQuery, PageRequest, csv_response, decode_cursor, encode_cursor, invalid, push_cell,
+    Export, Listing, PageQuery, decode_cursor, encode_cursor, list, push_cell,
 };
 use crate::http::extract::{AdminAuth, SalePath};
 use axum::Json;
@@ -60,30 +60,14 @@ pub async fn list_orders(
     headers: HeaderMap,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|_| invalid("the query string could not be read"))?;
-    let request = PageRequest::parse(query, &headers)?;
-    let after = request.cursor.as_deref().map(decode).transpose()?;
-    if request.csv {
-        return csv_response::<OrdersExport>(&app.store, id).await;
+    match list::<OrdersExport>(&app.store, id, &headers, query, decode, encode).await? {
+        Listing::Csv(response) => Ok(response),
+        Listing::Page(orders, next_cursor) => Ok(Json(OrdersPage {
+            orders,
+            next_cursor,
+        })
+        .into_response()),
     }
-    let limit = request.limit;
-    // One more than the page tells whether another page follows without a second read.
-    let mut orders = app
-        .store
-        .order_page(id, after, limit + 1)
-        .await?
-        .ok_or(ApiError::SaleNotFound)?;
-    let next_cursor = if orders.len() > limit {
-        orders.truncate(limit);
-        orders.last().map(|o| encode(o.key()))
-    } else {
-        None
-    };
-    Ok(Json(OrdersPage {
-        orders,
-        next_cursor,
-    })
-    .into_response())
 }
 
 /// A sale's orders as an [`Export`].

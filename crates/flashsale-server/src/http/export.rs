@@ -11,6 +11,8 @@
 
 use crate::http::error::ApiError;
 use axum::body::Body;
+use axum::extract::Query;
+use axum::extract::rejection::QueryRejection;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -100,6 +102,45 @@ pub trait Export: Send + Sync + 'static {
     fn key(row: &Self::Row) -> Self::Key;
     /// Appends the row's CSV line (cells through [`push_cell`] where text is free).
     fn write_row(out: &mut String, row: &Self::Row);
+}
+
+/// What a listing request gets: every row as a CSV response, or one JSON page's rows with the
+/// cursor of the next page (`None` on the last).
+pub enum Listing<R> {
+    /// The streamed CSV, already answered.
+    Csv(Response),
+    /// One page, for the route to render as its JSON body.
+    Page(Vec<R>, Option<String>),
+}
+
+/// The part of a listing route every export shares: the query checked (a bad one 400), then
+/// the CSV, or one page read with one row more than asked so the next cursor needs no second
+/// read. An unknown sale is 404.
+pub async fn list<E: Export>(
+    store: &Arc<dyn SaleStore>,
+    id: SaleId,
+    headers: &HeaderMap,
+    query: Result<Query<PageQuery>, QueryRejection>,
+    decode: impl FnOnce(&str) -> Result<E::Key, ApiError>,
+    encode: impl FnOnce(E::Key) -> String,
+) -> Result<Listing<E::Row>, ApiError> {
+    let Query(query) = query.map_err(|_| invalid("the query string could not be read"))?;
+    let request = PageRequest::parse(query, headers)?;
+    let after = request.cursor.as_deref().map(decode).transpose()?;
+    if request.csv {
+        return Ok(Listing::Csv(csv_response::<E>(store, id).await?));
+    }
+    let limit = request.limit;
+    let mut rows = E::page(&**store, id, after, limit + 1)
+        .await?
+        .ok_or(ApiError::SaleNotFound)?;
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|row| encode(E::key(row)))
+    } else {
+        None
+    };
+    Ok(Listing::Page(rows, next_cursor))
 }
 
 /// Whether the `Accept` header names `text/csv` (and not JSON before it).

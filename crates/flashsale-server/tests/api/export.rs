@@ -3,7 +3,7 @@
 //! 100,000-order export is measured in `tests/export_memory.rs` (a binary of its own, for its
 //! counting allocator).
 
-use crate::helpers::{ADMIN_TOKEN, spawn_app};
+use crate::helpers::{ADMIN_TOKEN, csv_lines, spawn_app};
 use crate::scale_out::{Cleanup, TOKEN, spawn_instance};
 use flashsale_testkit::isolation::unique;
 use reqwest::StatusCode;
@@ -155,27 +155,11 @@ async fn exercise(api: &Api, sale: i64, users: usize) {
     // CSV: a header, one row per order in the same order as the pages, formulas defused.
     for ask in ["?format=csv", "accept"] {
         let path = format!("/api/admin/sales/{sale}/orders");
-        let mut request = api
+        let request = api
             .client
             .get(format!("{}{path}", api.base))
             .bearer_auth(api.token);
-        request = if ask == "accept" {
-            request.header("accept", "text/csv")
-        } else {
-            request.query(&[("format", "csv")])
-        };
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            response.headers()["content-type"],
-            "text/csv; charset=utf-8"
-        );
-        assert_eq!(
-            response.headers()["content-disposition"],
-            format!("attachment; filename=\"sale-{sale}-orders.csv\"").as_str()
-        );
-        let text = response.text().await.unwrap();
-        let lines: Vec<&str> = text.split_terminator("\r\n").collect();
+        let lines = csv_lines(request, ask, sale, "orders").await;
         assert_eq!(lines[0], "order_id,user_id,quantity,created_at");
         assert_eq!(lines.len(), orders.len() + 1);
         for (line, order) in lines[1..].iter().zip(&orders) {

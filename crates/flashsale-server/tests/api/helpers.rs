@@ -225,3 +225,31 @@ pub async fn raw_http(app: &TestApp, request: &[u8]) -> String {
     let _ = stream.read_to_end(&mut answer).await;
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// Asks `request` (an admin export of sale `sale`) for CSV the way `ask` says (`"accept"`: the
+/// `Accept` header; anything else: `?format=csv`), checks it came as the attachment
+/// `sale-{sale}-{what}.csv`, and returns its lines.
+pub async fn csv_lines(
+    request: reqwest::RequestBuilder,
+    ask: &str,
+    sale: impl std::fmt::Display,
+    what: &str,
+) -> Vec<String> {
+    let request = if ask == "accept" {
+        request.header("accept", "text/csv")
+    } else {
+        request.query(&[("format", "csv")])
+    };
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/csv; charset=utf-8"
+    );
+    assert_eq!(
+        response.headers()["content-disposition"],
+        format!("attachment; filename=\"sale-{sale}-{what}.csv\"").as_str()
+    );
+    let text = response.text().await.unwrap();
+    text.split_terminator("\r\n").map(str::to_owned).collect()
+}

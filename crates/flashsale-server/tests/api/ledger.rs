@@ -3,7 +3,7 @@
 //! paging while purchases go on, replay after a herd, both stores) is in
 //! `flashsale-testkit/src/ledger.rs`.
 
-use crate::helpers::{ADMIN_TOKEN, TestApp, read, spawn_app};
+use crate::helpers::{ADMIN_TOKEN, TestApp, csv_lines, read, spawn_app};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -194,27 +194,11 @@ async fn op9_the_ledger_as_csv_has_one_row_per_entry_in_ledger_order() {
     assert_eq!(entries.len(), 14);
 
     for ask in ["format", "accept"] {
-        let mut request = app
+        let request = app
             .client
             .get(app.url(&format!("/api/admin/sales/{sale}/ledger")))
             .bearer_auth(ADMIN_TOKEN);
-        request = if ask == "accept" {
-            request.header("accept", "text/csv")
-        } else {
-            request.query(&[("format", "csv")])
-        };
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            response.headers()["content-type"],
-            "text/csv; charset=utf-8"
-        );
-        assert_eq!(
-            response.headers()["content-disposition"],
-            format!("attachment; filename=\"sale-{sale}-ledger.csv\"").as_str()
-        );
-        let text = response.text().await.unwrap();
-        let lines: Vec<&str> = text.split_terminator("\r\n").collect();
+        let lines = csv_lines(request, ask, sale, "ledger").await;
         assert_eq!(
             lines[0],
             "at,cause,order_id,available_delta,held_delta,sold_delta,sale_change_id"
