@@ -204,6 +204,9 @@ pub fn apply(
             .unwrap_or(i64::from(sale.per_user_limit)),
     )?
     .with_product(product);
+    // The mode is fixed at creation (CO-1), and a hold needs its price to the end (CO-2).
+    let checkout = crate::checkout::Checkout::new(sale.checkout, new.product.price)?;
+    let new = new.with_checkout(checkout);
     if i64::from(new.stock) < i64::from(taken) {
         return Err(ChangeRefusal::Invalid(format!(
             "stock must not be below the {taken} units already taken"

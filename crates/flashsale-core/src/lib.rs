@@ -57,7 +57,7 @@ pub use outcome::Outcome;
 pub use payment_signature::{SecretTooShort, SignatureRejection, WebhookSecret};
 pub use product::Product;
 pub use purchase::{
-    Decision, NotActiveReason, QuantityAboveLimit, Rejection, check_quantity, decide,
+    Decision, NotActiveReason, QuantityAboveLimit, Rejection, check_quantity, decide, decide_units,
 };
 pub use sale::{EndReason, NewSale, Sale, SaleState, pick_featured};
 pub use units::{Units, UnitsError};

@@ -118,10 +118,26 @@ pub fn decide(
     held: u32,
     quantity: Quantity,
 ) -> Decision {
+    decide_units(sale, now, remaining, remaining, held, quantity)
+}
+
+/// [`decide`] for a sale whose unsold units are not all available: in hold mode (CO-3) units
+/// held by live reservations are unsold but cannot be taken. The sale's state is read from
+/// `unsold` (a sale with every unit held is still active, and ends sold out only once every
+/// unit is sold); what may be taken is `available`, and nothing available is `sold_out`.
+pub fn decide_units(
+    sale: &Sale,
+    now: OffsetDateTime,
+    available: u32,
+    unsold: u32,
+    held: u32,
+    quantity: Quantity,
+) -> Decision {
+    let remaining = available;
     if let Err(above) = check_quantity(sale, quantity) {
         return Decision::QuantityAboveLimit(above);
     }
-    match sale.state(now, remaining) {
+    match sale.state(now, unsold) {
         SaleState::Upcoming => {
             return Decision::Reject(Rejection::NotActive(NotActiveReason::Upcoming));
         }
@@ -138,6 +154,10 @@ pub fn decide(
     let q = quantity.get();
     if q > allowed {
         return Decision::Reject(Rejection::LimitExceeded { allowed });
+    }
+    if remaining == 0 {
+        // Every unsold unit is held by someone else's reservation (hold mode).
+        return Decision::Reject(Rejection::SoldOut);
     }
     if q > remaining {
         return Decision::Reject(Rejection::InsufficientStock { remaining });

@@ -1,6 +1,7 @@
 //! A sale and its lifecycle (docs/requirements.md#2-sale-lifecycle): the state is derived from
 //! the clock and the remaining stock, never stored as a flag that a job flips.
 
+use crate::checkout::{Checkout, CheckoutMode};
 use crate::error::ValidationError;
 use crate::ids::{IdempotencyKey, SaleId};
 use crate::product::Product;
@@ -34,6 +35,8 @@ pub struct Sale {
     pub cancelled_at: Option<OffsetDateTime>,
     /// Its description, price and image, as far as given.
     pub product: Product,
+    /// How its units are paid for (CO-1): fixed at creation.
+    pub checkout: CheckoutMode,
 }
 
 /// A validated request to create a sale; the store assigns the id.
@@ -51,6 +54,8 @@ pub struct NewSale {
     pub per_user_limit: u32,
     /// Its description, price and image, as far as given (none by [`NewSale::parse`]).
     pub product: Product,
+    /// How its units are paid for (instant by [`NewSale::parse`]); a hold needs a price.
+    pub checkout: CheckoutMode,
     /// The admin's `Idempotency-Key`, if any: creating again with the same key gives back the
     /// sale first created with it instead of a second one.
     pub creation_key: Option<IdempotencyKey>,
@@ -95,6 +100,7 @@ impl NewSale {
             stock: stock as u32,
             per_user_limit: per_user_limit as u32,
             product: Product::default(),
+            checkout: CheckoutMode::Instant,
             creation_key: None,
         })
     }
@@ -112,6 +118,20 @@ impl NewSale {
         Self { product, ..self }
     }
 
+    /// The same request with checkout terms already validated together (the price goes to the
+    /// product, where buyers see it).
+    pub fn with_checkout(self, checkout: Checkout) -> Self {
+        let price = checkout.price().or(self.product.price);
+        Self {
+            checkout: checkout.mode(),
+            product: Product {
+                price,
+                ..self.product
+            },
+            ..self
+        }
+    }
+
     /// Whether `sale` is what this request describes (a sale found under this request's
     /// creation key may have been created by a different request).
     pub fn describes(&self, sale: &Sale) -> bool {
@@ -121,6 +141,7 @@ impl NewSale {
             && self.stock == sale.stock
             && self.per_user_limit == sale.per_user_limit
             && self.product == sale.product
+            && self.checkout == sale.checkout
     }
 
     /// The sale this request becomes once the store has given it an id.
@@ -134,6 +155,7 @@ impl NewSale {
             per_user_limit: self.per_user_limit,
             cancelled_at: None,
             product: self.product,
+            checkout: self.checkout,
         }
     }
 }

@@ -203,6 +203,9 @@ mod tests {
             user_id: UserId::parse("u").unwrap(),
             quantity: 2,
             created_at: at(s),
+            status: flashsale_core::OrderStatus::Confirmed,
+            expires_at: None,
+            payment_ref: None,
         })
     }
 
@@ -257,6 +260,7 @@ mod tests {
             per_user_limit: 1,
             cancelled_at: None,
             product: flashsale_core::Product::default(),
+            checkout: flashsale_core::CheckoutMode::Instant,
         };
         let raised = Sale {
             stock: 14,

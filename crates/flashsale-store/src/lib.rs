@@ -58,14 +58,15 @@ pub use error::{Cause, Report, StoreError};
 pub use in_flight::PurchaseHold;
 pub use ledger::{LedgerCause, LedgerEntry, LedgerKey, LedgerSource};
 pub use model::{
-    AdmissionBatches, Attempt, BATCH_SIZE_BOUNDS, ChangeOutcome, Dependency, Order, OrderKey,
-    PurchaseOutcome, RejectionCounts, SaleStatus, Summary,
+    AdmissionBatches, Attempt, BATCH_SIZE_BOUNDS, ChangeOutcome, Dependency, Order,
+    OrderEventOutcome, OrderKey, PurchaseOutcome, RejectionCounts, SaleStatus, Summary,
 };
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use flashsale_core::{ImageRef, NewSale, Sale, SaleChange, SaleId, UserId};
+use flashsale_core::{ImageRef, NewSale, OrderEvent, Sale, SaleChange, SaleId, UserId};
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 /// The storage contract shared by every backend (embedded, Redis + PostgreSQL).
 #[async_trait]
@@ -147,6 +148,25 @@ pub trait SaleStore: Send + Sync + 'static {
         after: Option<LedgerKey>,
         limit: usize,
     ) -> Result<Option<Vec<LedgerEntry>>, StoreError>;
+
+    /// One order by its id, with its status as decided now, or `None` if there is none.
+    async fn order(&self, order_id: Uuid) -> Result<Option<Order>, StoreError>;
+
+    /// Decides `event` for order `order_id` by `flashsale_core::transition` (CO-4..CO-8), at
+    /// one atomic point with the store's one deciding clock, and moves the sale's units as
+    /// the transition says (held to sold; or freed: held to available) in the same step. A
+    /// change is durable before this returns; racing events on one order, on any instance,
+    /// have exactly one winner. `Err` means nothing changed, except [`StoreError::Timeout`]
+    /// (not known: ask again, the answer is the same).
+    ///
+    /// Expiry needs no caller: each store runs its own timer that sends
+    /// [`OrderEvent::Expire`] through this same step once `expires_at` has passed on the
+    /// deciding clock, exactly once per reservation, across restarts and instance deaths.
+    async fn order_event(
+        &self,
+        order_id: Uuid,
+        event: OrderEvent,
+    ) -> Result<OrderEventOutcome, StoreError>;
 
     /// The sale's counters for operators, or `None` if there is no such sale.
     async fn summary(&self, id: SaleId) -> Result<Option<Summary>, StoreError>;

@@ -1,7 +1,8 @@
 //! The values that cross the [`crate::SaleStore`] boundary.
 
 use flashsale_core::{
-    ChangeRefusal, IdempotencyKey, Outcome, Quantity, Rejection, Sale, SaleId, SaleState, UserId,
+    ChangeRefusal, IdempotencyKey, OrderStatus, Outcome, PaymentRef, Quantity, Rejection, Sale,
+    SaleId, SaleState, Transition, TransitionError, UserId,
 };
 use serde::Serialize;
 use std::sync::Arc;
@@ -36,6 +37,52 @@ pub struct Order {
     /// When the attempt was admitted.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// `confirmed` (instant mode) or, in hold mode, `reserved`, `paid`, `expired` or
+    /// `cancelled` (CO-4).
+    #[serde(serialize_with = "status_name")]
+    pub status: OrderStatus,
+    /// Hold mode: the first instant at which the reservation is no longer payable (CO-5).
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expires_at: Option<OffsetDateTime>,
+    /// Hold mode, once paid: the payment system's reference of the payment that paid it.
+    #[serde(
+        serialize_with = "payment_ref_str",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub payment_ref: Option<PaymentRef>,
+}
+
+fn status_name<S: serde::Serializer>(status: &OrderStatus, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(status.as_str())
+}
+
+fn payment_ref_str<S: serde::Serializer>(
+    payment_ref: &Option<PaymentRef>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match payment_ref {
+        Some(r) => s.serialize_some(r.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+/// What became of an event for an order ([`crate::SaleStore::order_event`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderEventOutcome {
+    /// The event was decided at the store's one atomic point: `Ok` with the transition it made
+    /// (or the no-change answer, a failed payment or a redelivery), `Err` with the answer of
+    /// the loser, which changed nothing. `order` is the order as it is now (after the change).
+    Decided {
+        /// The decision.
+        result: Result<Transition, TransitionError>,
+        /// The order after it.
+        order: Order,
+    },
+    /// There is no order with this id.
+    NotFound,
 }
 
 /// Where an order sits in a sale's export order: by `created_at`, then `order_id`. A keyset
@@ -62,7 +109,8 @@ impl Order {
 /// What became of an attempt. Replaying an idempotency key returns the first outcome again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PurchaseOutcome {
-    /// The order is durable (201 `confirmed`).
+    /// The order is durable: `confirmed` in instant mode, `reserved` (its units held until
+    /// `expires_at`) in hold mode; its `status` says which (201 `confirmed` / `reserved`).
     Confirmed(Order),
     /// Nothing was taken (409). For `AlreadyPurchased` and `LimitExceeded`, `orders` carries
     /// the buyer's existing orders; otherwise it is empty.
@@ -100,16 +148,25 @@ pub enum ChangeOutcome {
 pub struct SaleStatus {
     /// The sale as created.
     pub sale: Arc<Sale>,
-    /// Units not yet taken.
+    /// Units available: not yet taken (`stock_remaining`, `stock_available`).
     pub remaining: u32,
+    /// Units held by live reservations (hold mode; always 0 in instant mode). Sold units are
+    /// `stock - remaining - held`, read at the same instant (CO-3).
+    pub held: u32,
     /// When the last unit was taken, if it was.
     pub sold_out_at: Option<OffsetDateTime>,
 }
 
 impl SaleStatus {
-    /// The state at `now`.
+    /// The state at `now`: from the unsold units, so a hold-mode sale with every unit held
+    /// is still active.
     pub fn state(&self, now: OffsetDateTime) -> SaleState {
-        self.sale.state(now, self.remaining)
+        self.sale.state(now, self.remaining + self.held)
+    }
+
+    /// Units sold (paid, or confirmed in instant mode).
+    pub fn sold(&self) -> u32 {
+        self.sale.stock - self.remaining - self.held
     }
 }
 

@@ -303,6 +303,9 @@ fn heard_confirmed(report: &Path) -> BTreeMap<String, Order> {
                 user_id: user,
                 quantity,
                 created_at,
+                status: flashsale_core::OrderStatus::Confirmed,
+                expires_at: None,
+                payment_ref: None,
             };
             (key, order)
         })

@@ -350,6 +350,9 @@ mod tests {
                 quantity,
                 created_at: OffsetDateTime::from_unix_timestamp(seconds).unwrap()
                     + time::Duration::nanoseconds(nanos),
+                status: flashsale_core::OrderStatus::Confirmed,
+                expires_at: None,
+                payment_ref: None,
             };
             let expected = serde_json::to_vec(&ConfirmedBody {
                 code: Outcome::Confirmed.code(),

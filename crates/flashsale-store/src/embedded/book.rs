@@ -445,6 +445,9 @@ impl SaleBook {
                 buyer.held += q;
                 buyer.pending += q;
                 let order = Order {
+                    status: flashsale_core::OrderStatus::Confirmed,
+                    expires_at: None,
+                    payment_ref: None,
                     order_id: uuid::Uuid::now_v7(),
                     sale_id: sale.id,
                     user_id: user.clone(),
@@ -556,6 +559,7 @@ impl SaleBook {
     pub fn status(&self) -> SaleStatus {
         let st = self.state.lock();
         SaleStatus {
+            held: 0,
             sale: Arc::clone(&st.sale),
             remaining: st.sale.stock.saturating_sub(st.sold),
             sold_out_at: st.sold_out_at,

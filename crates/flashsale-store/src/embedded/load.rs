@@ -105,6 +105,9 @@ pub(crate) fn rebuild(conn: &Connection) -> rusqlite::Result<BTreeMap<SaleId, Ar
         let user: String = row.get(2)?;
         let key: Option<String> = row.get(5)?;
         let order = Order {
+            status: flashsale_core::OrderStatus::Confirmed,
+            expires_at: None,
+            payment_ref: None,
             order_id: uuid::Uuid::from_bytes(id),
             sale_id,
             // Stored ids were validated on the way in; a row that no longer parses is kept

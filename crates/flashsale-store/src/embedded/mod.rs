@@ -263,6 +263,22 @@ fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
 
 #[async_trait]
 impl SaleStore for EmbeddedStore {
+    async fn order(&self, _order_id: uuid::Uuid) -> Result<Option<Order>, StoreError> {
+        Err(StoreError::internal(
+            "checkout: orders by id are not built in this store yet",
+        ))
+    }
+
+    async fn order_event(
+        &self,
+        _order_id: uuid::Uuid,
+        _event: flashsale_core::OrderEvent,
+    ) -> Result<crate::OrderEventOutcome, StoreError> {
+        Err(StoreError::internal(
+            "checkout: order events are not built in this store yet",
+        ))
+    }
+
     async fn create_sale(&self, new: NewSale) -> Result<Sale, StoreError> {
         let (reply, rx) = oneshot::channel();
         let at = flashsale_core::sale::truncate_to_micros(self.now());

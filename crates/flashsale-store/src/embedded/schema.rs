@@ -164,6 +164,7 @@ pub(crate) const SALE_LEN: usize = 12;
 /// The sale in the first [`SALE_LEN`] columns of `row` ([`SALE_COLUMNS`]).
 pub(crate) fn sale_of_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Sale> {
     Ok(Sale {
+        checkout: flashsale_core::CheckoutMode::Instant,
         id: SaleId(row.get(0)?),
         name: row.get(1)?,
         starts_at: from_micros(row.get(2)?),

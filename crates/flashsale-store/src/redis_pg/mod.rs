@@ -221,6 +221,22 @@ impl RedisPgStore {
 
 #[async_trait]
 impl SaleStore for RedisPgStore {
+    async fn order(&self, _order_id: uuid::Uuid) -> Result<Option<Order>, StoreError> {
+        Err(StoreError::internal(
+            "checkout: orders by id are not built in this store yet",
+        ))
+    }
+
+    async fn order_event(
+        &self,
+        _order_id: uuid::Uuid,
+        _event: flashsale_core::OrderEvent,
+    ) -> Result<crate::OrderEventOutcome, StoreError> {
+        Err(StoreError::internal(
+            "checkout: order events are not built in this store yet",
+        ))
+    }
+
     async fn create_sale(&self, new: NewSale) -> Result<Sale, StoreError> {
         let pg = &self.pg;
         let client = pg.client().await?;

@@ -336,6 +336,9 @@ pub(crate) async fn buyer_orders(
     Ok(rows
         .iter()
         .map(|row| Order {
+            status: flashsale_core::OrderStatus::Confirmed,
+            expires_at: None,
+            payment_ref: None,
             order_id: row.get(0),
             sale_id: id,
             user_id: user.clone(),
@@ -384,6 +387,9 @@ pub(crate) async fn order_page(
         .map(|row| {
             let user: &str = row.get(1);
             Ok(Order {
+                status: flashsale_core::OrderStatus::Confirmed,
+                expires_at: None,
+                payment_ref: None,
                 order_id: row.get(0),
                 sale_id: id,
                 user_id: UserId::parse(user).map_err(|e| {

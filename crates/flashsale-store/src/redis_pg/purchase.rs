@@ -282,6 +282,9 @@ fn units_in_flight(deadline: Instant) -> Result<Duration, StoreError> {
 /// The order an attempt makes (or made) under `order_id`.
 fn order_of(sale: &Sale, attempt: &Attempt, order_id: Uuid, created_at: OffsetDateTime) -> Order {
     Order {
+        status: flashsale_core::OrderStatus::Confirmed,
+        expires_at: None,
+        payment_ref: None,
         order_id,
         sale_id: sale.id,
         user_id: attempt.user_id.clone(),

@@ -16,6 +16,7 @@ pub(crate) const SALE_LEN: usize = 12;
 /// keep stock and the limit positive, so the casts are exact.)
 pub(crate) fn sale_at(row: &Row, first: usize) -> Sale {
     Sale {
+        checkout: flashsale_core::CheckoutMode::Instant,
         id: SaleId(row.get(first)),
         name: row.get(first + 1),
         starts_at: row.get(first + 2),
