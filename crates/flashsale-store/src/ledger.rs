@@ -5,40 +5,53 @@
 //! - the sale's committed orders (each one IS the record of an `order` cause: it is written in
 //!   the same transaction as the sold counter it moves, so the group commit writes nothing more
 //!   per order);
-//! - the `stock_ledger` table, for every other cause (`created`, `edit`, `cancel`; later the hold
-//!   transitions), each row written in the same transaction as the change it records.
+//! - the `stock_ledger` table, for every other cause (`created`, `edit`, `cancel`, and the hold
+//!   transitions `payment`, `expiry`, `release`), each row written in the same transaction as the
+//!   change it records.
 //!
 //! Invariant: the sum of every entry's deltas is the sale's live figures (available =
 //! remaining, held, sold = stock - remaining - held), once no purchase is in flight.
 
 use crate::model::{Order, OrderKey};
-use flashsale_core::Sale;
+use flashsale_core::{Sale, Transition, UnitsMove};
 use std::iter::Peekable;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-/// Why an entry moved units. New causes (the holds of SPEC 9: `reserve`, `payment`, `expiry`,
-/// `release`) slot in as new variants; the entry's shape stays.
+/// Why an entry moved units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LedgerCause {
     /// The sale was created: its stock appears as available.
     Created,
-    /// An order was committed: available down, sold up by its quantity.
+    /// An instant-mode order was committed: available down, sold up by its quantity.
     Order,
     /// An operator changed the stock: available moves by the difference.
     Edit,
-    /// An operator cancelled the sale. Instant purchases hold nothing, so it moves nothing:
-    /// the units not sold stay available (and unsellable, the sale having ended).
+    /// An operator cancelled the sale. It moves nothing: the units not sold stay where they
+    /// are (unsellable, the sale having ended; live reservations may still be paid, SPEC 9).
     Cancel,
+    /// A hold-mode order was committed (a purchase, or a waitlist offer): available down (an
+    /// offer: the freed units it takes), held up by its quantity.
+    Reserve,
+    /// A reservation was paid: held down, sold up.
+    Payment,
+    /// A reservation expired: held down, available up (an offer then takes them again).
+    Expiry,
+    /// The buyer cancelled their reservation: held down, available up.
+    Release,
 }
 
 impl LedgerCause {
     /// Every cause, in the order the docs list them.
-    pub const ALL: [LedgerCause; 4] = [
+    pub const ALL: [LedgerCause; 8] = [
         LedgerCause::Created,
         LedgerCause::Order,
         LedgerCause::Edit,
         LedgerCause::Cancel,
+        LedgerCause::Reserve,
+        LedgerCause::Payment,
+        LedgerCause::Expiry,
+        LedgerCause::Release,
     ];
 
     /// The stable name (JSON, CSV, the `stock_ledger.cause` column).
@@ -48,12 +61,33 @@ impl LedgerCause {
             LedgerCause::Order => "order",
             LedgerCause::Edit => "edit",
             LedgerCause::Cancel => "cancel",
+            LedgerCause::Reserve => "reserve",
+            LedgerCause::Payment => "payment",
+            LedgerCause::Expiry => "expiry",
+            LedgerCause::Release => "release",
         }
     }
 
     /// The cause named `code`, if any.
     pub fn parse(code: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+
+    /// The cause and `(available, held, sold)` deltas of an order's transition out of
+    /// `reserved`, or `None` for a decision that moves no units. A store records it in the
+    /// same atomic step as the new status.
+    pub fn of_transition(transition: &Transition) -> Option<(LedgerCause, [i64; 3])> {
+        let (cause, n) = match (transition, transition.units()) {
+            (_, UnitsMove::None) => return None,
+            (_, UnitsMove::Pay(n)) => (LedgerCause::Payment, n),
+            (Transition::Expired(_), UnitsMove::Release(n)) => (LedgerCause::Expiry, n),
+            (_, UnitsMove::Release(n)) => (LedgerCause::Release, n),
+        };
+        let n = i64::from(n);
+        Some(match cause {
+            LedgerCause::Payment => (cause, [0, -n, n]),
+            _ => (cause, [n, -n, 0]),
+        })
     }
 }
 
@@ -121,16 +155,22 @@ impl LedgerEntry {
     /// The entry a committed order is.
     pub fn of_order(order: &Order) -> Self {
         let q = i64::from(order.quantity);
+        // A hold-mode order (it has a deadline) was a reservation when it was committed; what
+        // became of it since is an entry of its own.
+        let (cause, held, sold) = match order.expires_at {
+            Some(_) => (LedgerCause::Reserve, q, 0),
+            None => (LedgerCause::Order, 0, q),
+        };
         Self {
             key: LedgerKey {
                 at: order.created_at,
                 source: LedgerSource::Order(order.order_id),
             },
-            cause: LedgerCause::Order,
+            cause,
             order_id: Some(order.order_id),
             available_delta: -q,
-            held_delta: 0,
-            sold_delta: q,
+            held_delta: held,
+            sold_delta: sold,
             sale_change_id: None,
         }
     }
