@@ -3,7 +3,9 @@
 -- (mirroring flashsale_core::decide; a batch of one is the single-attempt case).
 --
 -- KEYS[1] meta          hash  stock, limit, starts_us, ends_us, remaining, reserved, epoch,
---                             sold_out_us, clock_us, cancelled, changing_until (change.lua)
+--                             sold_out_us, clock_us, cancelled, changing_until (change.lua),
+--                             hold ("1": a hold-mode sale), onhold (units of committed
+--                             reservations waiting for payment, moved by transition.lua)
 -- KEYS[2] held          hash  user id -> units held (committed + reserved)
 -- KEYS[3] leases        zset  order id -> lease deadline (ms, Redis clock)
 -- KEYS[4] reservations  hash  order id -> "user\nquantity\ncreated_us\nkey\nepoch"
@@ -18,6 +20,11 @@
 --           quantity (1..limit, checked by the caller against the same limit),
 --           idempotency key or "" for none,
 --           order id to use if admitted (UUID v7 chosen by the caller)
+--
+-- Hold mode (mirroring flashsale_core::decide_units): the sale's state is read from its unsold
+-- units (remaining + onhold: a sale whose every unit is held is still active), what may be
+-- taken is `remaining`, and nothing remaining while units are on hold is a `sold_out` that is
+-- not final (a release may bring units back). `held` counts the buyer's reserved + paid units.
 --
 -- The clock is Redis's own (TIME): one clock for every instance, guarded so that it never
 -- goes back for a sale: an instant before `clock_us` (the clock stepped back, or a failover
@@ -72,7 +79,7 @@ end
 -- is read afresh, so each decision sees its predecessors' writes.
 local function decide(user, qty, key, order_id)
   local meta = redis.call('HMGET', KEYS[1], 'limit', 'starts_us', 'ends_us', 'remaining',
-    'epoch', 'reserved', 'clock_us', 'cancelled', 'changing_until')
+    'epoch', 'reserved', 'clock_us', 'cancelled', 'changing_until', 'hold', 'onhold')
   local clock = tonumber(meta[7] or '0')
   local now_us = time_us
   if now_us < clock then
@@ -98,12 +105,15 @@ local function decide(user, qty, key, order_id)
   local epoch = meta[5]
   local reserved = tonumber(meta[6] or '0')
   local cancelled = meta[8] == '1'
+  local hold = meta[10] == '1'
+  -- Units held by committed reservations: unsold, but not to be taken (0 in instant mode).
+  local onhold = tonumber(meta[11] or '0')
 
   -- Once the sale has ended (as `Sale::state` says, counting reserved units as not yet sold),
   -- every decision is its final answer, the same for every key: a remembered refusal (say
   -- `upcoming`) would now be untrue, so it is forgotten before the key is looked up, and the
   -- attempt decided again, as the embedded store does.
-  local ended = cancelled or (now_us >= starts and (now_us >= ends or remaining + reserved <= 0))
+  local ended = cancelled or (now_us >= starts and (now_us >= ends or remaining + reserved + onhold <= 0))
   if ended and redis.call('ZCARD', KEYS[6]) > 0 then
     forget('+inf', 64)
   end
@@ -135,7 +145,7 @@ local function decide(user, qty, key, order_id)
     code, final = 'ended', true
   elseif now_us < starts then
     code = 'upcoming'
-  elseif remaining <= 0 then
+  elseif remaining + onhold <= 0 then
     code, final = 'sold_out', true
   elseif now_us >= ends then
     code, final = 'ended', true
@@ -150,6 +160,9 @@ local function decide(user, qty, key, order_id)
       code = 'already'
     elseif q > allowed then
       code, arg = 'limit', allowed
+    elseif remaining <= 0 then
+      -- Every unsold unit is on hold (hold mode): a release may bring some back.
+      code = 'sold_out'
     elseif q > remaining then
       code, arg = 'insufficient', remaining
     end
@@ -189,7 +202,8 @@ local function decide(user, qty, key, order_id)
   remaining = remaining - q
   redis.call('HSET', KEYS[1], 'remaining', fmt(remaining), 'reserved', fmt(reserved + q),
     'clock_us', now)
-  if remaining == 0 then
+  if remaining == 0 and not hold then
+    -- (A hold sale sells out when its last unit is paid: transition.lua.)
     redis.call('HSET', KEYS[1], 'sold_out_us', now)
   end
   redis.call('HINCRBY', KEYS[2], user, q)

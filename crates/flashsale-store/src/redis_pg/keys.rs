@@ -40,6 +40,9 @@ pub struct SaleKeys {
     pub refused: String,
     /// Hash: user id -> units of that buyer's live reservations (not yet settled).
     pub reserving: String,
+    /// Set: order ids whose transition's unit move is applied (`transition.lua`), so each
+    /// order's move lands at most once.
+    pub applied: String,
     /// String: held by the one instance rebuilding the sale.
     pub rebuild_lock: String,
     /// String: held for one reconciler interval by the instance auditing the sale, so one
@@ -90,6 +93,7 @@ impl Keys {
             idempotency: format!("{tag}:idempotency"),
             refused: format!("{tag}:refused"),
             reserving: format!("{tag}:reserving"),
+            applied: format!("{tag}:applied"),
             rebuild_lock: format!("{tag}:rebuild"),
             audit_lock: format!("{tag}:audit"),
         }
@@ -111,7 +115,11 @@ mod tests {
         for key in k
             .script_keys()
             .into_iter()
-            .chain([k.rebuild_lock.as_str(), k.audit_lock.as_str()])
+            .chain([
+                k.applied.as_str(),
+                k.rebuild_lock.as_str(),
+                k.audit_lock.as_str(),
+            ])
         {
             assert!(key.starts_with("{fs:sale:42}:"), "{key}");
         }

@@ -1,5 +1,7 @@
 //! The stock ledger in PostgreSQL: a page is the sale's `stock_ledger` rows (written with the
-//! sale's creation and with each change, see `change.rs`) merged with its committed orders,
+//! sale's creation, with each change, see `change.rs`, and with each hold transition, see
+//! `checkout.rs`) merged with its committed orders (an instant order is an `order` entry, a
+//! hold order the `reserve` entry of [`LedgerEntry::of_order`]),
 //! both read as keyset range scans (`stock_ledger_by_sale`, `orders_by_sale_time`) and merged
 //! by the ledger key in one statement.
 
@@ -23,8 +25,11 @@ const PAGE: &str = "
          FROM stock_ledger WHERE sale_id = $1 AND (at, id) > ($2, $3)
          ORDER BY at, id LIMIT $5)
         UNION ALL
-        (SELECT created_at, 1, 0, order_id, 'order', -quantity::bigint, 0::bigint,
-                quantity::bigint, NULL::bigint
+        (SELECT created_at, 1, 0, order_id,
+                CASE WHEN expires_at IS NULL THEN 'order' ELSE 'reserve' END,
+                -quantity::bigint,
+                CASE WHEN expires_at IS NULL THEN 0 ELSE quantity END::bigint,
+                CASE WHEN expires_at IS NULL THEN quantity ELSE 0 END::bigint, NULL::bigint
          FROM orders WHERE sale_id = $1 AND (created_at, order_id) > ($2, $4)
          ORDER BY created_at, order_id LIMIT $5)
     ) page

@@ -252,8 +252,8 @@ impl SaleStore for RedisPgStore {
                     "WITH sale AS (
                          INSERT INTO sales (name, starts_at, ends_at, stock, per_user_limit,
                                             creation_key, description, price_minor, currency,
-                                            image_kind, image_sha256)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                            image_kind, image_sha256, payment_window_secs)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $14)
                          ON CONFLICT (creation_key) DO NOTHING RETURNING id, stock
                      ), entry AS (
                          INSERT INTO stock_ledger
@@ -275,6 +275,7 @@ impl SaleStore for RedisPgStore {
                         &product.image_sha256,
                         &at,
                         &LedgerCause::Created.code(),
+                        &sale_row::payment_window_secs(new.checkout),
                     ],
                 ),
             )

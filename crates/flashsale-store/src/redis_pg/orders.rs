@@ -13,6 +13,9 @@
 //!   it);
 //! - each order claims its `reservations` row as `committed` (`ON CONFLICT DO NOTHING`): an
 //!   order the reconciler already released loses, and is not written;
+//! - a hold sale's order is written `reserved` with its `expires_at` (the admission instant
+//!   plus the sale's window, read from the row in the same statement, so an instant purchase
+//!   costs no extra statement);
 //! - `buyers.held` and `sales.sold` are raised, their CHECKs refusing any oversell. A CHECK
 //!   violation (Redis admitted what it should not have, e.g. after a partial data loss) splits
 //!   the group in halves, recursively, so only the offending orders fail, never the group.
@@ -30,10 +33,11 @@ use super::grouping::next_group;
 use super::settle::Settler;
 use crate::StoreError;
 use crate::model::{Order, OrderKey};
-use flashsale_core::{IdempotencyKey, SaleId, UserId};
+use flashsale_core::{IdempotencyKey, OrderStatus, PaymentRef, SaleId, UserId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -327,25 +331,52 @@ pub(crate) async fn buyer_orders(
         .call(
             "orders of a buyer",
             client.query(
-                "SELECT order_id, quantity, created_at FROM orders
+                "SELECT order_id, quantity, created_at, status, expires_at, payment_ref
+                 FROM orders
                  WHERE sale_id = $1 AND user_id = $2 ORDER BY created_at, order_id",
                 &[&id.0, &user.as_str()],
             ),
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|row| Order {
-            status: flashsale_core::OrderStatus::Confirmed,
-            expires_at: None,
-            payment_ref: None,
-            order_id: row.get(0),
-            sale_id: id,
-            user_id: user.clone(),
-            quantity: row.get::<_, i32>(1) as u32,
-            created_at: row.get(2),
+    rows.iter()
+        .map(|row| {
+            let checkout = checkout_at(row, 3)?;
+            Ok(Order {
+                status: checkout.status,
+                expires_at: checkout.expires_at,
+                payment_ref: checkout.payment_ref,
+                order_id: row.get(0),
+                sale_id: id,
+                user_id: user.clone(),
+                quantity: row.get::<_, i32>(1) as u32,
+                created_at: row.get(2),
+            })
         })
-        .collect())
+        .collect()
+}
+
+/// An order's checkout columns as stored (`status, expires_at, payment_ref`).
+pub(crate) struct CheckoutColumns {
+    pub status: OrderStatus,
+    pub expires_at: Option<time::OffsetDateTime>,
+    pub payment_ref: Option<PaymentRef>,
+}
+
+/// The columns `status, expires_at, payment_ref` of `row` from `first` on.
+pub(crate) fn checkout_at(row: &Row, first: usize) -> Result<CheckoutColumns, StoreError> {
+    let status: &str = row.get(first);
+    let status = OrderStatus::parse(status)
+        .ok_or_else(|| StoreError::internal(format!("unknown order status {status:?}")))?;
+    let payment_ref = row
+        .get::<_, Option<&str>>(first + 2)
+        .map(PaymentRef::parse)
+        .transpose()
+        .map_err(|e| StoreError::internal_from("a stored payment reference", e))?;
+    Ok(CheckoutColumns {
+        status,
+        expires_at: row.get(first + 1),
+        payment_ref,
+    })
 }
 
 /// Up to `limit` of the sale's committed orders after `after`, in export order (by the
@@ -363,7 +394,8 @@ pub(crate) async fn order_page(
             pg.call(
                 "a page of a sale's orders",
                 client.query(
-                    "SELECT order_id, user_id, quantity, created_at FROM orders
+                    "SELECT order_id, user_id, quantity, created_at, status, expires_at,
+                            payment_ref FROM orders
                      WHERE sale_id = $1 ORDER BY created_at, order_id LIMIT $2",
                     &[&id.0, &limit],
                 ),
@@ -374,7 +406,8 @@ pub(crate) async fn order_page(
             pg.call(
                 "a page of a sale's orders",
                 client.query(
-                    "SELECT order_id, user_id, quantity, created_at FROM orders
+                    "SELECT order_id, user_id, quantity, created_at, status, expires_at,
+                            payment_ref FROM orders
                      WHERE sale_id = $1 AND (created_at, order_id) > ($2, $3)
                      ORDER BY created_at, order_id LIMIT $4",
                     &[&id.0, &after.created_at, &after.order_id, &limit],
@@ -386,10 +419,11 @@ pub(crate) async fn order_page(
     rows.iter()
         .map(|row| {
             let user: &str = row.get(1);
+            let checkout = checkout_at(row, 4)?;
             Ok(Order {
-                status: flashsale_core::OrderStatus::Confirmed,
-                expires_at: None,
-                payment_ref: None,
+                status: checkout.status,
+                expires_at: checkout.expires_at,
+                payment_ref: checkout.payment_ref,
                 order_id: row.get(0),
                 sale_id: id,
                 user_id: UserId::parse(user).map_err(|e| {
@@ -511,8 +545,12 @@ async fn commit_tx(
                  ON CONFLICT (order_id) DO NOTHING RETURNING order_id
              ), ins AS (
                  INSERT INTO orders (order_id, sale_id, user_id, quantity, created_at,
-                                     idempotency_key)
-                 SELECT i.* FROM input i JOIN won USING (order_id)
+                                     idempotency_key, status, expires_at)
+                 SELECT i.*,
+                        CASE WHEN s.payment_window_secs IS NULL THEN 'confirmed'
+                             ELSE 'reserved' END,
+                        i.created_at + make_interval(secs => s.payment_window_secs)
+                 FROM input i JOIN won USING (order_id) JOIN sales s ON s.id = i.sale_id
                  RETURNING sale_id, user_id, quantity, created_at
              ), held AS (
                  INSERT INTO buyers AS b (sale_id, user_id, held, per_user_limit)

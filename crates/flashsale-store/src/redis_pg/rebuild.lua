@@ -15,8 +15,9 @@
 -- step "restore": KEYS[2] meta; ARGV[4..11] stock, limit, starts_us, ends_us, remaining,
 --                 epoch, sold_out_us or "", clock_us (the clock guard, carried over from the
 --                 lost state or PostgreSQL's last order), ARGV[12] cancelled ("1" or ""),
---                 ARGV[13] revision (of the operator's changes). Nothing is reserved after a
---                 rebuild.
+--                 ARGV[13] revision (of the operator's changes), ARGV[14] hold ("1" for a
+--                 hold-mode sale, or ""), ARGV[15] onhold (units of the reservations
+--                 PostgreSQL holds as `reserved`). Nothing is in flight after a rebuild.
 --                 Writes meta last (its presence lets admissions in).
 -- step "unlock":  deletes the lock.
 -- Returns "ok", "lost" (the lock is not ours: stop) or "newer" (begin only).
@@ -45,6 +46,9 @@ elseif step == 'restore' then
   redis.call('HSET', KEYS[2], 'stock', ARGV[4], 'limit', ARGV[5], 'starts_us', ARGV[6],
     'ends_us', ARGV[7], 'remaining', ARGV[8], 'epoch', ARGV[9], 'reserved', '0',
     'clock_us', ARGV[11], 'revision', ARGV[13])
+  if ARGV[14] == '1' then
+    redis.call('HSET', KEYS[2], 'hold', '1', 'onhold', ARGV[15])
+  end
   if ARGV[12] == '1' then
     redis.call('HSET', KEYS[2], 'cancelled', '1')
   end

@@ -18,7 +18,7 @@ use super::scripts::{RebuildLock, Scripts, Step, StepReply};
 use super::snapshot::Snapshot;
 use crate::StoreError;
 use crate::instants::to_micros;
-use flashsale_core::{Sale, SaleId};
+use flashsale_core::{CheckoutMode, Sale, SaleId};
 use std::sync::Arc;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -149,6 +149,7 @@ impl Rebuilder {
         fill(lock, keys, &durable).await?;
         // The sale as PostgreSQL holds it now, not as this instance last saw it: an operator
         // may have changed it since.
+        // `sold` counts a hold sale's held units too: they stay taken, on hold.
         let remaining = durable.sale.stock.saturating_sub(durable.sold);
         lock.must(
             Step::Restore,
@@ -159,7 +160,7 @@ impl Rebuilder {
         self.snapshot.replace(
             Arc::new(durable.sale.clone()),
             durable.revision,
-            Some(remaining),
+            Some(remaining + durable.on_hold),
         );
         tracing::info!(sale = %sale.id, epoch = durable.epoch, sold = durable.sold, "sale rebuilt in Redis from PostgreSQL");
         Ok(())
@@ -220,6 +221,8 @@ fn restored_meta(
         durable.epoch.to_string(),
         durable
             .sold_out_at
+            // A hold sale with units on hold is not sold out yet (its `sold` counts them).
+            .filter(|_| durable.on_hold == 0)
             .map(|t| to_micros(t).to_string())
             .unwrap_or_default(),
         // The clock guard survives the rebuild: what the old state had decided with, or at
@@ -230,6 +233,13 @@ fn restored_meta(
             .to_string(),
         if sale.cancelled_at.is_some() { "1" } else { "" }.to_owned(),
         durable.revision.to_string(),
+        if matches!(sale.checkout, CheckoutMode::Hold { .. }) {
+            "1"
+        } else {
+            ""
+        }
+        .to_owned(),
+        durable.on_hold.to_string(),
     ]
 }
 
@@ -275,6 +285,8 @@ struct Durable {
     epoch: i64,
     sold: u32,
     sold_out_at: Option<OffsetDateTime>,
+    /// Units of the reservations waiting for payment (hold mode).
+    on_hold: u32,
     /// When the sale's last order was admitted.
     last_order_at: Option<OffsetDateTime>,
     held: Vec<Holding>,
@@ -312,7 +324,9 @@ async fn read_durable(
             &format!(
                 "UPDATE sales SET epoch = GREATEST(epoch, $2) + 1 WHERE id = $1
                  RETURNING epoch, sold, sold_out_at,
-                     (SELECT max(created_at) FROM orders WHERE sale_id = $1), {SALE}, revision"
+                     (SELECT max(created_at) FROM orders WHERE sale_id = $1), {SALE}, revision,
+                     (SELECT COALESCE(sum(quantity), 0) FROM orders
+                      WHERE sale_id = $1 AND status = 'reserved')::int4"
             ),
             &[&id.0, &min_epoch],
         )
@@ -353,6 +367,7 @@ async fn read_durable(
         epoch: row.get(0),
         sold: row.get::<_, i32>(1) as u32,
         sold_out_at: row.get(2),
+        on_hold: row.get::<_, i32>(5 + SALE_LEN) as u32,
         last_order_at: row.get(3),
         held,
         keys,

@@ -108,10 +108,12 @@ impl Refresher {
                 .arg("reserved")
                 .arg("sold_out_us")
                 .arg("epoch")
-                .arg("revision");
+                .arg("revision")
+                .arg("onhold");
         }
         let mut con = self.redis.con();
         type Meta = (
+            Option<i64>,
             Option<i64>,
             Option<i64>,
             Option<i64>,
@@ -140,9 +142,10 @@ impl Refresher {
         let figures = metas
             .into_iter()
             .map(
-                |(remaining, reserved, sold_out_us, epoch, revision)| Figures {
+                |(remaining, reserved, sold_out_us, epoch, revision, on_hold)| Figures {
                     remaining,
                     reserved,
+                    on_hold,
                     sold_out_us,
                     epoch,
                     revision,

@@ -2,21 +2,21 @@
 //! change each read one, with other columns beside it.
 
 use crate::product_columns::product_of;
-use flashsale_core::{Sale, SaleId};
+use flashsale_core::{CheckoutMode, PaymentWindow, Sale, SaleId};
 use tokio_postgres::Row;
 
 /// The columns [`sale_at`] reads, in its order: a query lists them together, as written here.
 pub(crate) const SALE: &str = "id, name, starts_at, ends_at, stock, per_user_limit, cancelled_at, \
-     description, price_minor, currency, image_kind, image_sha256";
+     description, price_minor, currency, image_kind, image_sha256, payment_window_secs";
 
 /// How many columns [`SALE`] lists: a query's next column is at `first` plus this.
-pub(crate) const SALE_LEN: usize = 12;
+pub(crate) const SALE_LEN: usize = 13;
 
 /// The sale in `row`'s columns from `first` on, listed as [`SALE`]. (The CHECKs of the table
 /// keep stock and the limit positive, so the casts are exact.)
 pub(crate) fn sale_at(row: &Row, first: usize) -> Sale {
     Sale {
-        checkout: flashsale_core::CheckoutMode::Instant,
+        checkout: checkout_of(row.get(first + 12)),
         id: SaleId(row.get(first)),
         name: row.get(first + 1),
         starts_at: row.get(first + 2),
@@ -34,6 +34,22 @@ pub(crate) fn sale_at(row: &Row, first: usize) -> Sale {
     }
 }
 
+/// The checkout mode stored as `payment_window_secs` (NULL: instant). Only a validated
+/// window is ever written, so the parse cannot fail on a row this store wrote.
+pub(crate) fn checkout_of(payment_window_secs: Option<i32>) -> CheckoutMode {
+    match payment_window_secs.map(|secs| PaymentWindow::parse(i64::from(secs))) {
+        Some(Ok(payment_window)) => CheckoutMode::Hold { payment_window },
+        _ => CheckoutMode::Instant,
+    }
+}
+
+/// The `payment_window_secs` column of a sale in `checkout` mode.
+pub(crate) fn payment_window_secs(checkout: CheckoutMode) -> Option<i32> {
+    checkout
+        .payment_window()
+        .map(|w| i32::try_from(w.secs()).unwrap_or(i32::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,5 +57,15 @@ mod tests {
     #[test]
     fn sale_len_counts_the_sale_columns() {
         assert_eq!(SALE.split(", ").count(), SALE_LEN);
+    }
+
+    #[test]
+    fn a_checkout_mode_reads_back_as_it_was_written() {
+        let hold = CheckoutMode::Hold {
+            payment_window: PaymentWindow::parse(600).unwrap(),
+        };
+        for mode in [CheckoutMode::Instant, hold] {
+            assert_eq!(checkout_of(payment_window_secs(mode)), mode);
+        }
     }
 }

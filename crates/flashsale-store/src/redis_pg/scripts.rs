@@ -27,6 +27,7 @@ pub(crate) struct Scripts {
     rebuild: Script,
     audit: Script,
     change: Script,
+    transition: Script,
 }
 
 /// What `change.lua`'s `freeze` step found.
@@ -175,6 +176,31 @@ pub(crate) struct RebuildLock<'a> {
     pub ms: u64,
 }
 
+/// One order's committed unit move, for `transition.lua`.
+pub(crate) struct MoveToApply<'a> {
+    /// The order.
+    pub order_id: Uuid,
+    /// The sale's epoch the transition committed under.
+    pub epoch: i64,
+    /// `true`: held -> sold; `false`: held -> available.
+    pub pay: bool,
+    /// The buyer.
+    pub user: &'a str,
+    /// Units moved.
+    pub units: u32,
+}
+
+/// What `transition.lua` did with a move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MoveApplied {
+    /// Applied now.
+    Applied,
+    /// Applied before, or already reflected by a rebuild: nothing left to do.
+    Done,
+    /// Redis's state is missing or behind the commit (a rebuild is on its way): ask again.
+    Later,
+}
+
 /// The reply of one step of `rebuild.lua`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StepReply {
@@ -197,6 +223,7 @@ impl Scripts {
             rebuild: Script::new(include_str!("rebuild.lua")),
             audit: Script::new(include_str!("audit.lua")),
             change: Script::new(include_str!("change.lua")),
+            transition: Script::new(include_str!("transition.lua")),
         }
     }
 
@@ -209,6 +236,7 @@ impl Scripts {
             &self.rebuild,
             &self.audit,
             &self.change,
+            &self.transition,
         ] {
             let mut con = self.redis.con();
             self.redis
@@ -270,6 +298,29 @@ impl Scripts {
             inv.arg(id.to_string());
         }
         Settled::parse(self.invoke("settle", &inv).await?)
+    }
+
+    /// Runs `transition.lua`: applies one order's committed unit move to Redis, at most once.
+    pub(crate) async fn apply_move(
+        &self,
+        keys: &SaleKeys,
+        applied: &MoveToApply<'_>,
+    ) -> Result<MoveApplied, StoreError> {
+        let mut inv = self.transition.key(&keys.meta);
+        inv.key(&keys.held)
+            .key(&keys.applied)
+            .arg(applied.order_id.to_string())
+            .arg(applied.epoch)
+            .arg(if applied.pay { "pay" } else { "release" })
+            .arg(applied.user)
+            .arg(applied.units);
+        let reply: String = shape("transition", self.invoke("transition", &inv).await?)?;
+        match reply.as_str() {
+            "applied" => Ok(MoveApplied::Applied),
+            "done" => Ok(MoveApplied::Done),
+            "later" => Ok(MoveApplied::Later),
+            other => Err(malformed("transition", format!("unknown reply {other:?}"))),
+        }
     }
 
     /// Runs `expired.lua`: the order ids of up to `max` reservations whose lease ran out.

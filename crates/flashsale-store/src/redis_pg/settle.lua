@@ -5,8 +5,10 @@
 -- ARGV[1]    "confirm" (committed in PostgreSQL: keep the stock taken, finalise the key)
 --            or "release" (fenced as released in PostgreSQL: give the stock back)
 -- ARGV[2..]  order ids
+-- In a hold-mode sale (meta `hold` = "1") a confirmed reservation's units go on hold
+-- (`onhold`): committed as `reserved` in PostgreSQL, waiting for payment (transition.lua).
 -- Returns {settled, unconfirmed, sold_out_us}: the number of reservations settled, the sale's
--- units not yet confirmed (remaining + reserved; -1 if the sale's state is gone), and when the
+-- units not yet sold (remaining + reserved + onhold; -1 if the sale's state is gone), and when the
 -- last unit was taken ("" if not sold out). Reservations no longer
 -- present (settled by someone else, or lost with Redis's data) are skipped, so settling twice
 -- is harmless.
@@ -17,6 +19,7 @@
 local function fmt(n) return string.format('%.0f', n) end
 
 local has_meta = redis.call('EXISTS', KEYS[1]) == 1
+local hold = has_meta and redis.call('HGET', KEYS[1], 'hold') == '1'
 local settled = 0
 for i = 2, #ARGV do
   local id = ARGV[i]
@@ -33,6 +36,9 @@ for i = 2, #ARGV do
       redis.call('HINCRBY', KEYS[1], 'reserved', -q)
     end
     if ARGV[1] == 'confirm' then
+      if hold then
+        redis.call('HINCRBY', KEYS[1], 'onhold', q)
+      end
       if key ~= '' then
         redis.call('HSET', KEYS[5], key, 'C\n' .. user .. '\n' .. qty .. '\n' .. id .. '\n' .. created)
       end
@@ -56,8 +62,8 @@ for i = 2, #ARGV do
 end
 local unconfirmed, sold_out = -1, ''
 if has_meta then
-  local m = redis.call('HMGET', KEYS[1], 'remaining', 'reserved', 'sold_out_us')
-  unconfirmed = tonumber(m[1] or '0') + tonumber(m[2] or '0')
+  local m = redis.call('HMGET', KEYS[1], 'remaining', 'reserved', 'sold_out_us', 'onhold')
+  unconfirmed = tonumber(m[1] or '0') + tonumber(m[2] or '0') + tonumber(m[4] or '0')
   sold_out = m[3] or ''
 end
 return {settled, unconfirmed, sold_out}

@@ -75,6 +75,8 @@ pub(crate) struct Figures {
     pub remaining: Option<i64>,
     /// Units of live reservations.
     pub reserved: Option<i64>,
+    /// Units on hold, waiting for payment (hold mode).
+    pub on_hold: Option<i64>,
     /// When the last unit was taken (microseconds).
     pub sold_out_us: Option<i64>,
     /// The sale's Redis epoch.
@@ -197,7 +199,10 @@ impl Snapshot {
                 missing.push(Arc::clone(&entry.sale));
                 continue;
             };
-            let unconfirmed = (remaining + figures.reserved.unwrap_or(0)).max(0) as u32;
+            let unconfirmed = (remaining
+                + figures.reserved.unwrap_or(0)
+                + figures.on_hold.unwrap_or(0))
+            .max(0) as u32;
             if entry.epoch.is_some() && entry.epoch != figures.epoch {
                 // Rebuilt from PostgreSQL since the last read: the old figure was Redis's
                 // (possibly wrong) view, the new one is the durable truth.
@@ -277,7 +282,7 @@ impl Snapshot {
             .call(
                 "load sales",
                 client.query(
-                    &format!("SELECT {SALE}, sold, sold_out_at, revision FROM sales WHERE id > $1 ORDER BY id"),
+                    &format!("SELECT {SALE}, {SOLD}, sold_out_at, revision FROM sales WHERE id > $1 ORDER BY id"),
                     &[&self.max_id()],
                 ),
             )
@@ -297,7 +302,7 @@ impl Snapshot {
             .call(
                 "reload sale",
                 client.query_opt(
-                    &format!("SELECT {SALE}, sold, sold_out_at, revision FROM sales WHERE id = $1"),
+                    &format!("SELECT {SALE}, {SOLD}, sold_out_at, revision FROM sales WHERE id = $1"),
                     &[&id.0],
                 ),
             )
@@ -317,7 +322,7 @@ impl Snapshot {
             .call(
                 "load sale",
                 client.query_opt(
-                    &format!("SELECT {SALE}, sold, sold_out_at, revision FROM sales WHERE id = $1"),
+                    &format!("SELECT {SALE}, {SOLD}, sold_out_at, revision FROM sales WHERE id = $1"),
                     &[&id.0],
                 ),
             )
@@ -359,14 +364,24 @@ fn settled_rejection(sale: &Sale, remaining: u32, now: OffsetDateTime) -> Option
     None
 }
 
+/// The units sold of a `sales` row: a hold sale's `sold` counts its units on hold too
+/// (reservations waiting for payment), which are not sold yet. Instant sales skip the sum.
+const SOLD: &str = "CASE WHEN payment_window_secs IS NULL THEN sold ELSE sold - (
+         SELECT COALESCE(sum(quantity), 0) FROM orders o
+         WHERE o.sale_id = sales.id AND o.status = 'reserved')::int4 END";
+
 fn entry_of(row: &tokio_postgres::Row) -> Entry {
-    // SELECT {SALE}, sold, sold_out_at, revision
+    // SELECT {SALE}, {SOLD}, sold_out_at, revision
     let sale = sale_at(row, 0);
     let sold = row.get::<_, i32>(SALE_LEN) as u32;
+    let remaining = sale.stock.saturating_sub(sold);
     Entry {
-        remaining: sale.stock.saturating_sub(sold),
+        remaining,
         epoch: None,
-        sold_out_at: row.get(SALE_LEN + 1),
+        // A hold sale's row says when its last unit was taken; it is sold out once paid.
+        sold_out_at: row
+            .get::<_, Option<OffsetDateTime>>(SALE_LEN + 1)
+            .filter(|_| remaining == 0),
         revision: row.get(SALE_LEN + 2),
         sale: Arc::new(sale),
     }
