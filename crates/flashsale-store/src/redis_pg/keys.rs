@@ -112,15 +112,11 @@ mod tests {
     #[test]
     fn every_key_of_a_sale_shares_one_hash_tag() {
         let k = Keys::new("fs").sale(SaleId(42));
-        for key in k
-            .script_keys()
-            .into_iter()
-            .chain([
-                k.applied.as_str(),
-                k.rebuild_lock.as_str(),
-                k.audit_lock.as_str(),
-            ])
-        {
+        for key in k.script_keys().into_iter().chain([
+            k.applied.as_str(),
+            k.rebuild_lock.as_str(),
+            k.audit_lock.as_str(),
+        ]) {
             assert!(key.starts_with("{fs:sale:42}:"), "{key}");
         }
     }

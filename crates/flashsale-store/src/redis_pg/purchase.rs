@@ -13,7 +13,9 @@ use super::scripts::Admission;
 use super::settle::Settler;
 use super::snapshot::Snapshot;
 use crate::{Attempt, Order, PurchaseOutcome, StoreError};
-use flashsale_core::{QuantityAboveLimit, Rejection, Sale, SaleId, UserId, check_quantity};
+use flashsale_core::{
+    OrderStatus, QuantityAboveLimit, Rejection, Sale, SaleId, UserId, check_quantity,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -279,11 +281,20 @@ fn units_in_flight(deadline: Instant) -> Result<Duration, StoreError> {
     Ok(IN_FLIGHT_POLL)
 }
 
-/// The order an attempt makes (or made) under `order_id`.
+/// The order an attempt makes (or made) under `order_id`: in a hold sale a reservation,
+/// payable until the admission instant plus the window (as the group commit writes it).
 fn order_of(sale: &Sale, attempt: &Attempt, order_id: Uuid, created_at: OffsetDateTime) -> Order {
+    let expires_at = sale
+        .checkout
+        .payment_window()
+        .map(|w| w.expires_at(created_at));
     Order {
-        status: flashsale_core::OrderStatus::Confirmed,
-        expires_at: None,
+        status: if expires_at.is_some() {
+            OrderStatus::Reserved
+        } else {
+            OrderStatus::Confirmed
+        },
+        expires_at,
         payment_ref: None,
         order_id,
         sale_id: sale.id,

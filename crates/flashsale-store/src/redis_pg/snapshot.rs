@@ -199,10 +199,9 @@ impl Snapshot {
                 missing.push(Arc::clone(&entry.sale));
                 continue;
             };
-            let unconfirmed = (remaining
-                + figures.reserved.unwrap_or(0)
-                + figures.on_hold.unwrap_or(0))
-            .max(0) as u32;
+            let unconfirmed =
+                (remaining + figures.reserved.unwrap_or(0) + figures.on_hold.unwrap_or(0)).max(0)
+                    as u32;
             if entry.epoch.is_some() && entry.epoch != figures.epoch {
                 // Rebuilt from PostgreSQL since the last read: the old figure was Redis's
                 // (possibly wrong) view, the new one is the durable truth.
@@ -302,7 +301,9 @@ impl Snapshot {
             .call(
                 "reload sale",
                 client.query_opt(
-                    &format!("SELECT {SALE}, {SOLD}, sold_out_at, revision FROM sales WHERE id = $1"),
+                    &format!(
+                        "SELECT {SALE}, {SOLD}, sold_out_at, revision FROM sales WHERE id = $1"
+                    ),
                     &[&id.0],
                 ),
             )
@@ -322,7 +323,9 @@ impl Snapshot {
             .call(
                 "load sale",
                 client.query_opt(
-                    &format!("SELECT {SALE}, {SOLD}, sold_out_at, revision FROM sales WHERE id = $1"),
+                    &format!(
+                        "SELECT {SALE}, {SOLD}, sold_out_at, revision FROM sales WHERE id = $1"
+                    ),
                     &[&id.0],
                 ),
             )

@@ -1,0 +1,494 @@
+//! Checkout with holds in the scale-out store (docs/requirements.md#9-checkout): an order's
+//! transitions, the expiry sweep, and the unit moves they owe Redis.
+//!
+//! PostgreSQL is the authority for an order's status. A transition is one transaction: it
+//! locks the order's row (`FOR UPDATE`), reads the deciding clock there (`clock_timestamp()`,
+//! after the lock is held), decides with `flashsale_core::transition`, and writes the new
+//! status (and payment reference), the buyer's allowance and the sale's `sold` (a release
+//! gives units back: for a hold sale `sold` counts the units taken, held or paid), the
+//! `stock_ledger` row, and `move_epoch` (the sale's epoch, read under the sale row's lock),
+//! then commits. Racing events on any instance queue on the row lock: the first decides, every
+//! later one reads the final status it wrote and gets the loser's answer (CO-6).
+//!
+//! Redis's figures (what admission decides with) follow: once committed, the move is applied
+//! by `transition.lua`, which applies each order's move at most once (a set of applied order
+//! ids per sale) and only under the epoch it committed under, then `move_epoch` is cleared. An
+//! instance that dies between the commit and the apply leaves `move_epoch` set, and every
+//! instance's reconciler applies such moves ([`Checkouts::apply_pending`]): a move lands once
+//! whoever applies it, and a rebuild of Redis (which bumps the epoch under the sale row's
+//! lock, so after any transition that committed before it) reflects it already.
+//!
+//! Expiry ([`Checkouts::expire_due`]): every instance's reconciler takes reservations whose
+//! `expires_at` has passed on PostgreSQL's clock, `FOR UPDATE SKIP LOCKED` so instances share
+//! them out, and sends each through the same transition with `OrderEvent::Expire`. A dead
+//! instance's reservations are therefore expired by the others, and a second expiry of an order
+//! finds it final and moves nothing. `expires_at` was set from Redis's clock at admission:
+//! the two clocks are assumed synchronised, as the sale window already assumes.
+
+use super::connections::Postgres;
+use super::keys::Keys;
+use super::orders::checkout_at;
+use super::scripts::{MoveApplied, MoveToApply, Scripts};
+use crate::ledger::LedgerCause;
+use crate::{Order, OrderEventOutcome, SaleStatus, StoreError};
+use flashsale_core::{
+    OrderEvent, OrderState, OrderStatus, Price, Reservation, SaleId, UnitsMove, UserId, transition,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+/// The columns a transition reads of an order and its sale, in [`state_of`]'s order.
+const ORDER: &str = "o.order_id, o.sale_id, o.user_id, o.quantity, o.created_at, o.status,
+     o.expires_at, o.payment_ref, s.price_minor, s.currency";
+
+/// A committed transition's unit move, owed to Redis until applied.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingMove {
+    order_id: Uuid,
+    sale_id: SaleId,
+    epoch: i64,
+    pay: bool,
+    user: String,
+    units: u32,
+}
+
+/// Which order a transition locks.
+enum Target {
+    /// This one (waiting for its row lock).
+    Order(Uuid),
+    /// Any reservation past its deadline that no other instance has locked.
+    NextExpired,
+}
+
+/// What one transition transaction found and did.
+enum Step {
+    /// No such order (or, for [`Target::NextExpired`], none due).
+    None,
+    /// Decided; `owed` is the committed move still to apply to Redis.
+    Decided {
+        outcome: OrderEventOutcome,
+        owed: Option<PendingMove>,
+    },
+}
+
+/// Why a transition transaction failed.
+enum Failure {
+    /// PostgreSQL failed before COMMIT was sent: nothing changed.
+    Before(tokio_postgres::Error),
+    /// COMMIT failed: it may have landed.
+    AtCommit(tokio_postgres::Error),
+    /// A stored row this store cannot read back (a bug): rolled back.
+    Stored(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Failure::Before(e)
+    }
+}
+
+/// Orders' transitions, the expiry sweep and the moves they owe Redis.
+pub(crate) struct Checkouts {
+    pg: Arc<Postgres>,
+    keys: Arc<Keys>,
+    scripts: Arc<Scripts>,
+    /// Test hook: commit transitions without applying their moves to Redis, as if the
+    /// instance died between the two.
+    skip_apply: AtomicBool,
+}
+
+impl Checkouts {
+    /// Transitions through `pg`, their moves applied through `scripts`.
+    pub(crate) fn new(pg: Arc<Postgres>, keys: Arc<Keys>, scripts: Arc<Scripts>) -> Self {
+        Self {
+            pg,
+            keys,
+            scripts,
+            skip_apply: AtomicBool::new(false),
+        }
+    }
+
+    /// See [`crate::RedisPgStore::skip_redis_moves`].
+    pub(crate) fn skip_apply(&self, skip: bool) {
+        self.skip_apply.store(skip, Ordering::Relaxed);
+    }
+
+    /// One order by id, as PostgreSQL holds it now.
+    pub(crate) async fn order(&self, id: Uuid) -> Result<Option<Order>, StoreError> {
+        let client = self.pg.client().await?;
+        let row = self
+            .pg
+            .call(
+                "an order",
+                client.query_opt(
+                    &format!(
+                        "SELECT {ORDER} FROM orders o JOIN sales s ON s.id = o.sale_id
+                         WHERE o.order_id = $1"
+                    ),
+                    &[&id],
+                ),
+            )
+            .await?;
+        row.map(|row| order_of(&row)).transpose()
+    }
+
+    /// Decides `event` for order `id` (see [`crate::SaleStore::order_event`]).
+    pub(crate) async fn event(
+        &self,
+        id: Uuid,
+        event: &OrderEvent,
+    ) -> Result<OrderEventOutcome, StoreError> {
+        match self.step(Target::Order(id), event).await? {
+            Step::None => Ok(OrderEventOutcome::NotFound),
+            Step::Decided { outcome, owed } => {
+                if let Some(owed) = owed {
+                    self.apply(&owed).await;
+                }
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// Expires up to `max` reservations past their deadline on PostgreSQL's clock; returns
+    /// how many this call expired.
+    pub(crate) async fn expire_due(&self, max: usize) -> Result<usize, StoreError> {
+        let mut expired = 0;
+        for _ in 0..max {
+            match self.step(Target::NextExpired, &OrderEvent::Expire).await? {
+                Step::None => break,
+                Step::Decided { outcome, owed } => {
+                    if let OrderEventOutcome::Decided { result: Ok(_), .. } = outcome {
+                        expired += 1;
+                    }
+                    if let Some(owed) = owed {
+                        self.apply(&owed).await;
+                    }
+                }
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Applies up to `max` committed moves not yet applied to Redis (their instance died, or
+    /// Redis could not be reached); returns how many were settled.
+    pub(crate) async fn apply_pending(&self, max: usize) -> Result<usize, StoreError> {
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let client = self.pg.client().await?;
+        let rows = self
+            .pg
+            .call(
+                "moves owed to Redis",
+                client.query(
+                    "SELECT order_id, sale_id, move_epoch, status, user_id, quantity FROM orders
+                     WHERE move_epoch IS NOT NULL LIMIT $1",
+                    &[&limit],
+                ),
+            )
+            .await?;
+        drop(client);
+        let mut settled = 0;
+        for row in &rows {
+            let status: &str = row.get(3);
+            let owed = PendingMove {
+                order_id: row.get(0),
+                sale_id: SaleId(row.get(1)),
+                epoch: row.get(2),
+                pay: status == OrderStatus::Paid.as_str(),
+                user: row.get(4),
+                units: row.get::<_, i32>(5) as u32,
+            };
+            if self.apply(&owed).await {
+                settled += 1;
+            }
+        }
+        Ok(settled)
+    }
+
+    /// Applies a committed move to Redis and, once it is there (or reflected), clears it in
+    /// PostgreSQL. Best effort: whatever fails is left for the reconciler, which applies it
+    /// at most once. Returns whether the move is settled.
+    async fn apply(&self, owed: &PendingMove) -> bool {
+        if self.skip_apply.load(Ordering::Relaxed) {
+            return false;
+        }
+        let keys = self.keys.sale(owed.sale_id);
+        let applied = self
+            .scripts
+            .apply_move(
+                &keys,
+                &MoveToApply {
+                    order_id: owed.order_id,
+                    epoch: owed.epoch,
+                    pay: owed.pay,
+                    user: &owed.user,
+                    units: owed.units,
+                },
+            )
+            .await;
+        match applied {
+            Ok(MoveApplied::Applied | MoveApplied::Done) => {}
+            Ok(MoveApplied::Later) => return false,
+            Err(e) => {
+                tracing::warn!(order = %owed.order_id, error = %e.report(), "a committed move is left for the reconciler");
+                return false;
+            }
+        }
+        let cleared = async {
+            let client = self.pg.client().await?;
+            self.pg
+                .call(
+                    "a move applied",
+                    client.execute(
+                        "UPDATE orders SET move_epoch = NULL
+                         WHERE order_id = $1 AND move_epoch = $2",
+                        &[&owed.order_id, &owed.epoch],
+                    ),
+                )
+                .await
+        };
+        // If this fails the reconciler applies it again, and `transition.lua` answers "done".
+        cleared.await.is_ok()
+    }
+
+    /// One transition transaction on a connection of its own, bounded by the PostgreSQL
+    /// timeout. A failure before COMMIT changed nothing; a failed COMMIT may have landed, and
+    /// is answered `Timeout` (ask again: the answer names the outcome).
+    async fn step(&self, target: Target, event: &OrderEvent) -> Result<Step, StoreError> {
+        let pg = &self.pg;
+        let mut client = pg.client().await?;
+        match tokio::time::timeout(pg.timeout(), step_tx(&mut client, &target, event)).await {
+            Ok(Ok(step)) => Ok(step),
+            Ok(Err(Failure::Before(e))) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(StoreError::unavailable_from("postgres order transition", e))
+            }
+            Ok(Err(Failure::AtCommit(e))) => {
+                drop(deadpool_postgres::Object::take(client));
+                tracing::warn!(error = %e, "an order transition's commit failed; it may have landed");
+                Err(StoreError::timeout("postgres order transition commit"))
+            }
+            Ok(Err(Failure::Stored(e))) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(e)
+            }
+            Err(_) => {
+                // Mid-transaction: the connection is never handed to anyone else.
+                drop(deadpool_postgres::Object::take(client));
+                Err(StoreError::timeout("postgres order transition"))
+            }
+        }
+    }
+}
+
+/// Status of hold sales as Redis holds them now: `available` (free units, with those of
+/// purchases still committing, as instant sales show them) and `held`, read in one `HMGET`
+/// each so that available + held + sold = stock within each figure set.
+pub(crate) fn hold_status(
+    status: SaleStatus,
+    remaining: i64,
+    reserved: i64,
+    on_hold: i64,
+) -> SaleStatus {
+    let stock = i64::from(status.sale.stock);
+    let held = on_hold.clamp(0, stock);
+    let available = (remaining + reserved).clamp(0, stock - held);
+    SaleStatus {
+        remaining: available as u32,
+        held: held as u32,
+        ..status
+    }
+}
+
+async fn step_tx(
+    client: &mut deadpool_postgres::Object,
+    target: &Target,
+    event: &OrderEvent,
+) -> Result<Step, Failure> {
+    let tx = client.transaction().await?;
+    let id = match target {
+        Target::Order(id) => *id,
+        Target::NextExpired => {
+            let due = tx
+                .query_opt(
+                    "SELECT order_id FROM orders
+                     WHERE status = 'reserved' AND expires_at <= clock_timestamp()
+                     ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    &[],
+                )
+                .await?;
+            match due {
+                Some(row) => row.get(0),
+                None => return Ok(Step::None),
+            }
+        }
+    };
+    let Some(row) = tx
+        .query_opt(
+            &format!(
+                "SELECT {ORDER} FROM orders o JOIN sales s ON s.id = o.sale_id
+                 WHERE o.order_id = $1 FOR UPDATE OF o"
+            ),
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(Step::None);
+    };
+    // Read once the row lock is held: the decision's instant is after every earlier winner's.
+    let now: OffsetDateTime = tx.query_one("SELECT clock_timestamp()", &[]).await?.get(0);
+    let order = order_of(&row).map_err(Failure::Stored)?;
+    let state = state_of(&row, &order).map_err(Failure::Stored)?;
+    let result = transition(&state, event, now);
+    let Some((decided, new)) = result
+        .as_ref()
+        .ok()
+        .and_then(|t| t.new_state().map(|new| (t, new)))
+    else {
+        return unchanged(tx, result, order).await;
+    };
+    let (pay, units) = match decided.units() {
+        UnitsMove::Pay(n) => (true, n),
+        UnitsMove::Release(n) => (false, n),
+        UnitsMove::None => (false, 0),
+    };
+    let n = i32::try_from(units).unwrap_or(i32::MAX);
+    let released = if pay { 0 } else { n };
+    if released > 0 {
+        // The buyer's allowance back (CO-7); the row goes at 0 (its CHECK keeps it positive).
+        // Buyers before the sale's row: the group commit locks them in that order too.
+        tx.execute(
+            "WITH gone AS (
+                 DELETE FROM buyers WHERE sale_id = $1 AND user_id = $2 AND held <= $3
+             )
+             UPDATE buyers SET held = held - $3
+             WHERE sale_id = $1 AND user_id = $2 AND held > $3",
+            &[&order.sale_id.0, &order.user_id.as_str(), &released],
+        )
+        .await?;
+    }
+    // Always updated: the row lock orders this transition with a rebuild's epoch bump, so
+    // the epoch read here says which Redis state the move belongs to.
+    let epoch: i64 = tx
+        .query_one(
+            "UPDATE sales SET sold = sold - $2,
+                 sold_out_at = CASE WHEN $2 > 0 THEN NULL ELSE sold_out_at END
+             WHERE id = $1 RETURNING epoch",
+            &[&order.sale_id.0, &released],
+        )
+        .await?
+        .get(0);
+    let payment_ref = match new {
+        OrderState::Paid { payment_ref, .. } => Some(payment_ref.as_str()),
+        _ => None,
+    };
+    tx.execute(
+        "UPDATE orders SET status = $2, payment_ref = COALESCE($3, payment_ref), move_epoch = $4
+         WHERE order_id = $1",
+        &[&id, &new.status().as_str(), &payment_ref, &epoch],
+    )
+    .await?;
+    if let Some((cause, [available, held, sold])) = LedgerCause::of_transition(decided) {
+        tx.execute(
+            "INSERT INTO stock_ledger
+                 (sale_id, at, cause, order_id, available_delta, held_delta, sold_delta)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &order.sale_id.0,
+                &now,
+                &cause.code(),
+                &id,
+                &available,
+                &held,
+                &sold,
+            ],
+        )
+        .await?;
+    }
+    tx.commit().await.map_err(Failure::AtCommit)?;
+    let owed = PendingMove {
+        order_id: id,
+        sale_id: order.sale_id,
+        epoch,
+        pay,
+        user: order.user_id.as_str().to_owned(),
+        units,
+    };
+    let order = Order {
+        status: new.status(),
+        payment_ref: match new {
+            OrderState::Paid { payment_ref, .. } => Some(payment_ref.clone()),
+            _ => order.payment_ref,
+        },
+        ..order
+    };
+    Ok(Step::Decided {
+        outcome: OrderEventOutcome::Decided { result, order },
+        owed: Some(owed),
+    })
+}
+
+/// Ends a transition that changes nothing: no write, nothing owed.
+async fn unchanged(
+    tx: deadpool_postgres::Transaction<'_>,
+    result: Result<flashsale_core::Transition, flashsale_core::TransitionError>,
+    order: Order,
+) -> Result<Step, Failure> {
+    tx.commit().await?;
+    Ok(Step::Decided {
+        outcome: OrderEventOutcome::Decided { result, order },
+        owed: None,
+    })
+}
+
+/// The order in a row of [`ORDER`].
+fn order_of(row: &Row) -> Result<Order, StoreError> {
+    let user: &str = row.get(2);
+    let checkout = checkout_at(row, 5)?;
+    Ok(Order {
+        order_id: row.get(0),
+        sale_id: SaleId(row.get(1)),
+        user_id: UserId::parse(user).map_err(|e| StoreError::internal_from("a stored buyer", e))?,
+        quantity: row.get::<_, i32>(3) as u32,
+        created_at: row.get(4),
+        status: checkout.status,
+        expires_at: checkout.expires_at,
+        payment_ref: checkout.payment_ref,
+    })
+}
+
+/// The core's state of `order` (a row of [`ORDER`]): a hold order's total is the sale's
+/// price times its units.
+fn state_of(row: &Row, order: &Order) -> Result<OrderState, StoreError> {
+    let owner = order.user_id.clone();
+    if order.status == OrderStatus::Confirmed {
+        return Ok(OrderState::Confirmed { owner });
+    }
+    let bad =
+        |what: &str| StoreError::internal(format!("hold order {} has {what}", order.order_id));
+    let price = Price::parse_pair(row.get(8), row.get::<_, Option<&str>>(9))
+        .map_err(|e| StoreError::internal_from("a stored price", e))?
+        .ok_or_else(|| bad("no price"))?;
+    let reservation = Reservation {
+        owner,
+        units: order.quantity,
+        total: price
+            .total(order.quantity)
+            .ok_or_else(|| bad("a total out of range"))?,
+        expires_at: order.expires_at.ok_or_else(|| bad("no deadline"))?,
+    };
+    Ok(match order.status {
+        OrderStatus::Reserved => OrderState::Reserved(reservation),
+        OrderStatus::Paid => OrderState::Paid {
+            reservation,
+            payment_ref: order.payment_ref.clone().ok_or_else(|| bad("no payment"))?,
+        },
+        OrderStatus::Expired => OrderState::Expired(reservation),
+        OrderStatus::Cancelled => OrderState::Cancelled(reservation),
+        OrderStatus::Confirmed => OrderState::Confirmed {
+            owner: reservation.owner,
+        },
+    })
+}
