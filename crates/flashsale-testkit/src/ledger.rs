@@ -13,7 +13,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 /// Walks every page of the sale's ledger, `limit` at a time, checking that keys only rise.
-async fn walk(store: &dyn SaleStore, sale: SaleId, limit: usize) -> Vec<LedgerEntry> {
+pub(crate) async fn walk(store: &dyn SaleStore, sale: SaleId, limit: usize) -> Vec<LedgerEntry> {
     let mut all: Vec<LedgerEntry> = Vec::new();
     let mut after: Option<LedgerKey> = None;
     loop {
@@ -38,18 +38,20 @@ async fn walk(store: &dyn SaleStore, sale: SaleId, limit: usize) -> Vec<LedgerEn
 }
 
 /// The sum of every entry's (available, held, sold) deltas.
-fn replay(entries: &[LedgerEntry]) -> (i64, i64, i64) {
+pub(crate) fn replay(entries: &[LedgerEntry]) -> (i64, i64, i64) {
     entries.iter().fold((0, 0, 0), |(a, h, s), e| {
         (a + e.available_delta, h + e.held_delta, s + e.sold_delta)
     })
 }
 
-/// The sale's figures as its status tells them: (available, held, sold). Instant purchases
-/// hold nothing.
-async fn figures(store: &dyn SaleStore, sale: SaleId) -> (i64, i64, i64) {
+/// The sale's figures as its status tells them: (available, held, sold).
+pub(crate) async fn figures(store: &dyn SaleStore, sale: SaleId) -> (i64, i64, i64) {
     let status = store.status(sale).await.unwrap().unwrap();
-    let remaining = i64::from(status.remaining);
-    (remaining, 0, i64::from(status.sale.stock) - remaining)
+    (
+        i64::from(status.remaining),
+        i64::from(status.held),
+        i64::from(status.sold()),
+    )
 }
 
 /// Raises the sale's stock by `by`: whether it was accepted (a sale that sold out meanwhile

@@ -3,6 +3,7 @@
 //! - [`StoreUnderTest`]: how a case gets a store on data of its own, opens it again on the
 //!   same data (a restart), and has another process open it (a crash);
 //! - [`conformance`]: what every store answers on fresh data;
+//! - [`checkout`]: hold mode: reservations, payments, cancels and expiry;
 //! - [`durability`]: what every store keeps across a restart and a crash;
 //! - [`export`]: the operator's export of a sale's orders, page by page;
 //! - [`ledger`]: the stock ledger of a sale, page by page, and replayed after a herd;
@@ -18,6 +19,7 @@
 // Test support: a setup that cannot be done is a failed test, said where it happened.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
+pub mod checkout;
 pub mod conformance;
 pub mod durability;
 pub mod export;
@@ -53,7 +55,7 @@ pub trait StoreUnderTest: Send + Sync + Sized + 'static {
 }
 
 /// Generates, in a module named `$backend`, one `#[tokio::test]` per case of
-/// [`conformance`], [`durability`], [`export`], [`ledger`] and [`product`] for the [`StoreUnderTest`] `$sut`, plus the (ignored)
+/// [`conformance`], [`checkout`], [`durability`], [`export`], [`ledger`] and [`product`] for the [`StoreUnderTest`] `$sut`, plus the (ignored)
 /// test the crash case runs as its child process. The invoking crate needs `tokio` with the
 /// `macros` and `rt-multi-thread` features.
 #[macro_export]
@@ -85,6 +87,15 @@ macro_rules! conformance_suite {
             $crate::conformance_suite!(@cases $sut; ledger;
                 ledger_records_each_cause_once_while_purchases_continue,
                 ledger_replays_to_the_final_figures_after_a_concurrent_herd,
+            );
+            $crate::conformance_suite!(@cases $sut; checkout;
+                a_purchase_in_hold_mode_reserves_units_until_a_deadline,
+                a_payment_sells_the_held_units_once,
+                a_cancel_frees_the_units_and_the_allowance,
+                every_unit_held_is_active_and_every_unit_paid_is_sold_out,
+                instant_orders_are_confirmed_and_take_no_event,
+                racing_payments_and_cancels_have_one_winner,
+                a_reservation_expires_once_without_a_request,
             );
             $crate::conformance_suite!(@cases $sut; product;
                 a_product_and_its_image_are_kept_changed_by_the_rules_and_survive_a_restart,
