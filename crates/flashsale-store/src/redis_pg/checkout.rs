@@ -63,15 +63,12 @@ enum Target {
     NextExpired,
 }
 
-/// What one transition transaction found and did.
-enum Step {
-    /// No such order (or, for [`Target::NextExpired`], none due).
-    None,
-    /// Decided; `owed` is the committed move still to apply to Redis.
-    Decided {
-        outcome: OrderEventOutcome,
-        owed: Option<PendingMove>,
-    },
+/// What one transition transaction decided (`None` from [`Checkouts::step`]: no such order,
+/// or, for [`Target::NextExpired`], none due).
+struct Decided {
+    outcome: OrderEventOutcome,
+    /// The committed move still to apply to Redis.
+    owed: Option<PendingMove>,
 }
 
 /// Why a transition transaction failed.
@@ -142,8 +139,8 @@ impl Checkouts {
         event: &OrderEvent,
     ) -> Result<OrderEventOutcome, StoreError> {
         match self.step(Target::Order(id), event).await? {
-            Step::None => Ok(OrderEventOutcome::NotFound),
-            Step::Decided { outcome, owed } => {
+            None => Ok(OrderEventOutcome::NotFound),
+            Some(Decided { outcome, owed }) => {
                 if let Some(owed) = owed {
                     self.apply(&owed).await;
                 }
@@ -158,8 +155,8 @@ impl Checkouts {
         let mut expired = 0;
         for _ in 0..max {
             match self.step(Target::NextExpired, &OrderEvent::Expire).await? {
-                Step::None => break,
-                Step::Decided { outcome, owed } => {
+                None => break,
+                Some(Decided { outcome, owed }) => {
                     if let OrderEventOutcome::Decided { result: Ok(_), .. } = outcome {
                         expired += 1;
                     }
@@ -256,7 +253,11 @@ impl Checkouts {
     /// One transition transaction on a connection of its own, bounded by the PostgreSQL
     /// timeout. A failure before COMMIT changed nothing; a failed COMMIT may have landed, and
     /// is answered `Timeout` (ask again: the answer names the outcome).
-    async fn step(&self, target: Target, event: &OrderEvent) -> Result<Step, StoreError> {
+    async fn step(
+        &self,
+        target: Target,
+        event: &OrderEvent,
+    ) -> Result<Option<Decided>, StoreError> {
         let pg = &self.pg;
         let mut client = pg.client().await?;
         match tokio::time::timeout(pg.timeout(), step_tx(&mut client, &target, event)).await {
@@ -306,7 +307,7 @@ async fn step_tx(
     client: &mut deadpool_postgres::Object,
     target: &Target,
     event: &OrderEvent,
-) -> Result<Step, Failure> {
+) -> Result<Option<Decided>, Failure> {
     let tx = client.transaction().await?;
     let id = match target {
         Target::Order(id) => *id,
@@ -321,7 +322,7 @@ async fn step_tx(
                 .await?;
             match due {
                 Some(row) => row.get(0),
-                None => return Ok(Step::None),
+                None => return Ok(None),
             }
         }
     };
@@ -335,7 +336,7 @@ async fn step_tx(
         )
         .await?
     else {
-        return Ok(Step::None);
+        return Ok(None);
     };
     // Read once the row lock is held: the decision's instant is after every earlier winner's.
     let now: OffsetDateTime = tx.query_one("SELECT clock_timestamp()", &[]).await?.get(0);
@@ -424,10 +425,10 @@ async fn step_tx(
         },
         ..order
     };
-    Ok(Step::Decided {
+    Ok(Some(Decided {
         outcome: OrderEventOutcome::Decided { result, order },
         owed: Some(owed),
-    })
+    }))
 }
 
 /// Ends a transition that changes nothing: no write, nothing owed.
@@ -435,12 +436,12 @@ async fn unchanged(
     tx: deadpool_postgres::Transaction<'_>,
     result: Result<flashsale_core::Transition, flashsale_core::TransitionError>,
     order: Order,
-) -> Result<Step, Failure> {
+) -> Result<Option<Decided>, Failure> {
     tx.commit().await?;
-    Ok(Step::Decided {
+    Ok(Some(Decided {
         outcome: OrderEventOutcome::Decided { result, order },
         owed: None,
-    })
+    }))
 }
 
 /// The order in a row of [`ORDER`].
