@@ -18,6 +18,12 @@
 //! Steps 2 to 4 run as one task on the store's own tracker (`crate::in_flight`): a caller that
 //! stops waiting cannot strand a reservation, and `shutdown` waits for them.
 //!
+//! Checkout with holds (`checkout.rs`): a hold sale's purchase takes the same path and is
+//! committed `reserved`; PostgreSQL decides every later transition (pay, cancel, expire) in one
+//! transaction on the order's row lock, and `transition.lua` then applies its unit move to
+//! Redis at most once (the reconciler applies what a dead instance left, and expires
+//! reservations past their deadline through the same step).
+//!
 //! Beside the path: `refresh.rs` keeps the snapshot current; `reconcile.rs` settles
 //! reservations whose instance died and audits each sale's Redis state; `rebuild.rs` restores
 //! a sale's Redis state from PostgreSQL when it was lost or found wrong; `counters.rs` keeps
@@ -32,7 +38,9 @@
 //!   than the limit to a buyer (`CHECK (held <= per_user_limit)`), whatever Redis says.
 //! - Each reservation is resolved exactly once, by whoever inserts its `reservations` row first
 //!   (the commit or the reconciler's release): a late commit cannot land after a release.
-//! - In Redis, `remaining + sold + reserved = stock` for every sale once nothing is in flight.
+//! - In Redis, `remaining + sold + reserved = stock` for every sale once nothing is in flight
+//!   (a hold sale: `remaining + onhold + sold + reserved`).
+//! - An order leaves `reserved` once (its row lock), and its unit move lands in Redis once.
 
 mod admitter;
 mod change;
