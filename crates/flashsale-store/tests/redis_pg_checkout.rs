@@ -123,6 +123,16 @@ async fn moves_owed(cfg: &RedisPgConfig) -> i64 {
         .get(0)
 }
 
+/// The sale's epoch in PostgreSQL (a rebuild of its Redis state moves it on).
+async fn sale_epoch(cfg: &RedisPgConfig, sale: SaleId) -> i64 {
+    support::pg(cfg)
+        .await
+        .query_one("SELECT epoch FROM sales WHERE id = $1", &[&sale.0])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// The ledger's entries of `cause` for `order`.
 async fn ledger_entries(
     store: &dyn SaleStore,
@@ -353,6 +363,28 @@ async fn a_move_committed_but_not_applied_is_applied_once_by_any_reconciler() {
     assert_eq!(moves_owed(&cfg).await, 0);
     assert_eq!(redis_figures(&cfg, sale.id).await, (2, 0));
     assert_eq!(figures(&b, sale.id).await, (2, 0, 2));
+
+    // A death after Redis took the moves but before PostgreSQL heard so: applied again by a
+    // reconciler, they move nothing (and the audit finds nothing to rebuild: the epoch stays).
+    let epoch = sale_epoch(&cfg, sale.id).await;
+    support::pg(&cfg)
+        .await
+        .execute(
+            "UPDATE orders SET move_epoch = (SELECT epoch FROM sales WHERE id = $1)
+             WHERE order_id = ANY($2)",
+            &[&sale.id.0, &vec![paid.order_id, cancelled.order_id]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(moves_owed(&cfg).await, 2);
+    b.reconcile_now().await.unwrap();
+    assert_eq!(moves_owed(&cfg).await, 0);
+    assert_eq!(redis_figures(&cfg, sale.id).await, (2, 0));
+    assert_eq!(
+        sale_epoch(&cfg, sale.id).await,
+        epoch,
+        "no rebuild was needed"
+    );
     // Bob's allowance is back in Redis too: he may take both units left.
     let again = reserve(&b, sale.id, "bob", 2).await;
     assert_eq!(again.status, OrderStatus::Reserved);
