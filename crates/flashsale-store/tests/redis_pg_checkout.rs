@@ -434,6 +434,38 @@ async fn a_redis_rebuild_keeps_live_reservations_and_applies_no_move_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn units_on_hold_redis_got_wrong_are_restored_by_the_audit_and_right_ones_left_alone() {
+    let cfg = quiet_reconcilers();
+    let _cleanup = Cleanup { cfg: cfg.clone() };
+    let store = connect(&cfg).await;
+    let sale = store.create_sale(hold_sale(5, 2)).await.unwrap();
+    let paid = reserve(&store, sale.id, "alice", 2).await;
+    reserve(&store, sale.id, "bob", 1).await;
+    assert!(event(&store, paid.order_id, pay(2, "p")).await.0.is_ok());
+    let epoch = sale_epoch(&cfg, sale.id).await;
+    store.reconcile_now().await.unwrap();
+    assert_eq!(
+        sale_epoch(&cfg, sale.id).await,
+        epoch,
+        "a healthy sale is left alone"
+    );
+
+    // A partial loss: Redis forgets the hold (the sale would look sold out sooner).
+    let mut con = support::redis(&cfg).await;
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{{{}:sale:{}}}:meta", cfg.key_prefix, sale.id.0))
+        .arg("onhold")
+        .arg(0)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    store.reconcile_now().await.unwrap();
+    assert!(sale_epoch(&cfg, sale.id).await > epoch, "rebuilt");
+    assert_eq!(redis_figures(&cfg, sale.id).await, (2, 1));
+    assert_eq!(figures(&store, sale.id).await, (2, 1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_transition_whose_write_fails_changes_nothing() {
     let cfg = isolated(&support::redis_url(), &support::database_url());
     let _cleanup = Cleanup { cfg: cfg.clone() };

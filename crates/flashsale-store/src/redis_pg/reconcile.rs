@@ -13,7 +13,7 @@
 //! PostgreSQL (`rebuild.rs`). So is a sale whose state is present but wrong (a partial loss:
 //! AOF `everysec` or a failover losing the last writes, an old dataset reloaded with a stale
 //! epoch): every round, `audit.lua` reads the sale's epoch, stock taken, holdings, confirmed
-//! keys, live reservations and the revision of the last operator's change it took in one
+//! keys, live reservations, units on hold (checkout) and the revision of the last operator's change it took in one
 //! atomic step, and PostgreSQL says what they must be; two disagreements in a row trigger the
 //! rebuild. A revision behind PostgreSQL's is a change committed there that Redis never took
 //! (its instance lost Redis, or died, between the two): once the change's freeze lease has run
@@ -264,7 +264,11 @@ impl Reconciler {
                             (SELECT COALESCE(sum(quantity), 0) FROM mine)::int8
                               - (SELECT COALESCE(sum(quantity), 0) FROM reserved)::int8,
                             (SELECT count(idempotency_key) FROM mine)
-                              - (SELECT count(idempotency_key) FROM reserved)
+                              - (SELECT count(idempotency_key) FROM reserved),
+                            (SELECT COALESCE(sum(quantity), 0) FROM orders
+                             WHERE sale_id = $1 AND created_at <= $2 AND order_id <> ALL($3)
+                               AND expires_at IS NOT NULL
+                               AND (status = 'reserved' OR move_epoch IS NOT NULL))::int8
                      FROM sales s WHERE s.id = $1",
                     &[&id.0, &from_micros(holdings.now_us), &holdings.reserved_ids],
                 ),
@@ -277,6 +281,7 @@ impl Reconciler {
                 revision: row.get(1),
                 settled: row.get(2),
                 settled_keys: row.get(3),
+                on_hold: row.get(4),
             },
         )))
     }
@@ -318,6 +323,11 @@ struct Audit {
     settled: i64,
     /// Keyed orders among those.
     settled_keys: i64,
+    /// Units on hold in Redis (hold mode).
+    redis_on_hold: i64,
+    /// Units of committed hold reservations PostgreSQL says Redis must hold: `reserved`, or
+    /// left by a transition whose move Redis has not taken yet.
+    on_hold: i64,
 }
 
 impl Audit {
@@ -335,6 +345,7 @@ impl Audit {
             && self
                 .confirmed_keys
                 .is_none_or(|keys| keys == self.settled_keys)
+            && self.redis_on_hold == self.on_hold
     }
 
     /// Redis's holdings beside what PostgreSQL holds.
@@ -344,6 +355,7 @@ impl Audit {
             revision: pg_revision,
             settled,
             settled_keys,
+            on_hold,
         } = pg;
         Self {
             redis_epoch: redis.epoch,
@@ -359,6 +371,8 @@ impl Audit {
             reserving: redis.reserving,
             settled,
             settled_keys,
+            redis_on_hold: redis.on_hold,
+            on_hold,
         }
     }
 }
@@ -371,6 +385,8 @@ struct Durable {
     settled: i64,
     /// Keyed orders among those.
     settled_keys: i64,
+    /// Units Redis must hold on hold (see [`Audit::on_hold`]).
+    on_hold: i64,
 }
 
 #[cfg(test)]
@@ -392,6 +408,8 @@ mod tests {
             reserving: Some(2),
             settled: 10,
             settled_keys: 4,
+            redis_on_hold: 3,
+            on_hold: 3,
         }
     }
 
@@ -447,6 +465,10 @@ mod tests {
             },
             Audit {
                 reserving: Some(1),
+                ..healthy()
+            },
+            Audit {
+                redis_on_hold: 2,
                 ..healthy()
             },
         ];

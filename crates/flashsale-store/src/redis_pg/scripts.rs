@@ -138,6 +138,8 @@ pub(crate) struct RedisHoldings {
     pub revision: i64,
     /// Whether a change's freeze lease is live (the change may still be on its way).
     pub frozen: bool,
+    /// Units of committed hold reservations waiting for payment (`onhold`; 0: instant).
+    pub on_hold: i64,
     /// The order id of every live reservation.
     pub reserved_ids: Vec<Uuid>,
 }
@@ -624,7 +626,7 @@ impl AuditReply {
         let bad = || malformed("audit", &reply[..reply.len().min(10)]);
         match reply.first().map(String::as_str) {
             Some("missing") => return Ok(AuditReply::Missing),
-            Some("ok") if reply.len() >= 12 => {}
+            Some("ok") if reply.len() >= 13 => {}
             _ => return Err(bad()),
         }
         let num = |i: usize| -> Result<i64, StoreError> {
@@ -644,7 +646,8 @@ impl AuditReply {
             reserving: optional(9),
             revision: num(10)?,
             frozen: num(11)? == 1,
-            reserved_ids: reply[12..].iter().filter_map(|s| s.parse().ok()).collect(),
+            on_hold: num(12)?,
+            reserved_ids: reply[13..].iter().filter_map(|s| s.parse().ok()).collect(),
         }))
     }
 }
@@ -810,7 +813,7 @@ mod tests {
         );
         let id = Uuid::now_v7().to_string();
         let full = items(&[
-            "ok", "1", "2", "10", "4", "", "3", "1", "1", "1", "7", "1", &id,
+            "ok", "1", "2", "10", "4", "", "3", "1", "1", "1", "7", "1", "2", &id,
         ]);
         let AuditReply::Holds(holdings) = AuditReply::parse_items(&full).unwrap() else {
             panic!("a full reply is not missing");
@@ -820,6 +823,7 @@ mod tests {
             (2, None, Some(3))
         );
         assert_eq!((holdings.revision, holdings.frozen), (7, true));
+        assert_eq!(holdings.on_hold, 2);
         assert_eq!(holdings.reserved_ids.len(), 1);
     }
 
