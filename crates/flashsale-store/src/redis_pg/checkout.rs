@@ -108,7 +108,7 @@ impl Checkouts {
         }
     }
 
-    /// See [`crate::RedisPgStore::skip_redis_moves`].
+    /// See [`super::RedisPgStore::skip_redis_moves`].
     pub(crate) fn skip_apply(&self, skip: bool) {
         self.skip_apply.store(skip, Ordering::Relaxed);
     }
@@ -357,30 +357,7 @@ async fn step_tx(
     };
     let n = i32::try_from(units).unwrap_or(i32::MAX);
     let released = if pay { 0 } else { n };
-    if released > 0 {
-        // The buyer's allowance back (CO-7); the row goes at 0 (its CHECK keeps it positive).
-        // Buyers before the sale's row: the group commit locks them in that order too.
-        tx.execute(
-            "WITH gone AS (
-                 DELETE FROM buyers WHERE sale_id = $1 AND user_id = $2 AND held <= $3
-             )
-             UPDATE buyers SET held = held - $3
-             WHERE sale_id = $1 AND user_id = $2 AND held > $3",
-            &[&order.sale_id.0, &order.user_id.as_str(), &released],
-        )
-        .await?;
-    }
-    // Always updated: the row lock orders this transition with a rebuild's epoch bump, so
-    // the epoch read here says which Redis state the move belongs to.
-    let epoch: i64 = tx
-        .query_one(
-            "UPDATE sales SET sold = sold - $2,
-                 sold_out_at = CASE WHEN $2 > 0 THEN NULL ELSE sold_out_at END
-             WHERE id = $1 RETURNING epoch",
-            &[&order.sale_id.0, &released],
-        )
-        .await?
-        .get(0);
+    let epoch = free_units(&tx, order.sale_id, &order.user_id, released).await?;
     let payment_ref = match new {
         OrderState::Paid { payment_ref, .. } => Some(payment_ref.as_str()),
         _ => None,
@@ -429,6 +406,42 @@ async fn step_tx(
         outcome: OrderEventOutcome::Decided { result, order },
         owed: Some(owed),
     }))
+}
+
+/// Frees `n` units of sale `sale` held by `user` (0 for a payment: nothing is freed) and
+/// returns the sale's epoch, read under its row lock. The one place PostgreSQL frees units:
+/// back to available (`sales.sold` down) with the buyer's allowance (CO-7); the waitlist will
+/// offer them here instead. Redis's half is `transition.lua`'s release branch.
+async fn free_units(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sale: SaleId,
+    user: &UserId,
+    n: i32,
+) -> Result<i64, tokio_postgres::Error> {
+    if n > 0 {
+        // The buyer's row goes at 0 (its CHECK keeps it positive). Buyers before the sale's
+        // row: the group commit locks them in that order too, so the two never deadlock.
+        tx.execute(
+            "WITH gone AS (
+                 DELETE FROM buyers WHERE sale_id = $1 AND user_id = $2 AND held <= $3
+             )
+             UPDATE buyers SET held = held - $3
+             WHERE sale_id = $1 AND user_id = $2 AND held > $3",
+            &[&sale.0, &user.as_str(), &n],
+        )
+        .await?;
+    }
+    // Always updated, a payment too: the row lock orders this transition with a rebuild's
+    // epoch bump, so the epoch read here says which Redis state the move belongs to.
+    Ok(tx
+        .query_one(
+            "UPDATE sales SET sold = sold - $2,
+                 sold_out_at = CASE WHEN $2 > 0 THEN NULL ELSE sold_out_at END
+             WHERE id = $1 RETURNING epoch",
+            &[&sale.0, &n],
+        )
+        .await?
+        .get(0))
 }
 
 /// Ends a transition that changes nothing: no write, nothing owed.
