@@ -429,10 +429,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
-            .field(
-                "payment_webhook_secret",
-                &redacted(&self.payment_webhook_secret),
-            )
+            .field("payment_webhook", &redacted(&self.payment_webhook_secret))
             .field("demo_sale", &self.demo_sale)
             .field("store", &self.store)
             .field("redis_url", &redacted(&self.redis_url))
