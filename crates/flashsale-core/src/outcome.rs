@@ -252,7 +252,10 @@ mod tests {
         for o in Outcome::ALL {
             let status = o.status();
             assert!((200..600).contains(&status));
-            assert_eq!(status == 201, o == Outcome::Confirmed);
+            assert_eq!(
+                status == 201,
+                matches!(o, Outcome::Confirmed | Outcome::Reserved)
+            );
             if o.decided() {
                 assert_eq!(status, 409, "{o:?}");
             }
