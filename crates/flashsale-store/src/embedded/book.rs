@@ -923,3 +923,116 @@ fn buyer_orders(st: &BookState, user: &UserId) -> Vec<Order> {
             .collect()
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use flashsale_core::{Canceller, Checkout, Money, NewSale, PaymentRef, SaleId};
+    use time::macros::datetime;
+
+    const T0: OffsetDateTime = datetime!(2026-11-30 12:00:00 UTC);
+
+    /// A hold-mode sale's book with one reservation of 2 units by alice, and that order.
+    fn book_with_reservation() -> (SaleBook, Order) {
+        let checkout = Checkout::parse(Some("hold"), Some(60), Some(500), Some("EUR")).unwrap();
+        let sale = NewSale::parse("s", T0, T0 + time::Duration::days(1), 5, 2)
+            .unwrap()
+            .with_checkout(checkout)
+            .with_id(SaleId(1));
+        let book = SaleBook::new(sale);
+        let user = UserId::parse("alice").unwrap();
+        let Step::Reserved(reservation) = book.admit(&user, Quantity::from_stored(2), None, T0)
+        else {
+            panic!("admitted")
+        };
+        let PurchaseOutcome::Confirmed(order) = book.confirm(reservation) else {
+            panic!("confirmed")
+        };
+        (book, order)
+    }
+
+    fn pay() -> OrderEvent {
+        OrderEvent::Pay {
+            amount: Money::parse(1000, "EUR").unwrap(),
+            payment_ref: PaymentRef::parse("p").unwrap(),
+        }
+    }
+
+    fn cancel() -> OrderEvent {
+        OrderEvent::Cancel {
+            by: Canceller::OrderIdHolder,
+        }
+    }
+
+    fn entry(decided: &Decided) -> LedgerEntry {
+        let [available_delta, held_delta, sold_delta] = decided.deltas;
+        LedgerEntry {
+            key: LedgerKey {
+                at: decided.at,
+                source: crate::ledger::LedgerSource::Recorded(1),
+            },
+            cause: decided.cause,
+            order_id: Some(decided.after.order_id),
+            available_delta,
+            held_delta,
+            sold_delta,
+            sale_change_id: None,
+        }
+    }
+
+    fn figures(book: &SaleBook) -> (u32, u32) {
+        let status = book.status();
+        (status.remaining, status.held)
+    }
+
+    #[test]
+    fn an_event_for_an_order_in_transition_waits_and_a_failed_write_changes_nothing() {
+        let (book, order) = book_with_reservation();
+        assert_eq!(figures(&book), (3, 2));
+        let EventStep::Decided(paying) = book.decide_event(order.order_id, &pay(), T0) else {
+            panic!("a payment of the total is decided")
+        };
+        // Not decided against the old state while the payment's write is in flight.
+        let EventStep::Wait(waiting) = book.decide_event(order.order_id, &cancel(), T0) else {
+            panic!("the cancel waits")
+        };
+        assert!(book.due(T0 + time::Duration::hours(1), 10).is_empty());
+        let after = book.finish_transition(&paying, None);
+        assert_eq!(after, order, "a failed write changes nothing");
+        assert_eq!(book.order(order.order_id), Some(order.clone()));
+        assert_eq!(figures(&book), (3, 2));
+        assert!(waiting.has_changed().is_err(), "the waiting event is woken");
+        let EventStep::Decided(cancelling) = book.decide_event(order.order_id, &cancel(), T0)
+        else {
+            panic!("decided again against the reservation")
+        };
+        let after = book.finish_transition(&cancelling, Some(entry(&cancelling)));
+        assert_eq!(after.status, OrderStatus::Cancelled);
+        assert_eq!(figures(&book), (5, 0));
+        assert!(book.due(T0 + time::Duration::hours(1), 10).is_empty());
+        let EventStep::Answer(result, _) = book.decide_event(order.order_id, &pay(), T0) else {
+            panic!("answered")
+        };
+        assert_eq!(result, Err(TransitionError::OrderCancelled));
+    }
+
+    #[test]
+    fn a_reservation_is_due_from_its_deadline_and_pays_held_units_into_sold() {
+        let (book, order) = book_with_reservation();
+        let deadline = order.expires_at.unwrap();
+        assert!(
+            book.due(deadline - time::Duration::microseconds(1), 10)
+                .is_empty()
+        );
+        assert_eq!(book.due(deadline, 10), vec![order.order_id]);
+        let EventStep::Decided(paying) = book.decide_event(order.order_id, &pay(), T0) else {
+            panic!("decided")
+        };
+        let after = book.finish_transition(&paying, Some(entry(&paying)));
+        assert_eq!(after.status, OrderStatus::Paid);
+        assert_eq!(figures(&book), (3, 0));
+        assert_eq!(book.status().sold(), 2);
+        assert!(book.due(deadline, 10).is_empty(), "a paid order is not due");
+    }
+}
