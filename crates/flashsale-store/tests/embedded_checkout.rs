@@ -397,6 +397,36 @@ async fn an_existing_data_directory_opens_with_its_sales_instant_and_its_orders_
     assert_eq!(figures(&*store, sale.id).await, (2, 0, 1));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_replays_the_reservation_as_first_answered_after_payment_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(dir.path(), &clock);
+    let sale = store.create_sale(hold(3, 1)).await.unwrap();
+    let keyed = Attempt {
+        sale_id: sale.id,
+        user_id: UserId::parse("alice").unwrap(),
+        quantity: Quantity::ONE,
+        idempotency_key: Some(flashsale_core::IdempotencyKey::parse("k-1").unwrap()),
+    };
+    let first = store.purchase(keyed.clone()).await.unwrap();
+    let PurchaseOutcome::Confirmed(order) = &first else {
+        panic!("reserved: {first:?}")
+    };
+    send(&*store, order.order_id, pay(1, "pay-1"))
+        .await
+        .unwrap()
+        .0
+        .unwrap();
+    assert_eq!(store.purchase(keyed.clone()).await.unwrap(), first);
+    store.shutdown().await;
+    drop(store);
+    let store = open(dir.path(), &clock);
+    assert_eq!(store.purchase(keyed).await.unwrap(), first);
+    assert_eq!(status_of(&*store, order.order_id).await, OrderStatus::Paid);
+    assert_eq!(figures(&*store, sale.id).await, (2, 0, 1));
+}
+
 /// Names the kill -9 child's directory (the store's and its report).
 const CHILD_DIR: &str = "FLASHSALE_TEST_CHECKOUT_CHILD_DIR";
 /// Reservations the child takes; it pays the first.
