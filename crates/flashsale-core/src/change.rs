@@ -480,6 +480,47 @@ mod tests {
     }
 
     #[test]
+    fn co1_co2_an_edit_keeps_the_mode_and_never_takes_a_holds_price() {
+        let checkout =
+            crate::checkout::Checkout::parse(Some("hold"), Some(600), Some(1999), Some("EUR"))
+                .unwrap();
+        let held = NewSale::parse("Widget", START, END, 10, 2)
+            .unwrap()
+            .with_checkout(checkout)
+            .with_id(SaleId(1));
+        let renamed = apply(&held, BEFORE, 0, &edit(|e| e.name = Some("Gadget".into()))).unwrap();
+        assert_eq!(
+            renamed.checkout, held.checkout,
+            "the mode is fixed at creation"
+        );
+        assert_eq!(renamed.product.price, held.product.price);
+        let repriced = apply(
+            &held,
+            BEFORE,
+            0,
+            &edit(|e| {
+                e.price = Some(PriceEdit::Set {
+                    minor: 2499,
+                    currency: "EUR".into(),
+                })
+            }),
+        )
+        .unwrap();
+        assert_eq!(repriced.product.price.unwrap().minor(), 2499);
+        assert_eq!(repriced.checkout, held.checkout);
+        let unpriced = apply(
+            &held,
+            BEFORE,
+            0,
+            &edit(|e| e.price = Some(PriceEdit::Remove)),
+        );
+        assert_eq!(
+            unpriced,
+            Err(ChangeRefusal::from(ValidationError::PriceRequired))
+        );
+    }
+
+    #[test]
     fn op13_before_the_start_the_product_may_change_and_be_removed() {
         let described = apply(
             &sale(),

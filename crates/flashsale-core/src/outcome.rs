@@ -16,6 +16,8 @@
 pub enum Outcome {
     /// 201 `confirmed`: the order is durable.
     Confirmed,
+    /// Hold mode: the order is durable and its units are held until `expires_at` (201).
+    Reserved,
     /// 409 `sale_not_active`: the sale is upcoming or has ended by time.
     SaleNotActive,
     /// 409 `sold_out`: the sale was active but no stock is left.
@@ -59,8 +61,9 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in declaration order (`ALL[o.index()] == o`).
-    pub const ALL: [Outcome; 20] = [
+    pub const ALL: [Outcome; 21] = [
         Outcome::Confirmed,
+        Outcome::Reserved,
         Outcome::SaleNotActive,
         Outcome::SoldOut,
         Outcome::AlreadyPurchased,
@@ -92,6 +95,7 @@ impl Outcome {
     pub const fn code(self) -> &'static str {
         match self {
             Outcome::Confirmed => "confirmed",
+            Outcome::Reserved => "reserved",
             Outcome::SaleNotActive => "sale_not_active",
             Outcome::SoldOut => "sold_out",
             Outcome::AlreadyPurchased => "already_purchased",
@@ -117,7 +121,7 @@ impl Outcome {
     /// The HTTP status this outcome is answered with.
     pub const fn status(self) -> u16 {
         match self {
-            Outcome::Confirmed => 201,
+            Outcome::Confirmed | Outcome::Reserved => 201,
             Outcome::SaleNotActive
             | Outcome::SoldOut
             | Outcome::AlreadyPurchased
@@ -248,7 +252,10 @@ mod tests {
         for o in Outcome::ALL {
             let status = o.status();
             assert!((200..600).contains(&status));
-            assert_eq!(status == 201, o == Outcome::Confirmed);
+            assert_eq!(
+                status == 201,
+                matches!(o, Outcome::Confirmed | Outcome::Reserved)
+            );
             if o.decided() {
                 assert_eq!(status, 409, "{o:?}");
             }

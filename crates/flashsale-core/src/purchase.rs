@@ -189,6 +189,34 @@ mod tests {
     }
 
     #[test]
+    fn co3_with_every_unsold_unit_held_the_sale_is_active_and_answers_sold_out() {
+        let s = sale(10, 2);
+        let now = START;
+        // 4 available, 6 held: admitted up to what is available.
+        assert_eq!(decide_units(&s, now, 4, 10, 0, q(2)), Decision::Admit);
+        assert_eq!(
+            decide_units(&s, now, 1, 7, 0, q(2)),
+            Decision::Reject(Rejection::InsufficientStock { remaining: 1 })
+        );
+        // Nothing available but units held: still active, sold out to this buyer.
+        assert_eq!(
+            decide_units(&s, now, 0, 6, 0, q(1)),
+            Decision::Reject(Rejection::SoldOut)
+        );
+        assert_eq!(s.state(now, 6), crate::SaleState::Active);
+        // The buyer's limit counts what they hold, before the stock.
+        assert_eq!(
+            decide_units(&s, now, 0, 6, 2, q(1)),
+            Decision::Reject(Rejection::AlreadyPurchased)
+        );
+        // Every unit sold: ended sold out, as in instant mode.
+        assert_eq!(
+            decide_units(&s, now, 0, 0, 0, q(1)),
+            decide(&s, now, 0, 0, q(1))
+        );
+    }
+
+    #[test]
     fn t1_attempt_one_nanosecond_before_the_start_is_not_active_upcoming() {
         let d = decide(&sale(10, 1), START - Duration::nanoseconds(1), 10, 0, q(1));
         assert_eq!(

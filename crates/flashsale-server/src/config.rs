@@ -44,6 +44,11 @@ pub struct Config {
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Secret the shop's payment system signs webhooks with (`Flashsale-Signature`, at least
+    /// 16 bytes). Unset: no webhook, and the demo payment route is on instead.
+    #[arg(long, env = "FLASHSALE_PAYMENT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub payment_webhook_secret: Option<String>,
+
     /// Create a demo sale (starts 30 s after start, lasts 10 min, 100 units) when no sale exists.
     #[arg(long, env = "FLASHSALE_DEMO_SALE", default_value = "on", value_parser = switch(),
         value_name = "ON|OFF", action = ArgAction::Set)]
@@ -368,6 +373,7 @@ impl Config {
             listen,
             data_dir,
             admin_token: Some(admin_token.to_owned()),
+            payment_webhook_secret: None,
             demo_sale: false,
             store: StoreKind::Embedded,
             redis_url: None,
@@ -423,6 +429,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
+            .field("payment_webhook", &redacted(&self.payment_webhook_secret))
             .field("demo_sale", &self.demo_sale)
             .field("store", &self.store)
             .field("redis_url", &redacted(&self.redis_url))

@@ -331,6 +331,12 @@ fn app_state(
         max_image_bytes: config.protection.max_image_bytes,
         ops_listener: ports.ops.is_some(),
         identity,
+        webhook_secret: config
+            .payment_webhook_secret
+            .as_deref()
+            .map(|secret| flashsale_core::WebhookSecret::new(secret.as_bytes()))
+            .transpose()
+            .map_err(|e| StartupError::BadSetting(format!("--payment-webhook-secret: {e}")))?,
     }))
 }
 

@@ -1169,3 +1169,147 @@ async fn op15_without_an_image_nothing_is_broken_and_a_description_with_markup_i
     );
     browser.screenshot("22-product-no-image").await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Checkout in hold mode (SPEC 9, CO-3..CO-5)
+// ---------------------------------------------------------------------------------------------
+
+/// What the page shows of a reservation.
+const RESERVATION: &str = r#"
+    const $ = (id) => document.getElementById(id);
+    return {
+      result_class: $("result").className,
+      result: $("result").textContent,
+      shown: !$("reservation").hidden,
+      countdown: $("reservation-countdown").textContent,
+      pay_shown: !$("pay").hidden,
+      held: $("held").hidden ? "" : $("held").textContent,
+      remaining: $("stock-remaining").textContent,
+    };
+"#;
+
+impl TestApp {
+    /// Creates a hold-mode sale of `stock` units (19.99 EUR) with a `window`-second payment
+    /// window, starting 60 s after the service's now.
+    async fn create_hold_sale(&self, stock: u32, window: u32) -> u64 {
+        let starts = self.clock.now() + time::Duration::seconds(60);
+        let response = self
+            .http
+            .post(format!("{}/api/admin/sales", self.base))
+            .bearer_auth(TOKEN)
+            .json(&json!({
+                "name": "Held lamp", "stock": stock, "per_user_limit": 1,
+                "starts_at": starts.format(&Rfc3339).unwrap(),
+                "ends_at": (starts + time::Duration::seconds(3600)).format(&Rfc3339).unwrap(),
+                "checkout_mode": "hold", "payment_window_secs": window,
+                "price_minor": 1999, "currency": "EUR",
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "creating a hold sale");
+        response.json::<Value>().await.unwrap()["sale_id"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+impl Browser {
+    /// Polls the reservation view until `ready` holds, or fails naming `what`.
+    async fn wait_for_reservation(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let shown = self.js(RESERVATION).await;
+            if ready(&shown) {
+                return shown;
+            }
+            if Instant::now() > deadline {
+                self.screenshot(&format!("failed-{}", what.replace(' ', "-")))
+                    .await;
+                panic!("page did not reach `{what}`; it shows {shown:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn co5_a_reservation_counts_down_and_is_paid_released_or_expires_on_the_page() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app().await;
+    let sale = app.create_hold_sale(2, 120).await;
+    app.set_clock(60);
+    let browser = open_browser(1280, 1000).await;
+    browser.open(&app.page(sale)).await;
+    browser
+        .wait_for("active", LIVE, |p| p["state"] == "active")
+        .await;
+
+    // Reserve: a countdown from the window, on the server's clock.
+    browser.type_id("alice").await;
+    browser.click("buy").await;
+    let reserved = browser
+        .wait_for_reservation("reserved", |r| {
+            r["result_class"] == "result result-reserved"
+        })
+        .await;
+    assert_eq!(reserved["shown"], true, "{reserved:#}");
+    let left = seconds(&s(&reserved, "countdown"));
+    assert!((118..=120).contains(&left), "{reserved:#}");
+    browser
+        .wait_for_reservation("held shown", |r| s(r, "held").contains("1 reserved"))
+        .await;
+    browser.screenshot("23-reserved").await;
+
+    // Pay (demo mode): paid, the unit sold.
+    browser.click("pay").await;
+    let paid = browser
+        .wait_for_reservation("paid", |r| r["result_class"] == "result result-paid")
+        .await;
+    assert_eq!(paid["shown"], false, "{paid:#}");
+    let order = &app.orders_of(sale, "alice").await["orders"][0];
+    assert_eq!(order["status"], "paid");
+    assert!(s(&paid, "result").contains(&s(order, "order_id")));
+    browser.screenshot("24-paid").await;
+
+    // Release: bob reserves the last unit, then lets it go.
+    browser.type_id("bob").await;
+    browser.click("buy").await;
+    browser
+        .wait_for_reservation("bob reserved", |r| {
+            r["result_class"] == "result result-reserved"
+        })
+        .await;
+    browser.click("release").await;
+    browser
+        .wait_for_reservation("released", |r| {
+            r["result_class"] == "result result-released"
+        })
+        .await;
+    assert_eq!(
+        app.orders_of(sale, "bob").await["orders"][0]["status"],
+        "cancelled"
+    );
+    browser
+        .wait_for("the unit back on sale", LIVE, |p| p["remaining"] == "1")
+        .await;
+
+    // Expire: carol reserves and does not pay; the server's clock passes the deadline.
+    browser.type_id("carol").await;
+    browser.click("buy").await;
+    browser
+        .wait_for_reservation("carol reserved", |r| {
+            r["result_class"] == "result result-reserved"
+        })
+        .await;
+    app.set_clock(60 + 121);
+    let expired = browser
+        .wait_for_reservation("expired", |r| r["result_class"] == "result result-expired")
+        .await;
+    assert_eq!(expired["shown"], false);
+    assert_eq!(
+        app.orders_of(sale, "carol").await["orders"][0]["status"],
+        "expired"
+    );
+    browser.screenshot("25-expired").await;
+}

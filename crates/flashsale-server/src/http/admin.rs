@@ -10,7 +10,7 @@ use crate::http::sales::{EndedReason, SaleBody, StateName};
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use flashsale_core::{NewSale, Outcome, Product};
+use flashsale_core::{Checkout, NewSale, Outcome, Product};
 use flashsale_store::RejectionCounts;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -52,6 +52,16 @@ pub struct CreateSaleRequest {
     #[serde(default)]
     #[schema(pattern = "^[A-Z]{3}$")]
     currency: Option<String>,
+    /// `instant` (the default: a purchase is final) or `hold` (a purchase reserves units that
+    /// must be paid for within `payment_window_secs`; needs `price_minor` and `currency`).
+    /// Fixed at creation.
+    #[serde(default)]
+    #[schema(value_type = Option<crate::http::sales::CheckoutName>)]
+    checkout_mode: Option<String>,
+    /// Hold mode only: how long a reservation waits for its payment (60..=86,400 seconds).
+    #[serde(default)]
+    #[schema(minimum = 60, maximum = 86_400)]
+    payment_window_secs: Option<i64>,
 }
 
 /// Rejections by reason: one field per counted outcome ([`Outcome::COUNTED`], in that order),
@@ -157,6 +167,12 @@ pub async fn create_sale(
     )?
     .with_product(Product::parse(
         raw.description.as_deref(),
+        raw.price_minor,
+        raw.currency.as_deref(),
+    )?)
+    .with_checkout(Checkout::parse(
+        raw.checkout_mode.as_deref(),
+        raw.payment_window_secs,
         raw.price_minor,
         raw.currency.as_deref(),
     )?);

@@ -10,7 +10,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use flashsale_core::{NotActiveReason, Outcome, ValidationError};
+use flashsale_core::{CheckoutOutcome, NotActiveReason, Outcome, ValidationError};
 use flashsale_store::{Order, StoreError};
 use serde::Serialize;
 use std::borrow::Cow;
@@ -110,6 +110,19 @@ pub enum ApiError {
     Store(StoreError),
     /// 500 `internal`: a bug in this process (e.g. a panic caught by the middleware).
     Internal(String),
+    /// A checkout answer that changed nothing (SPEC 9): `reservation_expired`,
+    /// `order_cancelled`, `order_paid`, `amount_mismatch`, `order_confirmed`,
+    /// `reservation_live` (409), `order_not_found` (404) or a refused webhook signature (401
+    /// `signature_missing`, `signature_malformed`, `signature_stale`, `signature_mismatch`);
+    /// the order as it is, where the caller may see it.
+    Checkout {
+        /// The answer, with its code and status.
+        outcome: CheckoutOutcome,
+        /// What happened, for people.
+        message: Cow<'static, str>,
+        /// The order as it is now (never for `order_not_found`).
+        order: Option<Box<Order>>,
+    },
 }
 
 /// Why a buyer route answered 401 `unauthenticated`.
@@ -294,7 +307,8 @@ impl ApiError {
             | ApiError::MethodNotAllowed
             | ApiError::ImageTooLarge { .. }
             | ApiError::UnsupportedImage
-            | ApiError::ImageNotFound => return None,
+            | ApiError::ImageNotFound
+            | ApiError::Checkout { .. } => return None,
         })
     }
 
@@ -312,6 +326,7 @@ impl ApiError {
             ApiError::ImageTooLarge { .. } => "image_too_large",
             ApiError::UnsupportedImage => "unsupported_image",
             ApiError::ImageNotFound => "image_not_found",
+            ApiError::Checkout { outcome, .. } => outcome.code(),
             _ => self.outcome().map_or("internal", Outcome::code),
         }
     }
@@ -329,6 +344,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::ImageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedImage => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Checkout { outcome, .. } => {
+                StatusCode::from_u16(outcome.status()).unwrap_or(StatusCode::CONFLICT)
+            }
             _ => self
                 .outcome()
                 .and_then(|o| StatusCode::from_u16(o.status()).ok())
@@ -376,6 +394,16 @@ impl ApiError {
             }
             ApiError::SaleEnded(rule) => {
                 return to_bytes(&ErrorBody::new("sale_ended", rule));
+            }
+            ApiError::Checkout {
+                outcome,
+                message,
+                order,
+            } => {
+                return to_bytes(&ErrorBody {
+                    order: order.as_deref(),
+                    ..ErrorBody::new(outcome.code(), message)
+                });
             }
             ApiError::AlreadyPurchased(orders) => {
                 return to_bytes(&ErrorBody {
@@ -597,13 +625,13 @@ mod tests {
     }
 
     #[test]
-    fn every_outcome_but_confirmed_is_an_error_answered_with_its_code_and_status() {
+    fn every_outcome_but_confirmed_and_reserved_is_an_error_answered_with_its_code_and_status() {
         let errors = one_error_per_outcome();
         let covered: std::collections::BTreeSet<Outcome> =
             errors.iter().filter_map(ApiError::outcome).collect();
         let expected: std::collections::BTreeSet<Outcome> = Outcome::ALL
             .into_iter()
-            .filter(|o| *o != Outcome::Confirmed)
+            .filter(|o| !matches!(o, Outcome::Confirmed | Outcome::Reserved))
             .collect();
         assert_eq!(covered, expected);
         for e in errors {

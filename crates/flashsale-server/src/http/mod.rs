@@ -12,6 +12,7 @@ pub mod admin_ledger;
 pub mod admin_live;
 pub mod admin_orders;
 pub mod admin_sales;
+pub mod checkout;
 pub mod client_ip;
 pub mod error;
 pub mod events;
@@ -93,6 +94,12 @@ pub mod routes {
     pub const PAGE: &str = "/";
     /// The page's icon.
     pub const FAVICON: &str = "/favicon.ico";
+    /// One order by id (`GET`), or its cancel by the buyer (`DELETE`).
+    pub const ORDER: &str = "/api/orders/{order_id}";
+    /// Demo payment of a reservation (only without a webhook secret).
+    pub const ORDER_PAY: &str = "/api/orders/{order_id}/pay";
+    /// The payment system's webhook (only with a webhook secret).
+    pub const PAYMENT_WEBHOOK: &str = "/api/payments/webhook";
     /// Every route, for metrics.
     pub const ALL: &[&str] = &[
         FEATURED_SALE,
@@ -119,6 +126,9 @@ pub mod routes {
         ACCOUNTS,
         SESSIONS,
         CURRENT_SESSION,
+        ORDER,
+        ORDER_PAY,
+        PAYMENT_WEBHOOK,
     ];
 }
 
@@ -161,6 +171,9 @@ pub struct Shared {
     pub ops_listener: bool,
     /// How buyers are identified (`--identity`).
     pub identity: identity::Identity,
+    /// The payment webhook's secret (`--payment-webhook-secret`); `None`: no webhook, and the
+    /// demo payment route instead.
+    pub webhook_secret: Option<flashsale_core::WebhookSecret>,
 }
 
 impl AppState {
@@ -217,6 +230,12 @@ pub fn router_for(state: AppState, surface: Surface) -> App {
             .route(routes::MY_ORDERS, get(orders::get_my_orders))
             .route(routes::EVENTS, get(events::get_events))
             .route(routes::IMAGE, get(images::get_image))
+            .route(
+                routes::ORDER,
+                get(checkout::get_order).delete(checkout::cancel_order),
+            )
+            .route(routes::ORDER_PAY, post(checkout::demo_payment))
+            .route(routes::PAYMENT_WEBHOOK, post(checkout::payment_webhook))
             .route(routes::OPENAPI, get(openapi::get_openapi))
             .route(routes::PAGE, page::page_route(state.identity.mode()))
             .route(routes::FAVICON, get(page::get_favicon));

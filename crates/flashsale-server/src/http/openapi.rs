@@ -5,8 +5,8 @@
 use crate::http::AppState;
 use crate::http::identity::IdentityMode;
 use crate::http::{
-    admin, admin_ledger, admin_live, admin_orders, admin_sales, events, health, images, metrics,
-    orders, sales,
+    admin, admin_ledger, admin_live, admin_orders, admin_sales, checkout, events, health, images,
+    metrics, orders, sales,
 };
 use axum::extract::State;
 use axum::http::header;
@@ -99,6 +99,50 @@ pub struct OrderDoc {
     quantity: u32,
     /// When it was admitted.
     created_at: OffsetDateTime,
+    /// `confirmed` (instant mode), or `reserved`, `paid`, `expired`, `cancelled` (hold mode).
+    status: OrderStatusDoc,
+    /// Hold mode only: the first instant the reservation can no longer be paid.
+    expires_at: Option<OffsetDateTime>,
+    /// Hold mode, once paid: the payment system's reference of the payment.
+    payment_ref: Option<String>,
+}
+
+/// The answer of an event that was decided (a cancel, a payment).
+#[derive(ToSchema)]
+#[schema(as = OrderEvent)]
+#[allow(dead_code)]
+pub struct OrderEventDoc {
+    /// `paid`, `payment_failed`, `cancelled` (or `expired`).
+    code: String,
+    /// The order as it is now.
+    order: OrderDoc,
+}
+
+/// One order by id.
+#[derive(ToSchema)]
+#[schema(as = OrderById)]
+#[allow(dead_code)]
+pub struct OrderByIdDoc {
+    /// The order with its status.
+    order: OrderDoc,
+}
+
+/// An order's status.
+#[derive(ToSchema)]
+#[schema(as = OrderStatus)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum OrderStatusDoc {
+    /// Instant mode: final at purchase.
+    Confirmed,
+    /// Hold mode: units held until `expires_at`.
+    Reserved,
+    /// Hold mode: paid, the units are sold.
+    Paid,
+    /// Hold mode: not paid in time, the units were released.
+    Expired,
+    /// Hold mode: released by the buyer.
+    Cancelled,
 }
 
 /// The body of a purchase attempt.
@@ -125,7 +169,7 @@ pub struct OrderRequestDoc {
 #[schema(as = Confirmed)]
 #[allow(dead_code)]
 pub struct ConfirmedDoc {
-    /// Always `confirmed`.
+    /// `confirmed`, or `reserved` for a hold-mode sale.
     code: String,
     /// The durable order.
     order: OrderDoc,
@@ -154,6 +198,10 @@ pub struct BuyerOrdersDoc {
         orders::create_order,
         orders::get_orders,
         orders::get_my_orders,
+        checkout::get_order,
+        checkout::cancel_order,
+        checkout::demo_payment,
+        checkout::payment_webhook,
         events::get_events,
         admin::create_sale,
         admin::get_summary,
@@ -174,7 +222,8 @@ pub struct BuyerOrdersDoc {
     modifiers(&AdminToken, &WebPage),
     tags(
         (name = "sales", description = "Sale status and live updates"),
-        (name = "orders", description = "Buying"),
+        (name = "orders", description = "Buying, and orders by id"),
+        (name = "payments", description = "Paying for reservations (hold mode)"),
         (name = "admin", description = "Operators (bearer token)"),
         (name = "operations", description = "Probes, metrics, this document, the web page"),
     )

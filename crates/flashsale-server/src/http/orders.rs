@@ -22,7 +22,7 @@ use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use flashsale_core::{Outcome, Quantity, Rejection, SaleId, UserId, sale};
+use flashsale_core::{OrderStatus, Outcome, Quantity, Rejection, SaleId, UserId, sale};
 use flashsale_store::{Attempt, Order, PurchaseHold, PurchaseOutcome};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -47,12 +47,20 @@ struct ConfirmedBody<'a> {
     order: &'a Order,
 }
 
+/// The answer of a durable order: `confirmed` (instant mode) or `reserved` (hold mode).
+fn admitted(order: &Order) -> Outcome {
+    match order.status {
+        OrderStatus::Reserved => Outcome::Reserved,
+        _ => Outcome::Confirmed,
+    }
+}
+
 /// The 201 body, written by hand (see [`crate::http::json`]): the bytes of [`ConfirmedBody`].
 fn confirmed_json(order: &Order) -> JsonBuf {
-    let mut out = JsonBuf::with_capacity(192 + order.user_id.as_str().len());
+    let mut out = JsonBuf::with_capacity(240 + order.user_id.as_str().len());
     let mut uuid = uuid::Uuid::encode_buffer();
     out.raw(b"{\"code\":")
-        .string(Outcome::Confirmed.code())
+        .string(admitted(order).code())
         .raw(b",\"order\":{\"order_id\":\"")
         .raw(
             order
@@ -69,7 +77,15 @@ fn confirmed_json(order: &Order) -> JsonBuf {
         .number(order.quantity)
         .raw(b",\"created_at\":")
         .instant(Some(order.created_at))
-        .raw(b"}}");
+        .raw(b",\"status\":")
+        .string(order.status.as_str());
+    if let Some(expires_at) = order.expires_at {
+        out.raw(b",\"expires_at\":").instant(Some(expires_at));
+    }
+    if let Some(payment_ref) = &order.payment_ref {
+        out.raw(b",\"payment_ref\":").string(payment_ref.as_str());
+    }
+    out.raw(b"}}");
     out
 }
 
@@ -102,7 +118,7 @@ struct BuyerOrdersBody<'a> {
     ),
     request_body = crate::http::openapi::OrderRequestDoc,
     responses(
-        (status = 201, description = "`confirmed`: the order is durable", body = crate::http::openapi::ConfirmedDoc),
+        (status = 201, description = "`confirmed`: the order is durable; in hold mode `reserved`: the order is durable and its units are held until `expires_at`", body = crate::http::openapi::ConfirmedDoc),
         (status = 400, description = "`invalid_request`", body = crate::http::openapi::PurchaseErrorDoc),
         (status = 401, description = "`unauthenticated` (`--identity jwt`): no valid bearer token; `WWW-Authenticate` set", body = crate::http::openapi::PurchaseErrorDoc),
         (status = 403, description = "`forbidden` (`--identity jwt`): the body's `user_id` is not the token's buyer", body = crate::http::openapi::PurchaseErrorDoc),
@@ -129,7 +145,7 @@ pub async fn create_order(
     let result = purchase(&app, sale_id, request, slot).await;
     match result {
         Ok(order) => {
-            app.metrics.record_purchase(Outcome::Confirmed);
+            app.metrics.record_purchase(admitted(&order));
             confirmed_json(&order).into_response(StatusCode::CREATED)
         }
         Err(e) => {
@@ -339,8 +355,11 @@ mod tests {
             sale in any::<i64>(),
             user in "[^\\p{Cc}\\s]{1,40}",
             quantity in any::<u32>(),
-            seconds in -62_135_596_800i64..253_402_300_799,
+            seconds in -62_135_596_800i64..253_402_214_399,
             nanos in 0i64..1_000_000_000,
+            status in 0usize..5,
+            window in proptest::option::of(60i64..=86_400),
+            paid_by in proptest::option::of("[!-~]{1,40}"),
         ) {
             let Ok(user_id) = UserId::parse(&user) else { return Ok(()) };
             let order = Order {
@@ -350,12 +369,15 @@ mod tests {
                 quantity,
                 created_at: OffsetDateTime::from_unix_timestamp(seconds).unwrap()
                     + time::Duration::nanoseconds(nanos),
-                status: flashsale_core::OrderStatus::Confirmed,
-                expires_at: None,
-                payment_ref: None,
+                status: OrderStatus::ALL[status],
+                expires_at: window.map(|w| {
+                    OffsetDateTime::from_unix_timestamp(seconds).unwrap()
+                        + time::Duration::seconds(w)
+                }),
+                payment_ref: paid_by.map(|r| flashsale_core::PaymentRef::parse(&r).unwrap()),
             };
             let expected = serde_json::to_vec(&ConfirmedBody {
-                code: Outcome::Confirmed.code(),
+                code: admitted(&order).code(),
                 order: &order,
             })
             .unwrap();

@@ -9,7 +9,7 @@ use crate::http::json::JsonBuf;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use flashsale_core::{Currency, EndReason, ImageRef, SaleState, pick_featured};
+use flashsale_core::{CheckoutMode, Currency, EndReason, ImageRef, SaleState, pick_featured};
 use flashsale_store::SaleStatus;
 use serde::Serialize;
 use std::sync::Arc;
@@ -81,8 +81,15 @@ pub struct SaleBody {
     pub ends_at: OffsetDateTime,
     /// Units on sale.
     pub stock_total: u32,
-    /// Units not yet taken.
+    /// Units not yet taken (the same as `stock_available`, kept for clients that read it).
     pub stock_remaining: u32,
+    /// Units anyone may take now.
+    pub stock_available: u32,
+    /// Units held by live reservations (hold mode; 0 in instant mode).
+    pub stock_held: u32,
+    /// Units sold (paid, or confirmed in instant mode); `stock_total = stock_available +
+    /// stock_held + stock_sold`.
+    pub stock_sold: u32,
     /// Units one buyer may hold.
     pub per_user_limit: u32,
     /// When the last unit was taken.
@@ -107,6 +114,22 @@ pub struct SaleBody {
     #[serde(rename = "image_url", serialize_with = "image_url")]
     #[schema(value_type = Option<String>)]
     pub image: Option<ImageUrl>,
+    /// `instant` (a purchase is final) or `hold` (a purchase reserves units to be paid for
+    /// within `payment_window_secs`).
+    pub checkout_mode: CheckoutName,
+    /// Hold mode: how long a reservation waits for its payment, in seconds; `null` otherwise.
+    #[schema(minimum = 60, maximum = 86_400)]
+    pub payment_window_secs: Option<u32>,
+}
+
+/// A sale's checkout mode, by its wire name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckoutName {
+    /// A purchase is final when confirmed.
+    Instant,
+    /// A purchase reserves units until they are paid for or the window ends.
+    Hold,
 }
 
 /// A sale's image as its status body links it.
@@ -162,6 +185,9 @@ impl SaleBody {
             ends_at: sale.ends_at,
             stock_total: sale.stock,
             stock_remaining: status.remaining,
+            stock_available: status.remaining,
+            stock_held: status.held,
+            stock_sold: status.sold(),
             per_user_limit: sale.per_user_limit,
             sold_out_at: status.sold_out_at,
             server_time: now,
@@ -172,6 +198,11 @@ impl SaleBody {
                 sale_id: sale.id.0,
                 image,
             }),
+            checkout_mode: match sale.checkout {
+                CheckoutMode::Instant => CheckoutName::Instant,
+                CheckoutMode::Hold { .. } => CheckoutName::Hold,
+            },
+            payment_window_secs: sale.checkout.payment_window().map(|w| w.secs()),
         }
     }
 
@@ -203,6 +234,12 @@ impl SaleBody {
             .number(self.stock_total)
             .raw(b",\"stock_remaining\":")
             .number(self.stock_remaining)
+            .raw(b",\"stock_available\":")
+            .number(self.stock_available)
+            .raw(b",\"stock_held\":")
+            .number(self.stock_held)
+            .raw(b",\"stock_sold\":")
+            .number(self.stock_sold)
             .raw(b",\"per_user_limit\":")
             .number(self.per_user_limit)
             .raw(b",\"sold_out_at\":")
@@ -231,6 +268,15 @@ impl SaleBody {
                 out.raw(b"null");
             }
         }
+        out.raw(match self.checkout_mode {
+            CheckoutName::Instant => b",\"checkout_mode\":\"instant\"",
+            CheckoutName::Hold => b",\"checkout_mode\":\"hold\"",
+        });
+        out.raw(b",\"payment_window_secs\":");
+        match self.payment_window_secs {
+            Some(secs) => out.number(secs),
+            None => out.raw(b"null"),
+        };
         out.raw(b"}");
         out
     }
@@ -256,9 +302,12 @@ impl IntoResponse for SaleBody {
 pub async fn get_featured_sale(State(app): State<AppState>) -> Result<SaleBody, ApiError> {
     let statuses = app.store.statuses().await?;
     let now = app.store.now();
-    let featured = pick_featured(statuses.iter().map(|s| (&*s.sale, s.remaining)), now)
-        .map(|sale| sale.id)
-        .ok_or(ApiError::SaleNotFound)?;
+    let featured = pick_featured(
+        statuses.iter().map(|s| (&*s.sale, s.remaining + s.held)),
+        now,
+    )
+    .map(|sale| sale.id)
+    .ok_or(ApiError::SaleNotFound)?;
     let status = statuses
         .iter()
         .find(|s| s.sale.id == featured)
@@ -309,7 +358,8 @@ mod tests {
                 proptest::option::of(instant()),
                 instant(),
             ),
-            (any::<u32>(), any::<u32>(), any::<u32>()),
+            (any::<u32>(), any::<u32>(), any::<u32>(), any::<[u32; 2]>()),
+            (any::<bool>(), proptest::option::of(60u32..=86_400)),
             (
                 proptest::option::of(any::<String>()),
                 proptest::option::of(1..=flashsale_core::money::MAX_PRICE_MINOR),
@@ -321,7 +371,8 @@ mod tests {
                 |(
                     (sale_id, name, state, reason),
                     (starts, ends, sold_out, now),
-                    (t, r, l),
+                    (t, r, l, [h, sold]),
+                    (hold, window),
                     (description, price, currency, image),
                 )| {
                     SaleBody {
@@ -334,6 +385,9 @@ mod tests {
                         ends_at: ends,
                         stock_total: t,
                         stock_remaining: r,
+                        stock_available: r,
+                        stock_held: h,
+                        stock_sold: sold,
                         per_user_limit: l,
                         sold_out_at: sold_out,
                         server_time: now,
@@ -344,6 +398,12 @@ mod tests {
                             sale_id,
                             image: an_image(seed),
                         }),
+                        checkout_mode: if hold {
+                            CheckoutName::Hold
+                        } else {
+                            CheckoutName::Instant
+                        },
+                        payment_window_secs: window,
                     }
                 },
             )
@@ -388,6 +448,9 @@ mod tests {
                 ends_at: at,
                 stock_total: 1,
                 stock_remaining: 0,
+                stock_available: 0,
+                stock_held: 1,
+                stock_sold: 0,
                 per_user_limit: 1,
                 sold_out_at: Some(at),
                 server_time: at,
@@ -398,6 +461,8 @@ mod tests {
                     sale_id: 7,
                     image: an_image([0; 8]),
                 }),
+                checkout_mode: CheckoutName::Hold,
+                payment_window_secs: Some(600),
             };
             assert_eq!(
                 body.to_json().into_bytes(),

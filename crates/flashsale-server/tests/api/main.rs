@@ -6,6 +6,7 @@
 mod abuse;
 mod accounts;
 mod admin;
+mod checkout;
 mod concurrency;
 mod crash;
 mod events;
