@@ -15,24 +15,34 @@
 //! the buyer's own order is pending) is not given: the attempt waits for those writes to settle
 //! and is decided again.
 //!
+//! Hold mode (checkout, CO-3..CO-6): a durable reservation's units are `held`, not `sold`; a
+//! transition of an order (pay, cancel, expire) is decided here at one instant of the clock
+//! guard, and its order is *in transition* from that decision until the write is durable and
+//! applied ([`SaleBook::finish_transition`]): later events for that order wait and are decided
+//! against what it became, so racing events have exactly one winner, and a failed write leaves
+//! the book exactly as it was (nothing moved before the write was durable). Live reservations
+//! are also indexed by deadline, so the expiry timer reads only the due ones.
+//!
 //! An operator's change (edit, cancel) is decided in the same critical section, with the same
 //! clock guard, against `sold + pending`; from that decision until the change is durable and in
 //! place ([`SaleBook::finish_change`]) the book is *changing*: attempts wait (as for writes in
 //! flight) rather than being decided against a sale about to be replaced, so an edit racing a
 //! purchase is before it or after it, never beside it.
 
-use crate::ledger::{LedgerEntry, LedgerKey, merge};
+use crate::ledger::{LedgerCause, LedgerEntry, LedgerKey, merge};
 use crate::model::{Order, OrderKey, PurchaseOutcome, RejectionCounts, SaleStatus};
 use flashsale_core::{
-    ChangeRefusal, Decision, IdempotencyKey, Outcome, Quantity, QuantityAboveLimit, Rejection,
-    Sale, SaleChange, SaleState, UserId, check_quantity, decide,
+    ChangeRefusal, CheckoutMode, Decision, IdempotencyKey, OrderEvent, OrderState, OrderStatus,
+    Outcome, Quantity, QuantityAboveLimit, Rejection, Sale, SaleChange, SaleState, Transition,
+    TransitionError, UserId, check_quantity, decide, decide_units,
 };
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 /// How long a key remembers a refusal while its sale is still open. Keys of confirmed orders
 /// are kept as long as the order (on disk); refusals are kept in memory only.
@@ -78,7 +88,8 @@ enum KeyEntry {
 
 #[derive(Default)]
 struct Buyer {
-    /// Units admitted, including those whose write is in flight: the limit counts them.
+    /// Units admitted, including those whose write is in flight, less those of reservations
+    /// expired or cancelled: the limit counts them (CO-4: reserved + paid).
     held: u32,
     /// Units of `held` whose write is in flight.
     pending: u32,
@@ -104,8 +115,10 @@ struct BookState {
     /// Set from the decision of an operator's change until it is in place; dropped (which
     /// wakes every attempt waiting on it) when it is.
     changing: Option<watch::Sender<()>>,
-    /// Units in durable orders.
+    /// Units in durable instant orders and paid reservations.
     sold: u32,
+    /// Units in durable live reservations (hold mode).
+    held: u32,
     /// Units reserved by orders whose write is in flight.
     pending: u32,
     /// Set once `sold` reaches the stock: the latest `created_at` of the sale's orders.
@@ -118,6 +131,13 @@ struct BookState {
     /// Every committed order in export order, so a page of the operator's export is a range
     /// read, not a sort of the whole sale.
     orders: BTreeMap<OrderKey, Order>,
+    /// Every committed order's key, by its id (`SaleStore::order`).
+    ids: HashMap<Uuid, OrderKey>,
+    /// Orders whose transition is decided and being written; dropped (which wakes the events
+    /// waiting on it) once it is applied or failed.
+    transitions: HashMap<Uuid, watch::Sender<()>>,
+    /// Live reservations by deadline, then id: the expiry timer reads the due ones only.
+    expiries: BTreeSet<(OffsetDateTime, Uuid)>,
     /// The stock ledger's recorded entries (every cause but orders, which are `orders`),
     /// each added in the same critical section as the change it records.
     recorded: BTreeMap<LedgerKey, LedgerEntry>,
@@ -140,6 +160,36 @@ pub(crate) enum Step {
     Retry(watch::Receiver<()>),
     /// Admitted: the caller must make `order` durable, then call `confirm` or `undo`.
     Reserved(Reservation),
+}
+
+/// What deciding an event for an order came to.
+pub(crate) enum EventStep {
+    /// No committed order of this sale has that id.
+    NotFound,
+    /// Answer now: a refusal, or a decision that changes nothing; the order as it is.
+    Answer(Result<Transition, TransitionError>, Order),
+    /// The order's previous transition is being written: wait until the channel closes, then
+    /// decide again.
+    Wait(watch::Receiver<()>),
+    /// The stored order cannot be read as a core order state (an invariant broken on disk).
+    Invalid(&'static str),
+    /// A transition that changes the order: write it, then finish it.
+    Decided(Decided),
+}
+
+/// A transition decided for an order, on its way to the disk.
+#[derive(Debug, Clone)]
+pub(crate) struct Decided {
+    /// The core's decision.
+    pub transition: Transition,
+    /// The order as the transition leaves it.
+    pub after: Order,
+    /// The ledger's cause for it.
+    pub cause: LedgerCause,
+    /// Its `(available, held, sold)` deltas.
+    pub deltas: [i64; 3],
+    /// When it was decided.
+    pub at: OffsetDateTime,
 }
 
 /// What deciding an operator's change came to.
@@ -223,12 +273,16 @@ impl SaleBook {
                 sale: Arc::new(sale),
                 changing: None,
                 sold: 0,
+                held: 0,
                 pending: 0,
                 sold_out_at: None,
                 last_sold_at: None,
                 last_decided: OffsetDateTime::UNIX_EPOCH,
                 buyers: HashMap::new(),
                 orders: BTreeMap::new(),
+                ids: HashMap::new(),
+                transitions: HashMap::new(),
+                expiries: BTreeSet::new(),
                 recorded: BTreeMap::new(),
                 keys: HashMap::new(),
                 refused: VecDeque::new(),
@@ -253,7 +307,7 @@ impl SaleBook {
         }
         let now = now.max(st.last_decided);
         st.last_decided = now;
-        match flashsale_core::change::apply(&st.sale, now, st.sold + st.pending, change) {
+        match flashsale_core::change::apply(&st.sale, now, st.sold + st.held + st.pending, change) {
             Err(refusal) => ChangeStep::Refused(refusal),
             Ok(new) => {
                 st.changing = Some(watch::channel(()).0);
@@ -282,36 +336,75 @@ impl SaleBook {
     }
 
     /// Adds a durable recorded ledger entry (a sale's creation, or one read back from disk).
+    /// Read back after the orders: in hold mode a sale sells out at its last payment.
     pub fn record(&self, entry: Option<LedgerEntry>) {
         if let Some(entry) = entry {
-            self.state.lock().recorded.insert(entry.key, entry);
+            let mut st = self.state.lock();
+            if entry.cause == LedgerCause::Payment {
+                note_sold(&mut st, entry.at());
+            }
+            st.recorded.insert(entry.key, entry);
         }
     }
 
     /// Restores a committed order while rebuilding from disk.
+    /// A hold-mode order comes back with its current status: its units are held (reserved),
+    /// sold (paid) or free again (expired, cancelled), and its key replays the reservation as
+    /// it was first answered.
     pub fn restore(&self, order: Order, key: Option<IdempotencyKey>) {
         let mut st = self.state.lock();
-        st.sold = st.sold.saturating_add(order.quantity);
+        let q = order.quantity;
         st.counters.confirmed_orders += 1;
-        st.counters.confirmed_units += u64::from(order.quantity);
-        st.last_sold_at = st.last_sold_at.max(Some(order.created_at));
+        st.counters.confirmed_units += u64::from(q);
         st.last_decided = st.last_decided.max(order.created_at);
+        let counts = match order.status {
+            OrderStatus::Confirmed => {
+                st.sold = st.sold.saturating_add(q);
+                st.last_sold_at = st.last_sold_at.max(Some(order.created_at));
+                if st.sold >= st.sale.stock {
+                    // Derived from the orders, not from a flag: the same instant whichever
+                    // order committed last.
+                    st.sold_out_at = st.last_sold_at;
+                }
+                true
+            }
+            OrderStatus::Reserved => {
+                st.held = st.held.saturating_add(q);
+                if let Some(at) = order.expires_at {
+                    st.expiries.insert((at, order.order_id));
+                }
+                true
+            }
+            // The sold-out instant is the last payment's, read back from the ledger.
+            OrderStatus::Paid => {
+                st.sold = st.sold.saturating_add(q);
+                true
+            }
+            OrderStatus::Expired | OrderStatus::Cancelled => false,
+        };
         if let Some(key) = key {
-            let fp = Fingerprint::new(&order.user_id, Quantity::from_stored(order.quantity));
+            let fp = Fingerprint::new(&order.user_id, Quantity::from_stored(q));
+            let first = Order {
+                status: if order.expires_at.is_some() {
+                    OrderStatus::Reserved
+                } else {
+                    OrderStatus::Confirmed
+                },
+                payment_ref: None,
+                ..order.clone()
+            };
             st.keys.insert(
                 key,
-                KeyEntry::Confirmed(fp, PurchaseOutcome::Confirmed(order.clone())),
+                KeyEntry::Confirmed(fp, PurchaseOutcome::Confirmed(first)),
             );
         }
         let buyer = st.buyers.entry(order.user_id.clone()).or_default();
-        buyer.held += order.quantity;
-        buyer.orders.push(order.key());
-        st.orders.insert(order.key(), order);
-        if st.sold >= st.sale.stock {
-            // Derived from the orders, not from a flag: the same instant whichever order
-            // committed last.
-            st.sold_out_at = st.last_sold_at;
+        if counts {
+            buyer.held += q;
         }
+        buyer.orders.push(order.key());
+        st.ids.insert(order.order_id, order.key());
+        st.orders.insert(order.key(), order);
     }
 
     /// Restores the persisted counters and clock guard while rebuilding from disk.
@@ -391,9 +484,21 @@ impl SaleBook {
                 Some(KeyEntry::Refused(..)) | None => {}
             }
         }
-        let available = sale.stock.saturating_sub(st.sold + st.pending);
-        let (held, buyer_pending) = st.buyers.get(user).map_or((0, 0), |b| (b.held, b.pending));
-        match decide(&sale, now, available, held, quantity) {
+        let available = sale.stock.saturating_sub(st.sold + st.held + st.pending);
+        let (bought, buyer_pending) = st.buyers.get(user).map_or((0, 0), |b| (b.held, b.pending));
+        let decision = match sale.checkout {
+            CheckoutMode::Instant => decide(&sale, now, available, bought, quantity),
+            // Units only held still belong to the sale: it stays active while they are.
+            CheckoutMode::Hold { .. } => decide_units(
+                &sale,
+                now,
+                available,
+                sale.stock.saturating_sub(st.sold),
+                bought,
+                quantity,
+            ),
+        };
+        match decision {
             Decision::Reject(Rejection::SoldOut) if st.pending > 0 => Step::Retry(
                 st.stock_settled
                     .get_or_insert_with(|| watch::channel(()).0)
@@ -444,9 +549,13 @@ impl SaleBook {
                 let buyer = st.buyers.entry(user.clone()).or_default();
                 buyer.held += q;
                 buyer.pending += q;
+                let (status, expires_at) = match sale.checkout.payment_window() {
+                    None => (OrderStatus::Confirmed, None),
+                    Some(window) => (OrderStatus::Reserved, Some(window.expires_at(now))),
+                };
                 let order = Order {
-                    status: flashsale_core::OrderStatus::Confirmed,
-                    expires_at: None,
+                    status,
+                    expires_at,
                     payment_ref: None,
                     order_id: uuid::Uuid::now_v7(),
                     sale_id: sale.id,
@@ -503,13 +612,18 @@ impl SaleBook {
         let st = &mut *guard;
         let q = order.quantity;
         st.pending -= q;
-        st.sold += q;
         st.counters.pending_orders -= 1;
         st.counters.confirmed_orders += 1;
         st.counters.confirmed_units += u64::from(q);
-        st.last_sold_at = st.last_sold_at.max(Some(order.created_at));
-        if st.sold == st.sale.stock {
-            st.sold_out_at = st.last_sold_at;
+        match order.expires_at {
+            None => {
+                st.sold += q;
+                note_sold(st, order.created_at);
+            }
+            Some(at) => {
+                st.held += q;
+                st.expiries.insert((at, order.order_id));
+            }
         }
         if st.pending == 0 {
             drop(st.stock_settled.take());
@@ -527,6 +641,7 @@ impl SaleBook {
                 drop(buyer.settled.take());
             }
         }
+        st.ids.insert(order.order_id, order.key());
         st.orders.insert(order.key(), order);
         outcome
     }
@@ -555,13 +670,126 @@ impl SaleBook {
         }
     }
 
+    /// The committed order `id`, with its status as it is durable now.
+    pub fn order(&self, id: Uuid) -> Option<Order> {
+        let st = self.state.lock();
+        st.ids.get(&id).and_then(|key| st.orders.get(key)).cloned()
+    }
+
+    /// Whether the committed order `id` belongs to this sale.
+    pub fn holds(&self, id: Uuid) -> bool {
+        self.state.lock().ids.contains_key(&id)
+    }
+
+    /// Decides `event` for order `id` at `now` (or the last decided instant, if the clock
+    /// went back) by the core's `transition`. A decision that changes the order puts it in
+    /// transition: it must be written, then [`SaleBook::finish_transition`] called either way.
+    pub fn decide_event(&self, id: Uuid, event: &OrderEvent, now: OffsetDateTime) -> EventStep {
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        let Some(order) = st.ids.get(&id).and_then(|key| st.orders.get(key)) else {
+            return EventStep::NotFound;
+        };
+        if let Some(pending) = st.transitions.get(&id) {
+            return EventStep::Wait(pending.subscribe());
+        }
+        let state = match state_of(&st.sale, order) {
+            Ok(state) => state,
+            Err(why) => return EventStep::Invalid(why),
+        };
+        let now = now.max(st.last_decided);
+        st.last_decided = now;
+        let order = order.clone();
+        let transition = match flashsale_core::transition(&state, event, now) {
+            Err(e) => return EventStep::Answer(Err(e), order),
+            Ok(transition) => transition,
+        };
+        let (Some(new), Some((cause, deltas))) = (
+            transition.new_state(),
+            LedgerCause::of_transition(&transition),
+        ) else {
+            // A failed payment or a redelivery: nothing changes.
+            return EventStep::Answer(Ok(transition), order);
+        };
+        let payment_ref = match new {
+            OrderState::Paid { payment_ref, .. } => Some(payment_ref.clone()),
+            _ => None,
+        };
+        let after = Order {
+            status: new.status(),
+            payment_ref,
+            ..order
+        };
+        st.transitions.insert(id, watch::channel(()).0);
+        EventStep::Decided(Decided {
+            transition,
+            after,
+            cause,
+            deltas,
+            at: now,
+        })
+    }
+
+    /// Ends the transition begun by [`SaleBook::decide_event`]: `Some(entry)` once it is
+    /// durable (with its ledger entry), which applies it and returns the order as it is now;
+    /// `None` if it could not be written, which changes nothing. Either way events waiting on
+    /// the order are decided again.
+    pub fn finish_transition(&self, decided: &Decided, entry: Option<LedgerEntry>) -> Order {
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        let id = decided.after.order_id;
+        drop(st.transitions.remove(&id));
+        let Some(entry) = entry else {
+            return st
+                .ids
+                .get(&id)
+                .and_then(|key| st.orders.get(key))
+                .cloned()
+                .unwrap_or_else(|| decided.after.clone());
+        };
+        let after = decided.after.clone();
+        if let Some(at) = after.expires_at {
+            st.expiries.remove(&(at, id));
+        }
+        match decided.transition.units() {
+            flashsale_core::UnitsMove::None => {}
+            flashsale_core::UnitsMove::Pay(n) => {
+                st.held = st.held.saturating_sub(n);
+                st.sold += n;
+                note_sold(st, decided.at);
+            }
+            flashsale_core::UnitsMove::Release(n) => {
+                free_units(st, n);
+                if let Some(buyer) = st.buyers.get_mut(&after.user_id) {
+                    buyer.held = buyer.held.saturating_sub(n);
+                }
+            }
+        }
+        st.recorded.insert(entry.key, entry);
+        st.orders.insert(after.key(), after.clone());
+        after
+    }
+
+    /// Up to `limit` live reservations whose deadline is at or before `now` and that are not in
+    /// transition already: the ones the expiry timer expires.
+    pub fn due(&self, now: OffsetDateTime, limit: usize) -> Vec<Uuid> {
+        let st = self.state.lock();
+        st.expiries
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .filter(|(_, id)| !st.transitions.contains_key(id))
+            .take(limit)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
     /// The live figures: durable units only.
     pub fn status(&self) -> SaleStatus {
         let st = self.state.lock();
         SaleStatus {
-            held: 0,
+            held: st.held,
             sale: Arc::clone(&st.sale),
-            remaining: st.sale.stock.saturating_sub(st.sold),
+            remaining: st.sale.stock.saturating_sub(st.sold + st.held),
             sold_out_at: st.sold_out_at,
         }
     }
@@ -634,6 +862,58 @@ impl SaleBook {
     }
 }
 
+/// Units were sold at `at` (an instant order committed, a reservation paid): the sale is sold
+/// out at the latest such instant once every unit is sold.
+fn note_sold(st: &mut BookState, at: OffsetDateTime) {
+    st.last_sold_at = st.last_sold_at.max(Some(at));
+    if st.sold >= st.sale.stock {
+        st.sold_out_at = st.last_sold_at;
+    }
+}
+
+/// Frees `n` held units of the sale (an expiry or a release): the one place where freed units
+/// go, today back to `available` (the waitlist will offer them here first). Attempts waiting
+/// on units in flight are decided again.
+fn free_units(st: &mut BookState, n: u32) {
+    st.held = st.held.saturating_sub(n);
+    drop(st.stock_settled.take());
+}
+
+/// The core's view of a stored order (CO-4): its owner, units, total at the sale's price,
+/// deadline and payment.
+fn state_of(sale: &Sale, order: &Order) -> Result<OrderState, &'static str> {
+    let owner = order.user_id.clone();
+    if order.status == OrderStatus::Confirmed {
+        return Ok(OrderState::Confirmed { owner });
+    }
+    let price = sale
+        .product
+        .price
+        .ok_or("a hold-mode order's sale has no price")?;
+    let reservation = flashsale_core::Reservation {
+        owner,
+        units: order.quantity,
+        total: price
+            .total(order.quantity)
+            .ok_or("a hold-mode order's total is out of range")?,
+        expires_at: order
+            .expires_at
+            .ok_or("a hold-mode order has no deadline")?,
+    };
+    Ok(match order.status {
+        OrderStatus::Confirmed | OrderStatus::Reserved => OrderState::Reserved(reservation),
+        OrderStatus::Paid => OrderState::Paid {
+            reservation,
+            payment_ref: order
+                .payment_ref
+                .clone()
+                .ok_or("a paid order has no payment reference")?,
+        },
+        OrderStatus::Expired => OrderState::Expired(reservation),
+        OrderStatus::Cancelled => OrderState::Cancelled(reservation),
+    })
+}
+
 /// The buyer's committed orders, in the order they were committed.
 fn buyer_orders(st: &BookState, user: &UserId) -> Vec<Order> {
     st.buyers.get(user).map_or_else(Vec::new, |b| {
@@ -642,4 +922,117 @@ fn buyer_orders(st: &BookState, user: &UserId) -> Vec<Order> {
             .filter_map(|key| st.orders.get(key).cloned())
             .collect()
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use flashsale_core::{Canceller, Checkout, Money, NewSale, PaymentRef, SaleId};
+    use time::macros::datetime;
+
+    const T0: OffsetDateTime = datetime!(2026-11-30 12:00:00 UTC);
+
+    /// A hold-mode sale's book with one reservation of 2 units by alice, and that order.
+    fn book_with_reservation() -> (SaleBook, Order) {
+        let checkout = Checkout::parse(Some("hold"), Some(60), Some(500), Some("EUR")).unwrap();
+        let sale = NewSale::parse("s", T0, T0 + time::Duration::days(1), 5, 2)
+            .unwrap()
+            .with_checkout(checkout)
+            .with_id(SaleId(1));
+        let book = SaleBook::new(sale);
+        let user = UserId::parse("alice").unwrap();
+        let Step::Reserved(reservation) = book.admit(&user, Quantity::from_stored(2), None, T0)
+        else {
+            panic!("admitted")
+        };
+        let PurchaseOutcome::Confirmed(order) = book.confirm(reservation) else {
+            panic!("confirmed")
+        };
+        (book, order)
+    }
+
+    fn pay() -> OrderEvent {
+        OrderEvent::Pay {
+            amount: Money::parse(1000, "EUR").unwrap(),
+            payment_ref: PaymentRef::parse("p").unwrap(),
+        }
+    }
+
+    fn cancel() -> OrderEvent {
+        OrderEvent::Cancel {
+            by: Canceller::OrderIdHolder,
+        }
+    }
+
+    fn entry(decided: &Decided) -> LedgerEntry {
+        let [available_delta, held_delta, sold_delta] = decided.deltas;
+        LedgerEntry {
+            key: LedgerKey {
+                at: decided.at,
+                source: crate::ledger::LedgerSource::Recorded(1),
+            },
+            cause: decided.cause,
+            order_id: Some(decided.after.order_id),
+            available_delta,
+            held_delta,
+            sold_delta,
+            sale_change_id: None,
+        }
+    }
+
+    fn figures(book: &SaleBook) -> (u32, u32) {
+        let status = book.status();
+        (status.remaining, status.held)
+    }
+
+    #[test]
+    fn an_event_for_an_order_in_transition_waits_and_a_failed_write_changes_nothing() {
+        let (book, order) = book_with_reservation();
+        assert_eq!(figures(&book), (3, 2));
+        let EventStep::Decided(paying) = book.decide_event(order.order_id, &pay(), T0) else {
+            panic!("a payment of the total is decided")
+        };
+        // Not decided against the old state while the payment's write is in flight.
+        let EventStep::Wait(waiting) = book.decide_event(order.order_id, &cancel(), T0) else {
+            panic!("the cancel waits")
+        };
+        assert!(book.due(T0 + time::Duration::hours(1), 10).is_empty());
+        let after = book.finish_transition(&paying, None);
+        assert_eq!(after, order, "a failed write changes nothing");
+        assert_eq!(book.order(order.order_id), Some(order.clone()));
+        assert_eq!(figures(&book), (3, 2));
+        assert!(waiting.has_changed().is_err(), "the waiting event is woken");
+        let EventStep::Decided(cancelling) = book.decide_event(order.order_id, &cancel(), T0)
+        else {
+            panic!("decided again against the reservation")
+        };
+        let after = book.finish_transition(&cancelling, Some(entry(&cancelling)));
+        assert_eq!(after.status, OrderStatus::Cancelled);
+        assert_eq!(figures(&book), (5, 0));
+        assert!(book.due(T0 + time::Duration::hours(1), 10).is_empty());
+        let EventStep::Answer(result, _) = book.decide_event(order.order_id, &pay(), T0) else {
+            panic!("answered")
+        };
+        assert_eq!(result, Err(TransitionError::OrderCancelled));
+    }
+
+    #[test]
+    fn a_reservation_is_due_from_its_deadline_and_pays_held_units_into_sold() {
+        let (book, order) = book_with_reservation();
+        let deadline = order.expires_at.unwrap();
+        assert!(
+            book.due(deadline - time::Duration::microseconds(1), 10)
+                .is_empty()
+        );
+        assert_eq!(book.due(deadline, 10), vec![order.order_id]);
+        let EventStep::Decided(paying) = book.decide_event(order.order_id, &pay(), T0) else {
+            panic!("decided")
+        };
+        let after = book.finish_transition(&paying, Some(entry(&paying)));
+        assert_eq!(after.status, OrderStatus::Paid);
+        assert_eq!(figures(&book), (3, 0));
+        assert_eq!(book.status().sold(), 2);
+        assert!(book.due(deadline, 10).is_empty(), "a paid order is not due");
+    }
 }

@@ -5,7 +5,7 @@ use super::schema::{SALE_COLUMNS, SALE_LEN, from_micros, migrate, sale_of_row};
 use crate::counter_columns;
 use crate::ledger::{LedgerCause, LedgerEntry, LedgerKey, LedgerSource};
 use crate::model::{Order, RejectionCounts};
-use flashsale_core::{IdempotencyKey, Outcome, SaleId, UserId};
+use flashsale_core::{IdempotencyKey, OrderStatus, Outcome, PaymentRef, SaleId, UserId};
 use rusqlite::Connection;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -92,7 +92,8 @@ pub(crate) fn rebuild(conn: &Connection) -> rusqlite::Result<BTreeMap<SaleId, Ar
         books.insert(book.sale().id, Arc::new(book));
     }
     let mut orders = conn.prepare(
-        "SELECT order_id, sale_id, user_id, quantity, created_at_us, idempotency_key
+        "SELECT order_id, sale_id, user_id, quantity, created_at_us, idempotency_key, status,
+                expires_at_us, payment_ref
          FROM orders ORDER BY created_at_us, order_id",
     )?;
     let mut rows = orders.query([])?;
@@ -104,10 +105,32 @@ pub(crate) fn rebuild(conn: &Connection) -> rusqlite::Result<BTreeMap<SaleId, Ar
         let id: [u8; 16] = row.get(0)?;
         let user: String = row.get(2)?;
         let key: Option<String> = row.get(5)?;
+        let status: String = row.get(6)?;
+        let status = OrderStatus::parse(&status).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                6,
+                rusqlite::types::Type::Text,
+                format!("unknown order status {status:?}").into(),
+            )
+        })?;
+        let payment_ref: Option<String> = row.get(8)?;
+        let payment_ref = payment_ref
+            .map(|r| {
+                PaymentRef::parse(&r).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        8,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })
+            })
+            .transpose()?;
+        // A reservation already past its deadline comes back reserved: the expiry timer
+        // expires it through the same step as any other, right after open.
         let order = Order {
-            status: flashsale_core::OrderStatus::Confirmed,
-            expires_at: None,
-            payment_ref: None,
+            status,
+            expires_at: row.get::<_, Option<i64>>(7)?.map(from_micros),
+            payment_ref,
             order_id: uuid::Uuid::from_bytes(id),
             sale_id,
             // Stored ids were validated on the way in; a row that no longer parses is kept

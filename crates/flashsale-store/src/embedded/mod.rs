@@ -7,11 +7,16 @@
 //! and the buyer gets `unavailable`. On open, memory is rebuilt from the database, so a crash
 //! (even `kill -9`) loses nothing that was confirmed.
 //!
+//! Checkout (hold mode): a purchase reserves; an order's transitions (pay, cancel, expire) are
+//! decided in the same book critical section and made durable by the same group commit, and
+//! the [`expiry`] timer thread sends due reservations through that step.
+//!
 //! Time only moves forward here: [`EmbeddedStore::now`] never returns an instant before one it
 //! returned already, and each sale never decides at an instant before its last decision (kept
 //! on disk with the counters), so a wall clock stepped back cannot re-open an ended sale.
 
 mod book;
+mod expiry;
 mod images;
 mod load;
 pub(crate) mod schema;
@@ -19,13 +24,15 @@ mod writer;
 
 use crate::in_flight::InFlight;
 use crate::{
-    Attempt, ChangeOutcome, LedgerEntry, LedgerKey, Order, OrderKey, PurchaseHold, PurchaseOutcome,
-    SaleStatus, SaleStore, StoreError, Summary,
+    Attempt, ChangeOutcome, LedgerEntry, LedgerKey, Order, OrderEventOutcome, OrderKey,
+    PurchaseHold, PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary,
 };
 use async_trait::async_trait;
-use book::{BookCounters, ChangeStep, FirstAttempt, SaleBook, Step};
+use book::{BookCounters, ChangeStep, EventStep, FirstAttempt, SaleBook, Step};
 pub use book::{MAX_REFUSED_KEYS, REFUSAL_RETENTION};
 use bytes::Bytes;
+pub use expiry::EXPIRY_INTERVAL;
+use expiry::GuardedClock;
 use flashsale_core::{Clock, ImageRef, NewSale, Sale, SaleChange, SaleId, UserId};
 pub use images::IMAGES_DIR;
 use images::ImageFiles;
@@ -33,11 +40,10 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
-use writer::{PendingOrder, SaleChangeWrite, Write};
+use writer::{PendingOrder, SaleChangeWrite, TransitionWrite, Write};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "flashsale.db";
@@ -46,12 +52,13 @@ pub const LOCK_FILE: &str = "flashsale.lock";
 
 /// The embedded store. Cheap to share behind an `Arc`.
 pub struct EmbeddedStore {
-    clock: Arc<dyn Clock>,
+    /// The deciding clock behind its guard (the expiry timer reads it too).
+    clock: Arc<GuardedClock>,
     books: Arc<RwLock<BTreeMap<SaleId, Arc<SaleBook>>>>,
     writes: mpsc::Sender<Write>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// The latest instant `now` returned, in nanoseconds since the epoch (the clock guard).
-    high_water: AtomicI64,
+    /// Dropping the sender stops the expiry timer thread.
+    expiry: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     /// Dropping the sender stops the checkpoint thread.
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     path: PathBuf,
@@ -118,12 +125,21 @@ impl EmbeddedStore {
             .name("flashsale-writer".into())
             .spawn(move || writer::run(conn, rx, acks, writer_flushing, writer_books))
             .map_err(spawn_failed)?;
+        let clock = Arc::new(GuardedClock::new(clock, high_water));
+        let (stop_expiry, stop_expiry_rx) = mpsc::channel();
+        let timer = expiry::spawn(
+            Arc::clone(&clock),
+            Arc::clone(&books),
+            writes.clone(),
+            stop_expiry_rx,
+        )
+        .map_err(spawn_failed)?;
         Ok(Self {
             clock,
             books,
             writes,
             writer: Mutex::new(Some(writer)),
-            high_water: AtomicI64::new(nanos(high_water)),
+            expiry: Mutex::new(Some((stop_expiry, timer))),
             checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             path,
             in_flight: InFlight::default(),
@@ -145,6 +161,11 @@ impl EmbeddedStore {
 
     fn book(&self, id: SaleId) -> Option<Arc<SaleBook>> {
         self.books.read().get(&id).cloned()
+    }
+
+    /// The book of the sale that holds the committed order `id`.
+    fn book_of_order(&self, id: uuid::Uuid) -> Option<Arc<SaleBook>> {
+        self.books.read().values().find(|b| b.holds(id)).cloned()
     }
 
     /// Decides the attempt; stock is taken only in [`Reserved::Yes`]. Dropping this future
@@ -212,11 +233,6 @@ enum Reserved {
     Yes(Arc<SaleBook>, book::Reservation),
 }
 
-/// Nanoseconds since the epoch (i64 covers 1677..2262, far wider than any sale).
-fn nanos(at: OffsetDateTime) -> i64 {
-    at.unix_timestamp_nanos() as i64
-}
-
 /// Takes the data directory's exclusive lock: two processes writing one database would each
 /// trust its own memory of the stock and oversell.
 fn lock_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
@@ -263,20 +279,60 @@ fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
 
 #[async_trait]
 impl SaleStore for EmbeddedStore {
-    async fn order(&self, _order_id: uuid::Uuid) -> Result<Option<Order>, StoreError> {
-        Err(StoreError::internal(
-            "checkout: orders by id are not built in this store yet",
-        ))
+    async fn order(&self, order_id: uuid::Uuid) -> Result<Option<Order>, StoreError> {
+        Ok(self.book_of_order(order_id).and_then(|b| b.order(order_id)))
     }
 
     async fn order_event(
         &self,
-        _order_id: uuid::Uuid,
-        _event: flashsale_core::OrderEvent,
-    ) -> Result<crate::OrderEventOutcome, StoreError> {
-        Err(StoreError::internal(
-            "checkout: order events are not built in this store yet",
-        ))
+        order_id: uuid::Uuid,
+        event: flashsale_core::OrderEvent,
+    ) -> Result<OrderEventOutcome, StoreError> {
+        let Some(book) = self.book_of_order(order_id) else {
+            return Ok(OrderEventOutcome::NotFound);
+        };
+        loop {
+            match book.decide_event(order_id, &event, self.clock.decision_instant()) {
+                EventStep::NotFound => return Ok(OrderEventOutcome::NotFound),
+                EventStep::Answer(result, order) => {
+                    return Ok(OrderEventOutcome::Decided { result, order });
+                }
+                EventStep::Invalid(why) => return Err(StoreError::internal(why)),
+                // The order's previous transition is being written: decide against what it
+                // becomes (the sender is dropped once it is applied or failed).
+                EventStep::Wait(mut rx) => {
+                    let _ = rx.changed().await;
+                }
+                EventStep::Decided(decided) => {
+                    let transition = decided.transition.clone();
+                    let (reply, rx) = oneshot::channel();
+                    // From here the writer (failed) or the syncer (durable) ends the
+                    // transition, whoever still waits for it.
+                    let write = Write::Transition(TransitionWrite {
+                        book: Arc::clone(&book),
+                        decided,
+                        reply: Some(reply),
+                    });
+                    if let Err(mpsc::SendError(write)) = self.writes.send(write) {
+                        if let Write::Transition(write) = write {
+                            write.abandon();
+                        }
+                        return Err(StoreError::ShuttingDown);
+                    }
+                    return match rx.await {
+                        Ok(Ok(order)) => Ok(OrderEventOutcome::Decided {
+                            result: Ok(transition),
+                            order,
+                        }),
+                        Ok(Err(e)) => Err(StoreError::unavailable_from(
+                            "the order's change could not be made durable; nothing changed",
+                            e,
+                        )),
+                        Err(_) => Err(StoreError::ShuttingDown),
+                    };
+                }
+            }
+        }
     }
 
     async fn create_sale(&self, new: NewSale) -> Result<Sale, StoreError> {
@@ -454,13 +510,16 @@ impl SaleStore for EmbeddedStore {
 
     fn now(&self) -> OffsetDateTime {
         // Never an instant before one already returned: status and decisions both read this.
-        let now = nanos(self.clock.now());
-        let seen = self.high_water.fetch_max(now, Ordering::AcqRel);
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(seen.max(now)))
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        self.clock.now()
     }
 
     async fn shutdown(&self) {
+        // The timer stops first: nothing it decides may come after the writer's last group.
+        let timer = self.expiry.lock().take();
+        if let Some((stop, handle)) = timer {
+            drop(stop);
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
         // Purchases already holding stock are committed (or undone) before the writer stops.
         self.in_flight.drain().await;
         let (reply, rx) = oneshot::channel();

@@ -6,7 +6,7 @@
 //! whatever the memory above it believes.
 
 use crate::product_columns::product_of;
-use flashsale_core::{Sale, SaleId};
+use flashsale_core::{CheckoutMode, Sale, SaleId};
 use rusqlite::Connection;
 use time::OffsetDateTime;
 
@@ -84,6 +84,26 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         };
         add_column(conn, "sales", column, ty)?;
     }
+    // Checkout (issue 12, CO-1): a sale's mode and payment window, fixed at creation (every
+    // sale from before is instant); the units held by live reservations, kept by the writer
+    // beside `sold` so the database refuses on its own to hold or sell more than the stock;
+    // and each order's status, deadline and payment. An order row from before is `confirmed`.
+    add_column(conn, "sales", "checkout", "TEXT NOT NULL DEFAULT 'instant'")?;
+    add_column(conn, "sales", "payment_window_secs", "INTEGER")?;
+    add_column(
+        conn,
+        "sales",
+        "held",
+        "INTEGER NOT NULL DEFAULT 0 CHECK (held >= 0 AND held + sold <= stock)",
+    )?;
+    add_column(
+        conn,
+        "orders",
+        "status",
+        "TEXT NOT NULL DEFAULT 'confirmed'",
+    )?;
+    add_column(conn, "orders", "expires_at_us", "INTEGER")?;
+    add_column(conn, "orders", "payment_ref", "TEXT")?;
     create_stock_ledger(conn)
 }
 
@@ -156,15 +176,20 @@ fn add_column(conn: &Connection, table: &str, column: &str, ty: &str) -> rusqlit
 
 /// The columns [`sale_of_row`] reads, in its order.
 pub(crate) const SALE_COLUMNS: &str = "id, name, starts_at_us, ends_at_us, stock, per_user_limit, \
-     cancelled_at_us, description, price_minor, currency, image_kind, image_sha256";
+     cancelled_at_us, description, price_minor, currency, image_kind, image_sha256, checkout, \
+     payment_window_secs";
 
 /// How many columns [`SALE_COLUMNS`] lists: a query's next column is at this index.
-pub(crate) const SALE_LEN: usize = 12;
+pub(crate) const SALE_LEN: usize = 14;
 
 /// The sale in the first [`SALE_LEN`] columns of `row` ([`SALE_COLUMNS`]).
 pub(crate) fn sale_of_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Sale> {
+    let mode: String = row.get(12)?;
+    let checkout = CheckoutMode::parse(Some(&mode), row.get(13)?).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(12, rusqlite::types::Type::Text, Box::new(e))
+    })?;
     Ok(Sale {
-        checkout: flashsale_core::CheckoutMode::Instant,
+        checkout,
         id: SaleId(row.get(0)?),
         name: row.get(1)?,
         starts_at: from_micros(row.get(2)?),
@@ -180,6 +205,11 @@ pub(crate) fn sale_of_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Sale> {
             row.get(11)?,
         ),
     })
+}
+
+/// The `checkout` and `payment_window_secs` columns of a sale's mode.
+pub(crate) fn checkout_columns(mode: CheckoutMode) -> (&'static str, Option<u32>) {
+    (mode.as_str(), mode.payment_window().map(|w| w.secs()))
 }
 
 /// Microseconds since the epoch.

@@ -22,10 +22,12 @@
 //!
 //! Every statement a group runs, `BEGIN` and `COMMIT` included ([`WriteTx`]), comes from the
 //! connection's statement cache (six statements: the default capacity of 16 holds them all),
-//! so no group parses SQL again.
+//! so no group parses SQL again. Hold-mode groups add their own cached statements (a
+//! reservation's insert, the units moved, a transition's order update and ledger row): an
+//! instant-mode group runs none of them.
 
-use super::book::{PersistedCounters, SaleBook};
-use super::schema::{SALE_COLUMNS, sale_of_row, to_micros};
+use super::book::{Decided, PersistedCounters, SaleBook};
+use super::schema::{SALE_COLUMNS, checkout_columns, sale_of_row, to_micros};
 use crate::counter_columns;
 use crate::ledger::{LedgerCause, LedgerEntry, LedgerKey, LedgerSource, change_entry};
 use crate::model::{Order, SaleStatus};
@@ -72,6 +74,8 @@ pub(crate) enum WriteError {
 pub(crate) enum Write {
     /// Make an admitted order durable.
     Order(PendingOrder),
+    /// Make an order's decided transition durable, in the same group as orders.
+    Transition(TransitionWrite),
     /// Create a sale (with its ledger entry, decided at `at`), add its book once durable, and
     /// return it.
     CreateSale {
@@ -113,6 +117,35 @@ pub(crate) struct PendingOrder {
     pub reply: oneshot::Sender<Result<(), WriteError>>,
 }
 
+/// A decided transition on its way to the disk. Whatever becomes of it, the book's transition
+/// is finished by the writer (failed) or the syncer (durable), not by whoever waits for it: a
+/// caller that goes away (or the expiry timer, which does not wait) cannot leave the order in
+/// transition.
+pub(crate) struct TransitionWrite {
+    /// The order's sale.
+    pub book: Arc<SaleBook>,
+    /// The decision.
+    pub decided: Decided,
+    /// Answered with the order as it is now once durable, or with why nothing changed.
+    pub reply: Option<oneshot::Sender<Result<Order, WriteError>>>,
+}
+
+impl TransitionWrite {
+    /// The writer is gone: end the transition with nothing changed (the caller, if any, is
+    /// told by its reply channel closing).
+    pub(crate) fn abandon(self) {
+        self.book.finish_transition(&self.decided, None);
+    }
+
+    /// Nothing of it was written: end the transition with nothing changed and tell the caller.
+    pub(crate) fn fail(self, e: WriteError) {
+        self.book.finish_transition(&self.decided, None);
+        if let Some(reply) = self.reply {
+            let _ = reply.send(Err(e));
+        }
+    }
+}
+
 /// A reply the syncer sends once the WAL is on disk.
 pub(crate) enum Ack {
     /// An order is durable.
@@ -132,6 +165,8 @@ pub(crate) enum Ack {
         Sale,
         Option<LedgerEntry>,
     ),
+    /// A transition is durable: apply it with its ledger entry, then answer with the order.
+    Transition(TransitionWrite, LedgerEntry),
     /// Everything before is durable and the writer has stopped.
     Shutdown(oneshot::Sender<()>),
 }
@@ -174,6 +209,12 @@ pub(crate) fn sync(
                 Ack::Change(reply, book, sale, entry) => {
                     book.finish_change(Some(sale), entry);
                     drop(reply.send(Ok(book.status())));
+                }
+                Ack::Transition(write, entry) => {
+                    let order = write.book.finish_transition(&write.decided, Some(entry));
+                    if let Some(reply) = write.reply {
+                        let _ = reply.send(Ok(order));
+                    }
                 }
                 Ack::Shutdown(reply) => {
                     let _ = reply.send(());
@@ -222,10 +263,12 @@ pub(crate) fn run(
         }
         let mut shutdown = None;
         let mut orders = Vec::with_capacity(batch.len());
+        let mut transitions = Vec::new();
         let mut durable = Vec::with_capacity(batch.len() + 1);
         for write in batch.drain(..) {
             match write {
                 Write::Order(pending) => orders.push(pending),
+                Write::Transition(write) => transitions.push(write),
                 Write::CreateSale { new, at, reply } => match create_sale(&mut conn, new, at) {
                     Ok((sale, entry)) => durable.push(Ack::Sale(reply, sale, entry)),
                     Err(e) => drop(reply.send(Err(WriteError::Sale(e)))),
@@ -240,19 +283,33 @@ pub(crate) fn run(
                 Write::Shutdown { reply } => shutdown = Some(reply),
             }
         }
-        if !orders.is_empty() {
+        if !orders.is_empty() || !transitions.is_empty() {
             let changed = changed_counters(&books, &saved);
-            match commit_orders(&mut conn, &orders, &changed) {
-                Ok(()) => {
+            match commit_orders(&mut conn, &orders, &transitions, &changed) {
+                Ok(entries) => {
                     saved.extend(changed);
-                    durable.extend(orders.into_iter().map(|p| Ack::Order(p.reply)))
+                    durable.extend(orders.into_iter().map(|p| Ack::Order(p.reply)));
+                    durable.extend(
+                        transitions
+                            .into_iter()
+                            .zip(entries)
+                            .map(|(t, entry)| Ack::Transition(t, entry)),
+                    );
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, orders = orders.len(), "order batch failed to commit");
-                    // One error, shared by every order of the group it failed.
+                    tracing::error!(
+                        error = %e,
+                        orders = orders.len(),
+                        transitions = transitions.len(),
+                        "order batch failed to commit"
+                    );
+                    // One error, shared by every write of the group it failed.
                     let e = Arc::new(e);
                     for p in orders {
                         let _ = p.reply.send(Err(WriteError::Orders(Arc::clone(&e))));
+                    }
+                    for t in transitions {
+                        t.fail(WriteError::Orders(Arc::clone(&e)));
                     }
                 }
             }
@@ -309,11 +366,14 @@ impl Drop for WriteTx<'_> {
     }
 }
 
+/// Commits a group: its orders, its transitions (returning their ledger entries, in their
+/// order) and the counters that changed, in one transaction.
 fn commit_orders(
     conn: &mut Connection,
     orders: &[PendingOrder],
+    transitions: &[TransitionWrite],
     counters: &[(SaleId, PersistedCounters)],
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Vec<LedgerEntry>> {
     let tx = WriteTx::begin(conn)?;
     {
         let mut insert = tx.prepare_cached(
@@ -321,16 +381,26 @@ fn commit_orders(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         let mut sold: BTreeMap<SaleId, i64> = BTreeMap::new();
+        let mut held: BTreeMap<SaleId, i64> = BTreeMap::new();
         for PendingOrder { order, key, .. } in orders {
+            let key = key.as_ref().map(IdempotencyKey::as_str);
+            if let Some(expires_at) = order.expires_at {
+                insert_reservation(&tx, order, key, expires_at)?;
+                *held.entry(order.sale_id).or_default() += i64::from(order.quantity);
+                continue;
+            }
             insert.execute(params![
                 order.order_id.as_bytes().as_slice(),
                 order.sale_id.0,
                 order.user_id.as_str(),
                 order.quantity,
                 to_micros(order.created_at),
-                key.as_ref().map(IdempotencyKey::as_str),
+                key,
             ])?;
             *sold.entry(order.sale_id).or_default() += i64::from(order.quantity);
+        }
+        for (sale, units) in held {
+            move_units(&tx, sale, units, 0)?;
         }
         // Says whether this group sold the sale out.
         let mut add_sold = tx.prepare_cached(
@@ -357,8 +427,93 @@ fn commit_orders(
             }
         }
     }
+    let entries = transitions
+        .iter()
+        .map(|t| write_transition(&tx, &t.decided))
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     write_counters(&tx, counters)?;
-    tx.commit()
+    tx.commit()?;
+    Ok(entries)
+}
+
+/// Inserts a hold-mode order: `reserved` until `expires_at`.
+fn insert_reservation(
+    tx: &Connection,
+    order: &Order,
+    key: Option<&str>,
+    expires_at: time::OffsetDateTime,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO orders (order_id, sale_id, user_id, quantity, created_at_us, idempotency_key,
+                             status, expires_at_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        order.order_id.as_bytes().as_slice(),
+        order.sale_id.0,
+        order.user_id.as_str(),
+        order.quantity,
+        to_micros(order.created_at),
+        key,
+        order.status.as_str(),
+        to_micros(expires_at),
+    ])?;
+    Ok(())
+}
+
+/// Moves a sale's held and sold units (`CHECK` refuses more than the stock).
+fn move_units(tx: &Connection, sale: SaleId, held: i64, sold: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE sales SET held = held + ?2, sold = sold + ?3 WHERE id = ?1")?
+        .execute(params![sale.0, held, sold])?;
+    Ok(())
+}
+
+/// Writes a decided transition: the order's new status (only out of `reserved`: a second
+/// decision for one reservation finds no row and fails its group rather than moving units
+/// twice), the sale's units, and its `stock_ledger` row, which it returns as an entry.
+fn write_transition(tx: &Connection, decided: &Decided) -> rusqlite::Result<LedgerEntry> {
+    let order = &decided.after;
+    let changed = tx
+        .prepare_cached(
+            "UPDATE orders SET status = ?2, payment_ref = ?3
+             WHERE order_id = ?1 AND status = 'reserved'",
+        )?
+        .execute(params![
+            order.order_id.as_bytes().as_slice(),
+            order.status.as_str(),
+            order.payment_ref.as_ref().map(|r| r.as_str()),
+        ])?;
+    if changed != 1 {
+        return Err(rusqlite::Error::StatementChangedRows(changed));
+    }
+    let [available, held, sold] = decided.deltas;
+    move_units(tx, order.sale_id, held, sold)?;
+    tx.prepare_cached(
+        "INSERT INTO stock_ledger
+             (sale_id, at_us, cause, order_id, available_delta, held_delta, sold_delta)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        order.sale_id.0,
+        to_micros(decided.at),
+        decided.cause.code(),
+        order.order_id.as_bytes().as_slice(),
+        available,
+        held,
+        sold,
+    ])?;
+    Ok(LedgerEntry {
+        key: LedgerKey {
+            at: decided.at,
+            source: LedgerSource::Recorded(tx.last_insert_rowid()),
+        },
+        cause: decided.cause,
+        order_id: Some(order.order_id),
+        available_delta: available,
+        held_delta: held,
+        sold_delta: sold,
+        sale_change_id: None,
+    })
 }
 
 /// Inserts the sale and its `created` ledger entry in one transaction, or returns the one
@@ -382,11 +537,13 @@ fn create_sale(
         }
     }
     let product = ProductRow::of(&new.product);
+    let (mode, window) = checkout_columns(new.checkout);
     let tx = WriteTx::begin(conn)?;
     tx.execute(
         "INSERT INTO sales (name, starts_at_us, ends_at_us, stock, per_user_limit, creation_key,
-                            description, price_minor, currency, image_kind, image_sha256)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                            description, price_minor, currency, image_kind, image_sha256,
+                            checkout, payment_window_secs)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             new.name,
             to_micros(new.starts_at),
@@ -399,6 +556,8 @@ fn create_sale(
             product.currency,
             product.image_kind,
             product.image_sha256,
+            mode,
+            window,
         ],
     )?;
     let sale = new.with_id(SaleId(tx.last_insert_rowid()));

@@ -1,0 +1,122 @@
+//! The expiry timer (CO-5, SPEC 9 expire): a thread that, every [`EXPIRY_INTERVAL`], expires
+//! the reservations whose deadline has passed on the store's deciding clock, without any
+//! request.
+//!
+//! It decides nothing of its own: each due reservation goes through the same step as a buyer's
+//! or the payment system's event ([`SaleBook::decide_event`] with `OrderEvent::Expire`, then
+//! the writer's group commit), so an expiry racing a payment or a cancel has one winner. Why it
+//! cannot expire a reservation twice: the book decides at most one transition per order at a
+//! time (the order is *in transition* until its write is durable and applied, and
+//! [`SaleBook::due`] skips it meanwhile); once applied the order is no longer `reserved`, so
+//! `transition` refuses a second expiry and moves nothing; and the write itself only updates a
+//! row still `reserved`. After a crash the database says which reservations were expired: the
+//! rest are read back `reserved`, and the first tick after open expires those already due.
+//!
+//! It does not wait for the writes it sends (the syncer applies them), so a slow disk cannot
+//! hold up the next tick; a failed write leaves the reservation due, and a later tick tries
+//! again.
+
+use super::book::{EventStep, SaleBook};
+use super::writer::{TransitionWrite, Write};
+use flashsale_core::{Clock, OrderEvent, SaleId};
+use parking_lot::RwLock;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// How often the timer looks for due reservations: the most an expiry lags its deadline, plus
+/// the group commit.
+pub const EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The most reservations of one sale the timer sends in one tick, so a burst of deadlines is
+/// spread over ticks rather than queued as one enormous group.
+const EXPIRY_BATCH: usize = 1024;
+
+/// The store's deciding clock behind its guard: never an instant before one it returned.
+pub(crate) struct GuardedClock {
+    clock: Arc<dyn Clock>,
+    /// The latest instant returned, in nanoseconds since the epoch.
+    high_water: AtomicI64,
+}
+
+impl GuardedClock {
+    /// `clock`, never read before `floor`.
+    pub(crate) fn new(clock: Arc<dyn Clock>, floor: OffsetDateTime) -> Self {
+        Self {
+            clock,
+            high_water: AtomicI64::new(nanos(floor)),
+        }
+    }
+
+    /// Now, or the latest instant already returned if the clock went back.
+    pub(crate) fn now(&self) -> OffsetDateTime {
+        let now = nanos(self.clock.now());
+        let seen = self.high_water.fetch_max(now, Ordering::AcqRel);
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(seen.max(now)))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    /// Now at the stored precision (microseconds): what every decision is taken at, so that an
+    /// instant read back after a restart is the one decided.
+    pub(crate) fn decision_instant(&self) -> OffsetDateTime {
+        flashsale_core::sale::truncate_to_micros(self.now())
+    }
+}
+
+/// Nanoseconds since the epoch (i64 covers 1677..2262, far wider than any sale).
+fn nanos(at: OffsetDateTime) -> i64 {
+    at.unix_timestamp_nanos() as i64
+}
+
+/// Starts the timer thread; it ends when `stop` is dropped (or sent to), or the writer is gone.
+pub(crate) fn spawn(
+    clock: Arc<GuardedClock>,
+    books: Arc<RwLock<BTreeMap<SaleId, Arc<SaleBook>>>>,
+    writes: mpsc::Sender<Write>,
+    stop: mpsc::Receiver<()>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("flashsale-expiry".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(EXPIRY_INTERVAL) {
+                if !tick(&clock, &books, &writes) {
+                    return;
+                }
+            }
+        })
+}
+
+/// Sends every due reservation's expiry to the writer; `false` once the writer is gone.
+fn tick(
+    clock: &GuardedClock,
+    books: &RwLock<BTreeMap<SaleId, Arc<SaleBook>>>,
+    writes: &mpsc::Sender<Write>,
+) -> bool {
+    let now = clock.decision_instant();
+    let books: Vec<Arc<SaleBook>> = books.read().values().cloned().collect();
+    for book in books {
+        for id in book.due(now, EXPIRY_BATCH) {
+            // Anything but a decided expiry (paid or cancelled meanwhile, in transition) is
+            // left alone: it is no longer due, or a later tick sees it again.
+            let EventStep::Decided(decided) = book.decide_event(id, &OrderEvent::Expire, now)
+            else {
+                continue;
+            };
+            let write = Write::Transition(TransitionWrite {
+                book: Arc::clone(&book),
+                decided,
+                reply: None,
+            });
+            if let Err(mpsc::SendError(write)) = writes.send(write) {
+                if let Write::Transition(write) = write {
+                    write.abandon();
+                }
+                return false;
+            }
+        }
+    }
+    true
+}
