@@ -254,7 +254,8 @@ mod tests {
         for cause in LedgerCause::ALL {
             assert_eq!(LedgerCause::parse(cause.code()), Some(cause));
         }
-        assert_eq!(LedgerCause::parse("reserve"), None);
+        assert_eq!(LedgerCause::parse("reserved"), None);
+        assert_eq!(LedgerCause::parse("Order"), None);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{Cleanup, active, connect, eventually, isolated};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 const PRICE_MINOR: i64 = 500;
@@ -463,6 +464,35 @@ async fn units_on_hold_redis_got_wrong_are_restored_by_the_audit_and_right_ones_
     assert!(sale_epoch(&cfg, sale.id).await > epoch, "rebuilt");
     assert_eq!(redis_figures(&cfg, sale.id).await, (2, 1));
     assert_eq!(figures(&store, sale.id).await, (2, 1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_last_payment_is_the_sold_out_instant_on_every_instance_and_in_postgres() {
+    let cfg = isolated(&support::redis_url(), &support::database_url());
+    let _cleanup = Cleanup { cfg: cfg.clone() };
+    let store = connect(&cfg).await;
+    let sale = store.create_sale(hold_sale(3, 2)).await.unwrap();
+    let first = reserve(&store, sale.id, "alice", 2).await;
+    let last = reserve(&store, sale.id, "bob", 1).await;
+    assert!(event(&store, last.order_id, pay(1, "p1")).await.0.is_ok());
+    let status = store.status(sale.id).await.unwrap().unwrap();
+    assert_eq!(status.sold_out_at, None, "units are still held");
+    assert!(event(&store, first.order_id, pay(2, "p2")).await.0.is_ok());
+    let paid_at: OffsetDateTime = support::pg(&cfg)
+        .await
+        .query_one("SELECT sold_out_at FROM sales WHERE id = $1", &[&sale.id.0])
+        .await
+        .unwrap()
+        .get(0);
+    let at = eventually(Duration::from_secs(5), || async {
+        store.status(sale.id).await.unwrap().unwrap().sold_out_at == Some(paid_at)
+    })
+    .await;
+    assert!(at, "this instance's sold-out instant is the last payment's");
+    let other = connect(&cfg).await;
+    let status = other.status(sale.id).await.unwrap().unwrap();
+    assert_eq!(status.sold_out_at, Some(paid_at), "a new instance's too");
+    assert_eq!(figures(&other, sale.id).await, (0, 0, 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

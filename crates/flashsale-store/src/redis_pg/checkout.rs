@@ -29,6 +29,7 @@ use super::connections::Postgres;
 use super::keys::Keys;
 use super::orders::checkout_at;
 use super::scripts::{MoveApplied, MoveToApply, Scripts};
+use crate::instants::to_micros;
 use crate::ledger::LedgerCause;
 use crate::{Order, OrderEventOutcome, SaleStatus, StoreError};
 use flashsale_core::{
@@ -53,6 +54,8 @@ pub(crate) struct PendingMove {
     pay: bool,
     user: String,
     units: u32,
+    /// When the transition was decided (a last payment's instant is the sold-out instant).
+    at: OffsetDateTime,
 }
 
 /// Which order a transition locks.
@@ -179,8 +182,10 @@ impl Checkouts {
             .call(
                 "moves owed to Redis",
                 client.query(
-                    "SELECT order_id, sale_id, move_epoch, status, user_id, quantity FROM orders
-                     WHERE move_epoch IS NOT NULL LIMIT $1",
+                    "SELECT order_id, sale_id, move_epoch, status, user_id, quantity,
+                            (SELECT max(l.at) FROM stock_ledger l
+                             WHERE l.sale_id = o.sale_id AND l.order_id = o.order_id)
+                     FROM orders o WHERE move_epoch IS NOT NULL LIMIT $1",
                     &[&limit],
                 ),
             )
@@ -196,6 +201,10 @@ impl Checkouts {
                 pay: status == OrderStatus::Paid.as_str(),
                 user: row.get(4),
                 units: row.get::<_, i32>(5) as u32,
+                // Written in the transition's transaction; absent only for a bug.
+                at: row
+                    .get::<_, Option<OffsetDateTime>>(6)
+                    .unwrap_or_else(OffsetDateTime::now_utc),
             };
             if self.apply(&owed).await {
                 settled += 1;
@@ -222,6 +231,7 @@ impl Checkouts {
                     pay: owed.pay,
                     user: &owed.user,
                     units: owed.units,
+                    at_us: to_micros(owed.at),
                 },
             )
             .await;
@@ -357,7 +367,25 @@ async fn step_tx(
     };
     let n = i32::try_from(units).unwrap_or(i32::MAX);
     let released = if pay { 0 } else { n };
-    let epoch = free_units(&tx, order.sale_id, &order.user_id, released).await?;
+    if released > 0 {
+        free_units(&tx, order.sale_id, &order.user_id, released).await?;
+    }
+    // Every transition takes the sale row's lock: it orders the transition with a rebuild's
+    // epoch bump, so the epoch read here says which Redis state the move belongs to. The
+    // payment of the last unit held is the sale's sold-out instant (as `transition.lua`
+    // records it in Redis).
+    let epoch: i64 = tx
+        .query_one(
+            "UPDATE sales SET sold_out_at = CASE
+                 WHEN $2 AND sold = stock AND NOT EXISTS (
+                     SELECT 1 FROM orders WHERE sale_id = $1 AND status = 'reserved'
+                         AND order_id <> $3) THEN $4
+                 ELSE sold_out_at END
+             WHERE id = $1 RETURNING epoch",
+            &[&order.sale_id.0, &pay, &id, &now],
+        )
+        .await?
+        .get(0);
     let payment_ref = match new {
         OrderState::Paid { payment_ref, .. } => Some(payment_ref.as_str()),
         _ => None,
@@ -393,6 +421,7 @@ async fn step_tx(
         pay,
         user: order.user_id.as_str().to_owned(),
         units,
+        at: now,
     };
     let order = Order {
         status: new.status(),
@@ -408,40 +437,32 @@ async fn step_tx(
     }))
 }
 
-/// Frees `n` units of sale `sale` held by `user` (0 for a payment: nothing is freed) and
-/// returns the sale's epoch, read under its row lock. The one place PostgreSQL frees units:
-/// back to available (`sales.sold` down) with the buyer's allowance (CO-7); the waitlist will
-/// offer them here instead. Redis's half is `transition.lua`'s release branch.
+/// Frees `n` units of sale `sale` held by `user`: the one place PostgreSQL frees units, back
+/// to available (`sales.sold` down) with the buyer's allowance (CO-7); the waitlist will offer
+/// them here instead. Redis's half is `transition.lua`'s release branch.
 async fn free_units(
     tx: &deadpool_postgres::Transaction<'_>,
     sale: SaleId,
     user: &UserId,
     n: i32,
-) -> Result<i64, tokio_postgres::Error> {
-    if n > 0 {
-        // The buyer's row goes at 0 (its CHECK keeps it positive). Buyers before the sale's
-        // row: the group commit locks them in that order too, so the two never deadlock.
-        tx.execute(
-            "WITH gone AS (
-                 DELETE FROM buyers WHERE sale_id = $1 AND user_id = $2 AND held <= $3
-             )
-             UPDATE buyers SET held = held - $3
-             WHERE sale_id = $1 AND user_id = $2 AND held > $3",
-            &[&sale.0, &user.as_str(), &n],
-        )
-        .await?;
-    }
-    // Always updated, a payment too: the row lock orders this transition with a rebuild's
-    // epoch bump, so the epoch read here says which Redis state the move belongs to.
-    Ok(tx
-        .query_one(
-            "UPDATE sales SET sold = sold - $2,
-                 sold_out_at = CASE WHEN $2 > 0 THEN NULL ELSE sold_out_at END
-             WHERE id = $1 RETURNING epoch",
-            &[&sale.0, &n],
-        )
-        .await?
-        .get(0))
+) -> Result<(), tokio_postgres::Error> {
+    // The buyer's row goes at 0 (its CHECK keeps it positive). Buyers before the sale's row:
+    // the group commit locks them in that order too, so the two never deadlock.
+    tx.execute(
+        "WITH gone AS (
+             DELETE FROM buyers WHERE sale_id = $1 AND user_id = $2 AND held <= $3
+         )
+         UPDATE buyers SET held = held - $3
+         WHERE sale_id = $1 AND user_id = $2 AND held > $3",
+        &[&sale.0, &user.as_str(), &n],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE sales SET sold = sold - $2, sold_out_at = NULL WHERE id = $1",
+        &[&sale.0, &n],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Ends a transition that changes nothing: no write, nothing owed.

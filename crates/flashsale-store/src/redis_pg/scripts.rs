@@ -190,6 +190,8 @@ pub(crate) struct MoveToApply<'a> {
     pub user: &'a str,
     /// Units moved.
     pub units: u32,
+    /// When the transition was decided (microseconds, PostgreSQL's clock).
+    pub at_us: i64,
 }
 
 /// What `transition.lua` did with a move.
@@ -315,7 +317,8 @@ impl Scripts {
             .arg(applied.epoch)
             .arg(if applied.pay { "pay" } else { "release" })
             .arg(applied.user)
-            .arg(applied.units);
+            .arg(applied.units)
+            .arg(applied.at_us);
         let reply: String = shape("transition", self.invoke("transition", &inv).await?)?;
         match reply.as_str() {
             "applied" => Ok(MoveApplied::Applied),

@@ -9,6 +9,8 @@
 -- ARGV[3] "pay" (onhold -> sold) or "release" (onhold -> remaining, the buyer's allowance back)
 -- ARGV[4] the buyer's user id
 -- ARGV[5] units
+-- ARGV[6] when the transition was decided (microseconds, PostgreSQL's clock): the payment of
+--         the last unit held is the sale's sold-out instant, as PostgreSQL records it too
 -- Returns "applied" (moved now), "done" (moved before, or reflected already: Redis was rebuilt
 -- from PostgreSQL after the commit, at a later epoch), or "later" (the sale's state is missing
 -- or older than the commit's epoch: a rebuild is on its way and will reflect the move; nothing
@@ -16,8 +18,6 @@
 --
 -- Why the epoch decides: a rebuild bumps `sales.epoch` under the sale row's lock, which every
 -- transition takes too, so a rebuild at a later epoch read PostgreSQL after the commit.
-
-local function fmt(n) return string.format('%.0f', n) end
 
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -44,9 +44,8 @@ if ARGV[3] == 'release' then
 else
   local m = redis.call('HMGET', KEYS[1], 'remaining', 'reserved', 'onhold')
   if tonumber(m[1] or '0') + tonumber(m[2] or '0') + tonumber(m[3] or '0') <= 0 then
-    -- The last unit is paid: the sale is sold out from now on.
-    local t = redis.call('TIME')
-    redis.call('HSET', KEYS[1], 'sold_out_us', fmt(tonumber(t[1]) * 1000000 + tonumber(t[2])))
+    -- The last unit is paid: the sale is sold out from then on.
+    redis.call('HSET', KEYS[1], 'sold_out_us', ARGV[6])
   end
 end
 return 'applied'
