@@ -26,6 +26,9 @@ async fn sale_status_has_every_field_of_the_contract_with_server_time_from_the_s
             "sold_out_at": null, "server_time": "2026-11-22T12:00:00Z",
             // The product (OP-12): none given, so none shown.
             "description": null, "price_minor": null, "currency": null, "image_url": null,
+            // Checkout (CO-1, CO-3): an instant sale, its units at one instant.
+            "stock_available": 10, "stock_held": 0, "stock_sold": 0,
+            "checkout_mode": "instant", "payment_window_secs": null,
         })
     );
 }
