@@ -64,13 +64,25 @@ pub(crate) async fn reserve(
     }
 }
 
-/// Sends `event` for `order`, which must exist: the decision and the order after it.
+/// Sends `event` for `order`, which must exist: the decision and the order after it. An
+/// `Unavailable` answer (a busy machine: no database connection free in time) changed nothing,
+/// so, as a client would, it is sent again, a few times.
 pub(crate) async fn send(
     store: &dyn SaleStore,
     order: Uuid,
     event: OrderEvent,
 ) -> (Result<Transition, TransitionError>, Order) {
-    match store.order_event(order, event).await.unwrap() {
+    let mut tries = 0;
+    let outcome = loop {
+        match store.order_event(order, event.clone()).await {
+            Err(flashsale_store::StoreError::Unavailable { .. }) if tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(StdDuration::from_millis(100)).await;
+            }
+            other => break other.unwrap(),
+        }
+    };
+    match outcome {
         OrderEventOutcome::Decided { result, order } => (result, order),
         OrderEventOutcome::NotFound => panic!("order {order} not found"),
     }
