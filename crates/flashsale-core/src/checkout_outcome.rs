@@ -52,6 +52,8 @@ pub enum CheckoutOutcome {
     WaitlistClosed,
     /// 404 `not_waitlisted`: the buyer is not on this sale's waitlist.
     NotWaitlisted,
+    /// 200 `left_waitlist`: the buyer is off the waitlist; everyone behind moved up one place.
+    LeftWaitlist,
     /// 401 `signature_missing`: the webhook has no `Flashsale-Signature` header.
     SignatureMissing,
     /// 401 `signature_malformed`: the header is not `t=<unix seconds>,v1=<hex>[,v1=<hex>...]`.
@@ -64,7 +66,7 @@ pub enum CheckoutOutcome {
 
 impl CheckoutOutcome {
     /// Every checkout outcome, in declaration order (`ALL[o.index()] == o`).
-    pub const ALL: [CheckoutOutcome; 23] = [
+    pub const ALL: [CheckoutOutcome; 24] = [
         CheckoutOutcome::Paid,
         CheckoutOutcome::PaymentFailed,
         CheckoutOutcome::Cancelled,
@@ -84,6 +86,7 @@ impl CheckoutOutcome {
         CheckoutOutcome::SaleNotActive,
         CheckoutOutcome::WaitlistClosed,
         CheckoutOutcome::NotWaitlisted,
+        CheckoutOutcome::LeftWaitlist,
         CheckoutOutcome::SignatureMissing,
         CheckoutOutcome::SignatureMalformed,
         CheckoutOutcome::SignatureStale,
@@ -112,6 +115,7 @@ impl CheckoutOutcome {
             CheckoutOutcome::SaleNotActive => "sale_not_active",
             CheckoutOutcome::WaitlistClosed => "waitlist_closed",
             CheckoutOutcome::NotWaitlisted => "not_waitlisted",
+            CheckoutOutcome::LeftWaitlist => "left_waitlist",
             CheckoutOutcome::SignatureMissing => "signature_missing",
             CheckoutOutcome::SignatureMalformed => "signature_malformed",
             CheckoutOutcome::SignatureStale => "signature_stale",
@@ -125,7 +129,8 @@ impl CheckoutOutcome {
             CheckoutOutcome::Paid | CheckoutOutcome::Waitlisted => 201,
             CheckoutOutcome::PaymentFailed
             | CheckoutOutcome::Cancelled
-            | CheckoutOutcome::Expired => 200,
+            | CheckoutOutcome::Expired
+            | CheckoutOutcome::LeftWaitlist => 200,
             CheckoutOutcome::ReservationExpired
             | CheckoutOutcome::OrderCancelled
             | CheckoutOutcome::OrderPaid
@@ -204,7 +209,7 @@ mod tests {
         for o in CheckoutOutcome::ALL {
             let expected = match o.code() {
                 "paid" | "waitlisted" => 201,
-                "payment_failed" | "cancelled" | "expired" => 200,
+                "payment_failed" | "cancelled" | "expired" | "left_waitlist" => 200,
                 "order_not_found" | "not_waitlisted" => 404,
                 code if code.starts_with("signature_") => 401,
                 _ => 409,

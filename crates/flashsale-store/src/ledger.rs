@@ -246,6 +246,7 @@ mod tests {
             status: flashsale_core::OrderStatus::Confirmed,
             expires_at: None,
             payment_ref: None,
+            offered: false,
         })
     }
 

@@ -58,8 +58,9 @@ pub use error::{Cause, Report, StoreError};
 pub use in_flight::PurchaseHold;
 pub use ledger::{LedgerCause, LedgerEntry, LedgerKey, LedgerSource};
 pub use model::{
-    AdmissionBatches, Attempt, BATCH_SIZE_BOUNDS, ChangeOutcome, Dependency, Order,
+    AdmissionBatches, Attempt, BATCH_SIZE_BOUNDS, ChangeOutcome, CheckoutCounts, Dependency, Order,
     OrderEventOutcome, OrderKey, PurchaseOutcome, RejectionCounts, SaleStatus, Summary,
+    WaitlistJoin, WaitlistLeave, WaitlistPlace,
 };
 
 use async_trait::async_trait;
@@ -162,11 +163,49 @@ pub trait SaleStore: Send + Sync + 'static {
     /// Expiry needs no caller: each store runs its own timer that sends
     /// [`OrderEvent::Expire`] through this same step once `expires_at` has passed on the
     /// deciding clock, exactly once per reservation, across restarts and instance deaths.
+    ///
+    /// Freed units (an expiry or a cancel) go to the waitlist in the same atomic step (CO-10):
+    /// before `ends_at`, each unit in turn to the earliest waiter whose reserved and paid
+    /// units leave room for one more (those met at the limit are taken off the list), as a new
+    /// reservation of one unit with a fresh window from the same clock reading and
+    /// `offered: true`, taken off the list; units nobody takes go back to available (after
+    /// `ends_at`, to no one). An offer's reservation is an order like any other: it expires,
+    /// is paid or cancelled through this same step, and its own release offers again.
     async fn order_event(
         &self,
         order_id: Uuid,
         event: OrderEvent,
     ) -> Result<OrderEventOutcome, StoreError>;
+
+    /// Puts `user` at the end of sale `id`'s waitlist (CO-9), decided at one atomic point by
+    /// the rules and order of checks of `flashsale_core::Waitlist::join` (the window, then
+    /// the units: `sold_out` when every unit is sold, `units_available` while any unit is
+    /// available; then the buyer: already waiting, or reserved and paid units at the limit),
+    /// against the same figures and allowances purchases are decided on. A join is durable
+    /// before this returns. `None` if there is no such sale; an instant-mode sale's list is
+    /// always refused `units_available` or `sold_out` as its figures say.
+    async fn waitlist_join(
+        &self,
+        id: SaleId,
+        user: UserId,
+    ) -> Result<Option<WaitlistJoin>, StoreError>;
+
+    /// Where `user` stands on sale `id`'s waitlist: their position (1 is next), or the latest
+    /// reservation an offer gave them, or neither. At and after `ends_at` nobody waits (the
+    /// list lapses) but an offered reservation is still shown. `None` if there is no such
+    /// sale.
+    async fn waitlist_place(
+        &self,
+        id: SaleId,
+        user: &UserId,
+    ) -> Result<Option<WaitlistPlace>, StoreError>;
+
+    /// Takes `user` off sale `id`'s waitlist, durably. `None` if there is no such sale.
+    async fn waitlist_leave(
+        &self,
+        id: SaleId,
+        user: &UserId,
+    ) -> Result<Option<WaitlistLeave>, StoreError>;
 
     /// The sale's counters for operators, or `None` if there is no such sale.
     async fn summary(&self, id: SaleId) -> Result<Option<Summary>, StoreError>;

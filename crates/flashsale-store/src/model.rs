@@ -2,7 +2,7 @@
 
 use flashsale_core::{
     ChangeRefusal, IdempotencyKey, OrderStatus, Outcome, PaymentRef, Quantity, Rejection, Sale,
-    SaleId, SaleState, Transition, TransitionError, UserId,
+    SaleId, SaleState, Transition, TransitionError, UserId, WaitlistRefusal,
 };
 use serde::Serialize;
 use std::sync::Arc;
@@ -53,6 +53,10 @@ pub struct Order {
         skip_serializing_if = "Option::is_none"
     )]
     pub payment_ref: Option<PaymentRef>,
+    /// Hold mode: the reservation was made by a waitlist offer (one unit freed by another
+    /// buyer's reservation, given to the earliest waiter, CO-10), not by a purchase.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub offered: bool,
 }
 
 fn status_name<S: serde::Serializer>(status: &OrderStatus, s: S) -> Result<S::Ok, S::Error> {
@@ -153,6 +157,9 @@ pub struct SaleStatus {
     /// Units held by live reservations (hold mode; always 0 in instant mode). Sold units are
     /// `stock - remaining - held`, read at the same instant (CO-3).
     pub held: u32,
+    /// Buyers on the waitlist now (`waitlist_length`, CO-9): 0 once the sale reaches
+    /// `ends_at`, when the list lapses.
+    pub waitlist: u32,
     /// When the last unit was taken, if it was.
     pub sold_out_at: Option<OffsetDateTime>,
 }
@@ -284,4 +291,64 @@ pub struct Summary {
     pub confirmed_units: u64,
     /// Rejections by reason.
     pub rejections: RejectionCounts,
+    /// Hold mode: reservations and the waitlist (all 0 for an instant sale).
+    pub checkout: CheckoutCounts,
+}
+
+/// A hold-mode sale's checkout counters for the summary (SPEC 9, CO-11), each counted from
+/// the sale's durable orders and waitlist, so they survive restarts and agree on every
+/// instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckoutCounts {
+    /// Reservations made: by purchases and by waitlist offers.
+    pub reserved: u64,
+    /// Reservations paid.
+    pub paid: u64,
+    /// Reservations that expired unpaid.
+    pub expired: u64,
+    /// Reservations their buyer cancelled.
+    pub cancelled: u64,
+    /// Times a buyer joined the waitlist (a buyer who left and joined again counts twice).
+    pub waitlist_joins: u64,
+    /// Reservations made by waitlist offers (`offered: true`).
+    pub offers_made: u64,
+    /// Offered reservations that were paid.
+    pub offers_taken: u64,
+}
+
+/// What became of a request to join a sale's waitlist ([`crate::SaleStore::waitlist_join`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitlistJoin {
+    /// The buyer is on the list at `position` (1 is the next offer).
+    Joined {
+        /// Their place.
+        position: u32,
+    },
+    /// The rules refused it ([`flashsale_core::Waitlist::join`]'s order of checks); nothing
+    /// changed.
+    Refused(WaitlistRefusal),
+}
+
+/// Where a buyer stands on a sale's waitlist ([`crate::SaleStore::waitlist_place`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitlistPlace {
+    /// Waiting at `position` (1 is the next offer).
+    Waiting {
+        /// Their place.
+        position: u32,
+    },
+    /// Not waiting any more: the latest reservation a waitlist offer gave this buyer in this
+    /// sale, with its status now (reserved, paid, expired or cancelled).
+    Offered(Order),
+    /// Neither waiting nor ever offered a unit of this sale (or the list lapsed at `ends_at`).
+    NotWaitlisted,
+}
+
+/// What became of a request to leave a sale's waitlist ([`crate::SaleStore::waitlist_leave`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitlistLeave {
+    /// The buyer was waiting and is off the list; everyone behind moves up one place.
+    Left,
+    /// The buyer was not waiting; nothing changed.
+    NotWaitlisted,
 }

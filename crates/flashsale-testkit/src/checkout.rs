@@ -13,7 +13,9 @@ use flashsale_core::{
     Canceller, Checkout, CheckoutMode, Money, NewSale, OrderEvent, OrderStatus, PaymentRef,
     Rejection, SaleId, SaleState, Transition, TransitionError,
 };
-use flashsale_store::{Order, OrderEventOutcome, PurchaseOutcome, SaleStore};
+use flashsale_store::{
+    Order, OrderEventOutcome, PurchaseOutcome, SaleStore, WaitlistJoin, WaitlistPlace,
+};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 use uuid::Uuid;
@@ -89,12 +91,12 @@ pub(crate) async fn send(
 }
 
 /// The order as the store reads it now.
-async fn read(store: &dyn SaleStore, order: Uuid) -> Order {
+pub(crate) async fn read(store: &dyn SaleStore, order: Uuid) -> Order {
     store.order(order).await.unwrap().expect("the order exists")
 }
 
 /// Checks that the ledger replays to the figures, and the figures add up to the stock.
-async fn assert_figures(store: &dyn SaleStore, sale: SaleId, expected: (i64, i64, i64)) {
+pub(crate) async fn assert_figures(store: &dyn SaleStore, sale: SaleId, expected: (i64, i64, i64)) {
     let got = figures(store, sale).await;
     assert_eq!(got, expected, "(available, held, sold)");
     let stock = store.status(sale).await.unwrap().unwrap().sale.stock;
@@ -360,19 +362,22 @@ pub async fn racing_payments_and_cancels_have_one_winner<S: StoreUnderTest>(sut:
     assert_figures(&*store, sale.id, (cancelled, 0, paid)).await;
 }
 
-/// CO-5, SPEC 9 expire: a reservation nobody pays expires at its deadline without any request,
-/// exactly once: its units and the buyer's allowance come back, and every later event is
+/// CO-5, CO-10, SPEC 9 expire: a reservation nobody pays expires at its deadline without any
+/// request, exactly once: its unit goes to the waiter as a new reservation with a fresh window
+/// from the expiry, the buyer's allowance comes back, and every later event is
 /// `reservation_expired`.
 pub async fn a_reservation_expires_once_without_a_request<S: StoreUnderTest>(sut: S) {
     let store = sut.open().await;
-    let sale = store.create_sale(hold(3, 1, 60)).await.unwrap();
+    let sale = store.create_sale(hold(1, 1, 60)).await.unwrap();
     let order = reserve(&*store, sale.id, "alice", 1).await;
     let (result, _) = send(&*store, order.order_id, OrderEvent::Expire).await;
     assert!(
         matches!(result, Err(TransitionError::ReservationLive { .. })),
         "an expiry asked for early is refused: {result:?}"
     );
-    assert_figures(&*store, sale.id, (2, 1, 0)).await;
+    assert_figures(&*store, sale.id, (0, 1, 0)).await;
+    let joined = store.waitlist_join(sale.id, user("ann")).await.unwrap();
+    assert_eq!(joined, Some(WaitlistJoin::Joined { position: 1 }));
 
     // The window is 60 s; the timer gets another 30 s to run.
     let deadline = std::time::Instant::now() + StdDuration::from_secs(90);
@@ -388,7 +393,23 @@ pub async fn a_reservation_expires_once_without_a_request<S: StoreUnderTest>(sut
         tokio::time::sleep(StdDuration::from_millis(250)).await;
     };
     assert_eq!(expired.status, OrderStatus::Expired);
-    assert_figures(&*store, sale.id, (3, 0, 0)).await;
+    let Some(WaitlistPlace::Offered(offer)) =
+        store.waitlist_place(sale.id, &user("ann")).await.unwrap()
+    else {
+        panic!("the expired unit was not offered to the waiter")
+    };
+    assert!(offer.offered);
+    assert_eq!(offer.status, OrderStatus::Reserved);
+    let expires_at = order.expires_at.unwrap();
+    assert!(
+        offer.created_at >= expires_at,
+        "offered at the expiry: {offer:?}"
+    );
+    assert_eq!(
+        offer.expires_at,
+        Some(offer.created_at + time::Duration::seconds(60))
+    );
+    assert_figures(&*store, sale.id, (0, 1, 0)).await;
     for event in [OrderEvent::Expire, pay(1, "pay-late"), cancel()] {
         let (result, after) = send(&*store, order.order_id, event).await;
         assert!(
@@ -403,7 +424,13 @@ pub async fn a_reservation_expires_once_without_a_request<S: StoreUnderTest>(sut
         .filter(|e| e.cause == flashsale_store::LedgerCause::Expiry)
         .count();
     assert_eq!(expiries, 1, "expired once: {entries:#?}");
-    // The allowance is back.
-    reserve(&*store, sale.id, "alice", 1).await;
-    assert_figures(&*store, sale.id, (2, 1, 0)).await;
+    let counts = store.summary(sale.id).await.unwrap().unwrap().checkout;
+    assert_eq!(
+        (counts.reserved, counts.expired, counts.offers_made),
+        (2, 1, 1),
+        "{counts:?}"
+    );
+    // The allowance is back: alice may wait for a unit again.
+    let joined = store.waitlist_join(sale.id, user("alice")).await.unwrap();
+    assert_eq!(joined, Some(WaitlistJoin::Joined { position: 1 }));
 }

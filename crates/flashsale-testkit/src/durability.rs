@@ -306,6 +306,7 @@ fn heard_confirmed(report: &Path) -> BTreeMap<String, Order> {
                 status: flashsale_core::OrderStatus::Confirmed,
                 expires_at: None,
                 payment_ref: None,
+                offered: false,
             };
             (key, order)
         })

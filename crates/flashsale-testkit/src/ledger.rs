@@ -56,7 +56,7 @@ pub(crate) async fn figures(store: &dyn SaleStore, sale: SaleId) -> (i64, i64, i
 
 /// Raises the sale's stock by `by`: whether it was accepted (a sale that sold out meanwhile
 /// has ended for good, and refuses it).
-async fn raise(store: &dyn SaleStore, sale: SaleId, by: u32) -> bool {
+pub(crate) async fn raise(store: &dyn SaleStore, sale: SaleId, by: u32) -> bool {
     let stock = store.status(sale).await.unwrap().unwrap().sale.stock;
     let edit = SaleEdit {
         stock: Some(i64::from(stock + by)),

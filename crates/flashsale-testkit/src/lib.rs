@@ -27,6 +27,7 @@ pub mod isolation;
 pub mod ledger;
 pub mod product;
 pub mod stores;
+pub mod waitlist;
 
 use async_trait::async_trait;
 use flashsale_store::SaleStore;
@@ -96,6 +97,13 @@ macro_rules! conformance_suite {
                 instant_orders_are_confirmed_and_take_no_event,
                 racing_payments_and_cancels_have_one_winner,
                 a_reservation_expires_once_without_a_request,
+            );
+            $crate::conformance_suite!(@cases $sut; waitlist;
+                buyers_join_in_order_once_nothing_is_available,
+                a_released_unit_is_offered_to_the_earliest_waiter,
+                an_offer_passes_over_a_waiter_at_the_limit,
+                the_waitlist_lapses_at_the_end,
+                racing_joins_and_releases_offer_each_unit_once_in_join_order,
             );
             $crate::conformance_suite!(@cases $sut; product;
                 a_product_and_its_image_are_kept_changed_by_the_rules_and_survive_a_restart,

@@ -375,6 +375,7 @@ mod tests {
                         + time::Duration::seconds(w)
                 }),
                 payment_ref: paid_by.map(|r| flashsale_core::PaymentRef::parse(&r).unwrap()),
+                offered: false,
             };
             let expected = serde_json::to_vec(&ConfirmedBody {
                 code: admitted(&order).code(),

@@ -557,6 +557,7 @@ impl SaleBook {
                     status,
                     expires_at,
                     payment_ref: None,
+                    offered: false,
                     order_id: uuid::Uuid::now_v7(),
                     sale_id: sale.id,
                     user_id: user.clone(),
@@ -788,6 +789,7 @@ impl SaleBook {
         let st = self.state.lock();
         SaleStatus {
             held: st.held,
+            waitlist: 0,
             sale: Arc::clone(&st.sale),
             remaining: st.sale.stock.saturating_sub(st.sold + st.held),
             sold_out_at: st.sold_out_at,

@@ -131,6 +131,7 @@ pub(crate) fn rebuild(conn: &Connection) -> rusqlite::Result<BTreeMap<SaleId, Ar
             status,
             expires_at: row.get::<_, Option<i64>>(7)?.map(from_micros),
             payment_ref,
+            offered: false,
             order_id: uuid::Uuid::from_bytes(id),
             sale_id,
             // Stored ids were validated on the way in; a row that no longer parses is kept

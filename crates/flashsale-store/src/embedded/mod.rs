@@ -27,6 +27,7 @@ use crate::{
     Attempt, ChangeOutcome, LedgerEntry, LedgerKey, Order, OrderEventOutcome, OrderKey,
     PurchaseHold, PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary,
 };
+use crate::{CheckoutCounts, WaitlistJoin, WaitlistLeave, WaitlistPlace};
 use async_trait::async_trait;
 use book::{BookCounters, ChangeStep, EventStep, FirstAttempt, SaleBook, Step};
 pub use book::{MAX_REFUSED_KEYS, REFUSAL_RETENTION};
@@ -279,6 +280,36 @@ fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
 
 #[async_trait]
 impl SaleStore for EmbeddedStore {
+    async fn waitlist_join(
+        &self,
+        _id: SaleId,
+        _user: UserId,
+    ) -> Result<Option<WaitlistJoin>, StoreError> {
+        Err(StoreError::internal(
+            "the waitlist is not built in this store yet",
+        ))
+    }
+
+    async fn waitlist_place(
+        &self,
+        _id: SaleId,
+        _user: &UserId,
+    ) -> Result<Option<WaitlistPlace>, StoreError> {
+        Err(StoreError::internal(
+            "the waitlist is not built in this store yet",
+        ))
+    }
+
+    async fn waitlist_leave(
+        &self,
+        _id: SaleId,
+        _user: &UserId,
+    ) -> Result<Option<WaitlistLeave>, StoreError> {
+        Err(StoreError::internal(
+            "the waitlist is not built in this store yet",
+        ))
+    }
+
     async fn order(&self, order_id: uuid::Uuid) -> Result<Option<Order>, StoreError> {
         Ok(self.book_of_order(order_id).and_then(|b| b.order(order_id)))
     }
@@ -491,6 +522,7 @@ impl SaleStore for EmbeddedStore {
                 confirmed_orders,
                 confirmed_units,
                 rejections,
+                checkout: CheckoutCounts::default(),
             }
         }))
     }

@@ -491,6 +491,7 @@ fn order_of(row: &Row) -> Result<Order, StoreError> {
         status: checkout.status,
         expires_at: checkout.expires_at,
         payment_ref: checkout.payment_ref,
+        offered: false,
     })
 }
 

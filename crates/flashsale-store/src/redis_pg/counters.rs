@@ -11,6 +11,7 @@
 //! connection broke around COMMIT) is never added twice.
 
 use super::connections::Postgres;
+use crate::CheckoutCounts;
 use crate::counter_columns;
 use crate::{RejectionCounts, SaleStatus, StoreError, Summary};
 use flashsale_core::{Outcome, Rejection, SaleId};
@@ -214,6 +215,7 @@ impl Counters {
             confirmed_orders: row.get::<_, i64>(0) as u64,
             confirmed_units: row.get::<_, i64>(1) as u64,
             rejections: counted.rejections,
+            checkout: CheckoutCounts::default(),
         })
     }
 }

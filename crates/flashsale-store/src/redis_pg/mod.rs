@@ -71,6 +71,7 @@ use crate::{
     AdmissionBatches, Attempt, ChangeOutcome, Dependency, LedgerCause, LedgerEntry, LedgerKey,
     Order, OrderKey, PurchaseHold, PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary,
 };
+use crate::{WaitlistJoin, WaitlistLeave, WaitlistPlace};
 use admitter::Admitter;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -288,6 +289,36 @@ impl RedisPgStore {
 
 #[async_trait]
 impl SaleStore for RedisPgStore {
+    async fn waitlist_join(
+        &self,
+        _id: SaleId,
+        _user: UserId,
+    ) -> Result<Option<WaitlistJoin>, StoreError> {
+        Err(StoreError::internal(
+            "the waitlist is not built in this store yet",
+        ))
+    }
+
+    async fn waitlist_place(
+        &self,
+        _id: SaleId,
+        _user: &UserId,
+    ) -> Result<Option<WaitlistPlace>, StoreError> {
+        Err(StoreError::internal(
+            "the waitlist is not built in this store yet",
+        ))
+    }
+
+    async fn waitlist_leave(
+        &self,
+        _id: SaleId,
+        _user: &UserId,
+    ) -> Result<Option<WaitlistLeave>, StoreError> {
+        Err(StoreError::internal(
+            "the waitlist is not built in this store yet",
+        ))
+    }
+
     async fn order(&self, order_id: uuid::Uuid) -> Result<Option<Order>, StoreError> {
         self.checkouts.order(order_id).await
     }

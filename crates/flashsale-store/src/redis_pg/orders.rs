@@ -345,6 +345,7 @@ pub(crate) async fn buyer_orders(
                 status: checkout.status,
                 expires_at: checkout.expires_at,
                 payment_ref: checkout.payment_ref,
+                offered: false,
                 order_id: row.get(0),
                 sale_id: id,
                 user_id: user.clone(),
@@ -424,6 +425,7 @@ pub(crate) async fn order_page(
                 status: checkout.status,
                 expires_at: checkout.expires_at,
                 payment_ref: checkout.payment_ref,
+                offered: false,
                 order_id: row.get(0),
                 sale_id: id,
                 user_id: UserId::parse(user).map_err(|e| {

@@ -296,6 +296,7 @@ fn order_of(sale: &Sale, attempt: &Attempt, order_id: Uuid, created_at: OffsetDa
         },
         expires_at,
         payment_ref: None,
+        offered: false,
         order_id,
         sale_id: sale.id,
         user_id: attempt.user_id.clone(),

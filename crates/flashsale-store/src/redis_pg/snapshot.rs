@@ -61,6 +61,7 @@ impl Entry {
     pub(crate) fn status(&self) -> SaleStatus {
         SaleStatus {
             held: 0,
+            waitlist: 0,
             sale: Arc::clone(&self.sale),
             remaining: self.remaining,
             sold_out_at: self.sold_out_at,
