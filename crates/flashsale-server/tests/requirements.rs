@@ -107,7 +107,7 @@ fn the_requirements_define_every_family() {
         ("FE", 7),
         ("NF", 12),
         ("T", 10),
-        ("CO", 11),
+        ("CO", 12),
         ("OP", 19),
     ] {
         for n in 1..=last {

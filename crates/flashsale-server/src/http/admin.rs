@@ -120,12 +120,40 @@ pub struct SummaryBody {
     pub confirmed_units: u64,
     /// Rejections by reason.
     pub rejections: RejectionsBody,
+    /// Hold mode: units held by live reservations (0 in instant mode).
+    pub stock_held: u32,
+    /// Units sold (paid, or confirmed in instant mode).
+    pub stock_sold: u32,
+    /// Hold mode: reservations and the waitlist (all 0 in instant mode).
+    pub checkout: CheckoutCountsBody,
     /// When the last unit was taken.
     #[serde(with = "time::serde::rfc3339::option")]
     pub sold_out_at: Option<OffsetDateTime>,
     /// The store's clock.
     #[serde(with = "time::serde::rfc3339")]
     pub server_time: OffsetDateTime,
+}
+
+/// A hold-mode sale's checkout counters (SPEC 9), counted from durable orders and the
+/// waitlist.
+#[derive(Serialize, ToSchema)]
+pub struct CheckoutCountsBody {
+    /// Reservations made: by purchases and by waitlist offers.
+    pub reserved: u64,
+    /// Reservations paid.
+    pub paid: u64,
+    /// Reservations that expired unpaid.
+    pub expired: u64,
+    /// Reservations their buyer cancelled.
+    pub cancelled: u64,
+    /// Joins of the waitlist (a buyer who left and joined again counts twice).
+    pub waitlist_joins: u64,
+    /// Reservations made by waitlist offers.
+    pub offers_made: u64,
+    /// Offered reservations that were paid.
+    pub offers_taken: u64,
+    /// Buyers waiting now.
+    pub waitlist_length: u32,
 }
 
 /// Creates a sale.
@@ -233,6 +261,18 @@ pub async fn get_summary(
         confirmed_orders: summary.confirmed_orders,
         confirmed_units: summary.confirmed_units,
         rejections: summary.rejections.into(),
+        stock_held: status.stock_held,
+        stock_sold: status.stock_sold,
+        checkout: CheckoutCountsBody {
+            reserved: summary.checkout.reserved,
+            paid: summary.checkout.paid,
+            expired: summary.checkout.expired,
+            cancelled: summary.checkout.cancelled,
+            waitlist_joins: summary.checkout.waitlist_joins,
+            offers_made: summary.checkout.offers_made,
+            offers_taken: summary.checkout.offers_taken,
+            waitlist_length: status.waitlist_length,
+        },
         sold_out_at: status.sold_out_at,
         server_time: status.server_time,
     }))

@@ -30,6 +30,7 @@ pub mod orders;
 pub mod page;
 pub mod sales;
 pub mod stack;
+pub mod waitlist;
 
 use crate::address_slots::AddressSlots;
 use crate::http::error::ApiError;
@@ -100,6 +101,10 @@ pub mod routes {
     pub const ORDER_PAY: &str = "/api/orders/{order_id}/pay";
     /// The payment system's webhook (only with a webhook secret).
     pub const PAYMENT_WEBHOOK: &str = "/api/payments/webhook";
+    /// Joining a sale's waitlist.
+    pub const WAITLIST: &str = "/api/sales/{sale_id}/waitlist";
+    /// A buyer's place on a sale's waitlist (`GET`), or leaving it (`DELETE`).
+    pub const WAITLIST_PLACE: &str = "/api/sales/{sale_id}/waitlist/{user_id}";
     /// Every route, for metrics.
     pub const ALL: &[&str] = &[
         FEATURED_SALE,
@@ -129,6 +134,8 @@ pub mod routes {
         ORDER,
         ORDER_PAY,
         PAYMENT_WEBHOOK,
+        WAITLIST,
+        WAITLIST_PLACE,
     ];
 }
 
@@ -236,6 +243,11 @@ pub fn router_for(state: AppState, surface: Surface) -> App {
             )
             .route(routes::ORDER_PAY, post(checkout::demo_payment))
             .route(routes::PAYMENT_WEBHOOK, post(checkout::payment_webhook))
+            .route(routes::WAITLIST, post(waitlist::join_waitlist))
+            .route(
+                routes::WAITLIST_PLACE,
+                get(waitlist::get_waitlist_place).delete(waitlist::leave_waitlist),
+            )
             .route(routes::OPENAPI, get(openapi::get_openapi))
             .route(routes::PAGE, page::page_route(state.identity.mode()))
             .route(routes::FAVICON, get(page::get_favicon));

@@ -6,7 +6,7 @@ use crate::http::AppState;
 use crate::http::identity::IdentityMode;
 use crate::http::{
     admin, admin_ledger, admin_live, admin_orders, admin_sales, checkout, events, health, images,
-    metrics, orders, sales,
+    metrics, orders, sales, waitlist,
 };
 use axum::extract::State;
 use axum::http::header;
@@ -105,6 +105,49 @@ pub struct OrderDoc {
     expires_at: Option<OffsetDateTime>,
     /// Hold mode, once paid: the payment system's reference of the payment.
     payment_ref: Option<String>,
+    /// Hold mode: `true` when a waitlist offer made this reservation; absent otherwise.
+    offered: Option<bool>,
+}
+
+/// The body of a request to join a waitlist.
+#[derive(ToSchema)]
+#[schema(as = WaitlistJoinRequest)]
+#[allow(dead_code)]
+pub struct WaitlistJoinDoc {
+    /// The buyer (guest mode: required; with identity: optional, and the token's buyer).
+    #[schema(min_length = 1, max_length = 254)]
+    user_id: Option<String>,
+}
+
+/// Where a buyer stands on a waitlist.
+#[derive(ToSchema)]
+#[schema(as = WaitlistPlace)]
+#[allow(dead_code)]
+pub struct WaitlistPlaceDoc {
+    /// `waitlisted` (with `position`) or `offered` (with `order`).
+    code: String,
+    /// The sale.
+    sale_id: i64,
+    /// The buyer.
+    user_id: String,
+    /// `waitlisted`: the place, 1 being the next offer.
+    #[schema(minimum = 1)]
+    position: Option<u32>,
+    /// `offered`: the reservation the offer made, with its status now.
+    order: Option<OrderDoc>,
+}
+
+/// The answer to leaving a waitlist.
+#[derive(ToSchema)]
+#[schema(as = WaitlistLeft)]
+#[allow(dead_code)]
+pub struct WaitlistLeftDoc {
+    /// `left_waitlist`.
+    code: String,
+    /// The sale.
+    sale_id: i64,
+    /// The buyer.
+    user_id: String,
 }
 
 /// The answer of an event that was decided (a cancel, a payment).
@@ -202,6 +245,9 @@ pub struct BuyerOrdersDoc {
         checkout::cancel_order,
         checkout::demo_payment,
         checkout::payment_webhook,
+        waitlist::join_waitlist,
+        waitlist::get_waitlist_place,
+        waitlist::leave_waitlist,
         events::get_events,
         admin::create_sale,
         admin::get_summary,
@@ -224,6 +270,7 @@ pub struct BuyerOrdersDoc {
         (name = "sales", description = "Sale status and live updates"),
         (name = "orders", description = "Buying, and orders by id"),
         (name = "payments", description = "Paying for reservations (hold mode)"),
+        (name = "waitlist", description = "Waiting for released units (hold mode)"),
         (name = "admin", description = "Operators (bearer token)"),
         (name = "operations", description = "Probes, metrics, this document, the web page"),
     )

@@ -120,6 +120,8 @@ pub struct SaleBody {
     /// Hold mode: how long a reservation waits for its payment, in seconds; `null` otherwise.
     #[schema(minimum = 60, maximum = 86_400)]
     pub payment_window_secs: Option<u32>,
+    /// Buyers on the waitlist (hold mode, CO-9); 0 from `ends_at` on, when the list lapses.
+    pub waitlist_length: u32,
 }
 
 /// A sale's checkout mode, by its wire name.
@@ -203,6 +205,11 @@ impl SaleBody {
                 CheckoutMode::Hold { .. } => CheckoutName::Hold,
             },
             payment_window_secs: sale.checkout.payment_window().map(|w| w.secs()),
+            waitlist_length: if now < sale.ends_at {
+                status.waitlist
+            } else {
+                0
+            },
         }
     }
 
@@ -277,7 +284,9 @@ impl SaleBody {
             Some(secs) => out.number(secs),
             None => out.raw(b"null"),
         };
-        out.raw(b"}");
+        out.raw(b",\"waitlist_length\":")
+            .number(self.waitlist_length)
+            .raw(b"}");
         out
     }
 }
@@ -359,7 +368,11 @@ mod tests {
                 instant(),
             ),
             (any::<u32>(), any::<u32>(), any::<u32>(), any::<[u32; 2]>()),
-            (any::<bool>(), proptest::option::of(60u32..=86_400)),
+            (
+                any::<bool>(),
+                proptest::option::of(60u32..=86_400),
+                any::<u32>(),
+            ),
             (
                 proptest::option::of(any::<String>()),
                 proptest::option::of(1..=flashsale_core::money::MAX_PRICE_MINOR),
@@ -372,7 +385,7 @@ mod tests {
                     (sale_id, name, state, reason),
                     (starts, ends, sold_out, now),
                     (t, r, l, [h, sold]),
-                    (hold, window),
+                    (hold, window, waiting),
                     (description, price, currency, image),
                 )| {
                     SaleBody {
@@ -404,6 +417,7 @@ mod tests {
                             CheckoutName::Instant
                         },
                         payment_window_secs: window,
+                        waitlist_length: waiting,
                     }
                 },
             )
@@ -463,6 +477,7 @@ mod tests {
                 }),
                 checkout_mode: CheckoutName::Hold,
                 payment_window_secs: Some(600),
+                waitlist_length: 3,
             };
             assert_eq!(
                 body.to_json().into_bytes(),

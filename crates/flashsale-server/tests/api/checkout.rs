@@ -22,7 +22,7 @@ fn hold_body(stock: u32, limit: u32, window: i64) -> Value {
 }
 
 /// Creates an active hold-mode sale; returns its id.
-async fn hold_sale(app: &TestApp, stock: u32, limit: u32, window: i64) -> i64 {
+pub(crate) async fn hold_sale(app: &TestApp, stock: u32, limit: u32, window: i64) -> i64 {
     let (status, body) = read(
         app.post_sale(&hold_body(stock, limit, window), Some(ADMIN_TOKEN))
             .await,
@@ -34,7 +34,7 @@ async fn hold_sale(app: &TestApp, stock: u32, limit: u32, window: i64) -> i64 {
 }
 
 /// Reserves one unit for `user`; returns the order.
-async fn reserve(app: &TestApp, sale: i64, user: &str) -> Value {
+pub(crate) async fn reserve(app: &TestApp, sale: i64, user: &str) -> Value {
     let (status, body) = app.buy(sale, user).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["code"], "reserved", "{body}");
@@ -42,11 +42,11 @@ async fn reserve(app: &TestApp, sale: i64, user: &str) -> Value {
     body["order"].clone()
 }
 
-fn id_of(order: &Value) -> &str {
+pub(crate) fn id_of(order: &Value) -> &str {
     order["order_id"].as_str().unwrap()
 }
 
-fn instant(value: &Value) -> OffsetDateTime {
+pub(crate) fn instant(value: &Value) -> OffsetDateTime {
     OffsetDateTime::parse(
         value.as_str().unwrap(),
         &time::format_description::well_known::Rfc3339,
@@ -55,7 +55,7 @@ fn instant(value: &Value) -> OffsetDateTime {
 }
 
 /// (available, held, sold) as the status body tells them, checked to add up to the stock.
-async fn units(app: &TestApp, sale: i64) -> (u64, u64, u64) {
+pub(crate) async fn units(app: &TestApp, sale: i64) -> (u64, u64, u64) {
     let body = app.status(sale).await;
     let figures = (
         body["stock_available"].as_u64().unwrap(),
@@ -71,11 +71,11 @@ async fn units(app: &TestApp, sale: i64) -> (u64, u64, u64) {
     figures
 }
 
-async fn get_order(app: &TestApp, id: &str) -> (StatusCode, Value) {
+pub(crate) async fn get_order(app: &TestApp, id: &str) -> (StatusCode, Value) {
     read(app.get(&format!("/api/orders/{id}")).await).await
 }
 
-async fn cancel(app: &TestApp, id: &str) -> (StatusCode, Value) {
+pub(crate) async fn cancel(app: &TestApp, id: &str) -> (StatusCode, Value) {
     let response = app
         .client
         .delete(app.url(&format!("/api/orders/{id}")))
@@ -85,7 +85,7 @@ async fn cancel(app: &TestApp, id: &str) -> (StatusCode, Value) {
     read(response).await
 }
 
-async fn demo_pay(app: &TestApp, id: &str) -> (StatusCode, Value) {
+pub(crate) async fn demo_pay(app: &TestApp, id: &str) -> (StatusCode, Value) {
     let response = app
         .client
         .post(app.url(&format!("/api/orders/{id}/pay")))

@@ -31,3 +31,4 @@ mod scale_out;
 mod security;
 mod startup;
 mod tls;
+mod waitlist;
