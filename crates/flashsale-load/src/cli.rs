@@ -25,12 +25,16 @@ pub enum Scenario {
     Status,
     /// Status reads and purchases interleaved for D seconds (see `--status-share`).
     Mixed,
+    /// Checkout in hold mode: N buyers race for S units as reservations, a share of the
+    /// holders pays (signed webhook), the rest let their hold expire, the buyers who found
+    /// nothing join the waitlist and take or release the offers (issue 12).
+    Hold,
 }
 
 impl Scenario {
     /// Whether the scenario is a one-shot burst (herd, duplicates) rather than a timed run.
     pub fn is_burst(self) -> bool {
-        matches!(self, Scenario::Herd | Scenario::Duplicates)
+        matches!(self, Scenario::Herd | Scenario::Duplicates | Scenario::Hold)
     }
 }
 
@@ -162,6 +166,21 @@ pub struct Cli {
     /// Do not fail the run on transport errors, timeouts or shed (429/503) answers.
     #[arg(long)]
     pub allow_errors: bool,
+
+    /// `hold`: the share (0..=1) of reservations paid, holders' and offers' alike; the other
+    /// holders let their hold expire, the other offers are released at once (offering again).
+    #[arg(long, default_value_t = 0.5)]
+    pub pay_share: f64,
+
+    /// `hold`: the payment window of the sale the tool creates, in seconds (60..=86,400): the
+    /// run lasts at least this long, waiting for the unpaid holds to expire.
+    #[arg(long, default_value_t = 60)]
+    pub payment_window: u64,
+
+    /// `hold`: pay through `POST /api/payments/webhook` signed with this secret (the server's
+    /// `--payment-webhook-secret`); without it, through the demo route.
+    #[arg(long, env = "FLASHSALE_PAYMENT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
 
     /// Print the report as JSON on stdout instead of text.
     #[arg(long)]

@@ -191,8 +191,23 @@ impl Conn {
         body: Option<Bytes>,
         auth: Option<&str>,
     ) -> Result<Answer, TransportError> {
-        let result =
-            tokio::time::timeout(self.timeout, self.exchange(method, path, body, auth)).await;
+        self.send_with(method, path, body, auth, None).await
+    }
+
+    /// [`Conn::send_as`] with one more header (`name`, `value`), e.g. a webhook's signature.
+    pub async fn send_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        auth: Option<&str>,
+        header: Option<(&'static str, &str)>,
+    ) -> Result<Answer, TransportError> {
+        let result = tokio::time::timeout(
+            self.timeout,
+            self.exchange(method, path, body, auth, header),
+        )
+        .await;
         match result {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => {
@@ -213,6 +228,7 @@ impl Conn {
         path: &str,
         body: Option<Bytes>,
         auth: Option<&str>,
+        header: Option<(&'static str, &str)>,
     ) -> Result<Answer, TransportError> {
         self.open().await?;
         let sender = self.sender.as_mut().ok_or(TransportError::Connect)?;
@@ -226,6 +242,9 @@ impl Conn {
         }
         if let Some(auth) = auth.or(self.auth.as_deref()) {
             builder = builder.header(AUTHORIZATION, auth);
+        }
+        if let Some((name, value)) = header {
+            builder = builder.header(name, value);
         }
         let request = builder
             .body(Full::new(body.unwrap_or_default()))

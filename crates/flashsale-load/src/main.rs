@@ -15,6 +15,7 @@ mod accounts;
 mod api;
 mod cli;
 mod client;
+mod hold;
 mod outcome;
 mod report;
 mod scenario;
@@ -50,6 +51,9 @@ async fn main() -> ExitCode {
 
 /// Runs the whole thing; `Ok(false)` when an invariant failed.
 async fn run(cli: Cli) -> anyhow::Result<bool> {
+    if cli.scenario == Scenario::Hold {
+        return hold::run(&cli).await;
+    }
     let targets = parse_targets(&cli)?;
     let prefix = match &cli.user_prefix {
         Some(p) => p.clone(),
@@ -244,6 +248,7 @@ async fn drive_load(cli: &Cli, plan: &Plan, conns: Vec<Conn>) -> anyhow::Result<
                 .collect();
             (log, took, buyers)
         }
+        Scenario::Hold => bail!("the hold scenario has its own run (hold::run)"),
     };
     Ok(Load {
         log,

@@ -31,7 +31,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(name: &str, passed: bool, detail: String) -> Self {
+    pub(crate) fn new(name: &str, passed: bool, detail: String) -> Self {
         Self {
             name: name.to_owned(),
             passed,
