@@ -4,6 +4,11 @@
 #   - herd:       1,000 concurrent buyers released at the start instant vs 100 units;
 #   - duplicates: 300 buyers x 5 concurrent attempts each, per-user limit 2, 1,000 units;
 # and exit non-zero if any invariant fails (flashsale-load exits 1 on a failed check).
+# Then checkout in hold mode (issue 12): 600 buyers race for 100 units as reservations with a
+# 60 s payment window; half the holders pay through the signed webhook, the rest let their hold
+# expire; the buyers who found nothing join the waitlist and pay or release the offers; the
+# verifier checks sold = paid <= stock, offers once each in join order, released units offered
+# or returned, limits, the summary, and that every status read adds up (about 70 s a run).
 # Then the same invariants with `--identity accounts` (issue 13): an embedded server started
 # that way, where flashsale-load signs up and logs in every buyer before the sale starts
 # (outside the measured window) and buys with their session tokens;
@@ -85,6 +90,15 @@ stress() {
     --buyers 500 --attempts-per-buyer 3 --stock 100 --limit 1 --start-in 2 || status=1
 }
 
+# Checkout in hold mode with the waitlist ($1 label, $2 targets, $3 admin token; the
+# deployment runs with --payment-webhook-secret "$WEBHOOK_SECRET", or the demo route is used).
+stress_hold() {
+  local label=$1 targets=$2 token=$3
+  echo "== [$label] hold: 600 buyers vs 100 units, 60 s window, half pay, the rest expire, the waitlist takes the offers"
+  "$BIN/flashsale-load" hold --target "$targets" --admin-token "$token" \
+    --buyers 600 --stock 100 --pay-share 0.5 --payment-window 60 --start-in 2 || status=1
+}
+
 # The seed scenarios with signed-in buyers, against a deployment started with
 # `--identity accounts` ($1 label, $2 targets, $3 admin token).
 stress_accounts() {
@@ -100,10 +114,14 @@ stress_accounts() {
 
 if [ -n "${STRESS_TARGETS:-}" ]; then
   stress given "$STRESS_TARGETS" "${FLASHSALE_ADMIN_TOKEN:?FLASHSALE_ADMIN_TOKEN is needed with STRESS_TARGETS}"
+  stress_hold given "$STRESS_TARGETS" "$FLASHSALE_ADMIN_TOKEN"
 else
   TOKEN=stress-admin-token-$RANDOM$RANDOM
-  start_server embedded "$TOKEN" || exit 2
+  # The load tool signs its payments with it (flashsale-load reads the same variable).
+  export FLASHSALE_PAYMENT_WEBHOOK_SECRET=stress-webhook-secret-$RANDOM$RANDOM
+  start_server embedded "$TOKEN" --payment-webhook-secret "$FLASHSALE_PAYMENT_WEBHOOK_SECRET" || exit 2
   stress embedded "$STARTED_URL" "$TOKEN"
+  stress_hold embedded "$STARTED_URL" "$TOKEN"
   # `--rate-limit off` (start_server) also lifts the log-in limits: every buyer signs up
   # and logs in from 127.0.0.1.
   start_server embedded-accounts "$TOKEN" --identity accounts || exit 2
@@ -113,7 +131,8 @@ else
   # it and the services answer (REDIS_URL / DATABASE_URL, default the local ones).
   REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
   DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-  redis_args=(--store redis --redis-url "$REDIS_URL" --database-url "$DATABASE_URL")
+  redis_args=(--store redis --redis-url "$REDIS_URL" --database-url "$DATABASE_URL"
+    --payment-webhook-secret "$FLASHSALE_PAYMENT_WEBHOOK_SECRET")
   # A key prefix and schema of its own: no keys or rows of an earlier run in the way.
   if "$BIN/flashsale" --help 2>/dev/null | grep -q -- '--redis-prefix'; then
     redis_args+=(--redis-prefix "$TOKEN" --pg-schema "${TOKEN//-/_}")
@@ -127,6 +146,7 @@ else
     a=$STARTED_URL
     if start_server redis-b "$TOKEN" "${redis_args[@]}"; then
       stress "redis x2" "$a,$STARTED_URL" "$TOKEN"
+      stress_hold "redis x2" "$a,$STARTED_URL" "$TOKEN"
     else
       echo "== [redis x2] second instance did not start" >&2
       status=1
