@@ -966,11 +966,11 @@ impl SaleBook {
     /// reservation as it is now, else neither.
     pub fn place(&self, user: &UserId, now: OffsetDateTime) -> WaitlistPlace {
         let st = self.state.lock();
-        if now < st.sale.ends_at {
-            if let Some((seq, _)) = st.list.entry(user) {
-                let position = u32::try_from(st.list.position(seq)).unwrap_or(u32::MAX);
-                return WaitlistPlace::Waiting { position };
-            }
+        if now < st.sale.ends_at
+            && let Some((seq, _)) = st.list.entry(user)
+        {
+            let position = u32::try_from(st.list.position(seq)).unwrap_or(u32::MAX);
+            return WaitlistPlace::Waiting { position };
         }
         st.buyers
             .get(user)
