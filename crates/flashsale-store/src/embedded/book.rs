@@ -1380,4 +1380,154 @@ mod tests {
         assert_eq!(book.status(T0).sold(), 2);
         assert!(book.due(deadline, 10).is_empty(), "a paid order is not due");
     }
+
+    #[derive(Debug, Clone)]
+    enum ListOpCase {
+        Reserve(u8),
+        Join(u8),
+        Leave(u8),
+        /// Cancel a live reservation (by index); `true`: its write fails.
+        Release(usize, bool),
+        /// Raise the stock by one (units available while buyers wait: one may reach the
+        /// limit while waiting).
+        Raise,
+    }
+
+    fn list_op() -> impl proptest::strategy::Strategy<Value = ListOpCase> {
+        use proptest::prelude::*;
+        prop_oneof![
+            2 => (0u8..6).prop_map(ListOpCase::Reserve),
+            4 => (0u8..6).prop_map(ListOpCase::Join),
+            1 => (0u8..6).prop_map(ListOpCase::Leave),
+            3 => (0usize..8, proptest::bool::weighted(0.2))
+                .prop_map(|(i, fail)| ListOpCase::Release(i, fail)),
+            1 => Just(ListOpCase::Raise),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The book's waitlist restates `flashsale_core::Waitlist` (join's order of checks,
+        /// positions, `next_offer` on each release): run both on the same operations and
+        /// compare every answer, every offer and every place; a release whose write fails
+        /// changes neither.
+        #[test]
+        fn the_books_waitlist_answers_as_the_core_reference(
+            limit in 1u32..3,
+            ops in proptest::collection::vec(list_op(), 0..80),
+        ) {
+            use flashsale_core::{Units, Waitlist};
+            use std::collections::HashMap;
+            let checkout = Checkout::parse(Some("hold"), Some(60), Some(500), Some("EUR")).unwrap();
+            let sale = NewSale::parse("s", T0, T0 + time::Duration::days(1), 3, i64::from(limit))
+                .unwrap()
+                .with_checkout(checkout)
+                .with_id(SaleId(1));
+            let book = SaleBook::new(sale.clone());
+            let mut sale = sale;
+            let mut model = Waitlist::new();
+            let mut holding: HashMap<UserId, u32> = HashMap::new();
+            let mut live: Vec<(Uuid, UserId)> = Vec::new();
+            let name = |u: u8| UserId::parse(&format!("b{u}")).unwrap();
+            for op in ops {
+                match op {
+                    ListOpCase::Reserve(u) => {
+                        if let Step::Reserved(r) = book.admit(&name(u), Quantity::from_stored(1), None, T0) {
+                            let PurchaseOutcome::Confirmed(order) = book.confirm(r) else {
+                                panic!("confirmed")
+                            };
+                            *holding.entry(name(u)).or_default() += 1;
+                            live.push((order.order_id, name(u)));
+                        }
+                    }
+                    ListOpCase::Join(u) => {
+                        let status = book.status(T0);
+                        let units = Units::from_parts(
+                            status.sale.stock,
+                            status.remaining,
+                            status.held,
+                            status.sold(),
+                        )
+                        .unwrap();
+                        let h = holding.get(&name(u)).copied().unwrap_or(0);
+                        let expected = model.join(name(u), &sale, &units, h, T0);
+                        let got = match book.decide_join(&name(u), T0) {
+                            ListStep::Write(w) => {
+                                book.finish_list(&w, true);
+                                Ok(w.position)
+                            }
+                            ListStep::Answer(WaitlistJoin::Refused(r)) => Err(r),
+                            ListStep::Answer(other) => panic!("{other:?}"),
+                            ListStep::Retry(_) => panic!("nothing is in flight"),
+                        };
+                        proptest::prop_assert_eq!(got, expected);
+                    }
+                    ListOpCase::Leave(u) => {
+                        let expected = model.leave(&name(u)).is_ok();
+                        let got = match book.decide_leave(&name(u), T0) {
+                            ListStep::Write(w) => {
+                                book.finish_list(&w, true);
+                                true
+                            }
+                            ListStep::Answer(_) => false,
+                            ListStep::Retry(_) => panic!("nothing is in flight"),
+                        };
+                        proptest::prop_assert_eq!(got, expected);
+                    }
+                    ListOpCase::Raise => {
+                        let edit = flashsale_core::SaleEdit {
+                            stock: Some(i64::from(sale.stock + 1)),
+                            ..flashsale_core::SaleEdit::default()
+                        };
+                        let ChangeStep::Claimed { new, .. } =
+                            book.begin_change(&SaleChange::Edit(edit), T0)
+                        else {
+                            panic!("a raise is allowed")
+                        };
+                        sale = new.clone();
+                        book.finish_change(Some(new), None);
+                    }
+                    ListOpCase::Release(i, fail) => {
+                        if live.is_empty() {
+                            continue;
+                        }
+                        let (id, owner) = live[i % live.len()].clone();
+                        let EventStep::Decided(d) = book.decide_event(id, &cancel(), T0) else {
+                            panic!("a live reservation is cancelled")
+                        };
+                        let offered: Vec<UserId> = d
+                            .claims
+                            .iter()
+                            .filter_map(|c| c.offer.as_ref().map(|o| o.user_id.clone()))
+                            .collect();
+                        if fail {
+                            book.finish_transition(&d, None);
+                            // The reference is untouched; the book must be as before.
+                        } else {
+                            book.finish_transition(&d, Some(entry(&d)));
+                            live.retain(|(l, _)| *l != id);
+                            *holding.get_mut(&owner).unwrap() -= 1;
+                            let next = model.next_offer(&sale, T0, |u| {
+                                holding.get(u).copied().unwrap_or(0)
+                            });
+                            proptest::prop_assert_eq!(offered.first(), next.as_ref());
+                            for c in &d.claims {
+                                if let Some(o) = &c.offer {
+                                    *holding.entry(o.user_id.clone()).or_default() += 1;
+                                    live.push((o.order_id, o.user_id.clone()));
+                                }
+                            }
+                        }
+                    }
+                }
+                for u in 0..6u8 {
+                    let got = match book.place(&name(u), T0) {
+                        WaitlistPlace::Waiting { position } => Some(position as usize),
+                        _ => None,
+                    };
+                    proptest::prop_assert_eq!(got, model.position(&name(u)));
+                }
+                proptest::prop_assert_eq!(book.status(T0).waitlist as usize, model.len());
+            }
+        }
+    }
 }
