@@ -23,6 +23,13 @@
 //! the book exactly as it was (nothing moved before the write was durable). Live reservations
 //! are also indexed by deadline, so the expiry timer reads only the due ones.
 //!
+//! Waitlist (CO-9, CO-10): the list ([`super::waitlist::List`]) is part of the book state, so a
+//! join is decided against the same figures as purchases. A release (cancel or expiry) decides
+//! its offers in the same critical section as the release itself and carries them in its
+//! [`Decided`]: the waiters are taken off the list at once (no other release can offer to
+//! them), the writer writes the offers in the release's transaction, and [`free_units`]
+//! applies both once durable; a failed write puts the waiters back at their places.
+//!
 //! An operator's change (edit, cancel) is decided in the same critical section, with the same
 //! clock guard, against `sold + pending`; from that decision until the change is durable and in
 //! place ([`SaleBook::finish_change`]) the book is *changing*: attempts wait (as for writes in

@@ -9,7 +9,9 @@
 //!
 //! Checkout (hold mode): a purchase reserves; an order's transitions (pay, cancel, expire) are
 //! decided in the same book critical section and made durable by the same group commit, and
-//! the [`expiry`] timer thread sends due reservations through that step.
+//! the [`expiry`] timer thread sends due reservations through that step. The waitlist lives in
+//! the book too: joins and leaves go through the same group commit, and a release's offers are
+//! written in the release's own transaction (see `book`).
 //!
 //! Time only moves forward here: [`EmbeddedStore::now`] never returns an instant before one it
 //! returned already, and each sale never decides at an instant before its last decision (kept

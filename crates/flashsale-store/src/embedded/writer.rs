@@ -234,8 +234,8 @@ pub(crate) fn sync(
                 // changing, nor the durable change out of it.
                 Ack::Change(reply, book, sale, entry) => {
                     book.finish_change(Some(sale), entry);
-                    // The status as of the change's durability: the wall clock says whether
-                    // the list has lapsed (only the `waitlist` figure reads it).
+                    // Only the `waitlist` figure reads the instant (has the list lapsed?): the
+                    // caller reads the status again on the store's clock.
                     let now = time::OffsetDateTime::now_utc();
                     drop(reply.send(Ok(book.status(now))));
                 }
