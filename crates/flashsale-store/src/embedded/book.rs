@@ -23,18 +23,29 @@
 //! the book exactly as it was (nothing moved before the write was durable). Live reservations
 //! are also indexed by deadline, so the expiry timer reads only the due ones.
 //!
+//! Waitlist (CO-9, CO-10): the list ([`super::waitlist::List`]) is part of the book state, so a
+//! join is decided against the same figures as purchases. A release (cancel or expiry) decides
+//! its offers in the same critical section as the release itself and carries them in its
+//! [`Decided`]: the waiters are taken off the list at once (no other release can offer to
+//! them), the writer writes the offers in the release's transaction, and [`free_units`]
+//! applies both once durable; a failed write puts the waiters back at their places.
+//!
 //! An operator's change (edit, cancel) is decided in the same critical section, with the same
 //! clock guard, against `sold + pending`; from that decision until the change is durable and in
 //! place ([`SaleBook::finish_change`]) the book is *changing*: attempts wait (as for writes in
 //! flight) rather than being decided against a sale about to be replaced, so an edit racing a
 //! purchase is before it or after it, never beside it.
 
+use super::waitlist::{Claim, List, ListOp};
 use crate::ledger::{LedgerCause, LedgerEntry, LedgerKey, merge};
-use crate::model::{Order, OrderKey, PurchaseOutcome, RejectionCounts, SaleStatus};
+use crate::model::{
+    CheckoutCounts, Order, OrderKey, PurchaseOutcome, RejectionCounts, SaleStatus, WaitlistJoin,
+    WaitlistLeave, WaitlistPlace,
+};
 use flashsale_core::{
     ChangeRefusal, CheckoutMode, Decision, IdempotencyKey, OrderEvent, OrderState, OrderStatus,
     Outcome, Quantity, QuantityAboveLimit, Rejection, Sale, SaleChange, SaleState, Transition,
-    TransitionError, UserId, check_quantity, decide, decide_units,
+    TransitionError, UserId, WaitlistRefusal, check_quantity, decide, decide_units,
 };
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -147,6 +158,8 @@ struct BookState {
     /// Dropped (which wakes every receiver) when `pending` is back to 0 or units are given back.
     stock_settled: Option<watch::Sender<()>>,
     counters: Counters,
+    /// The buyers waiting for a freed unit (hold mode).
+    list: List,
 }
 
 /// What the critical section decided.
@@ -190,6 +203,36 @@ pub(crate) struct Decided {
     pub deltas: [i64; 3],
     /// When it was decided.
     pub at: OffsetDateTime,
+    /// A release's waitlist: each waiter it took off, with the reservation offered to them
+    /// (written in the same transaction as the release, CO-10).
+    pub claims: Vec<Claim>,
+}
+
+/// What deciding a join or a leave came to.
+pub(crate) enum ListStep<A> {
+    /// Answer now; nothing changed.
+    Answer(A),
+    /// The answer hangs on a write in flight: wait until the channel closes, then decide again.
+    Retry(watch::Receiver<()>),
+    /// Decided: write it, then [`SaleBook::finish_list`] (the writer or the syncer does).
+    Write(ListWrite),
+}
+
+/// A join or a leave decided for one entry of a sale's waitlist, on its way to the disk.
+#[derive(Debug, Clone)]
+pub(crate) struct ListWrite {
+    /// The sale.
+    pub sale_id: flashsale_core::SaleId,
+    /// The entry's join sequence.
+    pub seq: u64,
+    /// Who.
+    pub user: UserId,
+    /// Join or leave.
+    pub op: ListOp,
+    /// When it was decided.
+    pub at: OffsetDateTime,
+    /// A join's place, as answered once durable.
+    pub position: usize,
 }
 
 /// What deciding an operator's change came to.
@@ -288,6 +331,7 @@ impl SaleBook {
                 refused: VecDeque::new(),
                 stock_settled: None,
                 counters: Counters::default(),
+                list: List::default(),
             }),
         }
     }
@@ -307,7 +351,25 @@ impl SaleBook {
         }
         let now = now.max(st.last_decided);
         st.last_decided = now;
-        match flashsale_core::change::apply(&st.sale, now, st.sold + st.held + st.pending, change) {
+        let taken = st.sold + st.held + st.pending;
+        // In hold mode units only held still belong to the sale (it is not sold out while any
+        // is held: buyers wait for them), so the sale's state is decided on the sold units;
+        // the stock still may not go below every unit taken.
+        let decided_on = match st.sale.checkout {
+            CheckoutMode::Instant => taken,
+            CheckoutMode::Hold { .. } => st.sold,
+        };
+        let applied =
+            flashsale_core::change::apply(&st.sale, now, decided_on, change).and_then(|new| {
+                if new.stock < taken {
+                    Err(ChangeRefusal::Invalid(format!(
+                        "stock must not be below the {taken} units already taken"
+                    )))
+                } else {
+                    Ok(new)
+                }
+            });
+        match applied {
             Err(refusal) => ChangeStep::Refused(refusal),
             Ok(new) => {
                 st.changing = Some(watch::channel(()).0);
@@ -721,6 +783,15 @@ impl SaleBook {
             payment_ref,
             ..order
         };
+        let claims = match transition.units() {
+            flashsale_core::UnitsMove::Release(n) => {
+                match plan_offers(st, &after.user_id, n, now) {
+                    Ok(plan) => claim_offers(st, plan, now),
+                    Err(wait) => return EventStep::Wait(wait),
+                }
+            }
+            _ => Vec::new(),
+        };
         st.transitions.insert(id, watch::channel(()).0);
         EventStep::Decided(Decided {
             transition,
@@ -728,6 +799,7 @@ impl SaleBook {
             cause,
             deltas,
             at: now,
+            claims,
         })
     }
 
@@ -741,6 +813,13 @@ impl SaleBook {
         let id = decided.after.order_id;
         drop(st.transitions.remove(&id));
         let Some(entry) = entry else {
+            // Nothing was written: every waiter taken off goes back at their place.
+            for claim in &decided.claims {
+                st.list.finish_claim(claim, false);
+                if claim.offer.is_some() {
+                    release_buyer(st, &claim.user, 1, true);
+                }
+            }
             return st
                 .ids
                 .get(&id)
@@ -760,10 +839,10 @@ impl SaleBook {
                 note_sold(st, decided.at);
             }
             flashsale_core::UnitsMove::Release(n) => {
-                free_units(st, n);
                 if let Some(buyer) = st.buyers.get_mut(&after.user_id) {
                     buyer.held = buyer.held.saturating_sub(n);
                 }
+                free_units(st, n, &decided.claims);
             }
         }
         st.recorded.insert(entry.key, entry);
@@ -784,12 +863,166 @@ impl SaleBook {
             .collect()
     }
 
-    /// The live figures: durable units only.
-    pub fn status(&self) -> SaleStatus {
+    /// Decides `user`'s join at `now` (or the last decided instant) by the order of checks of
+    /// `flashsale_core::Waitlist::join`, against the figures purchases are decided on. A
+    /// refusal that a write in flight could make untrue (no unit available while purchases are
+    /// pending, the buyer's own entry or offer in flight) waits for it instead.
+    pub fn decide_join(&self, user: &UserId, now: OffsetDateTime) -> ListStep<WaitlistJoin> {
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        if let Some(changing) = &st.changing {
+            return ListStep::Retry(changing.subscribe());
+        }
+        let now = now.max(st.last_decided);
+        st.last_decided = now;
+        let sale = Arc::clone(&st.sale);
+        let refuse = |r| ListStep::Answer(WaitlistJoin::Refused(r));
+        if now < sale.starts_at {
+            return refuse(WaitlistRefusal::NotStarted);
+        }
+        if now >= sale.ends_at {
+            return refuse(WaitlistRefusal::Closed);
+        }
+        let available = sale.stock.saturating_sub(st.sold + st.held + st.pending);
+        if available == 0 && st.pending > 0 {
+            // A pending purchase may fail and give its units back: decide once it settles.
+            return ListStep::Retry(
+                st.stock_settled
+                    .get_or_insert_with(|| watch::channel(()).0)
+                    .subscribe(),
+            );
+        }
+        if st.sold >= sale.stock {
+            return refuse(WaitlistRefusal::SoldOut);
+        }
+        if available > 0 {
+            return refuse(WaitlistRefusal::UnitsAvailable { available });
+        }
+        if let Some((seq, waiter)) = st.list.entry(user) {
+            if waiter.pending == Some(ListOp::Leave) {
+                return ListStep::Retry(st.list.settled());
+            }
+            let position = st.list.position(seq);
+            return refuse(WaitlistRefusal::AlreadyWaitlisted { position });
+        }
+        if st.list.is_claimed(user) {
+            return ListStep::Retry(st.list.settled());
+        }
+        let holding = st.buyers.get(user).map_or(0, |b| b.held);
+        if holding >= sale.per_user_limit {
+            return refuse(WaitlistRefusal::AtLimit {
+                limit: sale.per_user_limit,
+            });
+        }
+        let seq = st.list.begin_join(user.clone(), now);
+        ListStep::Write(ListWrite {
+            sale_id: sale.id,
+            seq,
+            user: user.clone(),
+            op: ListOp::Join,
+            at: now,
+            position: st.list.position(seq),
+        })
+    }
+
+    /// Decides `user`'s leave at `now`: `NotWaitlisted` if they do not wait (or the list has
+    /// lapsed), otherwise their entry is leaving until its write ends.
+    pub fn decide_leave(&self, user: &UserId, now: OffsetDateTime) -> ListStep<WaitlistLeave> {
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        let now = now.max(st.last_decided);
+        st.last_decided = now;
+        if now >= st.sale.ends_at {
+            return ListStep::Answer(WaitlistLeave::NotWaitlisted);
+        }
+        let Some((seq, waiter)) = st.list.entry(user) else {
+            if st.list.is_claimed(user) {
+                return ListStep::Retry(st.list.settled());
+            }
+            return ListStep::Answer(WaitlistLeave::NotWaitlisted);
+        };
+        if waiter.pending.is_some() {
+            return ListStep::Retry(st.list.settled());
+        }
+        st.list.begin_leave(seq);
+        ListStep::Write(ListWrite {
+            sale_id: st.sale.id,
+            seq,
+            user: user.clone(),
+            op: ListOp::Leave,
+            at: now,
+            position: 0,
+        })
+    }
+
+    /// Ends a join or leave begun by [`SaleBook::decide_join`] / [`SaleBook::decide_leave`]:
+    /// applied if durable, undone otherwise (a failed write changes nothing).
+    pub fn finish_list(&self, write: &ListWrite, durable: bool) {
+        self.state.lock().list.finish(write.seq, write.op, durable);
+    }
+
+    /// Restores a durable waitlist row while rebuilding from disk (rows in join order).
+    pub fn restore_waiter(&self, seq: u64, user: UserId, joined_at: OffsetDateTime, waiting: bool) {
+        self.state
+            .lock()
+            .list
+            .restore(seq, user, joined_at, waiting);
+    }
+
+    /// Where `user` stands at `now`: waiting (before `ends_at`), else their latest offered
+    /// reservation as it is now, else neither.
+    pub fn place(&self, user: &UserId, now: OffsetDateTime) -> WaitlistPlace {
         let st = self.state.lock();
+        if now < st.sale.ends_at
+            && let Some((seq, _)) = st.list.entry(user)
+        {
+            let position = u32::try_from(st.list.position(seq)).unwrap_or(u32::MAX);
+            return WaitlistPlace::Waiting { position };
+        }
+        st.buyers
+            .get(user)
+            .and_then(|b| {
+                b.orders
+                    .iter()
+                    .rev()
+                    .filter_map(|key| st.orders.get(key))
+                    .find(|o| o.offered)
+                    .cloned()
+            })
+            .map_or(WaitlistPlace::NotWaitlisted, WaitlistPlace::Offered)
+    }
+
+    /// The checkout counters, counted from the durable orders and join rows held in memory.
+    pub fn checkout_counts(&self) -> CheckoutCounts {
+        let st = self.state.lock();
+        let mut c = CheckoutCounts {
+            waitlist_joins: st.list.joins(),
+            ..CheckoutCounts::default()
+        };
+        for order in st.orders.values().filter(|o| o.expires_at.is_some()) {
+            c.reserved += 1;
+            let paid = order.status == OrderStatus::Paid;
+            c.paid += u64::from(paid);
+            c.expired += u64::from(order.status == OrderStatus::Expired);
+            c.cancelled += u64::from(order.status == OrderStatus::Cancelled);
+            c.offers_made += u64::from(order.offered);
+            c.offers_taken += u64::from(order.offered && paid);
+        }
+        c
+    }
+
+    /// The live figures: durable units only.
+    /// `now` only says whether the waitlist has lapsed (`ends_at`).
+    pub fn status(&self, now: OffsetDateTime) -> SaleStatus {
+        let st = self.state.lock();
+        let waitlist = if now < st.sale.ends_at {
+            u32::try_from(st.list.len()).unwrap_or(u32::MAX)
+        } else {
+            0
+        };
         SaleStatus {
             held: st.held,
-            waitlist: 0,
+            waitlist,
             sale: Arc::clone(&st.sale),
             remaining: st.sale.stock.saturating_sub(st.sold + st.held),
             sold_out_at: st.sold_out_at,
@@ -873,12 +1106,129 @@ fn note_sold(st: &mut BookState, at: OffsetDateTime) {
     }
 }
 
-/// Frees `n` held units of the sale (an expiry or a release): the one place where freed units
-/// go, today back to `available` (the waitlist will offer them here first). Attempts waiting
-/// on units in flight are decided again.
-fn free_units(st: &mut BookState, n: u32) {
-    st.held = st.held.saturating_sub(n);
-    drop(st.stock_settled.take());
+/// Frees `n` held units of the sale (an expiry or a release), now durable with its offers:
+/// the one place where freed units go. Each offer (decided with the release, see
+/// [`plan_offers`], and written in its transaction) keeps one unit held as its own new
+/// reservation; the rest go back to available, and attempts waiting on units are decided again.
+fn free_units(st: &mut BookState, n: u32, claims: &[Claim]) {
+    let mut offered = 0;
+    for claim in claims {
+        st.list.finish_claim(claim, true);
+        let Some(order) = &claim.offer else {
+            continue;
+        };
+        offered += order.quantity;
+        st.counters.confirmed_orders += 1;
+        st.counters.confirmed_units += u64::from(order.quantity);
+        if let Some(at) = order.expires_at {
+            st.expiries.insert((at, order.order_id));
+        }
+        release_buyer(st, &order.user_id, order.quantity, false);
+        if let Some(buyer) = st.buyers.get_mut(&order.user_id) {
+            buyer.orders.push(order.key());
+        }
+        st.ids.insert(order.order_id, order.key());
+        st.orders.insert(order.key(), order.clone());
+    }
+    st.held = st.held.saturating_sub(n.saturating_sub(offered));
+    if offered < n {
+        drop(st.stock_settled.take());
+    }
+}
+
+/// Ends the in-flight count of `q` offered units for `user`: they are theirs now, or (`undo`)
+/// they never were.
+fn release_buyer(st: &mut BookState, user: &UserId, q: u32, undo: bool) {
+    if let Some(buyer) = st.buyers.get_mut(user) {
+        buyer.pending = buyer.pending.saturating_sub(q);
+        if undo {
+            buyer.held = buyer.held.saturating_sub(q);
+        }
+        if buyer.pending == 0 {
+            drop(buyer.settled.take());
+        }
+    }
+}
+
+/// Who gets the `n` units a release by `releaser` frees at `now` (CO-10, mirroring
+/// `Waitlist::next_offer`): the earliest waiters whose reserved and paid units (the
+/// releaser's counted without the units being freed) are under the limit, one unit each;
+/// those met at the limit on the way are passed over. Returns `(seq, offered)` in join
+/// order, or a channel to wait on if the walk reaches an entry whose own write is in flight
+/// (it can be neither skipped nor offered before it is settled). Nothing at or after
+/// `ends_at`, nor in instant mode.
+fn plan_offers(
+    st: &mut BookState,
+    releaser: &UserId,
+    n: u32,
+    now: OffsetDateTime,
+) -> Result<Vec<(u64, bool)>, watch::Receiver<()>> {
+    let sale = &st.sale;
+    if now >= sale.ends_at || sale.checkout.payment_window().is_none() {
+        return Ok(Vec::new());
+    }
+    let mut plan = Vec::new();
+    let mut offers = 0;
+    let mut blocked = false;
+    for (seq, waiter) in st.list.iter() {
+        if offers == n {
+            break;
+        }
+        if waiter.pending.is_some() {
+            blocked = true;
+            break;
+        }
+        let mut holding = st.buyers.get(&waiter.user).map_or(0, |b| b.held);
+        if waiter.user == *releaser {
+            holding = holding.saturating_sub(n);
+        }
+        let offer = holding < sale.per_user_limit;
+        offers += u32::from(offer);
+        plan.push((seq, offer));
+    }
+    if blocked {
+        return Err(st.list.settled());
+    }
+    Ok(plan)
+}
+
+/// Takes the planned waiters off the list and makes each offer's reservation: one unit, a
+/// fresh window from `now`, `offered`, counted toward its buyer's limit while in flight.
+fn claim_offers(st: &mut BookState, plan: Vec<(u64, bool)>, now: OffsetDateTime) -> Vec<Claim> {
+    let window = st.sale.checkout.payment_window();
+    let sale_id = st.sale.id;
+    let mut claims = Vec::with_capacity(plan.len());
+    for (seq, offer) in plan {
+        let Some(waiter) = st.list.claim(seq) else {
+            continue;
+        };
+        let offer = match (offer, window) {
+            (true, Some(window)) => {
+                let buyer = st.buyers.entry(waiter.user.clone()).or_default();
+                buyer.held += 1;
+                buyer.pending += 1;
+                Some(Order {
+                    status: OrderStatus::Reserved,
+                    expires_at: Some(window.expires_at(now)),
+                    payment_ref: None,
+                    offered: true,
+                    order_id: uuid::Uuid::now_v7(),
+                    sale_id,
+                    user_id: waiter.user.clone(),
+                    quantity: 1,
+                    created_at: now,
+                })
+            }
+            _ => None,
+        };
+        claims.push(Claim {
+            seq,
+            user: waiter.user,
+            joined_at: waiter.joined_at,
+            offer,
+        });
+    }
+    claims
 }
 
 /// The core's view of a stored order (CO-4): its owner, units, total at the sale's price,
@@ -984,7 +1334,7 @@ mod tests {
     }
 
     fn figures(book: &SaleBook) -> (u32, u32) {
-        let status = book.status();
+        let status = book.status(T0);
         (status.remaining, status.held)
     }
 
@@ -1034,7 +1384,157 @@ mod tests {
         let after = book.finish_transition(&paying, Some(entry(&paying)));
         assert_eq!(after.status, OrderStatus::Paid);
         assert_eq!(figures(&book), (3, 0));
-        assert_eq!(book.status().sold(), 2);
+        assert_eq!(book.status(T0).sold(), 2);
         assert!(book.due(deadline, 10).is_empty(), "a paid order is not due");
+    }
+
+    #[derive(Debug, Clone)]
+    enum ListOpCase {
+        Reserve(u8),
+        Join(u8),
+        Leave(u8),
+        /// Cancel a live reservation (by index); `true`: its write fails.
+        Release(usize, bool),
+        /// Raise the stock by one (units available while buyers wait: one may reach the
+        /// limit while waiting).
+        Raise,
+    }
+
+    fn list_op() -> impl proptest::strategy::Strategy<Value = ListOpCase> {
+        use proptest::prelude::*;
+        prop_oneof![
+            2 => (0u8..6).prop_map(ListOpCase::Reserve),
+            4 => (0u8..6).prop_map(ListOpCase::Join),
+            1 => (0u8..6).prop_map(ListOpCase::Leave),
+            3 => (0usize..8, proptest::bool::weighted(0.2))
+                .prop_map(|(i, fail)| ListOpCase::Release(i, fail)),
+            1 => Just(ListOpCase::Raise),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The book's waitlist restates `flashsale_core::Waitlist` (join's order of checks,
+        /// positions, `next_offer` on each release): run both on the same operations and
+        /// compare every answer, every offer and every place; a release whose write fails
+        /// changes neither.
+        #[test]
+        fn the_books_waitlist_answers_as_the_core_reference(
+            limit in 1u32..3,
+            ops in proptest::collection::vec(list_op(), 0..80),
+        ) {
+            use flashsale_core::{Units, Waitlist};
+            use std::collections::HashMap;
+            let checkout = Checkout::parse(Some("hold"), Some(60), Some(500), Some("EUR")).unwrap();
+            let sale = NewSale::parse("s", T0, T0 + time::Duration::days(1), 3, i64::from(limit))
+                .unwrap()
+                .with_checkout(checkout)
+                .with_id(SaleId(1));
+            let book = SaleBook::new(sale.clone());
+            let mut sale = sale;
+            let mut model = Waitlist::new();
+            let mut holding: HashMap<UserId, u32> = HashMap::new();
+            let mut live: Vec<(Uuid, UserId)> = Vec::new();
+            let name = |u: u8| UserId::parse(&format!("b{u}")).unwrap();
+            for op in ops {
+                match op {
+                    ListOpCase::Reserve(u) => {
+                        if let Step::Reserved(r) = book.admit(&name(u), Quantity::from_stored(1), None, T0) {
+                            let PurchaseOutcome::Confirmed(order) = book.confirm(r) else {
+                                panic!("confirmed")
+                            };
+                            *holding.entry(name(u)).or_default() += 1;
+                            live.push((order.order_id, name(u)));
+                        }
+                    }
+                    ListOpCase::Join(u) => {
+                        let status = book.status(T0);
+                        let units = Units::from_parts(
+                            status.sale.stock,
+                            status.remaining,
+                            status.held,
+                            status.sold(),
+                        )
+                        .unwrap();
+                        let h = holding.get(&name(u)).copied().unwrap_or(0);
+                        let expected = model.join(name(u), &sale, &units, h, T0);
+                        let got = match book.decide_join(&name(u), T0) {
+                            ListStep::Write(w) => {
+                                book.finish_list(&w, true);
+                                Ok(w.position)
+                            }
+                            ListStep::Answer(WaitlistJoin::Refused(r)) => Err(r),
+                            ListStep::Answer(other) => panic!("{other:?}"),
+                            ListStep::Retry(_) => panic!("nothing is in flight"),
+                        };
+                        proptest::prop_assert_eq!(got, expected);
+                    }
+                    ListOpCase::Leave(u) => {
+                        let expected = model.leave(&name(u)).is_ok();
+                        let got = match book.decide_leave(&name(u), T0) {
+                            ListStep::Write(w) => {
+                                book.finish_list(&w, true);
+                                true
+                            }
+                            ListStep::Answer(_) => false,
+                            ListStep::Retry(_) => panic!("nothing is in flight"),
+                        };
+                        proptest::prop_assert_eq!(got, expected);
+                    }
+                    ListOpCase::Raise => {
+                        let edit = flashsale_core::SaleEdit {
+                            stock: Some(i64::from(sale.stock + 1)),
+                            ..flashsale_core::SaleEdit::default()
+                        };
+                        let ChangeStep::Claimed { new, .. } =
+                            book.begin_change(&SaleChange::Edit(edit), T0)
+                        else {
+                            panic!("a raise is allowed")
+                        };
+                        sale = new.clone();
+                        book.finish_change(Some(new), None);
+                    }
+                    ListOpCase::Release(i, fail) => {
+                        if live.is_empty() {
+                            continue;
+                        }
+                        let (id, owner) = live[i % live.len()].clone();
+                        let EventStep::Decided(d) = book.decide_event(id, &cancel(), T0) else {
+                            panic!("a live reservation is cancelled")
+                        };
+                        let offered: Vec<UserId> = d
+                            .claims
+                            .iter()
+                            .filter_map(|c| c.offer.as_ref().map(|o| o.user_id.clone()))
+                            .collect();
+                        if fail {
+                            book.finish_transition(&d, None);
+                            // The reference is untouched; the book must be as before.
+                        } else {
+                            book.finish_transition(&d, Some(entry(&d)));
+                            live.retain(|(l, _)| *l != id);
+                            *holding.get_mut(&owner).unwrap() -= 1;
+                            let next = model.next_offer(&sale, T0, |u| {
+                                holding.get(u).copied().unwrap_or(0)
+                            });
+                            proptest::prop_assert_eq!(offered.first(), next.as_ref());
+                            for c in &d.claims {
+                                if let Some(o) = &c.offer {
+                                    *holding.entry(o.user_id.clone()).or_default() += 1;
+                                    live.push((o.order_id, o.user_id.clone()));
+                                }
+                            }
+                        }
+                    }
+                }
+                for u in 0..6u8 {
+                    let got = match book.place(&name(u), T0) {
+                        WaitlistPlace::Waiting { position } => Some(position as usize),
+                        _ => None,
+                    };
+                    proptest::prop_assert_eq!(got, model.position(&name(u)));
+                }
+                proptest::prop_assert_eq!(book.status(T0).waitlist as usize, model.len());
+            }
+        }
     }
 }

@@ -12,6 +12,10 @@
 //! row still `reserved`. After a crash the database says which reservations were expired: the
 //! rest are read back `reserved`, and the first tick after open expires those already due.
 //!
+//! An expiry frees its units through that same step, so its unit is offered to the waitlist in
+//! the expiry's own transaction (see `book`); if the list's head is still being written, the
+//! expiry is left for a later tick.
+//!
 //! It does not wait for the writes it sends (the syncer applies them), so a slow disk cannot
 //! hold up the next tick; a failed write leaves the reservation due, and a later tick tries
 //! again.

@@ -93,7 +93,7 @@ pub(crate) fn rebuild(conn: &Connection) -> rusqlite::Result<BTreeMap<SaleId, Ar
     }
     let mut orders = conn.prepare(
         "SELECT order_id, sale_id, user_id, quantity, created_at_us, idempotency_key, status,
-                expires_at_us, payment_ref
+                expires_at_us, payment_ref, offered
          FROM orders ORDER BY created_at_us, order_id",
     )?;
     let mut rows = orders.query([])?;
@@ -131,7 +131,7 @@ pub(crate) fn rebuild(conn: &Connection) -> rusqlite::Result<BTreeMap<SaleId, Ar
             status,
             expires_at: row.get::<_, Option<i64>>(7)?.map(from_micros),
             payment_ref,
-            offered: false,
+            offered: row.get(9)?,
             order_id: uuid::Uuid::from_bytes(id),
             sale_id,
             // Stored ids were validated on the way in; a row that no longer parses is kept
@@ -143,6 +143,30 @@ pub(crate) fn rebuild(conn: &Connection) -> rusqlite::Result<BTreeMap<SaleId, Ar
             created_at: from_micros(row.get(4)?),
         };
         book.restore(order, key.and_then(|k| IdempotencyKey::parse(&k).ok()));
+    }
+    // The waitlist's history in join order: the `waiting` rows are the list.
+    let mut waiters = conn.prepare(
+        "SELECT sale_id, seq, user_id, joined_at_us, state = 'waiting'
+         FROM waitlist ORDER BY sale_id, seq",
+    )?;
+    let mut rows = waiters.query([])?;
+    while let Some(row) = rows.next()? {
+        let Some(book) = books.get(&SaleId(row.get(0)?)) else {
+            continue;
+        };
+        let user: String = row.get(2)?;
+        let Ok(user) = UserId::parse(&user) else {
+            // Ids were validated on the way in; one that no longer parses cannot be answered.
+            tracing::warn!(user, "a waitlist row's user id no longer parses; skipped");
+            continue;
+        };
+        let seq: i64 = row.get(1)?;
+        book.restore_waiter(
+            u64::try_from(seq).unwrap_or(0),
+            user,
+            from_micros(row.get(3)?),
+            row.get(4)?,
+        );
     }
     let mut recorded = conn.prepare(
         "SELECT id, sale_id, at_us, cause, order_id, available_delta, held_delta, sold_delta,

@@ -9,7 +9,9 @@
 //!
 //! Checkout (hold mode): a purchase reserves; an order's transitions (pay, cancel, expire) are
 //! decided in the same book critical section and made durable by the same group commit, and
-//! the [`expiry`] timer thread sends due reservations through that step.
+//! the [`expiry`] timer thread sends due reservations through that step. The waitlist lives in
+//! the book too: joins and leaves go through the same group commit, and a release's offers are
+//! written in the release's own transaction (see `book`).
 //!
 //! Time only moves forward here: [`EmbeddedStore::now`] never returns an instant before one it
 //! returned already, and each sale never decides at an instant before its last decision (kept
@@ -20,6 +22,7 @@ mod expiry;
 mod images;
 mod load;
 pub(crate) mod schema;
+mod waitlist;
 mod writer;
 
 use crate::in_flight::InFlight;
@@ -27,9 +30,9 @@ use crate::{
     Attempt, ChangeOutcome, LedgerEntry, LedgerKey, Order, OrderEventOutcome, OrderKey,
     PurchaseHold, PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary,
 };
-use crate::{CheckoutCounts, WaitlistJoin, WaitlistLeave, WaitlistPlace};
+use crate::{WaitlistJoin, WaitlistLeave, WaitlistPlace};
 use async_trait::async_trait;
-use book::{BookCounters, ChangeStep, EventStep, FirstAttempt, SaleBook, Step};
+use book::{BookCounters, ChangeStep, EventStep, FirstAttempt, ListStep, SaleBook, Step};
 pub use book::{MAX_REFUSED_KEYS, REFUSAL_RETENTION};
 use bytes::Bytes;
 pub use expiry::EXPIRY_INTERVAL;
@@ -44,7 +47,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
-use writer::{PendingOrder, SaleChangeWrite, TransitionWrite, Write};
+use writer::{ListRequest, PendingOrder, SaleChangeWrite, TransitionWrite, Write};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "flashsale.db";
@@ -211,6 +214,34 @@ impl EmbeddedStore {
         }
     }
 
+    /// Makes a decided join or leave durable; the writer (failed) or the syncer (durable)
+    /// settles it in the book whoever still waits, so a caller that goes away leaves nothing
+    /// pending.
+    async fn write_list(
+        &self,
+        book: &Arc<SaleBook>,
+        write: book::ListWrite,
+    ) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let request = ListRequest {
+            book: Arc::clone(book),
+            write,
+            reply,
+        };
+        if let Err(mpsc::SendError(Write::List(request))) = self.writes.send(Write::List(request)) {
+            request.fail(None);
+            return Err(StoreError::ShuttingDown);
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::unavailable_from(
+                "the waitlist change could not be made durable; nothing changed",
+                e,
+            )),
+            Err(_) => Err(StoreError::ShuttingDown),
+        }
+    }
+
     async fn send<T>(&self, write: Write, reply: oneshot::Receiver<T>) -> Result<T, StoreError> {
         send_write(&self.writes, write, reply).await
     }
@@ -282,32 +313,55 @@ fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
 impl SaleStore for EmbeddedStore {
     async fn waitlist_join(
         &self,
-        _id: SaleId,
-        _user: UserId,
+        id: SaleId,
+        user: UserId,
     ) -> Result<Option<WaitlistJoin>, StoreError> {
-        Err(StoreError::internal(
-            "the waitlist is not built in this store yet",
-        ))
+        let Some(book) = self.book(id) else {
+            return Ok(None);
+        };
+        loop {
+            match book.decide_join(&user, self.clock.decision_instant()) {
+                ListStep::Answer(answer) => return Ok(Some(answer)),
+                ListStep::Retry(mut rx) => {
+                    let _ = rx.changed().await;
+                }
+                ListStep::Write(write) => {
+                    let position = u32::try_from(write.position).unwrap_or(u32::MAX);
+                    self.write_list(&book, write).await?;
+                    return Ok(Some(WaitlistJoin::Joined { position }));
+                }
+            }
+        }
     }
 
     async fn waitlist_place(
         &self,
-        _id: SaleId,
-        _user: &UserId,
+        id: SaleId,
+        user: &UserId,
     ) -> Result<Option<WaitlistPlace>, StoreError> {
-        Err(StoreError::internal(
-            "the waitlist is not built in this store yet",
-        ))
+        Ok(self.book(id).map(|b| b.place(user, self.now())))
     }
 
     async fn waitlist_leave(
         &self,
-        _id: SaleId,
-        _user: &UserId,
+        id: SaleId,
+        user: &UserId,
     ) -> Result<Option<WaitlistLeave>, StoreError> {
-        Err(StoreError::internal(
-            "the waitlist is not built in this store yet",
-        ))
+        let Some(book) = self.book(id) else {
+            return Ok(None);
+        };
+        loop {
+            match book.decide_leave(user, self.clock.decision_instant()) {
+                ListStep::Answer(answer) => return Ok(Some(answer)),
+                ListStep::Retry(mut rx) => {
+                    let _ = rx.changed().await;
+                }
+                ListStep::Write(write) => {
+                    self.write_list(&book, write).await?;
+                    return Ok(Some(WaitlistLeave::Left));
+                }
+            }
+        }
     }
 
     async fn order(&self, order_id: uuid::Uuid) -> Result<Option<Order>, StoreError> {
@@ -411,7 +465,7 @@ impl SaleStore for EmbeddedStore {
                         return Err(StoreError::ShuttingDown);
                     }
                     return match rx.await {
-                        Ok(Ok(status)) => Ok(ChangeOutcome::Changed(status)),
+                        Ok(Ok(_)) => Ok(ChangeOutcome::Changed(book.status(self.now()))),
                         Ok(Err(e)) => Err(StoreError::unavailable_from(
                             "the change could not be made durable; nothing changed",
                             e,
@@ -479,11 +533,12 @@ impl SaleStore for EmbeddedStore {
     }
 
     async fn status(&self, id: SaleId) -> Result<Option<SaleStatus>, StoreError> {
-        Ok(self.book(id).map(|b| b.status()))
+        Ok(self.book(id).map(|b| b.status(self.now())))
     }
 
     async fn statuses(&self) -> Result<Vec<SaleStatus>, StoreError> {
-        Ok(self.books.read().values().map(|b| b.status()).collect())
+        let now = self.now();
+        Ok(self.books.read().values().map(|b| b.status(now)).collect())
     }
 
     async fn orders(&self, id: SaleId, user: &UserId) -> Result<Option<Vec<Order>>, StoreError> {
@@ -517,12 +572,12 @@ impl SaleStore for EmbeddedStore {
                 rejections,
             } = b.counters();
             Summary {
-                status: b.status(),
+                status: b.status(self.now()),
                 attempts,
                 confirmed_orders,
                 confirmed_units,
                 rejections,
-                checkout: CheckoutCounts::default(),
+                checkout: b.checkout_counts(),
             }
         }))
     }

@@ -104,6 +104,26 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     )?;
     add_column(conn, "orders", "expires_at_us", "INTEGER")?;
     add_column(conn, "orders", "payment_ref", "TEXT")?;
+    // The waitlist (issue 12, CO-9..CO-11): whether a reservation was made by an offer (every
+    // order from before was not), and one history row per join, never deleted (the summary
+    // counts joins ever): `waiting` until the buyer leaves (`left`), is offered a unit
+    // (`offered`, with the reservation's id) or is passed over at the limit (`passed`). The
+    // list is the `waiting` rows in `seq` order; at `ends_at` it lapses by the clock, not by a
+    // write.
+    add_column(conn, "orders", "offered", "INTEGER NOT NULL DEFAULT 0")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS waitlist (
+             sale_id      INTEGER NOT NULL REFERENCES sales(id),
+             seq          INTEGER NOT NULL,
+             user_id      TEXT    NOT NULL,
+             joined_at_us INTEGER NOT NULL,
+             state        TEXT    NOT NULL DEFAULT 'waiting'
+                          CHECK (state IN ('waiting', 'left', 'offered', 'passed')),
+             ended_at_us  INTEGER,
+             order_id     BLOB,
+             PRIMARY KEY (sale_id, seq)
+         ) WITHOUT ROWID;",
+    )?;
     create_stock_ledger(conn)
 }
 

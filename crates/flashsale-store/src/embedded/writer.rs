@@ -26,8 +26,9 @@
 //! reservation's insert, the units moved, a transition's order update and ledger row): an
 //! instant-mode group runs none of them.
 
-use super::book::{Decided, PersistedCounters, SaleBook};
+use super::book::{Decided, ListWrite, PersistedCounters, SaleBook};
 use super::schema::{SALE_COLUMNS, checkout_columns, sale_of_row, to_micros};
+use super::waitlist::ListOp;
 use crate::counter_columns;
 use crate::ledger::{LedgerCause, LedgerEntry, LedgerKey, LedgerSource, change_entry};
 use crate::model::{Order, SaleStatus};
@@ -76,6 +77,8 @@ pub(crate) enum Write {
     Order(PendingOrder),
     /// Make an order's decided transition durable, in the same group as orders.
     Transition(TransitionWrite),
+    /// Make a waitlist join or leave durable, in the same group as orders.
+    List(ListRequest),
     /// Create a sale (with its ledger entry, decided at `at`), add its book once durable, and
     /// return it.
     CreateSale {
@@ -146,6 +149,27 @@ impl TransitionWrite {
     }
 }
 
+/// A waitlist join or leave on its way to the disk. Like a transition, the book's entry is
+/// settled by the writer (failed) or the syncer (durable), whoever still waits for it.
+pub(crate) struct ListRequest {
+    /// The sale's book.
+    pub book: Arc<SaleBook>,
+    /// The decision.
+    pub write: ListWrite,
+    /// Answered once durable, or with why nothing changed.
+    pub reply: oneshot::Sender<Result<(), WriteError>>,
+}
+
+impl ListRequest {
+    /// Nothing of it was written (or the writer is gone): undo it in the book, tell the caller.
+    pub(crate) fn fail(self, e: Option<WriteError>) {
+        self.book.finish_list(&self.write, false);
+        if let Some(e) = e {
+            let _ = self.reply.send(Err(e));
+        }
+    }
+}
+
 /// A reply the syncer sends once the WAL is on disk.
 pub(crate) enum Ack {
     /// An order is durable.
@@ -167,6 +191,8 @@ pub(crate) enum Ack {
     ),
     /// A transition is durable: apply it with its ledger entry, then answer with the order.
     Transition(TransitionWrite, LedgerEntry),
+    /// A waitlist join or leave is durable: apply it in the book, then answer.
+    List(ListRequest),
     /// Everything before is durable and the writer has stopped.
     Shutdown(oneshot::Sender<()>),
 }
@@ -208,13 +234,20 @@ pub(crate) fn sync(
                 // changing, nor the durable change out of it.
                 Ack::Change(reply, book, sale, entry) => {
                     book.finish_change(Some(sale), entry);
-                    drop(reply.send(Ok(book.status())));
+                    // Only the `waitlist` figure reads the instant (has the list lapsed?): the
+                    // caller reads the status again on the store's clock.
+                    let now = time::OffsetDateTime::now_utc();
+                    drop(reply.send(Ok(book.status(now))));
                 }
                 Ack::Transition(write, entry) => {
                     let order = write.book.finish_transition(&write.decided, Some(entry));
                     if let Some(reply) = write.reply {
                         let _ = reply.send(Ok(order));
                     }
+                }
+                Ack::List(request) => {
+                    request.book.finish_list(&request.write, true);
+                    let _ = request.reply.send(Ok(()));
                 }
                 Ack::Shutdown(reply) => {
                     let _ = reply.send(());
@@ -264,11 +297,13 @@ pub(crate) fn run(
         let mut shutdown = None;
         let mut orders = Vec::with_capacity(batch.len());
         let mut transitions = Vec::new();
+        let mut lists = Vec::new();
         let mut durable = Vec::with_capacity(batch.len() + 1);
         for write in batch.drain(..) {
             match write {
                 Write::Order(pending) => orders.push(pending),
                 Write::Transition(write) => transitions.push(write),
+                Write::List(request) => lists.push(request),
                 Write::CreateSale { new, at, reply } => match create_sale(&mut conn, new, at) {
                     Ok((sale, entry)) => durable.push(Ack::Sale(reply, sale, entry)),
                     Err(e) => drop(reply.send(Err(WriteError::Sale(e)))),
@@ -283,9 +318,9 @@ pub(crate) fn run(
                 Write::Shutdown { reply } => shutdown = Some(reply),
             }
         }
-        if !orders.is_empty() || !transitions.is_empty() {
+        if !orders.is_empty() || !transitions.is_empty() || !lists.is_empty() {
             let changed = changed_counters(&books, &saved);
-            match commit_orders(&mut conn, &orders, &transitions, &changed) {
+            match commit_orders(&mut conn, &orders, &transitions, &lists, &changed) {
                 Ok(entries) => {
                     saved.extend(changed);
                     durable.extend(orders.into_iter().map(|p| Ack::Order(p.reply)));
@@ -295,6 +330,7 @@ pub(crate) fn run(
                             .zip(entries)
                             .map(|(t, entry)| Ack::Transition(t, entry)),
                     );
+                    durable.extend(lists.into_iter().map(Ack::List));
                 }
                 Err(e) => {
                     tracing::error!(
@@ -310,6 +346,9 @@ pub(crate) fn run(
                     }
                     for t in transitions {
                         t.fail(WriteError::Orders(Arc::clone(&e)));
+                    }
+                    for l in lists {
+                        l.fail(Some(WriteError::Orders(Arc::clone(&e))));
                     }
                 }
             }
@@ -372,6 +411,7 @@ fn commit_orders(
     conn: &mut Connection,
     orders: &[PendingOrder],
     transitions: &[TransitionWrite],
+    lists: &[ListRequest],
     counters: &[(SaleId, PersistedCounters)],
 ) -> rusqlite::Result<Vec<LedgerEntry>> {
     let tx = WriteTx::begin(conn)?;
@@ -431,6 +471,9 @@ fn commit_orders(
         .iter()
         .map(|t| write_transition(&tx, &t.decided))
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    for request in lists {
+        write_list(&tx, &request.write)?;
+    }
     write_counters(&tx, counters)?;
     tx.commit()?;
     Ok(entries)
@@ -445,8 +488,8 @@ fn insert_reservation(
 ) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO orders (order_id, sale_id, user_id, quantity, created_at_us, idempotency_key,
-                             status, expires_at_us)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                             status, expires_at_us, offered)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         order.order_id.as_bytes().as_slice(),
@@ -457,6 +500,7 @@ fn insert_reservation(
         key,
         order.status.as_str(),
         to_micros(expires_at),
+        order.offered,
     ])?;
     Ok(())
 }
@@ -502,10 +546,12 @@ fn write_transition(tx: &Connection, decided: &Decided) -> rusqlite::Result<Ledg
         held,
         sold,
     ])?;
+    let recorded = tx.last_insert_rowid();
+    write_claims(tx, decided)?;
     Ok(LedgerEntry {
         key: LedgerKey {
             at: decided.at,
-            source: LedgerSource::Recorded(tx.last_insert_rowid()),
+            source: LedgerSource::Recorded(recorded),
         },
         cause: decided.cause,
         order_id: Some(order.order_id),
@@ -514,6 +560,73 @@ fn write_transition(tx: &Connection, decided: &Decided) -> rusqlite::Result<Ledg
         sold_delta: sold,
         sale_change_id: None,
     })
+}
+
+/// Writes a release's waitlist, after the release itself (its units are free first): each
+/// offer as a new reservation holding one unit, and each waiter taken off as `offered` or
+/// `passed`. Only a row still `waiting` changes, so an offer made twice fails its group.
+fn write_claims(tx: &Connection, decided: &Decided) -> rusqlite::Result<()> {
+    let sale = decided.after.sale_id;
+    for claim in &decided.claims {
+        let (state, order_id) = match &claim.offer {
+            Some(order) => {
+                if let Some(expires_at) = order.expires_at {
+                    insert_reservation(tx, order, None, expires_at)?;
+                }
+                move_units(tx, sale, i64::from(order.quantity), 0)?;
+                ("offered", Some(order.order_id))
+            }
+            None => ("passed", None),
+        };
+        let changed = tx
+            .prepare_cached(
+                "UPDATE waitlist SET state = ?3, ended_at_us = ?4, order_id = ?5
+                 WHERE sale_id = ?1 AND seq = ?2 AND state = 'waiting'",
+            )?
+            .execute(params![
+                sale.0,
+                claim.seq as i64,
+                state,
+                to_micros(decided.at),
+                order_id.as_ref().map(|id| id.as_bytes().as_slice()),
+            ])?;
+        if changed != 1 {
+            return Err(rusqlite::Error::StatementChangedRows(changed));
+        }
+    }
+    Ok(())
+}
+
+/// Writes a join (a new `waiting` row: history rows are never deleted) or a leave (the row,
+/// still `waiting`, becomes `left`).
+fn write_list(tx: &Connection, write: &ListWrite) -> rusqlite::Result<()> {
+    let changed = match write.op {
+        ListOp::Join => tx
+            .prepare_cached(
+                "INSERT INTO waitlist (sale_id, seq, user_id, joined_at_us, state)
+                 VALUES (?1, ?2, ?3, ?4, 'waiting')",
+            )?
+            .execute(params![
+                write.sale_id.0,
+                write.seq as i64,
+                write.user.as_str(),
+                to_micros(write.at),
+            ])?,
+        ListOp::Leave => tx
+            .prepare_cached(
+                "UPDATE waitlist SET state = 'left', ended_at_us = ?3
+                 WHERE sale_id = ?1 AND seq = ?2 AND state = 'waiting'",
+            )?
+            .execute(params![
+                write.sale_id.0,
+                write.seq as i64,
+                to_micros(write.at)
+            ])?,
+    };
+    if changed != 1 {
+        return Err(rusqlite::Error::StatementChangedRows(changed));
+    }
+    Ok(())
 }
 
 /// Inserts the sale and its `created` ledger entry in one transaction, or returns the one
