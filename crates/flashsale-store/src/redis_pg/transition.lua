@@ -38,9 +38,12 @@ if redis.call('SADD', KEYS[3], ARGV[1]) == 0 then
 end
 local q = tonumber(ARGV[5])
 if ARGV[3] == 'release' then
+  -- Never a Lua "-0": HINCRBY refuses it (and a script's error keeps its earlier writes).
   local back = q - (#ARGV - 6)
-  redis.call('HINCRBY', KEYS[1], 'onhold', -back)
-  redis.call('HINCRBY', KEYS[1], 'remaining', back)
+  if back > 0 then
+    redis.call('HINCRBY', KEYS[1], 'onhold', string.format('%d', -back))
+    redis.call('HINCRBY', KEYS[1], 'remaining', string.format('%d', back))
+  end
   redis.call('HDEL', KEYS[1], 'sold_out_us')
   if redis.call('HINCRBY', KEYS[2], ARGV[4], -q) <= 0 then
     redis.call('HDEL', KEYS[2], ARGV[4])
