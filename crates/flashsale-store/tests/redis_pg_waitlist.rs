@@ -485,3 +485,80 @@ async fn an_owed_release_with_an_offer_is_applied_once_by_any_reconciler() {
     cancel(&a, ann.order_id).await;
     assert_eq!(figures(&a, sale.id).await, (2, 1, 0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_sales_list_lapses_and_its_released_units_go_to_no_waiter() {
+    let cfg = isolated(&support::redis_url(), &support::database_url());
+    let _cleanup = Cleanup { cfg: cfg.clone() };
+    let store = connect(&cfg).await;
+    let sale = store.create_sale(hold_sale(1, 1)).await.unwrap();
+    let order = reserve(&store, sale.id, "alice").await;
+    assert_eq!(
+        join(&store, sale.id, "ann").await,
+        WaitlistJoin::Joined { position: 1 }
+    );
+    let cancelled = store
+        .change_sale(sale.id, flashsale_core::SaleChange::Cancel)
+        .await
+        .unwrap();
+    assert!(
+        matches!(cancelled, flashsale_store::ChangeOutcome::Changed(_)),
+        "{cancelled:?}"
+    );
+    assert_eq!(
+        place(&store, sale.id, "ann").await,
+        WaitlistPlace::NotWaitlisted
+    );
+    assert_eq!(
+        join(&store, sale.id, "bob").await,
+        WaitlistJoin::Refused(flashsale_core::WaitlistRefusal::Closed)
+    );
+    assert_eq!(store.status(sale.id).await.unwrap().unwrap().waitlist, 0);
+    if let OrderEventOutcome::Decided { result: Ok(_), .. } = store
+        .order_event(
+            order.order_id,
+            OrderEvent::Cancel {
+                by: Canceller::OrderIdHolder,
+            },
+        )
+        .await
+        .unwrap()
+    {
+        assert!(
+            offers(&cfg, sale.id).await.is_empty(),
+            "offered after the end"
+        );
+    }
+    assert_eq!(
+        place(&store, sale.id, "ann").await,
+        WaitlistPlace::NotWaitlisted
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_publish_of_the_length_is_made_good_by_the_reconciler() {
+    let cfg = quiet_reconcilers();
+    let _cleanup = Cleanup { cfg: cfg.clone() };
+    let store = connect(&cfg).await;
+    let sale = store.create_sale(hold_sale(1, 1)).await.unwrap();
+    reserve(&store, sale.id, "alice").await;
+    for name in ["ann", "bob"] {
+        assert!(matches!(
+            join(&store, sale.id, name).await,
+            WaitlistJoin::Joined { .. }
+        ));
+    }
+    assert_eq!(figures(&store, sale.id).await, (0, 1, 0, 2));
+    // The instance died between a join's commit and its publish.
+    let mut con = support::redis(&cfg).await;
+    let _: () = redis::cmd("HDEL")
+        .arg(format!("{{{}:sale:{}}}:meta", cfg.key_prefix, sale.id.0))
+        .arg("waitlist")
+        .arg("waitlist_rev")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(figures(&store, sale.id).await, (0, 1, 0, 0));
+    store.reconcile_now().await.unwrap();
+    assert_eq!(figures(&store, sale.id).await, (0, 1, 0, 2));
+}

@@ -282,8 +282,8 @@ impl RedisPgStore {
             // A sale whose Redis state is being rebuilt keeps the snapshot's figures.
             if let Some(remaining) = remaining {
                 let status = statuses[i].clone();
-                // The list lapses at the end: nobody waits from then on.
-                let waitlist = if now < status.sale.ends_at {
+                // The list lapses at the end (or a cancellation): nobody waits from then on.
+                let waitlist = if now < status.sale.ends_at && status.sale.cancelled_at.is_none() {
                     waitlist.unwrap_or(0)
                 } else {
                     0

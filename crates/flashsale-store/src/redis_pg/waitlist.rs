@@ -135,7 +135,7 @@ impl Waitlists {
                                AND a.seq < w.seq)
                      FROM waitlist w JOIN sales s ON s.id = w.sale_id
                      WHERE w.sale_id = $1 AND w.user_id = $2 AND w.state = 'waiting'
-                       AND clock_timestamp() < s.ends_at",
+                       AND clock_timestamp() < s.ends_at AND s.cancelled_at IS NULL",
                     &[&id.0, &user.as_str()],
                 ),
             )
@@ -192,6 +192,7 @@ impl Waitlists {
                 client.query(
                     "SELECT id, waitlist_len, waitlist_rev FROM sales
                      WHERE waitlist_rev > 0 AND ends_at > clock_timestamp()
+                       AND cancelled_at IS NULL
                      ORDER BY id LIMIT $1",
                     &[&REPUBLISH_MAX],
                 ),
@@ -299,7 +300,7 @@ async fn join_tx(
 }
 
 /// The leave's transaction; `None` if there is no such sale. After `ends_at` the list has
-/// lapsed: nobody waits, so nothing changes.
+/// lapsed (so has a cancelled sale's): nobody waits, so nothing changes.
 async fn leave_tx(
     client: &mut deadpool_postgres::Object,
     id: SaleId,
@@ -308,7 +309,8 @@ async fn leave_tx(
     let tx = client.transaction().await?;
     let Some(sale) = tx
         .query_opt(
-            "SELECT ends_at > clock_timestamp() FROM sales WHERE id = $1 FOR UPDATE",
+            "SELECT ends_at > clock_timestamp() AND cancelled_at IS NULL
+             FROM sales WHERE id = $1 FOR UPDATE",
             &[&id.0],
         )
         .await?
@@ -365,7 +367,7 @@ pub(crate) async fn offer_freed(
 ) -> Result<Offers, tokio_postgres::Error> {
     let row = tx
         .query_one(
-            "SELECT ends_at, per_user_limit, payment_window_secs FROM sales
+            "SELECT ends_at, per_user_limit, payment_window_secs, cancelled_at FROM sales
              WHERE id = $1 FOR UPDATE",
             &[&sale.0],
         )
@@ -374,7 +376,8 @@ pub(crate) async fn offer_freed(
     let Some(window) = row.get::<_, Option<i32>>(2) else {
         return Ok(Offers::default());
     };
-    if now >= ends_at {
+    // A cancelled sale ended: its list lapsed as at `ends_at`.
+    if now >= ends_at || row.get::<_, Option<OffsetDateTime>>(3).is_some() {
         return Ok(Offers::default());
     }
     let expires_at = now + time::Duration::seconds(i64::from(window));
