@@ -37,3 +37,9 @@ ALTER TABLE orders ADD COLUMN IF NOT EXISTS offered boolean NOT NULL DEFAULT fal
 ALTER TABLE orders ADD COLUMN IF NOT EXISTS offered_from uuid;
 CREATE INDEX IF NOT EXISTS orders_offered_from ON orders (offered_from)
     WHERE offered_from IS NOT NULL;
+
+-- A join reads the units held in a sale (live reservations) under the sale row's lock: a
+-- partial index keeps that to the live reservations, however many orders the sale has (instant
+-- orders are never in it, so the instant path writes nothing more).
+CREATE INDEX IF NOT EXISTS orders_reserved_by_sale ON orders (sale_id)
+    WHERE status = 'reserved';
