@@ -490,7 +490,9 @@ async fn free_units(
     from: Uuid,
 ) -> Result<Offers, tokio_postgres::Error> {
     // The buyer's row goes at 0 (its CHECK keeps it positive). Buyers before the sale's row:
-    // the group commit locks them in that order too, so the two never deadlock.
+    // the group commit locks them in that order too. (An offer then locks the offered buyer's
+    // row after the sale's: a waiter's own purchase committing at that instant may deadlock
+    // with it, and PostgreSQL aborts one of the two whole; see docs/architecture.md.)
     tx.execute(
         "WITH gone AS (
              DELETE FROM buyers WHERE sale_id = $1 AND user_id = $2 AND held <= $3

@@ -24,6 +24,9 @@
 //! Redis at most once (the reconciler applies what a dead instance left, and expires
 //! reservations past their deadline through the same step).
 //!
+//! The waitlist (`waitlist.rs`): joins and leaves in PostgreSQL under the sale row's lock; a
+//! release offers its units to the earliest waiters inside its own transition transaction.
+//!
 //! Beside the path: `refresh.rs` keeps the snapshot current; `reconcile.rs` settles
 //! reservations whose instance died and audits each sale's Redis state; `rebuild.rs` restores
 //! a sale's Redis state from PostgreSQL when it was lost or found wrong; `counters.rs` keeps
