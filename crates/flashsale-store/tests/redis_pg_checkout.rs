@@ -1,6 +1,7 @@
 //! Checkout with holds in the scale-out store (issue 12): reservations, transitions racing
 //! across instances, a death between PostgreSQL's commit and Redis's apply, a Redis rebuild
-//! with live reservations, and expiry of a killed instance's reservations by the others.
+//! with live reservations, and expiry of a killed instance's reservations by the others (their
+//! units offered to the waitlist once each).
 //!
 //! Every test has its own schema and key prefix. The payment window is at least 60 s and
 //! PostgreSQL's clock cannot be injected, so the expiry test waits for real (once, ~61 s).
@@ -14,7 +15,10 @@ use flashsale_core::{
     Price, Quantity, SaleId, Transition, TransitionError, UserId,
 };
 use flashsale_store::redis_pg::RedisPgConfig;
-use flashsale_store::{Attempt, LedgerCause, Order, OrderEventOutcome, PurchaseOutcome, SaleStore};
+use flashsale_store::{
+    Attempt, LedgerCause, Order, OrderEventOutcome, PurchaseOutcome, SaleStore, WaitlistJoin,
+    WaitlistPlace,
+};
 use flashsale_testkit::StoreUnderTest;
 use flashsale_testkit::stores::RedisPg;
 use std::process::{Command, Stdio};
@@ -58,6 +62,10 @@ async fn reserve(store: &dyn SaleStore, sale: SaleId, name: &str, quantity: u32)
         PurchaseOutcome::Confirmed(order) => order,
         other => panic!("expected a reservation, got {other:?}"),
     }
+}
+
+fn user(name: &str) -> UserId {
+    UserId::parse(name).unwrap()
 }
 
 fn pay(units: u32, reference: &str) -> OrderEvent {
@@ -553,7 +561,7 @@ const CHILD_RESERVATIONS: u32 = 3;
 async fn a_killed_instances_reservations_expire_exactly_once_on_the_others() {
     let sut = RedisPg::isolated().await;
     let store = sut.open().await;
-    let sale = store.create_sale(hold_sale(5, 1)).await.unwrap();
+    let sale = store.create_sale(hold_sale(4, 1)).await.unwrap();
     store.shutdown().await;
     drop(store);
 
@@ -598,7 +606,15 @@ async fn a_killed_instances_reservations_expire_exactly_once_on_the_others() {
     let a = sut.open().await;
     let b = sut.open().await;
     let own = reserve(a.as_ref(), sale.id, "parent", 1).await;
-    assert_eq!(figures(a.as_ref(), sale.id).await, (1, 4, 0));
+    assert_eq!(figures(a.as_ref(), sale.id).await, (0, 4, 0));
+    // Two buyers wait, one on each instance: two of the four expiring units are theirs.
+    for (on, name) in [(&a, "waiter-a"), (&b, "waiter-b")] {
+        let joined = on.waitlist_join(sale.id, user(name)).await.unwrap();
+        assert!(
+            matches!(joined, Some(WaitlistJoin::Joined { .. })),
+            "{joined:?}"
+        );
+    }
     let all: Vec<Uuid> = reserved.iter().copied().chain([own.order_id]).collect();
     let expired = eventually(Duration::from_secs(90), || {
         let (a, all) = (Arc::clone(&a), all.clone());
@@ -622,10 +638,33 @@ async fn a_killed_instances_reservations_expire_exactly_once_on_the_others() {
             "{id}"
         );
     }
-    for store in [&a, &b] {
-        assert_eq!(figures(store.as_ref(), sale.id).await, (5, 0, 0));
+    // Each waiter was offered one unit, once; the other two went back to available.
+    let offers: Vec<(String, i64)> = support::pg(sut.config())
+        .await
+        .query(
+            "SELECT user_id, count(*) FROM orders WHERE offered GROUP BY user_id ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        offers,
+        vec![("waiter-a".to_owned(), 1), ("waiter-b".to_owned(), 1)]
+    );
+    for name in ["waiter-a", "waiter-b"] {
+        let place = b.waitlist_place(sale.id, &user(name)).await.unwrap();
+        assert!(
+            matches!(&place, Some(WaitlistPlace::Offered(o)) if o.status == OrderStatus::Reserved),
+            "{place:?}"
+        );
     }
-    assert_eq!(replayed(a.as_ref(), sale.id).await, (5, 0, 0));
+    for store in [&a, &b] {
+        assert_eq!(figures(store.as_ref(), sale.id).await, (2, 2, 0));
+    }
+    assert_eq!(replayed(a.as_ref(), sale.id).await, (2, 2, 0));
     // An expiry sent again moves nothing.
     let again = a
         .order_event(own.order_id, OrderEvent::Expire)

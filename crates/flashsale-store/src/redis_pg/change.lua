@@ -9,7 +9,8 @@
 -- ARGV[1] step: freeze | apply | thaw
 -- ARGV[2] token: the change's id
 -- freeze: ARGV[3] lease (ms). Returns {"missing"} (rebuild, then retry), {"busy"} (another
---         change holds a live lease) or {"frozen", now_us, stock, remaining, reserved}. The
+--         change holds a live lease) or {"frozen", now_us, stock, remaining, reserved,
+--         onhold} (onhold: units of hold reservations waiting for payment, "0" if none). The
 --         clock is guarded as in admission.lua and the decision instant recorded in clock_us.
 -- apply:  ARGV[3..8] stock, limit, starts_us, ends_us, cancelled ("1" or ""), revision.
 --         Free units move by the change of stock (units reserved meanwhile stay counted).
@@ -18,7 +19,7 @@
 
 local step, token = ARGV[1], ARGV[2]
 local meta = redis.call('HMGET', KEYS[1], 'stock', 'remaining', 'reserved', 'clock_us',
-  'changing', 'changing_until')
+  'changing', 'changing_until', 'onhold')
 local function fmt(n) return string.format('%.0f', n) end
 
 if step == 'freeze' then
@@ -37,7 +38,7 @@ if step == 'freeze' then
   end
   redis.call('HSET', KEYS[1], 'changing', token, 'changing_until',
     fmt(now_ms + tonumber(ARGV[3])), 'clock_us', fmt(now_us))
-  return {'frozen', fmt(now_us), meta[1], meta[2], meta[3] or '0'}
+  return {'frozen', fmt(now_us), meta[1], meta[2], meta[3] or '0', meta[7] or '0'}
 end
 
 if meta[5] ~= token then

@@ -69,12 +69,17 @@ impl Changes {
                 .change_freeze(&keys, &token, FREEZE_LEASE_MS)
                 .await?
             {
+                // Units on hold are not sold: a hold sale whose units are all reserved is
+                // active, not sold out, and its stock may still be raised (the rules only
+                // read `taken` for the state and for a lowered stock, which is refused
+                // anyway once the sale is active).
                 Freeze::Frozen {
                     now_us,
                     stock,
                     remaining,
+                    on_hold,
                     ..
-                } => break (now_us, (stock - remaining).max(0) as u32),
+                } => break (now_us, (stock - remaining - on_hold).max(0) as u32),
                 Freeze::Missing if Instant::now() < deadline => {
                     if !self.rebuilder.rebuild(&sale).await? {
                         tokio::time::sleep(BUSY_POLL).await;

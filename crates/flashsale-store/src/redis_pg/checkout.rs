@@ -29,6 +29,7 @@ use super::connections::Postgres;
 use super::keys::Keys;
 use super::orders::checkout_at;
 use super::scripts::{MoveApplied, MoveToApply, Scripts};
+use super::waitlist::{Offers, Waitlists, offer_freed};
 use crate::instants::to_micros;
 use crate::ledger::LedgerCause;
 use crate::{Order, OrderEventOutcome, SaleStatus, StoreError};
@@ -43,7 +44,7 @@ use uuid::Uuid;
 
 /// The columns a transition reads of an order and its sale, in [`state_of`]'s order.
 const ORDER: &str = "o.order_id, o.sale_id, o.user_id, o.quantity, o.created_at, o.status,
-     o.expires_at, o.payment_ref, s.price_minor, s.currency";
+     o.expires_at, o.payment_ref, o.offered, s.price_minor, s.currency";
 
 /// A committed transition's unit move, owed to Redis until applied.
 #[derive(Debug, Clone)]
@@ -56,6 +57,9 @@ pub(crate) struct PendingMove {
     units: u32,
     /// When the transition was decided (a last payment's instant is the sold-out instant).
     at: OffsetDateTime,
+    /// A release: the waiters its units were offered to, one unit each (those units stay
+    /// held, for them).
+    offered: Vec<String>,
 }
 
 /// Which order a transition locks.
@@ -72,6 +76,8 @@ struct Decided {
     outcome: OrderEventOutcome,
     /// The committed move still to apply to Redis.
     owed: Option<PendingMove>,
+    /// The waitlist's new `(length, revision)` if the transition's offers changed it.
+    list: Option<(i64, i64)>,
 }
 
 /// Why a transition transaction failed.
@@ -95,6 +101,8 @@ pub(crate) struct Checkouts {
     pg: Arc<Postgres>,
     keys: Arc<Keys>,
     scripts: Arc<Scripts>,
+    /// Where a release's offers change the list's length published to Redis.
+    waitlists: Arc<Waitlists>,
     /// Test hook: commit transitions without applying their moves to Redis, as if the
     /// instance died between the two.
     skip_apply: AtomicBool,
@@ -102,11 +110,17 @@ pub(crate) struct Checkouts {
 
 impl Checkouts {
     /// Transitions through `pg`, their moves applied through `scripts`.
-    pub(crate) fn new(pg: Arc<Postgres>, keys: Arc<Keys>, scripts: Arc<Scripts>) -> Self {
+    pub(crate) fn new(
+        pg: Arc<Postgres>,
+        keys: Arc<Keys>,
+        scripts: Arc<Scripts>,
+        waitlists: Arc<Waitlists>,
+    ) -> Self {
         Self {
             pg,
             keys,
             scripts,
+            waitlists,
             skip_apply: AtomicBool::new(false),
         }
     }
@@ -143,9 +157,16 @@ impl Checkouts {
     ) -> Result<OrderEventOutcome, StoreError> {
         match self.step(Target::Order(id), event).await? {
             None => Ok(OrderEventOutcome::NotFound),
-            Some(Decided { outcome, owed }) => {
+            Some(Decided {
+                outcome,
+                owed,
+                list,
+            }) => {
                 if let Some(owed) = owed {
                     self.apply(&owed).await;
+                    if let Some((len, rev)) = list {
+                        self.waitlists.publish(owed.sale_id, len, rev).await;
+                    }
                 }
                 Ok(outcome)
             }
@@ -159,12 +180,19 @@ impl Checkouts {
         for _ in 0..max {
             match self.step(Target::NextExpired, &OrderEvent::Expire).await? {
                 None => break,
-                Some(Decided { outcome, owed }) => {
+                Some(Decided {
+                    outcome,
+                    owed,
+                    list,
+                }) => {
                     if let OrderEventOutcome::Decided { result: Ok(_), .. } = outcome {
                         expired += 1;
                     }
                     if let Some(owed) = owed {
                         self.apply(&owed).await;
+                        if let Some((len, rev)) = list {
+                            self.waitlists.publish(owed.sale_id, len, rev).await;
+                        }
                     }
                 }
             }
@@ -184,7 +212,9 @@ impl Checkouts {
                 client.query(
                     "SELECT order_id, sale_id, move_epoch, status, user_id, quantity,
                             (SELECT max(l.at) FROM stock_ledger l
-                             WHERE l.sale_id = o.sale_id AND l.order_id = o.order_id)
+                             WHERE l.sale_id = o.sale_id AND l.order_id = o.order_id),
+                            ARRAY(SELECT x.user_id FROM orders x WHERE x.offered_from = o.order_id
+                                  ORDER BY x.created_at, x.order_id)
                      FROM orders o WHERE move_epoch IS NOT NULL LIMIT $1",
                     &[&limit],
                 ),
@@ -205,6 +235,7 @@ impl Checkouts {
                 at: row
                     .get::<_, Option<OffsetDateTime>>(6)
                     .unwrap_or_else(OffsetDateTime::now_utc),
+                offered: row.get(7),
             };
             if self.apply(&owed).await {
                 settled += 1;
@@ -232,6 +263,7 @@ impl Checkouts {
                     user: &owed.user,
                     units: owed.units,
                     at_us: to_micros(owed.at),
+                    offered: &owed.offered,
                 },
             )
             .await;
@@ -296,12 +328,14 @@ impl Checkouts {
 
 /// Status of hold sales as Redis holds them now: `available` (free units, with those of
 /// purchases still committing, as instant sales show them) and `held`, read in one `HMGET`
-/// each so that available + held + sold = stock within each figure set.
+/// each so that available + held + sold = stock within each figure set; and the waitlist's
+/// length (published there by `waitlist.rs`; 0 at and after the end, the caller's to say).
 pub(crate) fn hold_status(
     status: SaleStatus,
     remaining: i64,
     reserved: i64,
     on_hold: i64,
+    waitlist: i64,
 ) -> SaleStatus {
     let stock = i64::from(status.sale.stock);
     let held = on_hold.clamp(0, stock);
@@ -309,6 +343,7 @@ pub(crate) fn hold_status(
     SaleStatus {
         remaining: available as u32,
         held: held as u32,
+        waitlist: u32::try_from(waitlist.max(0)).unwrap_or(u32::MAX),
         ..status
     }
 }
@@ -367,9 +402,11 @@ async fn step_tx(
     };
     let n = i32::try_from(units).unwrap_or(i32::MAX);
     let released = if pay { 0 } else { n };
-    if released > 0 {
-        free_units(&tx, order.sale_id, &order.user_id, released).await?;
-    }
+    let offers = if released > 0 {
+        free_units(&tx, order.sale_id, &order.user_id, released, now, id).await?
+    } else {
+        Offers::default()
+    };
     // Every transition takes the sale row's lock: it orders the transition with a rebuild's
     // epoch bump, so the epoch read here says which Redis state the move belongs to. The
     // payment of the last unit held is the sale's sold-out instant (as `transition.lua`
@@ -422,6 +459,7 @@ async fn step_tx(
         user: order.user_id.as_str().to_owned(),
         units,
         at: now,
+        offered: offers.users,
     };
     let order = Order {
         status: new.status(),
@@ -434,20 +472,27 @@ async fn step_tx(
     Ok(Some(Decided {
         outcome: OrderEventOutcome::Decided { result, order },
         owed: Some(owed),
+        list: offers.list,
     }))
 }
 
-/// Frees `n` units of sale `sale` held by `user`: the one place PostgreSQL frees units, back
-/// to available (`sales.sold` down) with the buyer's allowance (CO-7); the waitlist will offer
-/// them here instead. Redis's half is `transition.lua`'s release branch.
+/// Frees `n` units of sale `sale` held by `user` at `now` (the release of order `from`): the
+/// one place PostgreSQL frees units. The buyer's allowance comes back (CO-7); then, in this
+/// same transaction, the waitlist is offered the units (CO-10, [`offer_freed`]) and those
+/// nobody takes go back to available (`sales.sold` down). Redis's half is `transition.lua`'s
+/// release branch, told the offered buyers.
 async fn free_units(
     tx: &deadpool_postgres::Transaction<'_>,
     sale: SaleId,
     user: &UserId,
     n: i32,
-) -> Result<(), tokio_postgres::Error> {
+    now: OffsetDateTime,
+    from: Uuid,
+) -> Result<Offers, tokio_postgres::Error> {
     // The buyer's row goes at 0 (its CHECK keeps it positive). Buyers before the sale's row:
-    // the group commit locks them in that order too, so the two never deadlock.
+    // the group commit locks them in that order too. (An offer then locks the offered buyer's
+    // row after the sale's: a waiter's own purchase committing at that instant may deadlock
+    // with it, and PostgreSQL aborts one of the two whole; see docs/architecture.md.)
     tx.execute(
         "WITH gone AS (
              DELETE FROM buyers WHERE sale_id = $1 AND user_id = $2 AND held <= $3
@@ -457,12 +502,14 @@ async fn free_units(
         &[&sale.0, &user.as_str(), &n],
     )
     .await?;
+    let offers = offer_freed(tx, sale, n, now, from).await?;
+    let back = n - i32::try_from(offers.users.len()).unwrap_or(n);
     tx.execute(
         "UPDATE sales SET sold = sold - $2, sold_out_at = NULL WHERE id = $1",
-        &[&sale.0, &n],
+        &[&sale.0, &back],
     )
     .await?;
-    Ok(())
+    Ok(offers)
 }
 
 /// Ends a transition that changes nothing: no write, nothing owed.
@@ -475,6 +522,7 @@ async fn unchanged(
     Ok(Some(Decided {
         outcome: OrderEventOutcome::Decided { result, order },
         owed: None,
+        list: None,
     }))
 }
 
@@ -491,7 +539,7 @@ fn order_of(row: &Row) -> Result<Order, StoreError> {
         status: checkout.status,
         expires_at: checkout.expires_at,
         payment_ref: checkout.payment_ref,
-        offered: false,
+        offered: checkout.offered,
     })
 }
 
@@ -504,7 +552,7 @@ fn state_of(row: &Row, order: &Order) -> Result<OrderState, StoreError> {
     }
     let bad =
         |what: &str| StoreError::internal(format!("hold order {} has {what}", order.order_id));
-    let price = Price::parse_pair(row.get(8), row.get::<_, Option<&str>>(9))
+    let price = Price::parse_pair(row.get(9), row.get::<_, Option<&str>>(10))
         .map_err(|e| StoreError::internal_from("a stored price", e))?
         .ok_or_else(|| bad("no price"))?;
     let reservation = Reservation {

@@ -160,6 +160,19 @@ fn flush_sql() -> &'static str {
     })
 }
 
+/// The summary's checkout counts of sale `$1`, from its durable orders and waitlist rows
+/// (CO-11): hold orders ever (offers included), paid, expired, cancelled, offers made, offers
+/// paid, joins ever (history rows are kept, so a buyer who left and joined again counts twice).
+const CHECKOUT_COUNTS: &str = "
+    SELECT count(*) FILTER (WHERE expires_at IS NOT NULL),
+           count(*) FILTER (WHERE status = 'paid'),
+           count(*) FILTER (WHERE status = 'expired'),
+           count(*) FILTER (WHERE status = 'cancelled'),
+           count(*) FILTER (WHERE offered),
+           count(*) FILTER (WHERE offered AND status = 'paid'),
+           (SELECT count(*) FROM waitlist WHERE sale_id = $1)
+    FROM orders WHERE sale_id = $1";
+
 /// The summary's query: `$1` the sale, `$2` the id of a failed flush; columns: orders, units,
 /// attempts, each counter, whether that flush landed.
 fn summary_sql() -> &'static str {
@@ -192,6 +205,24 @@ impl Counters {
                 client.query_one(summary_sql(), &[&id.0, &unsent_id]),
             )
             .await?;
+        let checkout = self
+            .pg
+            .call(
+                "checkout counts",
+                client.query_one(CHECKOUT_COUNTS, &[&id.0]),
+            )
+            .await?;
+        drop(client);
+        let c = |i: usize| checkout.get::<_, i64>(i) as u64;
+        let checkout = CheckoutCounts {
+            reserved: c(0),
+            paid: c(1),
+            expired: c(2),
+            cancelled: c(3),
+            offers_made: c(4),
+            offers_taken: c(5),
+            waitlist_joins: c(6),
+        };
         let n = |i: usize| row.get::<_, Option<i64>>(i).unwrap_or(0) as u64;
         let mut counted = Delta {
             attempts: n(2),
@@ -215,7 +246,7 @@ impl Counters {
             confirmed_orders: row.get::<_, i64>(0) as u64,
             confirmed_units: row.get::<_, i64>(1) as u64,
             rejections: counted.rejections,
-            checkout: CheckoutCounts::default(),
+            checkout,
         })
     }
 }

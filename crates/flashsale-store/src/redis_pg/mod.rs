@@ -24,6 +24,9 @@
 //! Redis at most once (the reconciler applies what a dead instance left, and expires
 //! reservations past their deadline through the same step).
 //!
+//! The waitlist (`waitlist.rs`): joins and leaves in PostgreSQL under the sale row's lock; a
+//! release offers its units to the earliest waiters inside its own transition transaction.
+//!
 //! Beside the path: `refresh.rs` keeps the snapshot current; `reconcile.rs` settles
 //! reservations whose instance died and audits each sale's Redis state; `rebuild.rs` restores
 //! a sale's Redis state from PostgreSQL when it was lost or found wrong; `counters.rs` keeps
@@ -62,6 +65,7 @@ pub(crate) mod schema;
 mod scripts;
 mod settle;
 mod snapshot;
+mod waitlist;
 
 pub use config::{DEFAULT_KEY_PREFIX, DEFAULT_PG_SCHEMA, RedisPgConfig};
 
@@ -94,6 +98,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use waitlist::{Standing, Waitlists};
 
 /// The scale-out store (Redis admission + PostgreSQL durability). Cheap to share in an `Arc`.
 pub struct RedisPgStore {
@@ -107,6 +112,7 @@ pub struct RedisPgStore {
     purchases: Arc<Purchases>,
     changes: Arc<Changes>,
     checkouts: Arc<Checkouts>,
+    waitlists: Arc<Waitlists>,
     /// Purchases past the pre-filter, run to their end whoever waits (shutdown waits for them).
     in_flight: InFlight,
     cancel: CancellationToken,
@@ -166,13 +172,20 @@ impl RedisPgStore {
             &tracker,
         );
         tracker.spawn(refresher.run(cancel.clone()));
+        let waitlists = Arc::new(Waitlists::new(
+            Arc::clone(&pg),
+            Arc::clone(&redis),
+            Arc::clone(&keys),
+        ));
         let checkouts = Arc::new(Checkouts::new(
             Arc::clone(&pg),
             Arc::clone(&keys),
             Arc::clone(&scripts),
+            Arc::clone(&waitlists),
         ));
         let reconciler = Arc::new(Reconciler::new(ReconcilerParts {
             checkouts: Arc::clone(&checkouts),
+            waitlists: Arc::clone(&waitlists),
             redis: Arc::clone(&redis),
             pg: Arc::clone(&pg),
             keys: Arc::clone(&keys),
@@ -220,6 +233,7 @@ impl RedisPgStore {
             purchases,
             changes,
             checkouts,
+            waitlists,
             in_flight: InFlight::default(),
             cancel,
             tracker,
@@ -257,23 +271,32 @@ impl RedisPgStore {
                 .arg(&self.keys.sale(statuses[i].sale.id).meta)
                 .arg("remaining")
                 .arg("reserved")
-                .arg("onhold");
+                .arg("onhold")
+                .arg("waitlist");
         }
         let mut con = self.redis.con();
-        type Figures = (Option<i64>, Option<i64>, Option<i64>);
+        type Figures = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
         let figures: Vec<Figures> = self
             .redis
             .call("status of hold sales", pipe.query_async(&mut con))
             .await?;
-        for (i, (remaining, reserved, on_hold)) in holds.into_iter().zip(figures) {
+        let now = self.snapshot.now();
+        for (i, (remaining, reserved, on_hold, waitlist)) in holds.into_iter().zip(figures) {
             // A sale whose Redis state is being rebuilt keeps the snapshot's figures.
             if let Some(remaining) = remaining {
                 let status = statuses[i].clone();
+                // The list lapses at the end (or a cancellation): nobody waits from then on.
+                let waitlist = if now < status.sale.ends_at && status.sale.cancelled_at.is_none() {
+                    waitlist.unwrap_or(0)
+                } else {
+                    0
+                };
                 statuses[i] = checkout::hold_status(
                     status,
                     remaining,
                     reserved.unwrap_or(0),
                     on_hold.unwrap_or(0),
+                    waitlist,
                 );
             }
         }
@@ -291,32 +314,37 @@ impl RedisPgStore {
 impl SaleStore for RedisPgStore {
     async fn waitlist_join(
         &self,
-        _id: SaleId,
-        _user: UserId,
+        id: SaleId,
+        user: UserId,
     ) -> Result<Option<WaitlistJoin>, StoreError> {
-        Err(StoreError::internal(
-            "the waitlist is not built in this store yet",
-        ))
+        self.waitlists.join(id, &user).await
     }
 
     async fn waitlist_place(
         &self,
-        _id: SaleId,
-        _user: &UserId,
+        id: SaleId,
+        user: &UserId,
     ) -> Result<Option<WaitlistPlace>, StoreError> {
-        Err(StoreError::internal(
-            "the waitlist is not built in this store yet",
-        ))
+        if self.snapshot.sale(id).await?.is_none() {
+            return Ok(None);
+        }
+        match self.waitlists.place(id, user).await? {
+            Standing::Place(place) => Ok(Some(place)),
+            Standing::Offered(order_id) => match self.checkouts.order(order_id).await? {
+                Some(order) => Ok(Some(WaitlistPlace::Offered(order))),
+                None => Err(StoreError::internal(format!(
+                    "offered order {order_id} vanished"
+                ))),
+            },
+        }
     }
 
     async fn waitlist_leave(
         &self,
-        _id: SaleId,
-        _user: &UserId,
+        id: SaleId,
+        user: &UserId,
     ) -> Result<Option<WaitlistLeave>, StoreError> {
-        Err(StoreError::internal(
-            "the waitlist is not built in this store yet",
-        ))
+        self.waitlists.leave(id, user).await
     }
 
     async fn order(&self, order_id: uuid::Uuid) -> Result<Option<Order>, StoreError> {

@@ -331,7 +331,7 @@ pub(crate) async fn buyer_orders(
         .call(
             "orders of a buyer",
             client.query(
-                "SELECT order_id, quantity, created_at, status, expires_at, payment_ref
+                "SELECT order_id, quantity, created_at, status, expires_at, payment_ref, offered
                  FROM orders
                  WHERE sale_id = $1 AND user_id = $2 ORDER BY created_at, order_id",
                 &[&id.0, &user.as_str()],
@@ -345,7 +345,7 @@ pub(crate) async fn buyer_orders(
                 status: checkout.status,
                 expires_at: checkout.expires_at,
                 payment_ref: checkout.payment_ref,
-                offered: false,
+                offered: checkout.offered,
                 order_id: row.get(0),
                 sale_id: id,
                 user_id: user.clone(),
@@ -356,14 +356,16 @@ pub(crate) async fn buyer_orders(
         .collect()
 }
 
-/// An order's checkout columns as stored (`status, expires_at, payment_ref`).
+/// An order's checkout columns as stored (`status, expires_at, payment_ref, offered`).
 pub(crate) struct CheckoutColumns {
     pub status: OrderStatus,
     pub expires_at: Option<time::OffsetDateTime>,
     pub payment_ref: Option<PaymentRef>,
+    /// Made by a waitlist offer.
+    pub offered: bool,
 }
 
-/// The columns `status, expires_at, payment_ref` of `row` from `first` on.
+/// The columns `status, expires_at, payment_ref, offered` of `row` from `first` on.
 pub(crate) fn checkout_at(row: &Row, first: usize) -> Result<CheckoutColumns, StoreError> {
     let status: &str = row.get(first);
     let status = OrderStatus::parse(status)
@@ -377,6 +379,7 @@ pub(crate) fn checkout_at(row: &Row, first: usize) -> Result<CheckoutColumns, St
         status,
         expires_at: row.get(first + 1),
         payment_ref,
+        offered: row.get(first + 3),
     })
 }
 
@@ -396,7 +399,7 @@ pub(crate) async fn order_page(
                 "a page of a sale's orders",
                 client.query(
                     "SELECT order_id, user_id, quantity, created_at, status, expires_at,
-                            payment_ref FROM orders
+                            payment_ref, offered FROM orders
                      WHERE sale_id = $1 ORDER BY created_at, order_id LIMIT $2",
                     &[&id.0, &limit],
                 ),
@@ -408,7 +411,7 @@ pub(crate) async fn order_page(
                 "a page of a sale's orders",
                 client.query(
                     "SELECT order_id, user_id, quantity, created_at, status, expires_at,
-                            payment_ref FROM orders
+                            payment_ref, offered FROM orders
                      WHERE sale_id = $1 AND (created_at, order_id) > ($2, $3)
                      ORDER BY created_at, order_id LIMIT $4",
                     &[&id.0, &after.created_at, &after.order_id, &limit],
@@ -425,7 +428,7 @@ pub(crate) async fn order_page(
                 status: checkout.status,
                 expires_at: checkout.expires_at,
                 payment_ref: checkout.payment_ref,
-                offered: false,
+                offered: checkout.offered,
                 order_id: row.get(0),
                 sale_id: id,
                 user_id: UserId::parse(user).map_err(|e| {

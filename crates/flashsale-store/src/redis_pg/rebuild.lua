@@ -17,7 +17,8 @@
 --                 lost state or PostgreSQL's last order), ARGV[12] cancelled ("1" or ""),
 --                 ARGV[13] revision (of the operator's changes), ARGV[14] hold ("1" for a
 --                 hold-mode sale, or ""), ARGV[15] onhold (units of the reservations
---                 PostgreSQL holds as `reserved`). Nothing is in flight after a rebuild.
+--                 PostgreSQL holds as `reserved`), ARGV[16] waitlist length, ARGV[17] its
+--                 revision (waitlist.lua). Nothing is in flight after a rebuild.
 --                 Writes meta last (its presence lets admissions in).
 -- step "unlock":  deletes the lock.
 -- Returns "ok", "lost" (the lock is not ours: stop) or "newer" (begin only).
@@ -45,7 +46,8 @@ elseif step == 'restore' then
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[2], 'stock', ARGV[4], 'limit', ARGV[5], 'starts_us', ARGV[6],
     'ends_us', ARGV[7], 'remaining', ARGV[8], 'epoch', ARGV[9], 'reserved', '0',
-    'clock_us', ARGV[11], 'revision', ARGV[13])
+    'clock_us', ARGV[11], 'revision', ARGV[13], 'waitlist', ARGV[16],
+    'waitlist_rev', ARGV[17])
   if ARGV[14] == '1' then
     redis.call('HSET', KEYS[2], 'hold', '1', 'onhold', ARGV[15])
   end

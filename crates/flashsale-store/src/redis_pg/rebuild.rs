@@ -240,6 +240,8 @@ fn restored_meta(
         }
         .to_owned(),
         durable.on_hold.to_string(),
+        durable.waitlist.0.to_string(),
+        durable.waitlist.1.to_string(),
     ]
 }
 
@@ -289,6 +291,8 @@ struct Durable {
     on_hold: u32,
     /// When the sale's last order was admitted.
     last_order_at: Option<OffsetDateTime>,
+    /// The waitlist's length and revision (`waitlist.rs`), as status reads them from meta.
+    waitlist: (i32, i64),
     held: Vec<Holding>,
     keys: Vec<ConfirmedKey>,
 }
@@ -326,7 +330,8 @@ async fn read_durable(
                  RETURNING epoch, sold, sold_out_at,
                      (SELECT max(created_at) FROM orders WHERE sale_id = $1), {SALE}, revision,
                      (SELECT COALESCE(sum(quantity), 0) FROM orders
-                      WHERE sale_id = $1 AND status = 'reserved')::int4"
+                      WHERE sale_id = $1 AND status = 'reserved')::int4,
+                     waitlist_len, waitlist_rev"
             ),
             &[&id.0, &min_epoch],
         )
@@ -369,6 +374,7 @@ async fn read_durable(
         sold_out_at: row.get(2),
         on_hold: row.get::<_, i32>(5 + SALE_LEN) as u32,
         last_order_at: row.get(3),
+        waitlist: (row.get(6 + SALE_LEN), row.get(7 + SALE_LEN)),
         held,
         keys,
     })

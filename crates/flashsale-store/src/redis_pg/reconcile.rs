@@ -31,6 +31,7 @@ use super::rebuild::Rebuilder;
 use super::scripts::{AuditReply, RedisHoldings, Scripts};
 use super::settle::Settler;
 use super::snapshot::Snapshot;
+use super::waitlist::Waitlists;
 use crate::StoreError;
 use crate::instants::from_micros;
 use flashsale_core::{Sale, SaleId};
@@ -54,6 +55,7 @@ const AUDIT_FULL_MAX: usize = 5_000;
 /// What the reconciler works with.
 pub(crate) struct ReconcilerParts {
     pub checkouts: Arc<Checkouts>,
+    pub waitlists: Arc<Waitlists>,
     pub redis: Arc<Redis>,
     pub pg: Arc<Postgres>,
     pub keys: Arc<Keys>,
@@ -122,6 +124,9 @@ impl Reconciler {
         let holds = async {
             let applied = checkouts.apply_pending(MAX_PER_ROUND).await?;
             let expired = checkouts.expire_due(MAX_EXPIRED_PER_ROUND).await?;
+            // Waitlist lengths whose publish was lost (its instance died after the commit,
+            // or Redis was rebuilt): not resolutions, so not counted.
+            self.parts.waitlists.republish().await?;
             Ok::<_, StoreError>(applied + expired)
         };
         match holds.await {

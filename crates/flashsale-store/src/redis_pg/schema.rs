@@ -30,6 +30,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (8, include_str!("../../migrations/0008_stock_ledger.sql")),
     (9, include_str!("../../migrations/0009_products.sql")),
     (10, include_str!("../../migrations/0010_holds.sql")),
+    (11, include_str!("../../migrations/0011_waitlist.sql")),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations.

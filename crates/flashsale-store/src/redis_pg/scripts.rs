@@ -47,6 +47,8 @@ pub(crate) enum Freeze {
         remaining: i64,
         /// Units of live reservations.
         reserved: i64,
+        /// Units on hold, waiting for payment (hold mode).
+        on_hold: i64,
     },
 }
 
@@ -192,6 +194,8 @@ pub(crate) struct MoveToApply<'a> {
     pub units: u32,
     /// When the transition was decided (microseconds, PostgreSQL's clock).
     pub at_us: i64,
+    /// A release: the waiters offered a unit each of the released ones (they stay held).
+    pub offered: &'a [String],
 }
 
 /// What `transition.lua` did with a move.
@@ -319,6 +323,9 @@ impl Scripts {
             .arg(applied.user)
             .arg(applied.units)
             .arg(applied.at_us);
+        for user in applied.offered {
+            inv.arg(user);
+        }
         let reply: String = shape("transition", self.invoke("transition", &inv).await?)?;
         match reply.as_str() {
             "applied" => Ok(MoveApplied::Applied),
@@ -387,11 +394,12 @@ impl Scripts {
         match reply.first().map(String::as_str) {
             Some("missing") => Ok(Freeze::Missing),
             Some("busy") => Ok(Freeze::Busy),
-            Some("frozen") if reply.len() == 5 => Ok(Freeze::Frozen {
+            Some("frozen") if reply.len() == 6 => Ok(Freeze::Frozen {
                 now_us: num(reply.get(1), &reply)?,
                 stock: num(reply.get(2), &reply)?,
                 remaining: num(reply.get(3), &reply)?,
                 reserved: num(reply.get(4), &reply)?,
+                on_hold: num(reply.get(5), &reply)?,
             }),
             _ => Err(malformed("change", reply)),
         }
