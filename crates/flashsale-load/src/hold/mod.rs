@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -45,6 +45,12 @@ const PROBE_EVERY: Duration = Duration::from_millis(200);
 /// How often the status reader reads.
 const READ_EVERY: Duration = Duration::from_millis(20);
 
+/// Tries of one waitlist join answered 503 before the run counts it an error.
+const JOIN_TRIES: u32 = 30;
+
+/// The pause before a join answered 503 is sent again.
+const JOIN_PAUSE: Duration = Duration::from_millis(250);
+
 /// Past the last deadline, how long offers may take to settle before the run gives up.
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -52,6 +58,8 @@ const SETTLE: Duration = Duration::from_secs(90);
 struct Run {
     sale_id: u64,
     secret: Option<WebhookSecret>,
+    /// Joins answered 503 and sent again.
+    join_retries: AtomicU64,
     /// Latencies in microseconds by request kind.
     timings: Mutex<BTreeMap<&'static str, Vec<u64>>>,
 }
@@ -103,17 +111,26 @@ impl Run {
         }
     }
 
-    /// Puts `user` on the waitlist: their position.
+    /// Puts `user` on the waitlist: their position. A 503 (nothing changed: the store had no
+    /// room for the request in time) is sent again after a pause, as the page would, up to
+    /// [`JOIN_TRIES`] times; each retry is counted.
     async fn join(&self, conn: &mut Conn, user: &str) -> Result<u64, String> {
         let path = format!("/api/sales/{}/waitlist", self.sale_id);
         let body = Bytes::from(serde_json::json!({ "user_id": user }).to_string());
-        let (status, v) = self
-            .send(conn, "join", Method::POST, &path, Some(body), None)
-            .await?;
-        match (status, v["position"].as_u64()) {
-            (StatusCode::CREATED, Some(position)) => Ok(position),
-            _ => Err(format!("join {user}: {status} {v}")),
+        for _ in 1..JOIN_TRIES {
+            let (status, v) = self
+                .send(conn, "join", Method::POST, &path, Some(body.clone()), None)
+                .await?;
+            match (status, v["position"].as_u64()) {
+                (StatusCode::CREATED, Some(position)) => return Ok(position),
+                (StatusCode::SERVICE_UNAVAILABLE, _) => {
+                    self.join_retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(JOIN_PAUSE).await;
+                }
+                _ => return Err(format!("join {user}: {status} {v}")),
+            }
         }
+        Err(format!("join {user}: 503 {JOIN_TRIES} times"))
     }
 
     /// Pays one unit of `order`: through the signed webhook, or the demo route.
@@ -366,6 +383,8 @@ struct HoldReport {
     holders_paid: u64,
     holds_expired: u64,
     waitlist_joins: usize,
+    /// Joins answered 503 (nothing changed) and sent again.
+    join_retries: u64,
     offers_made: usize,
     offers_taken: u64,
     offers_released: u64,
@@ -395,8 +414,12 @@ impl HoldReport {
         );
         let _ = writeln!(
             out,
-            "race: {} reserved, {} joined the waitlist; holders: {} paid, {} expired",
-            self.reserved_in_race, self.waitlist_joins, self.holders_paid, self.holds_expired
+            "race: {} reserved, {} joined the waitlist ({} joins answered 503 and sent again); holders: {} paid, {} expired",
+            self.reserved_in_race,
+            self.waitlist_joins,
+            self.join_retries,
+            self.holders_paid,
+            self.holds_expired
         );
         let _ = writeln!(
             out,
@@ -459,6 +482,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<bool> {
     let run = Arc::new(Run {
         sale_id: sale.sale_id,
         secret,
+        join_retries: AtomicU64::new(0),
         timings: Mutex::new(BTreeMap::new()),
     });
     let mut errors = Vec::new();
@@ -762,6 +786,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<bool> {
         holders_paid: count(&observed.holders, Fate::Paid),
         holds_expired: count(&observed.holders, Fate::Expired),
         waitlist_joins: observed.joins.len(),
+        join_retries: run.join_retries.load(Ordering::Relaxed),
         offers_made: observed.offers.len(),
         offers_taken: count(&observed.offers, Fate::Paid),
         offers_released: count(&observed.offers, Fate::Cancelled),
