@@ -1363,6 +1363,7 @@ async fn co9_co10_a_buyer_joins_the_waitlist_on_the_page_and_the_offer_shows_wit
         })
         .await;
     assert_eq!(offered["waiting_shown"], false, "{offered:#}");
+    assert_eq!(offered["join_shown"], false, "{offered:#}");
     let order = &app.orders_of(sale, "ann").await["orders"][0];
     assert_eq!(
         (&order["status"], &order["offered"]),

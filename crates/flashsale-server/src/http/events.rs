@@ -58,11 +58,14 @@ impl Snapshot {
     }
 
     /// Whether `other` is worth telling streams about (`server_time` alone is not; an
-    /// operator's change of the sale, its product included, is).
+    /// operator's change of the sale, its product included, is; so is a payment, which moves
+    /// held to sold without changing what is available, and a change of the waitlist).
     fn differs(&self, other: &SaleStatus, state: SaleState) -> bool {
         self.state != state
             || self.status.sale != other.sale
             || self.status.remaining != other.remaining
+            || self.status.held != other.held
+            || self.status.waitlist != other.waitlist
             || self.status.sold_out_at != other.sold_out_at
     }
 }
@@ -243,4 +246,46 @@ impl Feed {
 
 fn event(json: &str) -> Event {
     Event::default().event("sale").data(json)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use flashsale_core::NewSale;
+    use time::macros::datetime;
+
+    #[test]
+    fn a_payment_or_a_waitlist_change_is_published_and_the_clock_alone_is_not() {
+        let now = datetime!(2026-11-30 12:30 UTC);
+        let sale = NewSale::parse(
+            "Lamp",
+            datetime!(2026-11-30 12:00 UTC),
+            datetime!(2026-11-30 13:00 UTC),
+            4,
+            1,
+        )
+        .unwrap()
+        .with_id(SaleId(1));
+        let status = SaleStatus {
+            sale: Arc::new(sale),
+            remaining: 0,
+            held: 4,
+            waitlist: 0,
+            sold_out_at: None,
+        };
+        let published = Snapshot::new(status.clone(), now);
+        let same = status.clone();
+        assert!(!published.differs(&same, same.state(now + Duration::from_secs(1))));
+        let paid = SaleStatus {
+            held: 3,
+            ..status.clone()
+        };
+        assert!(published.differs(&paid, paid.state(now)), "held to sold");
+        let joined = SaleStatus {
+            waitlist: 1,
+            ..status
+        };
+        assert!(published.differs(&joined, joined.state(now)), "a join");
+    }
 }
