@@ -209,6 +209,12 @@ impl SaleState {
 }
 
 impl Sale {
+    /// Whether the waitlist is open at `now` (CO-9, CO-10): before `ends_at` and not cancelled.
+    /// From then on it has lapsed: nobody waits, joins are closed, nothing is offered.
+    pub fn waitlist_open(&self, now: OffsetDateTime) -> bool {
+        now < self.ends_at && self.cancelled_at.is_none()
+    }
+
     /// The state at `now` given `remaining` units.
     ///
     /// Sold out wins over time once stock is 0: units are only sold inside the window, so a sale

@@ -112,7 +112,7 @@ impl Waitlist {
         if now < sale.starts_at {
             return Err(WaitlistRefusal::NotStarted);
         }
-        if now >= sale.ends_at {
+        if !sale.waitlist_open(now) {
             return Err(WaitlistRefusal::Closed);
         }
         if units.sold_out() {
@@ -153,7 +153,7 @@ impl Waitlist {
         now: OffsetDateTime,
         mut holding: impl FnMut(&UserId) -> u32,
     ) -> Option<UserId> {
-        if now >= sale.ends_at {
+        if !sale.waitlist_open(now) {
             return None;
         }
         while let Some(user) = self.queue.pop_front() {
@@ -280,6 +280,19 @@ mod tests {
             list.join(user("bob"), &s, &all_held(), 0, just_before),
             Ok(2)
         );
+    }
+
+    #[test]
+    fn co9_a_cancelled_sale_takes_no_join_and_offers_nothing() {
+        let mut list = Waitlist::new();
+        let mut s = sale(1);
+        assert_eq!(list.join(user("ann"), &s, &all_held(), 0, DURING), Ok(1));
+        s.cancelled_at = Some(DURING);
+        assert_eq!(
+            list.join(user("bob"), &s, &all_held(), 0, DURING),
+            Err(WaitlistRefusal::Closed)
+        );
+        assert_eq!(list.next_offer(&s, DURING, |_| 0), None);
     }
 
     #[test]

@@ -104,6 +104,7 @@ macro_rules! conformance_suite {
                 an_offer_passes_over_a_waiter_at_the_limit,
                 the_waitlist_lapses_at_the_end,
                 racing_joins_and_releases_offer_each_unit_once_in_join_order,
+                a_cancelled_sales_waitlist_lapses,
             );
             $crate::conformance_suite!(@cases $sut; product;
                 a_product_and_its_image_are_kept_changed_by_the_rules_and_survive_a_restart,

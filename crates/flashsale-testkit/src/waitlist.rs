@@ -420,3 +420,38 @@ pub async fn racing_joins_and_releases_offer_each_unit_once_in_join_order<S: Sto
     // Nothing went back to available: a purchase is still refused.
     assert!(rejection(&buy(&*store, sale.id, "late", 1).await).is_some());
 }
+
+/// SPEC 9, CO-9: an operator's cancel of the sale closes the list at once, as `ends_at` would:
+/// nobody waits or joins, and a reservation released afterwards goes to no waiter.
+pub async fn a_cancelled_sales_waitlist_lapses<S: StoreUnderTest>(sut: S) {
+    let store = sut.open().await;
+    let sale = store.create_sale(hold(1, 1, 600)).await.unwrap();
+    let held = reserve(&*store, sale.id, "holder", 1).await;
+    assert_eq!(
+        join(&*store, sale.id, "ann").await,
+        WaitlistJoin::Joined { position: 1 }
+    );
+    let cancelled = store
+        .change_sale(sale.id, flashsale_core::SaleChange::Cancel)
+        .await
+        .unwrap();
+    assert!(
+        matches!(cancelled, flashsale_store::ChangeOutcome::Changed(_)),
+        "{cancelled:?}"
+    );
+    assert_eq!(
+        place(&*store, sale.id, "ann").await,
+        WaitlistPlace::NotWaitlisted
+    );
+    assert_eq!(length(&*store, sale.id).await, 0);
+    assert_eq!(
+        join(&*store, sale.id, "bob").await,
+        WaitlistJoin::Refused(WaitlistRefusal::Closed)
+    );
+    release(&*store, held.order_id).await;
+    assert_eq!(
+        place(&*store, sale.id, "ann").await,
+        WaitlistPlace::NotWaitlisted
+    );
+    assert_figures(&*store, sale.id, (1, 0, 0)).await;
+}

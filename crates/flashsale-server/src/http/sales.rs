@@ -205,7 +205,7 @@ impl SaleBody {
                 CheckoutMode::Hold { .. } => CheckoutName::Hold,
             },
             payment_window_secs: sale.checkout.payment_window().map(|w| w.secs()),
-            waitlist_length: if now < sale.ends_at {
+            waitlist_length: if sale.waitlist_open(now) {
                 status.waitlist
             } else {
                 0

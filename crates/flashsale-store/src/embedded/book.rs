@@ -880,7 +880,7 @@ impl SaleBook {
         if now < sale.starts_at {
             return refuse(WaitlistRefusal::NotStarted);
         }
-        if now >= sale.ends_at {
+        if !sale.waitlist_open(now) {
             return refuse(WaitlistRefusal::Closed);
         }
         let available = sale.stock.saturating_sub(st.sold + st.held + st.pending);
@@ -932,7 +932,7 @@ impl SaleBook {
         let st = &mut *guard;
         let now = now.max(st.last_decided);
         st.last_decided = now;
-        if now >= st.sale.ends_at {
+        if !st.sale.waitlist_open(now) {
             return ListStep::Answer(WaitlistLeave::NotWaitlisted);
         }
         let Some((seq, waiter)) = st.list.entry(user) else {
@@ -973,7 +973,7 @@ impl SaleBook {
     /// reservation as it is now, else neither.
     pub fn place(&self, user: &UserId, now: OffsetDateTime) -> WaitlistPlace {
         let st = self.state.lock();
-        if now < st.sale.ends_at
+        if st.sale.waitlist_open(now)
             && let Some((seq, _)) = st.list.entry(user)
         {
             let position = u32::try_from(st.list.position(seq)).unwrap_or(u32::MAX);
@@ -1015,7 +1015,7 @@ impl SaleBook {
     /// `now` only says whether the waitlist has lapsed (`ends_at`).
     pub fn status(&self, now: OffsetDateTime) -> SaleStatus {
         let st = self.state.lock();
-        let waitlist = if now < st.sale.ends_at {
+        let waitlist = if st.sale.waitlist_open(now) {
             u32::try_from(st.list.len()).unwrap_or(u32::MAX)
         } else {
             0
@@ -1164,7 +1164,7 @@ fn plan_offers(
     now: OffsetDateTime,
 ) -> Result<Vec<(u64, bool)>, watch::Receiver<()>> {
     let sale = &st.sale;
-    if now >= sale.ends_at || sale.checkout.payment_window().is_none() {
+    if !sale.waitlist_open(now) || sale.checkout.payment_window().is_none() {
         return Ok(Vec::new());
     }
     let mut plan = Vec::new();
