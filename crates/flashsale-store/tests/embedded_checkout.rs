@@ -5,53 +5,23 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/embedded_hold.rs"]
+mod embedded_hold;
+
+use embedded_hold::*;
 use flashsale_core::{
-    Canceller, Checkout, Clock, ManualClock, Money, NewSale, OrderEvent, OrderStatus, PaymentRef,
-    Quantity, SaleId, Transition, TransitionError, UserId,
+    Canceller, ManualClock, Money, OrderEvent, OrderStatus, PaymentRef, Quantity, SaleId,
+    Transition, TransitionError, UserId,
 };
-use flashsale_store::embedded::{DB_FILE, EXPIRY_INTERVAL, EmbeddedStore};
+use flashsale_store::embedded::{DB_FILE, EXPIRY_INTERVAL};
 use flashsale_store::{
-    Attempt, LedgerCause, LedgerEntry, Order, OrderEventOutcome, PurchaseOutcome, SaleStore,
-    StoreError,
+    Attempt, LedgerCause, Order, OrderEventOutcome, PurchaseOutcome, SaleStore, StoreError,
 };
 use std::io::Write as _;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use time::{Duration, OffsetDateTime, macros::datetime};
+use time::Duration;
 use uuid::Uuid;
-
-/// The instant every test starts at.
-const T0: OffsetDateTime = datetime!(2026-11-30 12:00:00 UTC);
-/// The payment window of every sale here (the minimum).
-const WINDOW: Duration = Duration::seconds(60);
-/// One unit's price, in cents.
-const PRICE_MINOR: i64 = 1999;
-
-fn open(dir: &Path, clock: &Arc<ManualClock>) -> Arc<EmbeddedStore> {
-    let clock: Arc<dyn Clock> = Arc::clone(clock) as _;
-    Arc::new(EmbeddedStore::open(dir, clock).unwrap())
-}
-
-/// A hold-mode sale open from a minute before `T0` for a day.
-fn hold(stock: u32, limit: u32) -> NewSale {
-    let checkout = Checkout::parse(
-        Some("hold"),
-        Some(WINDOW.whole_seconds()),
-        Some(PRICE_MINOR),
-        Some("EUR"),
-    )
-    .unwrap();
-    NewSale::parse(
-        "Held widget",
-        T0 - Duration::minutes(1),
-        T0 + Duration::days(1),
-        i64::from(stock),
-        i64::from(limit),
-    )
-    .unwrap()
-    .with_checkout(checkout)
-}
 
 fn pay(units: u32, payment_ref: &str) -> OrderEvent {
     OrderEvent::Pay {
@@ -66,22 +36,6 @@ fn cancel() -> OrderEvent {
     }
 }
 
-async fn reserve(store: &dyn SaleStore, sale: SaleId, name: &str) -> Order {
-    let attempt = Attempt {
-        sale_id: sale,
-        user_id: UserId::parse(name).unwrap(),
-        quantity: Quantity::ONE,
-        idempotency_key: None,
-    };
-    match store.purchase(attempt).await.unwrap() {
-        PurchaseOutcome::Confirmed(order) => {
-            assert_eq!(order.status, OrderStatus::Reserved);
-            order
-        }
-        other => panic!("expected a reservation for {name}, got {other:?}"),
-    }
-}
-
 async fn send(
     store: &dyn SaleStore,
     order: Uuid,
@@ -90,64 +44,6 @@ async fn send(
     match store.order_event(order, event).await? {
         OrderEventOutcome::Decided { result, order } => Ok((result, order)),
         OrderEventOutcome::NotFound => panic!("order {order} not found"),
-    }
-}
-
-async fn status_of(store: &dyn SaleStore, order: Uuid) -> OrderStatus {
-    store.order(order).await.unwrap().unwrap().status
-}
-
-/// The whole ledger of `sale`, walked a page at a time.
-async fn ledger(store: &dyn SaleStore, sale: SaleId) -> Vec<LedgerEntry> {
-    let mut all: Vec<LedgerEntry> = Vec::new();
-    loop {
-        let after = all.last().map(|e| e.key);
-        let page = store.ledger_page(sale, after, 7).await.unwrap().unwrap();
-        if page.is_empty() {
-            return all;
-        }
-        all.extend(page);
-    }
-}
-
-/// `(available, held, sold)` as the status says, checked against the ledger's replay and the
-/// stock.
-async fn figures(store: &dyn SaleStore, sale: SaleId) -> (i64, i64, i64) {
-    let status = store.status(sale).await.unwrap().unwrap();
-    let got = (
-        i64::from(status.remaining),
-        i64::from(status.held),
-        i64::from(status.sold()),
-    );
-    assert_eq!(got.0 + got.1 + got.2, i64::from(status.sale.stock), "CO-3");
-    let entries = ledger(store, sale).await;
-    let replayed = entries.iter().fold((0, 0, 0), |(a, h, s), e| {
-        (a + e.available_delta, h + e.held_delta, s + e.sold_delta)
-    });
-    assert_eq!(replayed, got, "the ledger replays to the figures");
-    got
-}
-
-async fn expiries(store: &dyn SaleStore, sale: SaleId, order: Uuid) -> usize {
-    ledger(store, sale)
-        .await
-        .iter()
-        .filter(|e| e.cause == LedgerCause::Expiry && e.order_id == Some(order))
-        .count()
-}
-
-/// Polls until every order in `orders` is no longer reserved (the timer has run), failing
-/// after 20 s.
-async fn until_settled(store: &dyn SaleStore, orders: &[Uuid]) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    for id in orders {
-        while status_of(store, *id).await == OrderStatus::Reserved {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "order {id} never expired"
-            );
-            tokio::time::sleep(EXPIRY_INTERVAL / 2).await;
-        }
     }
 }
 
@@ -167,13 +63,13 @@ async fn a_reservation_expires_once_at_its_deadline_on_the_injected_clock() {
         status_of(&*store, order.order_id).await,
         OrderStatus::Reserved
     );
-    assert_eq!(figures(&*store, sale.id).await, (2, 1, 0));
+    assert_eq!(figures_summed(&*store, sale.id).await, (2, 1, 0));
 
     clock.set(T0 + WINDOW);
     until_settled(&*store, &[order.order_id]).await;
     let expired = store.order(order.order_id).await.unwrap().unwrap();
     assert_eq!(expired.status, OrderStatus::Expired);
-    assert_eq!(figures(&*store, sale.id).await, (3, 0, 0));
+    assert_eq!(figures_summed(&*store, sale.id).await, (3, 0, 0));
     let (result, _) = send(&*store, order.order_id, OrderEvent::Expire)
         .await
         .unwrap();
@@ -184,7 +80,7 @@ async fn a_reservation_expires_once_at_its_deadline_on_the_injected_clock() {
     assert_eq!(expiries(&*store, sale.id, order.order_id).await, 1);
     // The allowance is back.
     reserve(&*store, sale.id, "alice").await;
-    assert_eq!(figures(&*store, sale.id).await, (2, 1, 0));
+    assert_eq!(figures_summed(&*store, sale.id).await, (2, 1, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,7 +104,7 @@ async fn a_reservation_due_while_the_store_was_down_expires_once_after_the_resta
     until_settled(&*store, &[due.order_id]).await;
     assert_eq!(status_of(&*store, due.order_id).await, OrderStatus::Expired);
     assert_eq!(status_of(&*store, paid.order_id).await, OrderStatus::Paid);
-    assert_eq!(figures(&*store, sale.id).await, (3, 0, 1));
+    assert_eq!(figures_summed(&*store, sale.id).await, (3, 0, 1));
     store.shutdown().await;
     drop(store);
 
@@ -216,7 +112,7 @@ async fn a_reservation_due_while_the_store_was_down_expires_once_after_the_resta
     let store = open(dir.path(), &clock);
     tokio::time::sleep(EXPIRY_INTERVAL * 3).await;
     assert_eq!(expiries(&*store, sale.id, due.order_id).await, 1);
-    assert_eq!(figures(&*store, sale.id).await, (3, 0, 1));
+    assert_eq!(figures_summed(&*store, sale.id).await, (3, 0, 1));
     store.shutdown().await;
 }
 
@@ -278,19 +174,11 @@ async fn pay_cancel_and_expire_racing_while_the_deadline_passes_have_one_winner_
         "{wins} winners for {} orders",
         orders.len()
     );
-    assert_eq!(figures(&*store, sale.id).await, (freed, 0, paid));
+    assert_eq!(figures_summed(&*store, sale.id).await, (freed, 0, paid));
     store.shutdown().await;
     drop(store);
     let store = open(dir.path(), &clock);
-    assert_eq!(figures(&*store, sale.id).await, (freed, 0, paid));
-}
-
-/// A second connection holding SQLite's write lock: the writer's next commit fails once its
-/// 2 s busy timeout runs out.
-fn hold_write_lock(dir: &Path) -> rusqlite::Connection {
-    let conn = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
-    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-    conn
+    assert_eq!(figures_summed(&*store, sale.id).await, (freed, 0, paid));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,7 +210,7 @@ async fn a_transition_whose_write_fails_changes_nothing_and_a_later_event_decide
     );
     conn_rollback(&lock);
     assert_eq!(
-        figures(&*store, sale.id).await.1,
+        figures_summed(&*store, sale.id).await.1,
         1,
         "the payment moved nothing"
     );
@@ -330,7 +218,7 @@ async fn a_transition_whose_write_fails_changes_nothing_and_a_later_event_decide
     assert!(matches!(result, Ok(Transition::Cancelled(_))), "{result:?}");
     assert_eq!(after.status, OrderStatus::Cancelled);
     assert_eq!(after.payment_ref, None);
-    assert_eq!(figures(&*store, sale.id).await, (2, 0, 0));
+    assert_eq!(figures_summed(&*store, sale.id).await, (2, 0, 0));
 
     // An expiry whose write fails is tried again by the timer, and happens once.
     let second = reserve(&*store, sale.id, "bob").await;
@@ -348,11 +236,11 @@ async fn a_transition_whose_write_fails_changes_nothing_and_a_later_event_decide
         OrderStatus::Expired
     );
     assert_eq!(expiries(&*store, sale.id, second.order_id).await, 1);
-    assert_eq!(figures(&*store, sale.id).await, (2, 0, 0));
+    assert_eq!(figures_summed(&*store, sale.id).await, (2, 0, 0));
     store.shutdown().await;
     drop(store);
     let store = open(dir.path(), &clock);
-    assert_eq!(figures(&*store, sale.id).await, (2, 0, 0));
+    assert_eq!(figures_summed(&*store, sale.id).await, (2, 0, 0));
 }
 
 fn conn_rollback(conn: &rusqlite::Connection) {
@@ -394,7 +282,7 @@ async fn an_existing_data_directory_opens_with_its_sales_instant_and_its_orders_
     let status = store.status(sale.id).await.unwrap().unwrap();
     assert_eq!(status.sale.checkout, flashsale_core::CheckoutMode::Instant);
     assert_eq!(store.order(order.order_id).await.unwrap(), Some(order));
-    assert_eq!(figures(&*store, sale.id).await, (2, 0, 1));
+    assert_eq!(figures_summed(&*store, sale.id).await, (2, 0, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,7 +312,7 @@ async fn a_key_replays_the_reservation_as_first_answered_after_payment_and_resta
     let store = open(dir.path(), &clock);
     assert_eq!(store.purchase(keyed).await.unwrap(), first);
     assert_eq!(status_of(&*store, order.order_id).await, OrderStatus::Paid);
-    assert_eq!(figures(&*store, sale.id).await, (2, 0, 1));
+    assert_eq!(figures_summed(&*store, sale.id).await, (2, 0, 1));
 }
 
 /// Names the kill -9 child's directory (the store's and its report).
@@ -483,7 +371,7 @@ async fn reservations_of_a_killed_process_expire_once_after_reopen() {
         assert_eq!(expiries(&*store, sale.id, *id).await, 1, "expired once");
     }
     let freed = (CHILD_RESERVATIONS - 1) as i64;
-    assert_eq!(figures(&*store, sale.id).await, (10 - 1, 0, 1));
+    assert_eq!(figures_summed(&*store, sale.id).await, (10 - 1, 0, 1));
     // Once more after a restart: nothing expires again, the units came back once.
     store.shutdown().await;
     drop(store);
@@ -495,7 +383,7 @@ async fn reservations_of_a_killed_process_expire_once_after_reopen() {
         .filter(|e| e.cause == LedgerCause::Expiry)
         .count() as i64;
     assert_eq!(expired, freed);
-    assert_eq!(figures(&*store, sale.id).await, (9, 0, 1));
+    assert_eq!(figures_summed(&*store, sale.id).await, (9, 0, 1));
     store.shutdown().await;
 }
 

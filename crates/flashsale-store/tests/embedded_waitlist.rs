@@ -6,73 +6,23 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/embedded_hold.rs"]
+mod embedded_hold;
+
+use embedded_hold::*;
 use flashsale_core::{
-    Canceller, Checkout, Clock, ManualClock, NewSale, OrderEvent, OrderStatus, Quantity, SaleId,
-    Transition, TransitionError, UserId, WaitlistRefusal,
+    Canceller, ManualClock, OrderEvent, OrderStatus, SaleId, Transition, TransitionError,
+    WaitlistRefusal,
 };
-use flashsale_store::embedded::{DB_FILE, EXPIRY_INTERVAL, EmbeddedStore};
+use flashsale_store::embedded::EXPIRY_INTERVAL;
 use flashsale_store::{
-    Attempt, LedgerCause, LedgerEntry, Order, OrderEventOutcome, PurchaseOutcome, SaleStore,
-    StoreError, WaitlistJoin, WaitlistPlace,
+    Order, OrderEventOutcome, SaleStore, StoreError, WaitlistJoin, WaitlistPlace,
 };
 use std::io::Write as _;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use time::{Duration, OffsetDateTime, macros::datetime};
+use time::Duration;
 use uuid::Uuid;
-
-/// The instant every test starts at.
-const T0: OffsetDateTime = datetime!(2026-11-30 12:00:00 UTC);
-/// The payment window of every sale here (the minimum).
-const WINDOW: Duration = Duration::seconds(60);
-
-fn open(dir: &Path, clock: &Arc<ManualClock>) -> Arc<EmbeddedStore> {
-    let clock: Arc<dyn Clock> = Arc::clone(clock) as _;
-    Arc::new(EmbeddedStore::open(dir, clock).unwrap())
-}
-
-/// A hold-mode sale open from a minute before `T0` until `ends`.
-fn hold_until(stock: u32, limit: u32, ends: OffsetDateTime) -> NewSale {
-    let checkout = Checkout::parse(
-        Some("hold"),
-        Some(WINDOW.whole_seconds()),
-        Some(1999),
-        Some("EUR"),
-    )
-    .unwrap();
-    NewSale::parse(
-        "Waited-for widget",
-        T0 - Duration::minutes(1),
-        ends,
-        i64::from(stock),
-        i64::from(limit),
-    )
-    .unwrap()
-    .with_checkout(checkout)
-}
-
-/// A hold-mode sale open for a day.
-fn hold(stock: u32, limit: u32) -> NewSale {
-    hold_until(stock, limit, T0 + Duration::days(1))
-}
-
-fn user(name: &str) -> UserId {
-    UserId::parse(name).unwrap()
-}
-
-async fn reserve(store: &dyn SaleStore, sale: SaleId, name: &str) -> Order {
-    let attempt = Attempt {
-        sale_id: sale,
-        user_id: user(name),
-        quantity: Quantity::ONE,
-        idempotency_key: None,
-    };
-    match store.purchase(attempt).await.unwrap() {
-        PurchaseOutcome::Confirmed(order) => order,
-        other => panic!("expected a reservation for {name}, got {other:?}"),
-    }
-}
 
 async fn cancel(
     store: &dyn SaleStore,
@@ -112,70 +62,6 @@ async fn offered(store: &dyn SaleStore, sale: SaleId, name: &str) -> Order {
 
 async fn length(store: &dyn SaleStore, sale: SaleId) -> u32 {
     store.status(sale).await.unwrap().unwrap().waitlist
-}
-
-async fn status_of(store: &dyn SaleStore, order: Uuid) -> OrderStatus {
-    store.order(order).await.unwrap().unwrap().status
-}
-
-/// The whole ledger of `sale`, walked a page at a time.
-async fn ledger(store: &dyn SaleStore, sale: SaleId) -> Vec<LedgerEntry> {
-    let mut all: Vec<LedgerEntry> = Vec::new();
-    loop {
-        let after = all.last().map(|e| e.key);
-        let page = store.ledger_page(sale, after, 7).await.unwrap().unwrap();
-        if page.is_empty() {
-            return all;
-        }
-        all.extend(page);
-    }
-}
-
-/// `(available, held, sold)` as the status says, checked against the ledger's replay (which
-/// never goes below zero on the way) and the stock.
-async fn figures(store: &dyn SaleStore, sale: SaleId) -> (i64, i64, i64) {
-    let status = store.status(sale).await.unwrap().unwrap();
-    let got = (
-        i64::from(status.remaining),
-        i64::from(status.held),
-        i64::from(status.sold()),
-    );
-    assert_eq!(got.0 + got.1 + got.2, i64::from(status.sale.stock), "CO-3");
-    let mut replayed = (0, 0, 0);
-    for e in ledger(store, sale).await {
-        replayed.0 += e.available_delta;
-        replayed.1 += e.held_delta;
-        replayed.2 += e.sold_delta;
-        assert!(
-            replayed.0 >= 0 && replayed.1 >= 0,
-            "the replay went negative at {e:?}"
-        );
-    }
-    assert_eq!(replayed, got, "the ledger replays to the figures");
-    got
-}
-
-async fn expiries(store: &dyn SaleStore, sale: SaleId, order: Uuid) -> usize {
-    ledger(store, sale)
-        .await
-        .iter()
-        .filter(|e| e.cause == LedgerCause::Expiry && e.order_id == Some(order))
-        .count()
-}
-
-/// Polls until every order in `orders` is no longer reserved (the timer has run), failing
-/// after 20 s.
-async fn until_settled(store: &dyn SaleStore, orders: &[Uuid]) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    for id in orders {
-        while status_of(store, *id).await == OrderStatus::Reserved {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "order {id} never expired"
-            );
-            tokio::time::sleep(EXPIRY_INTERVAL / 2).await;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,14 +248,6 @@ async fn the_list_and_an_offer_survive_a_restart_and_the_offer_still_expires_to_
     );
     assert_eq!(figures(&*store, sale.id).await, (0, 1, 0));
     store.shutdown().await;
-}
-
-/// A second connection holding SQLite's write lock: the writer's next commit fails once its
-/// 2 s busy timeout runs out.
-fn hold_write_lock(dir: &Path) -> rusqlite::Connection {
-    let conn = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
-    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-    conn
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
