@@ -320,7 +320,11 @@ async fn co10_a_kill_9_during_releases_loses_no_offer_and_makes_none_twice() {
     for worker in workers {
         cancelled_answers.extend(worker.await.unwrap());
     }
-    assert!(cancelled_answers.len() >= 10, "{}", cancelled_answers.len());
+    // Answers may still have been on the wire: the store's own count (below) is the measure.
+    assert!(
+        !cancelled_answers.is_empty(),
+        "no release was answered before the kill"
+    );
 
     let _restarted = start_binary(port, dir.path());
     let client = reqwest::Client::new();
@@ -342,6 +346,10 @@ async fn co10_a_kill_9_during_releases_loses_no_offer_and_makes_none_twice() {
         }
     }
     assert!(released >= cancelled_answers.len());
+    assert!(
+        (1..UNITS).contains(&released),
+        "the kill came mid-way through the releases: {released} of {UNITS} released"
+    );
     // Offers: one per released unit, to the first `released` waiters, once each.
     for i in 0..UNITS {
         let (status, place) = get(format!("{base}/api/sales/{sale}/waitlist/waiter-{i}")).await;

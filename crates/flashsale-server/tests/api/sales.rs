@@ -29,6 +29,8 @@ async fn sale_status_has_every_field_of_the_contract_with_server_time_from_the_s
             // Checkout (CO-1, CO-3): an instant sale, its units at one instant.
             "stock_available": 10, "stock_held": 0, "stock_sold": 0,
             "checkout_mode": "instant", "payment_window_secs": null,
+            // The waitlist (CO-9): nobody waits.
+            "waitlist_length": 0,
         })
     );
 }
