@@ -346,9 +346,11 @@ async fn co10_a_kill_9_during_releases_loses_no_offer_and_makes_none_twice() {
         }
     }
     assert!(released >= cancelled_answers.len());
+    // The status said at least 10 offers were made before the kill: a status body shows only
+    // what is durable, so at least 10 releases are still there.
     assert!(
-        (1..UNITS).contains(&released),
-        "the kill came mid-way through the releases: {released} of {UNITS} released"
+        (10..UNITS).contains(&released),
+        "the kill came mid-way through the releases, after 10 durable offers: {released} of {UNITS} released"
     );
     // Offers: one per released unit, to the first `released` waiters, once each.
     for i in 0..UNITS {

@@ -86,9 +86,11 @@ impl List {
         }
     }
 
-    /// Buyers waiting whose join is durable.
+    /// Buyers waiting as the disk says: joins made durable, and those an offer in flight took
+    /// off still counted until the offer is durable (a crash would put them back), so a status
+    /// read never shows a list the disk does not hold.
     pub fn len(&self) -> usize {
-        self.entries.len() - self.pending_joins
+        self.entries.len() - self.pending_joins + self.claimed.len()
     }
 
     /// Joins ever made durable.
