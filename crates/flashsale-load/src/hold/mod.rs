@@ -328,6 +328,23 @@ where
     results
 }
 
+/// Each of `users`' places, asked on the pool's connections.
+async fn places(
+    pool: &mut Vec<Conn>,
+    run: &Arc<Run>,
+    users: Vec<String>,
+) -> Vec<(String, Result<Place, String>)> {
+    let run = Arc::clone(run);
+    each(pool, users, move |mut conn, user| {
+        let run = Arc::clone(&run);
+        async move {
+            let place = run.place(&mut conn, &user).await;
+            (conn, (user, place))
+        }
+    })
+    .await
+}
+
 /// Creates the hold-mode sale, starting `--start-in` seconds from now.
 async fn create_sale(
     admin: &mut Conn,
@@ -580,17 +597,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<bool> {
             .take(probe)
             .map(|(u, _)| u.clone())
             .collect();
-        let places = {
-            let run = Arc::clone(&run);
-            each(&mut pool, head, move |mut conn, user| {
-                let run = Arc::clone(&run);
-                async move {
-                    let place = run.place(&mut conn, &user).await;
-                    (conn, (user, place))
-                }
-            })
-            .await
-        };
+        let places = places(&mut pool, &run, head).await;
         let mut actions = Vec::new();
         for (user, place) in places {
             match place {
@@ -660,17 +667,8 @@ pub async fn run(cli: &Cli) -> anyhow::Result<bool> {
     let last = run.figures(&mut check_conn).await.map_err(|e| anyhow!(e))?;
     pool.push(check_conn);
     let counters = read_counters(&mut admin, sale.sale_id).await?;
-    let places = {
-        let run = Arc::clone(&run);
-        each(&mut pool, joins.clone(), move |mut conn, (user, _)| {
-            let run = Arc::clone(&run);
-            async move {
-                let place = run.place(&mut conn, &user).await;
-                (conn, (user, place))
-            }
-        })
-        .await
-    };
+    let joiners = joins.iter().map(|(user, _)| user.clone()).collect();
+    let places = places(&mut pool, &run, joiners).await;
     let mut still_waiting = Vec::new();
     for (user, place) in places {
         match place {
