@@ -17,8 +17,8 @@ use flashsale_store::embedded::{DB_FILE, EXPIRY_INTERVAL};
 use flashsale_store::{
     Attempt, LedgerCause, Order, OrderEventOutcome, PurchaseOutcome, SaleStore, StoreError,
 };
+use flashsale_testkit::crash_child::CrashChild;
 use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use time::Duration;
 use uuid::Uuid;
@@ -330,35 +330,12 @@ async fn reservations_of_a_killed_process_expire_once_after_reopen() {
     drop(store);
     std::fs::write(dir.path().join("sale"), sale.id.0.to_string()).unwrap();
 
-    let report = dir.path().join("report");
-    let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "checkout_child", "--ignored", "--nocapture"])
-        .env(CHILD_DIR, dir.path())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let lines = loop {
-        let text = std::fs::read_to_string(&report).unwrap_or_default();
-        if text.ends_with("done\n") {
-            break text;
-        }
-        if child.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
-            panic!("the child stopped or never reserved: {log}");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
-    child.kill().unwrap(); // SIGKILL: no shutdown, the writer's last words unsaid
-    child.wait().unwrap();
-    let ids: Vec<Uuid> = lines
-        .lines()
-        .filter(|l| *l != "done")
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let mut child = CrashChild::spawn("checkout_child", CHILD_DIR, dir.path());
+    let lines = child
+        .wait_until_done(std::time::Duration::from_secs(60))
+        .await;
+    child.kill(); // SIGKILL: no shutdown, the writer's last words unsaid
+    let ids: Vec<Uuid> = lines.iter().map(|l| l.parse().unwrap()).collect();
     assert_eq!(ids.len(), CHILD_RESERVATIONS);
 
     clock.set(T0 + WINDOW + Duration::minutes(5));

@@ -8,18 +8,16 @@
 //!   instance's reservations has run out), every order that was answered confirmed is there,
 //!   its key replays it, and nothing is sold twice: the units on record are the units gone.
 //!
-//! A crash is a killed process, not a dropped store: in-process, a dropped embedded store's
-//! writer thread would go on committing while the next store opens the same database, which
-//! no real crash does.
+//! A crash is a killed process ([`crate::crash_child`]), not a dropped store.
 
 use crate::StoreUnderTest;
 use crate::conformance::active;
+use crate::crash_child::CrashChild;
 use flashsale_core::{IdempotencyKey, Quantity, SaleId, UserId};
 use flashsale_store::{Attempt, Order, PurchaseOutcome, SaleStore, StoreError};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -191,32 +189,15 @@ pub async fn confirmed_orders_survive_a_crash_mid_batch<S: StoreUnderTest>(
         format!("{}\n{}", sale.id.0, sut.describe()),
     )
     .unwrap();
-    let report = dir.path().join("report");
-    let log = std::fs::File::create(dir.path().join("log")).unwrap();
     let test_name = child_test
         .split_once("::")
         .map_or(child_test, |(_, rest)| rest);
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test_name, "--ignored", "--nocapture"])
-        .env(CRASH_DIR, dir.path())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + CRASH_DEADLINE;
-    loop {
-        if confirmed_lines(&report) >= CRASH_AFTER {
-            break;
-        }
-        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-            let _ = child.kill();
-            let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
-            panic!("the crash child ({test_name}) stopped or never confirmed: {log}");
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    child.kill().unwrap(); // SIGKILL, mid-batch
-    child.wait().unwrap();
+    let mut child = CrashChild::spawn(test_name, CRASH_DIR, dir.path());
+    let report = child.report();
+    child
+        .wait_for(CRASH_DEADLINE, |text| text.lines().count() >= CRASH_AFTER)
+        .await;
+    child.kill(); // SIGKILL, mid-batch
     let heard = heard_confirmed(&report);
     assert!(heard.len() >= CRASH_AFTER);
 
@@ -275,11 +256,6 @@ pub async fn confirmed_orders_survive_a_crash_mid_batch<S: StoreUnderTest>(
         summary.confirmed_units
     );
     store.shutdown().await;
-}
-
-/// Lines the child has reported so far.
-fn confirmed_lines(report: &Path) -> usize {
-    std::fs::read_to_string(report).map_or(0, |s| s.lines().count())
 }
 
 /// The confirmations the child reported, by key: whole lines only (the kill may cut the last).

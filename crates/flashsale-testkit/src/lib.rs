@@ -5,6 +5,7 @@
 //! - [`conformance`]: what every store answers on fresh data;
 //! - [`checkout`]: hold mode: reservations, payments, cancels and expiry;
 //! - [`durability`]: what every store keeps across a restart and a crash;
+//! - [`crash_child`]: the child process a crash case kills;
 //! - [`export`]: the operator's export of a sale's orders, page by page;
 //! - [`ledger`]: the stock ledger of a sale, page by page, and replayed after a herd;
 //! - [`product`]: the product's description, price and image, kept and changed by the rules;
@@ -21,6 +22,7 @@
 
 pub mod checkout;
 pub mod conformance;
+pub mod crash_child;
 pub mod durability;
 pub mod export;
 pub mod isolation;
