@@ -11,41 +11,30 @@
 mod support;
 
 use flashsale_core::{
-    Canceller, Checkout, CheckoutMode, NewSale, OrderEvent, OrderStatus, PaymentRef, PaymentWindow,
-    Price, Quantity, SaleId, Transition, TransitionError, UserId,
+    Canceller, OrderEvent, OrderStatus, PaymentRef, Price, Quantity, SaleId, Transition,
+    TransitionError, UserId,
 };
-use flashsale_store::redis_pg::RedisPgConfig;
 use flashsale_store::{
     Attempt, LedgerCause, Order, OrderEventOutcome, PurchaseOutcome, SaleStore, WaitlistJoin,
     WaitlistPlace,
 };
 use flashsale_testkit::StoreUnderTest;
+use flashsale_testkit::crash_child::CrashChild;
 use flashsale_testkit::stores::RedisPg;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use support::{Cleanup, active, connect, eventually, isolated};
+use std::time::Duration;
+use support::{
+    Cleanup, connect, eventually, hold_sale, isolated, moves_owed, quiet_reconcilers,
+    redis_figures, sale_epoch,
+};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-const PRICE_MINOR: i64 = 500;
+/// The payment window of every sale here: the shortest, 60 s.
+const WINDOW_SECS: i64 = 60;
 
 fn price() -> Price {
-    Price::parse(PRICE_MINOR, "EUR").unwrap()
-}
-
-/// An active hold-mode sale with the shortest window (60 s).
-fn hold_sale(stock: u32, limit: u32) -> NewSale {
-    let window = PaymentWindow::parse(60).unwrap();
-    active(stock, limit).with_checkout(
-        Checkout::new(
-            CheckoutMode::Hold {
-                payment_window: window,
-            },
-            Some(price()),
-        )
-        .unwrap(),
-    )
+    Price::parse(support::HOLD_PRICE_MINOR, "EUR").unwrap()
 }
 
 fn attempt(sale: SaleId, name: &str, quantity: u32) -> Attempt {
@@ -105,43 +94,6 @@ async fn figures(store: &dyn SaleStore, sale: SaleId) -> (u32, u32, u32) {
     (status.remaining, status.held, sold)
 }
 
-/// Redis's own `remaining` and `onhold` of a sale, read directly.
-async fn redis_figures(cfg: &RedisPgConfig, sale: SaleId) -> (i64, i64) {
-    let mut con = support::redis(cfg).await;
-    let meta = format!("{{{}:sale:{}}}:meta", cfg.key_prefix, sale.0);
-    let (remaining, on_hold): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
-        .arg(meta)
-        .arg("remaining")
-        .arg("onhold")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    (remaining.unwrap(), on_hold.unwrap_or(0))
-}
-
-/// Orders whose committed move is not yet applied to Redis.
-async fn moves_owed(cfg: &RedisPgConfig) -> i64 {
-    support::pg(cfg)
-        .await
-        .query_one(
-            "SELECT count(*) FROM orders WHERE move_epoch IS NOT NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-/// The sale's epoch in PostgreSQL (a rebuild of its Redis state moves it on).
-async fn sale_epoch(cfg: &RedisPgConfig, sale: SaleId) -> i64 {
-    support::pg(cfg)
-        .await
-        .query_one("SELECT epoch FROM sales WHERE id = $1", &[&sale.0])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// The ledger's entries of `cause` for `order`.
 async fn ledger_entries(
     store: &dyn SaleStore,
@@ -171,20 +123,15 @@ async fn replayed(store: &dyn SaleStore, sale: SaleId) -> (i64, i64, i64) {
     })
 }
 
-/// Settings whose reconcilers run only when asked (`reconcile_now`) after their first round at
-/// start, so a test decides when a move owed to Redis is applied.
-fn quiet_reconcilers() -> RedisPgConfig {
-    let mut cfg = isolated(&support::redis_url(), &support::database_url());
-    cfg.reconcile_interval = Duration::from_secs(3600);
-    cfg
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hold_purchase_reserves_until_paid_and_the_ledger_replays_to_the_figures() {
     let cfg = isolated(&support::redis_url(), &support::database_url());
     let _cleanup = Cleanup { cfg: cfg.clone() };
     let store = connect(&cfg).await;
-    let sale = store.create_sale(hold_sale(5, 2)).await.unwrap();
+    let sale = store
+        .create_sale(hold_sale(5, 2, WINDOW_SECS))
+        .await
+        .unwrap();
     assert_eq!(
         store.status(sale.id).await.unwrap().unwrap().sale.checkout,
         sale.checkout,
@@ -253,7 +200,10 @@ async fn a_cancelled_reservation_gives_units_and_the_allowance_back() {
     let cfg = isolated(&support::redis_url(), &support::database_url());
     let _cleanup = Cleanup { cfg: cfg.clone() };
     let store = connect(&cfg).await;
-    let sale = store.create_sale(hold_sale(2, 2)).await.unwrap();
+    let sale = store
+        .create_sale(hold_sale(2, 2, WINDOW_SECS))
+        .await
+        .unwrap();
     let first = reserve(&store, sale.id, "alice", 2).await;
     // Every unit is held: the sale is still active, and says sold out (not final).
     let refused = store.purchase(attempt(sale.id, "bob", 1)).await.unwrap();
@@ -290,7 +240,7 @@ async fn racing_pay_and_cancel_on_two_instances_have_exactly_one_winner_each() {
     let a = Arc::new(connect(&cfg).await);
     let b = Arc::new(connect(&cfg).await);
     const N: u32 = 24;
-    let sale = a.create_sale(hold_sale(N, 1)).await.unwrap();
+    let sale = a.create_sale(hold_sale(N, 1, WINDOW_SECS)).await.unwrap();
     let mut orders = Vec::new();
     for i in 0..N {
         orders.push(reserve(a.as_ref(), sale.id, &format!("buyer{i}"), 1).await);
@@ -342,7 +292,7 @@ async fn a_move_committed_but_not_applied_is_applied_once_by_any_reconciler() {
     let _cleanup = Cleanup { cfg: cfg.clone() };
     let a = connect(&cfg).await;
     let b = connect(&cfg).await;
-    let sale = a.create_sale(hold_sale(4, 2)).await.unwrap();
+    let sale = a.create_sale(hold_sale(4, 2, WINDOW_SECS)).await.unwrap();
     let paid = reserve(&a, sale.id, "alice", 2).await;
     let cancelled = reserve(&a, sale.id, "bob", 1).await;
 
@@ -405,7 +355,10 @@ async fn a_redis_rebuild_keeps_live_reservations_and_applies_no_move_twice() {
     let cfg = quiet_reconcilers();
     let _cleanup = Cleanup { cfg: cfg.clone() };
     let store = connect(&cfg).await;
-    let sale = store.create_sale(hold_sale(6, 3)).await.unwrap();
+    let sale = store
+        .create_sale(hold_sale(6, 3, WINDOW_SECS))
+        .await
+        .unwrap();
     let live = reserve(&store, sale.id, "alice", 2).await;
     let paid = reserve(&store, sale.id, "bob", 1).await;
     let released = reserve(&store, sale.id, "carol", 3).await;
@@ -455,7 +408,10 @@ async fn units_on_hold_redis_got_wrong_are_restored_by_the_audit_and_right_ones_
     let cfg = quiet_reconcilers();
     let _cleanup = Cleanup { cfg: cfg.clone() };
     let store = connect(&cfg).await;
-    let sale = store.create_sale(hold_sale(5, 2)).await.unwrap();
+    let sale = store
+        .create_sale(hold_sale(5, 2, WINDOW_SECS))
+        .await
+        .unwrap();
     let paid = reserve(&store, sale.id, "alice", 2).await;
     reserve(&store, sale.id, "bob", 1).await;
     assert!(event(&store, paid.order_id, pay(2, "p")).await.0.is_ok());
@@ -487,7 +443,10 @@ async fn the_last_payment_is_the_sold_out_instant_on_every_instance_and_in_postg
     let cfg = isolated(&support::redis_url(), &support::database_url());
     let _cleanup = Cleanup { cfg: cfg.clone() };
     let store = connect(&cfg).await;
-    let sale = store.create_sale(hold_sale(3, 2)).await.unwrap();
+    let sale = store
+        .create_sale(hold_sale(3, 2, WINDOW_SECS))
+        .await
+        .unwrap();
     let first = reserve(&store, sale.id, "alice", 2).await;
     let last = reserve(&store, sale.id, "bob", 1).await;
     assert!(event(&store, last.order_id, pay(1, "p1")).await.0.is_ok());
@@ -516,7 +475,10 @@ async fn a_transition_whose_write_fails_changes_nothing() {
     let cfg = isolated(&support::redis_url(), &support::database_url());
     let _cleanup = Cleanup { cfg: cfg.clone() };
     let store = connect(&cfg).await;
-    let sale = store.create_sale(hold_sale(3, 1)).await.unwrap();
+    let sale = store
+        .create_sale(hold_sale(3, 1, WINDOW_SECS))
+        .await
+        .unwrap();
     let order = reserve(&store, sale.id, "alice", 1).await;
     let pg = support::pg(&cfg).await;
     // The ledger row is the transaction's last write: refusing it rolls back the rest.
@@ -561,7 +523,10 @@ const CHILD_RESERVATIONS: u32 = 3;
 async fn a_killed_instances_reservations_expire_exactly_once_on_the_others() {
     let sut = RedisPg::isolated().await;
     let store = sut.open().await;
-    let sale = store.create_sale(hold_sale(4, 1)).await.unwrap();
+    let sale = store
+        .create_sale(hold_sale(4, 1, WINDOW_SECS))
+        .await
+        .unwrap();
     store.shutdown().await;
     drop(store);
 
@@ -572,34 +537,14 @@ async fn a_killed_instances_reservations_expire_exactly_once_on_the_others() {
         format!("{}\n{}", sale.id.0, sut.describe()),
     )
     .unwrap();
-    let report = dir.path().join("report");
-    let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "hold_expiry_child", "--ignored", "--nocapture"])
-        .env(EXPIRY_DIR, dir.path())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let reserved: Vec<Uuid> = loop {
-        let text = std::fs::read_to_string(&report).unwrap_or_default();
-        if text.ends_with("done\n") {
-            break text
-                .lines()
-                .filter(|l| *l != "done")
-                .map(|l| l.parse().unwrap())
-                .collect();
-        }
-        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-            let _ = child.kill();
-            let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
-            panic!("the child stopped or never reserved: {log}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    let mut child = CrashChild::spawn("hold_expiry_child", EXPIRY_DIR, dir.path());
+    let reserved: Vec<Uuid> = child
+        .wait_until_done(Duration::from_secs(60))
+        .await
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    child.kill(); // SIGKILL
     assert_eq!(reserved.len(), CHILD_RESERVATIONS as usize);
 
     // Two live instances, each with its own expiry timer, and one reservation of their own.

@@ -10,10 +10,7 @@
 
 mod support;
 
-use flashsale_core::{
-    Canceller, Checkout, CheckoutMode, NewSale, OrderEvent, OrderStatus, PaymentWindow, Price,
-    Quantity, SaleId, Transition, UserId,
-};
+use flashsale_core::{Canceller, OrderEvent, OrderStatus, Quantity, SaleId, Transition, UserId};
 use flashsale_store::redis_pg::{RedisPgConfig, RedisPgStore};
 use flashsale_store::{
     Attempt, Order, OrderEventOutcome, PurchaseOutcome, SaleStore, WaitlistJoin, WaitlistPlace,
@@ -21,22 +18,13 @@ use flashsale_store::{
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{Cleanup, active, connect, isolated};
+use support::{
+    Cleanup, connect, hold_sale, isolated, moves_owed, quiet_reconcilers, redis_figures, sale_epoch,
+};
 use uuid::Uuid;
 
-/// An active hold-mode sale with a 10-minute window.
-fn hold_sale(stock: u32, limit: u32) -> NewSale {
-    let window = PaymentWindow::parse(600).unwrap();
-    active(stock, limit).with_checkout(
-        Checkout::new(
-            CheckoutMode::Hold {
-                payment_window: window,
-            },
-            Some(Price::parse(500, "EUR").unwrap()),
-        )
-        .unwrap(),
-    )
-}
+/// The payment window of every sale here: 10 minutes, so nothing expires unless a test says.
+const WINDOW_SECS: i64 = 600;
 
 fn user(name: &str) -> UserId {
     UserId::parse(name).unwrap()
@@ -101,51 +89,18 @@ async fn figures(store: &dyn SaleStore, sale: SaleId) -> (u32, u32, u32, u32) {
 
 /// Redis's own `remaining` and `onhold`, and its per-buyer holdings.
 async fn redis_state(cfg: &RedisPgConfig, sale: SaleId) -> (i64, i64, BTreeMap<String, i64>) {
-    let mut con = support::redis(cfg).await;
-    let meta = format!("{{{}:sale:{}}}:meta", cfg.key_prefix, sale.0);
+    let (remaining, on_hold) = redis_figures(cfg, sale).await;
     let held = format!("{{{}:sale:{}}}:held", cfg.key_prefix, sale.0);
-    let (remaining, on_hold): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
-        .arg(meta)
-        .arg("remaining")
-        .arg("onhold")
-        .query_async(&mut con)
-        .await
-        .unwrap();
     let holdings: HashMap<String, i64> = redis::cmd("HGETALL")
         .arg(held)
-        .query_async(&mut con)
+        .query_async(&mut support::redis(cfg).await)
         .await
         .unwrap();
-    (
-        remaining.unwrap(),
-        on_hold.unwrap_or(0),
-        holdings.into_iter().collect(),
-    )
+    (remaining, on_hold, holdings.into_iter().collect())
 }
 
 fn holdings(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
     pairs.iter().map(|(u, n)| ((*u).to_owned(), *n)).collect()
-}
-
-async fn moves_owed(cfg: &RedisPgConfig) -> i64 {
-    support::pg(cfg)
-        .await
-        .query_one(
-            "SELECT count(*) FROM orders WHERE move_epoch IS NOT NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-async fn sale_epoch(cfg: &RedisPgConfig, sale: SaleId) -> i64 {
-    support::pg(cfg)
-        .await
-        .query_one("SELECT epoch FROM sales WHERE id = $1", &[&sale.0])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// Orders an offer made, by buyer.
@@ -164,12 +119,6 @@ async fn offers(cfg: &RedisPgConfig, sale: SaleId) -> BTreeMap<String, i64> {
         .collect()
 }
 
-fn quiet_reconcilers() -> RedisPgConfig {
-    let mut cfg = isolated(&support::redis_url(), &support::database_url());
-    cfg.reconcile_interval = Duration::from_secs(3600);
-    cfg
-}
-
 fn offered(place: WaitlistPlace) -> Order {
     match place {
         WaitlistPlace::Offered(order) => order,
@@ -184,7 +133,10 @@ async fn joins_on_two_instances_take_one_order_and_releases_on_both_offer_each_u
     let a = Arc::new(connect(&cfg).await);
     let b = Arc::new(connect(&cfg).await);
     let units = 8;
-    let sale = a.create_sale(hold_sale(units, 1)).await.unwrap();
+    let sale = a
+        .create_sale(hold_sale(units, 1, WINDOW_SECS))
+        .await
+        .unwrap();
     let mut holds = Vec::new();
     for i in 0..units {
         let on = if i % 2 == 0 { &a } else { &b };
@@ -286,7 +238,10 @@ async fn a_redis_rebuild_counts_offered_reservations_as_held_and_in_allowances()
     let cfg = quiet_reconcilers();
     let _cleanup = Cleanup { cfg: cfg.clone() };
     let store = connect(&cfg).await;
-    let sale = store.create_sale(hold_sale(3, 1)).await.unwrap();
+    let sale = store
+        .create_sale(hold_sale(3, 1, WINDOW_SECS))
+        .await
+        .unwrap();
     let alice = reserve(&store, sale.id, "alice").await;
     let bob = reserve(&store, sale.id, "bob").await;
     let carol = reserve(&store, sale.id, "carol").await;
@@ -359,7 +314,10 @@ async fn a_release_whose_write_fails_leaves_the_list_and_the_units_unchanged() {
     let cfg = isolated(&support::redis_url(), &support::database_url());
     let _cleanup = Cleanup { cfg: cfg.clone() };
     let store = connect(&cfg).await;
-    let sale = store.create_sale(hold_sale(1, 1)).await.unwrap();
+    let sale = store
+        .create_sale(hold_sale(1, 1, WINDOW_SECS))
+        .await
+        .unwrap();
     let order = reserve(&store, sale.id, "alice").await;
     assert_eq!(
         join(&store, sale.id, "ann").await,
@@ -420,7 +378,7 @@ async fn an_owed_release_with_an_offer_is_applied_once_by_any_reconciler() {
     let _cleanup = Cleanup { cfg: cfg.clone() };
     let a: RedisPgStore = connect(&cfg).await;
     let b: RedisPgStore = connect(&cfg).await;
-    let sale = a.create_sale(hold_sale(3, 2)).await.unwrap();
+    let sale = a.create_sale(hold_sale(3, 2, WINDOW_SECS)).await.unwrap();
     // Alice holds two units: one goes to ann, the other back to available.
     let alice = a
         .purchase(Attempt {
@@ -491,7 +449,10 @@ async fn a_cancelled_sales_list_lapses_and_its_released_units_go_to_no_waiter() 
     let cfg = isolated(&support::redis_url(), &support::database_url());
     let _cleanup = Cleanup { cfg: cfg.clone() };
     let store = connect(&cfg).await;
-    let sale = store.create_sale(hold_sale(1, 1)).await.unwrap();
+    let sale = store
+        .create_sale(hold_sale(1, 1, WINDOW_SECS))
+        .await
+        .unwrap();
     let order = reserve(&store, sale.id, "alice").await;
     assert_eq!(
         join(&store, sale.id, "ann").await,
@@ -540,7 +501,10 @@ async fn a_lost_publish_of_the_length_is_made_good_by_the_reconciler() {
     let cfg = quiet_reconcilers();
     let _cleanup = Cleanup { cfg: cfg.clone() };
     let store = connect(&cfg).await;
-    let sale = store.create_sale(hold_sale(1, 1)).await.unwrap();
+    let sale = store
+        .create_sale(hold_sale(1, 1, WINDOW_SECS))
+        .await
+        .unwrap();
     reserve(&store, sale.id, "alice").await;
     for name in ["ann", "bob"] {
         assert!(matches!(

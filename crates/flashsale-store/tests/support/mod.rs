@@ -1,10 +1,13 @@
 //! Shared helpers for the Redis + PostgreSQL tests: isolation (a schema and a key prefix per
 //! test, dropped afterwards: `flashsale_testkit::isolation`, re-exported), private services
-//! for tests that stop or flush one, and the invariant check every failure test ends with.
+//! for tests that stop or flush one, the invariant check every failure test ends with, and
+//! what the hold-mode tests (`redis_pg_checkout.rs`, `redis_pg_waitlist.rs`) read directly.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use flashsale_core::{IdempotencyKey, NewSale, Quantity, SaleId, UserId};
+use flashsale_core::{
+    Checkout, CheckoutMode, IdempotencyKey, NewSale, PaymentWindow, Price, Quantity, SaleId, UserId,
+};
 use flashsale_store::Attempt;
 use flashsale_store::redis_pg::RedisPgConfig;
 pub use flashsale_testkit::isolation::{Cleanup, connect, database_url, isolated, redis_url};
@@ -57,6 +60,69 @@ pub async fn redis(cfg: &RedisPgConfig) -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .expect("Redis reachable")
+}
+
+/// The unit price of every hold-mode sale here, in euro cents.
+pub const HOLD_PRICE_MINOR: i64 = 500;
+
+/// An active hold-mode sale (see [`active`]) at [`HOLD_PRICE_MINOR`] with a payment window of
+/// `window_secs`.
+pub fn hold_sale(stock: u32, limit: u32, window_secs: i64) -> NewSale {
+    let window = PaymentWindow::parse(window_secs).unwrap();
+    active(stock, limit).with_checkout(
+        Checkout::new(
+            CheckoutMode::Hold {
+                payment_window: window,
+            },
+            Some(Price::parse(HOLD_PRICE_MINOR, "EUR").unwrap()),
+        )
+        .unwrap(),
+    )
+}
+
+/// Settings whose reconcilers run only when asked (`reconcile_now`) after their first round at
+/// start, so a test decides when a move owed to Redis is applied.
+pub fn quiet_reconcilers() -> RedisPgConfig {
+    let mut cfg = isolated(&redis_url(), &database_url());
+    cfg.reconcile_interval = Duration::from_secs(3600);
+    cfg
+}
+
+/// Orders whose committed move is not yet applied to Redis.
+pub async fn moves_owed(cfg: &RedisPgConfig) -> i64 {
+    pg(cfg)
+        .await
+        .query_one(
+            "SELECT count(*) FROM orders WHERE move_epoch IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The sale's epoch in PostgreSQL (a rebuild of its Redis state moves it on).
+pub async fn sale_epoch(cfg: &RedisPgConfig, sale: SaleId) -> i64 {
+    pg(cfg)
+        .await
+        .query_one("SELECT epoch FROM sales WHERE id = $1", &[&sale.0])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Redis's own `remaining` and `onhold` of a sale, read directly.
+pub async fn redis_figures(cfg: &RedisPgConfig, sale: SaleId) -> (i64, i64) {
+    let mut con = redis(cfg).await;
+    let meta = format!("{{{}:sale:{}}}:meta", cfg.key_prefix, sale.0);
+    let (remaining, on_hold): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
+        .arg(meta)
+        .arg("remaining")
+        .arg("onhold")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    (remaining.unwrap(), on_hold.unwrap_or(0))
 }
 
 /// The invariants every failure test ends with (issue 3, item 6):
