@@ -62,25 +62,42 @@ struct OrdersBody {
     orders: Vec<OrderBody>,
 }
 
-/// Creates a sale starting `start_in` seconds from now, through the admin API.
-pub async fn create_sale(
-    conn: &mut Conn,
-    name: &str,
-    start_in: f64,
-    length_secs: u64,
-    stock: u64,
-    limit: u32,
-) -> anyhow::Result<SaleStatus> {
-    let starts_at = OffsetDateTime::now_utc() + time::Duration::seconds_f64(start_in);
-    let ends_at =
-        starts_at + time::Duration::seconds(i64::try_from(length_secs).unwrap_or(i64::MAX / 2));
-    let body = serde_json::json!({
-        "name": name,
+/// The sale a run creates.
+#[derive(Debug, Clone)]
+pub struct NewSale {
+    /// Its name.
+    pub name: String,
+    /// Seconds from now to its start.
+    pub start_in: f64,
+    /// Seconds from its start to its end.
+    pub length_secs: u64,
+    /// Units for sale.
+    pub stock: u64,
+    /// Units one buyer may hold.
+    pub limit: u32,
+    /// Hold mode: the payment window in seconds and the unit price in euro cents; `None` for
+    /// an instant sale.
+    pub hold: Option<(u64, i64)>,
+}
+
+/// Creates a sale through the admin API.
+pub async fn create_sale(conn: &mut Conn, sale: &NewSale) -> anyhow::Result<SaleStatus> {
+    let starts_at = OffsetDateTime::now_utc() + time::Duration::seconds_f64(sale.start_in);
+    let length = i64::try_from(sale.length_secs).unwrap_or(i64::MAX / 2);
+    let ends_at = starts_at + time::Duration::seconds(length);
+    let mut body = serde_json::json!({
+        "name": sale.name,
         "starts_at": starts_at.format(&Rfc3339)?,
         "ends_at": ends_at.format(&Rfc3339)?,
-        "stock": stock,
-        "per_user_limit": limit,
+        "stock": sale.stock,
+        "per_user_limit": sale.limit,
     });
+    if let Some((payment_window_secs, price_minor)) = sale.hold {
+        body["checkout_mode"] = "hold".into();
+        body["payment_window_secs"] = payment_window_secs.into();
+        body["price_minor"] = price_minor.into();
+        body["currency"] = "EUR".into();
+    }
     let answer = conn
         .send(
             Method::POST,

@@ -189,15 +189,15 @@ async fn obtain_sale(cli: &Cli, admin: &mut Conn, prefix: &str) -> anyhow::Resul
         );
     }
     let name = format!("load {} {prefix}", cli.scenario.to_possible_value_name());
-    let status = api::create_sale(
-        admin,
-        &name,
-        cli.start_in,
-        cli.sale_length,
-        cli.stock,
-        cli.limit,
-    )
-    .await?;
+    let sale = api::NewSale {
+        name,
+        start_in: cli.start_in,
+        length_secs: cli.sale_length,
+        stock: cli.stock,
+        limit: cli.limit,
+        hold: None,
+    };
+    let status = api::create_sale(admin, &sale).await?;
     Ok(SaleUnderLoad { status, own: true })
 }
 

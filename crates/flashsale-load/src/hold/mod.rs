@@ -12,7 +12,7 @@
 
 mod verify;
 
-use crate::api::encode_segment;
+use crate::api::{self, encode_segment};
 use crate::cli::{Cli, Identity};
 use crate::client::{Answer, Conn};
 use crate::report::Latency;
@@ -345,40 +345,6 @@ async fn places(
     .await
 }
 
-/// Creates the hold-mode sale, starting `--start-in` seconds from now.
-async fn create_sale(
-    admin: &mut Conn,
-    cli: &Cli,
-    prefix: &str,
-) -> anyhow::Result<crate::api::SaleStatus> {
-    let starts_at = OffsetDateTime::now_utc() + time::Duration::seconds_f64(cli.start_in);
-    let length = i64::try_from(cli.sale_length).unwrap_or(i64::MAX / 2);
-    let body = serde_json::json!({
-        "name": format!("load hold {prefix}"),
-        "starts_at": starts_at.format(&Rfc3339)?,
-        "ends_at": (starts_at + time::Duration::seconds(length)).format(&Rfc3339)?,
-        "stock": cli.stock, "per_user_limit": 1,
-        "checkout_mode": "hold", "payment_window_secs": cli.payment_window,
-        "price_minor": PRICE_MINOR, "currency": "EUR",
-    });
-    let answer = admin
-        .send(
-            Method::POST,
-            "/api/admin/sales",
-            Some(Bytes::from(body.to_string())),
-        )
-        .await
-        .context("creating the hold sale")?;
-    if answer.status != StatusCode::CREATED {
-        bail!(
-            "creating the hold sale: HTTP {} {}",
-            answer.status,
-            String::from_utf8_lossy(&answer.body)
-        );
-    }
-    serde_json::from_slice(&answer.body).context("reading the created sale")
-}
-
 /// Whether this many `paid` out of `n` handled keeps the share: pay the `n`-th when the
 /// share's running total passes a whole number.
 fn pays(n: u64, share: f64) -> bool {
@@ -494,7 +460,15 @@ pub async fn run(cli: &Cli) -> anyhow::Result<bool> {
     let buyers = usize::try_from(cli.buyers).unwrap_or(usize::MAX).max(1);
     let (conns, _cold) = crate::warm_connections(&targets, buyers, cli.timeout()).await;
     let mut admin = Conn::new(Arc::clone(&targets[0]), cli.timeout()).with_bearer(token);
-    let sale = create_sale(&mut admin, cli, &prefix).await?;
+    let new_sale = api::NewSale {
+        name: format!("load hold {prefix}"),
+        start_in: cli.start_in,
+        length_secs: cli.sale_length,
+        stock: cli.stock,
+        limit: 1,
+        hold: Some((cli.payment_window, PRICE_MINOR)),
+    };
+    let sale = api::create_sale(&mut admin, &new_sale).await?;
     let release_at = crate::release_instant(&sale, buyers);
     let run = Arc::new(Run {
         sale_id: sale.sale_id,
