@@ -41,6 +41,12 @@
 #   BENCH_IDLE_CONNECTIONS=10000  idle keep-alive connections for the memory figure (0: skip)
 #   REDIS_URL, DATABASE_URL    for the redis store (defaults: local Redis, local PostgreSQL
 #                              database flashsale_bench, created if missing)
+#   BENCH_HOLD=                "yes" also runs the checkout scenario in hold mode (flashsale-load
+#                              hold: 600 buyers, 100 units, 60 s payment window, half of the
+#                              holders pay through the signed webhook, the rest expire, the
+#                              waitlist takes the offers) on fresh servers of the current build,
+#                              embedded and scale-out with 2 instances, after the seed scenario,
+#                              and prints its figures (about 70 s per store)
 # At the end it measures the resident memory per idle keep-alive connection
 # (scripts/idle_rss.py) of the ceiling, of a fresh embedded server, and of the baseline's with
 # BENCH_BASELINE_TABLE, and prints it under the tables.
@@ -69,6 +75,12 @@ BASELINE_BIN=${BENCH_BASELINE_BIN:-}
 BASELINE_ROUNDS=${BENCH_BASELINE_ROUNDS:-4}
 BASELINE_TABLE=${BENCH_BASELINE_TABLE:-}
 IDLE_CONNECTIONS=${BENCH_IDLE_CONNECTIONS:-10000}
+HOLD=${BENCH_HOLD:-}
+# The hold scenario's own servers (BENCH_HOLD), which sign payments with this secret.
+PORT_HOLD_EMBEDDED=18092
+PORT_HOLD_REDIS_A=18093
+PORT_HOLD_REDIS_B=18094
+HOLD_SECRET=bench-webhook-secret-$RANDOM$RANDOM
 # Ports of the baseline's own deployments (BENCH_BASELINE_TABLE) and of the idle-memory server.
 PORT_BEFORE_EMBEDDED=18087
 PORT_BEFORE_REDIS_A=18088
@@ -103,7 +115,7 @@ cleanup() {
   rm -rf "$WORK"
   # The scale-out deployments' schemas and keys (named after this run's token): none left.
   local schema
-  for schema in "${TOKEN//-/_}" "before_${TOKEN//-/_}"; do
+  for schema in "${TOKEN//-/_}" "before_${TOKEN//-/_}" "hold_${TOKEN//-/_}"; do
     psql "$DATABASE_URL" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
   done
   redis-cli -u "$REDIS_URL" --scan --pattern "*$TOKEN*" 2>/dev/null |
@@ -413,6 +425,42 @@ seed_scenario() { # label url1[,url2]
   fi
 }
 
+# The hold scenario on fresh servers of the current build ($1 label, $2 targets), into
+# hold-$1.json and a line of hold.tsv.
+hold_scenario() { # label url1[,url2]
+  local file="$OUT/hold-$1.json"
+  log "hold  $1: 600 buyers, 100 units, 60 s window, half pay"
+  "$LOAD" hold --json --target "$2" --admin-token "$TOKEN" --webhook-secret "$HOLD_SECRET" \
+    --buyers 600 --stock 100 --pay-share 0.5 --payment-window 60 --start-in 2 \
+    >"$file" 2>"$file.stderr" || true
+  if ! jq -e . "$file" >/dev/null 2>&1; then
+    printf '%s\tfailed: %s\n' "$1" "$(tail -1 "$file.stderr")" >>"$OUT/hold.tsv"
+    return
+  fi
+  jq -r --arg dep "$1" '
+    def lat(op): (.latency[op][1] // {p50_ms: 0, p99_ms: 0}) | "\(.p50_ms * 10 | round / 10) / \(.p99_ms * 10 | round / 10)";
+    [$dep, "\(.buyers) / \(.units)", "\(.holders_paid) / \(.holds_expired)",
+     "\(.offers_made) / \(.offers_taken) / \(.offers_released)", "\(.still_waiting)",
+     "\(.join_retries)", "\(.status_reads)", "\(.duration_s * 10 | round / 10)",
+     lat("reserve"), lat("join"), lat("pay"), lat("place"),
+     (if .passed then "PASS (\(.checks | length) checks)" else "FAIL: " + ([.checks[] | select(.passed | not) | .name] | join(", ")) end)]
+    | @tsv' "$file" >>"$OUT/hold.tsv" || printf '%s\tunreadable report %s\n' "$1" "$file" >>"$OUT/hold.tsv"
+}
+
+hold_table() {
+  [ -s "$OUT/hold.tsv" ] || return 0
+  echo
+  echo "Checkout in hold mode (flashsale-load hold, current build, fresh servers with"
+  echo "--payment-webhook-secret): 600 buyers, 100 units, 60 s payment window, half the holders"
+  echo "and half the offers paid through the signed webhook, the rest expire or are released;"
+  echo "latencies in ms (p50 / p99)."
+  echo
+  echo "| deployment | buyers / units | holders paid / expired | offers made / taken / released | still waiting | joins retried | status reads | run s | reserve | join | pay | place | verifier |"
+  echo "|---|---|---|---|---:|---:|---:|---:|---|---|---|---|---|"
+  awk -F'\t' 'NF == 2 { printf "| %s | %s |\n", $1, $2; next }
+    { printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 }' "$OUT/hold.tsv"
+}
+
 # Start every deployment first; "label targets" lines.
 DEPLOYS=()
 ACCOUNTS=no
@@ -533,6 +581,38 @@ for d in "${DEPLOYS[@]}"; do
   seed_scenario ${d% *} ${d#* }
 done
 
+# Checkout in hold mode (issue 12), after the throughput runs so its servers take no CPU from
+# them: fresh servers of the current build, stopped once measured.
+: > "$OUT/hold.tsv"
+if [ "$HOLD" = yes ] && [ -n "$SERVER" ]; then
+  for store in $STORES; do
+    case $store in
+      embedded)
+        if start_server hold-embedded $PORT_HOLD_EMBEDDED --data-dir "$WORK/hold-embedded" \
+          --payment-webhook-secret "$HOLD_SECRET"; then
+          hold_scenario embedded "http://127.0.0.1:$PORT_HOLD_EMBEDDED"
+          kill "${SERVER_PIDS[hold-embedded]}" 2>/dev/null || true
+        else
+          printf 'embedded\tfailed: server not ready\n' >>"$OUT/hold.tsv"
+        fi
+        ;;
+      redis)
+        [ -n "${common[*]:-}" ] || continue # the scale-out store was skipped above
+        hold=(--store redis --redis-url "$REDIS_URL" --database-url "$DATABASE_URL"
+          --redis-prefix "hold-$TOKEN" --pg-schema "hold_${TOKEN//-/_}"
+          --payment-webhook-secret "$HOLD_SECRET")
+        if start_server hold-redis-1 $PORT_HOLD_REDIS_A "${hold[@]}" --data-dir "$WORK/hold-redis-1" &&
+          start_server hold-redis-2 $PORT_HOLD_REDIS_B "${hold[@]}" --data-dir "$WORK/hold-redis-2"; then
+          hold_scenario redis-2 "http://127.0.0.1:$PORT_HOLD_REDIS_A,http://127.0.0.1:$PORT_HOLD_REDIS_B"
+        else
+          printf 'redis-2\tfailed: servers not ready\n' >>"$OUT/hold.tsv"
+        fi
+        kill "${SERVER_PIDS[hold-redis-1]:-}" "${SERVER_PIDS[hold-redis-2]:-}" 2>/dev/null || true
+        ;;
+    esac
+  done
+fi
+
 # Resident memory per idle keep-alive connection (issue 15): a server of its own, which keeps
 # idle connections open for the whole measurement (by default the header-read timeout closes
 # them after 10 s) and takes them all from one address.
@@ -574,5 +654,6 @@ idle_table() {
   python3 "$ROOT/scripts/bench_table.py" "$RESULTS" "$OUT/seed.tsv"
   accounts_table
   baseline_table
+  hold_table
   idle_table
 } | tee "$OUT/table.md"
