@@ -140,8 +140,11 @@ struct BookState {
     last_decided: OffsetDateTime,
     buyers: HashMap<UserId, Buyer>,
     /// Every committed order in export order, so a page of the operator's export is a range
-    /// read, not a sort of the whole sale.
+    /// read, not a sort of the whole sale. Changed only through [`put_order`].
     orders: BTreeMap<OrderKey, Order>,
+    /// The hold-mode tallies of `orders` (all but `waitlist_joins`, which is the list's), kept
+    /// by [`put_order`] so a summary reads them instead of walking every order under the lock.
+    tallies: CheckoutCounts,
     /// Every committed order's key, by its id (`SaleStore::order`).
     ids: HashMap<Uuid, OrderKey>,
     /// Orders whose transition is decided and being written; dropped (which wakes the events
@@ -323,6 +326,7 @@ impl SaleBook {
                 last_decided: OffsetDateTime::UNIX_EPOCH,
                 buyers: HashMap::new(),
                 orders: BTreeMap::new(),
+                tallies: CheckoutCounts::default(),
                 ids: HashMap::new(),
                 transitions: HashMap::new(),
                 expiries: BTreeSet::new(),
@@ -466,7 +470,7 @@ impl SaleBook {
         }
         buyer.orders.push(order.key());
         st.ids.insert(order.order_id, order.key());
-        st.orders.insert(order.key(), order);
+        put_order(&mut st, order);
     }
 
     /// Restores the persisted counters and clock guard while rebuilding from disk.
@@ -705,7 +709,7 @@ impl SaleBook {
             }
         }
         st.ids.insert(order.order_id, order.key());
-        st.orders.insert(order.key(), order);
+        put_order(st, order);
         outcome
     }
 
@@ -846,7 +850,7 @@ impl SaleBook {
             }
         }
         st.recorded.insert(entry.key, entry);
-        st.orders.insert(after.key(), after.clone());
+        put_order(st, after.clone());
         after
     }
 
@@ -995,20 +999,10 @@ impl SaleBook {
     /// The checkout counters, counted from the durable orders and join rows held in memory.
     pub fn checkout_counts(&self) -> CheckoutCounts {
         let st = self.state.lock();
-        let mut c = CheckoutCounts {
+        CheckoutCounts {
             waitlist_joins: st.list.joins(),
-            ..CheckoutCounts::default()
-        };
-        for order in st.orders.values().filter(|o| o.expires_at.is_some()) {
-            c.reserved += 1;
-            let paid = order.status == OrderStatus::Paid;
-            c.paid += u64::from(paid);
-            c.expired += u64::from(order.status == OrderStatus::Expired);
-            c.cancelled += u64::from(order.status == OrderStatus::Cancelled);
-            c.offers_made += u64::from(order.offered);
-            c.offers_taken += u64::from(order.offered && paid);
+            ..st.tallies
         }
-        c
     }
 
     /// The live figures: durable units only.
@@ -1097,6 +1091,37 @@ impl SaleBook {
     }
 }
 
+/// Puts `order` in the book, new or in place of its earlier state, and moves the checkout
+/// tallies from what the earlier state counted to what this one counts.
+fn put_order(st: &mut BookState, order: Order) {
+    tally(&mut st.tallies, &order, true);
+    if let Some(before) = st.orders.insert(order.key(), order) {
+        tally(&mut st.tallies, &before, false);
+    }
+}
+
+/// Adds (or takes away) what one order counts in the checkout tallies: a reservation (an order
+/// with a deadline), its ending, and whether an offer made it.
+fn tally(c: &mut CheckoutCounts, order: &Order, add: bool) {
+    if order.expires_at.is_none() {
+        return;
+    }
+    let paid = order.status == OrderStatus::Paid;
+    let counts = [
+        (&mut c.reserved, true),
+        (&mut c.paid, paid),
+        (&mut c.expired, order.status == OrderStatus::Expired),
+        (&mut c.cancelled, order.status == OrderStatus::Cancelled),
+        (&mut c.offers_made, order.offered),
+        (&mut c.offers_taken, order.offered && paid),
+    ];
+    for (count, counts) in counts {
+        if counts {
+            *count = if add { *count + 1 } else { *count - 1 };
+        }
+    }
+}
+
 /// Units were sold at `at` (an instant order committed, a reservation paid): the sale is sold
 /// out at the latest such instant once every unit is sold.
 fn note_sold(st: &mut BookState, at: OffsetDateTime) {
@@ -1128,7 +1153,7 @@ fn free_units(st: &mut BookState, n: u32, claims: &[Claim]) {
             buyer.orders.push(order.key());
         }
         st.ids.insert(order.order_id, order.key());
-        st.orders.insert(order.key(), order.clone());
+        put_order(st, order.clone());
     }
     st.held = st.held.saturating_sub(n.saturating_sub(offered));
     if offered < n {
@@ -1333,6 +1358,67 @@ mod tests {
         }
     }
 
+    /// The checkout counts by walking every order (what `checkout_counts` did before the
+    /// tallies): the reference the kept tallies must equal.
+    fn scanned_counts(book: &SaleBook) -> CheckoutCounts {
+        let st = book.state.lock();
+        let mut c = CheckoutCounts {
+            waitlist_joins: st.list.joins(),
+            ..CheckoutCounts::default()
+        };
+        for order in st.orders.values().filter(|o| o.expires_at.is_some()) {
+            let paid = order.status == OrderStatus::Paid;
+            c.reserved += 1;
+            c.paid += u64::from(paid);
+            c.expired += u64::from(order.status == OrderStatus::Expired);
+            c.cancelled += u64::from(order.status == OrderStatus::Cancelled);
+            c.offers_made += u64::from(order.offered);
+            c.offers_taken += u64::from(order.offered && paid);
+        }
+        c
+    }
+
+    #[test]
+    fn the_checkout_tallies_follow_each_order_through_pay_cancel_expire_and_a_failed_write() {
+        let (book, order) = book_with_reservation();
+        let counts = |b: &SaleBook| {
+            let c = b.checkout_counts();
+            assert_eq!(c, scanned_counts(b));
+            (c.reserved, c.paid, c.cancelled, c.expired)
+        };
+        assert_eq!(counts(&book), (1, 0, 0, 0));
+        let EventStep::Decided(paying) = book.decide_event(order.order_id, &pay(), T0) else {
+            panic!("decided")
+        };
+        book.finish_transition(&paying, None);
+        assert_eq!(counts(&book), (1, 0, 0, 0), "a failed write counts nothing");
+        let EventStep::Decided(paying) = book.decide_event(order.order_id, &pay(), T0) else {
+            panic!("decided")
+        };
+        book.finish_transition(&paying, Some(entry(&paying)));
+        assert_eq!(counts(&book), (1, 1, 0, 0));
+        // Two more reservations: one cancelled, one expired.
+        for (name, event) in [("bob", cancel()), ("carol", OrderEvent::Expire)] {
+            let user = UserId::parse(name).unwrap();
+            let Step::Reserved(r) = book.admit(&user, Quantity::from_stored(1), None, T0) else {
+                panic!("admitted")
+            };
+            let PurchaseOutcome::Confirmed(o) = book.confirm(r) else {
+                panic!("confirmed")
+            };
+            // A cancel before the deadline, the expiry at it.
+            let at = match event {
+                OrderEvent::Expire => o.expires_at.unwrap(),
+                _ => T0,
+            };
+            let EventStep::Decided(d) = book.decide_event(o.order_id, &event, at) else {
+                panic!("decided")
+            };
+            book.finish_transition(&d, Some(entry(&d)));
+        }
+        assert_eq!(counts(&book), (3, 1, 1, 1));
+    }
+
     fn figures(book: &SaleBook) -> (u32, u32) {
         let status = book.status(T0);
         (status.remaining, status.held)
@@ -1534,6 +1620,7 @@ mod tests {
                     proptest::prop_assert_eq!(got, model.position(&name(u)));
                 }
                 proptest::prop_assert_eq!(book.status(T0).waitlist as usize, model.len());
+                proptest::prop_assert_eq!(book.checkout_counts(), scanned_counts(&book));
             }
         }
     }

@@ -164,14 +164,14 @@ fn flush_sql() -> &'static str {
 /// (CO-11): hold orders ever (offers included), paid, expired, cancelled, offers made, offers
 /// paid, joins ever (history rows are kept, so a buyer who left and joined again counts twice).
 const CHECKOUT_COUNTS: &str = "
-    SELECT count(*) FILTER (WHERE expires_at IS NOT NULL),
+    SELECT count(*),
            count(*) FILTER (WHERE status = 'paid'),
            count(*) FILTER (WHERE status = 'expired'),
            count(*) FILTER (WHERE status = 'cancelled'),
            count(*) FILTER (WHERE offered),
            count(*) FILTER (WHERE offered AND status = 'paid'),
            (SELECT count(*) FROM waitlist WHERE sale_id = $1)
-    FROM orders WHERE sale_id = $1";
+    FROM orders WHERE sale_id = $1 AND expires_at IS NOT NULL";
 
 /// The summary's query: `$1` the sale, `$2` the id of a failed flush; columns: orders, units,
 /// attempts, each counter, whether that flush landed.

@@ -31,6 +31,10 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (9, include_str!("../../migrations/0009_products.sql")),
     (10, include_str!("../../migrations/0010_holds.sql")),
     (11, include_str!("../../migrations/0011_waitlist.sql")),
+    (
+        12,
+        include_str!("../../migrations/0012_hold_orders_by_sale.sql"),
+    ),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations.
