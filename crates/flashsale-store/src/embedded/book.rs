@@ -996,7 +996,7 @@ impl SaleBook {
             .map_or(WaitlistPlace::NotWaitlisted, WaitlistPlace::Offered)
     }
 
-    /// The checkout counters, counted from the durable orders and join rows held in memory.
+    /// The checkout counters of the durable orders and join rows, as kept by `put_order`.
     pub fn checkout_counts(&self) -> CheckoutCounts {
         let st = self.state.lock();
         CheckoutCounts {
@@ -1107,7 +1107,7 @@ fn tally(c: &mut CheckoutCounts, order: &Order, add: bool) {
         return;
     }
     let paid = order.status == OrderStatus::Paid;
-    let counts = [
+    let tallies = [
         (&mut c.reserved, true),
         (&mut c.paid, paid),
         (&mut c.expired, order.status == OrderStatus::Expired),
@@ -1115,8 +1115,8 @@ fn tally(c: &mut CheckoutCounts, order: &Order, add: bool) {
         (&mut c.offers_made, order.offered),
         (&mut c.offers_taken, order.offered && paid),
     ];
-    for (count, counts) in counts {
-        if counts {
+    for (count, applies) in tallies {
+        if applies {
             *count = if add { *count + 1 } else { *count - 1 };
         }
     }
