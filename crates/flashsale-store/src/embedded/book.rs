@@ -145,9 +145,9 @@ struct BookState {
     /// The hold-mode tallies of `orders` (all but `waitlist_joins`, which is the list's), kept
     /// by [`put_order`] so a summary reads them instead of walking every order under the lock.
     tallies: CheckoutCounts,
-    /// The key of each committed order whose id does not carry its admission's millisecond
-    /// (restored orders made before ids did, or before 1970); every other order is found by
-    /// its id in `orders` alone (see [`order_id_at`]).
+    /// The key of each committed order whose id does not name its admission instant (restored
+    /// orders made before ids did, or before 1970); every other order is found by its id in
+    /// `orders` alone (see [`order_id_at`]).
     stray_ids: HashMap<Uuid, OrderKey>,
     /// Orders whose transition is decided and being written; dropped (which wakes the events
     /// waiting on it) once it is applied or failed.
@@ -1089,46 +1089,50 @@ impl SaleBook {
     }
 }
 
-/// A new order id for an order admitted at `at`: a UUID v7 whose time is `at`'s millisecond
-/// (its other 74 bits random), so the book finds the order by its id among the orders of that
-/// millisecond, in the export-ordered map it keeps anyway, without an index of ids: a hash
-/// index took an insert (a cache miss at a random slot) and some 60 bytes on every purchase.
+/// A new order id for an order admitted at `at` (a decision instant, whole microseconds): a
+/// UUID v7 whose time is `at`'s millisecond and whose 12 `rand_a` bits are `at`'s microsecond
+/// within it (RFC 9562's extra clock precision), the 62 `rand_b` bits random. The id thus names
+/// the order's whole key, so the book finds an order by its id in the map by key it keeps for
+/// the export, without an index of ids: a hash index took an insert (a cache miss at a random
+/// slot) and some 60 bytes on every purchase.
 fn order_id_at(at: OffsetDateTime) -> Uuid {
-    match u64::try_from(at.unix_timestamp()) {
-        Ok(secs) => Uuid::new_v7(uuid::Timestamp::from_unix(
-            uuid::NoContext,
-            secs,
-            at.nanosecond(),
-        )),
+    let Ok(secs) = u64::try_from(at.unix_timestamp()) else {
         // Before 1970: no v7 time; the order is a stray (see `put_order`).
-        Err(_) => Uuid::now_v7(),
+        return Uuid::now_v7();
+    };
+    // Without a context the 12 + 62 bits after the millisecond are random; the 12 then carry
+    // the microsecond.
+    let random = Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        secs,
+        at.nanosecond(),
+    ));
+    let within = u128::from(at.microsecond() % 1_000);
+    Uuid::from_u128((random.as_u128() & !(0xFFF << 64)) | (within << 64))
+}
+
+/// The admission instant an id made by [`order_id_at`] names; `None` for an id that cannot
+/// be one (another version, or a sub-millisecond field past 999).
+fn admitted_at(id: Uuid) -> Option<OffsetDateTime> {
+    let v = id.as_u128();
+    let within = (v >> 64) & 0xFFF;
+    if id.get_version_num() != 7 || within >= 1_000 {
+        return None;
     }
+    let micros = i128::try_from((v >> 80) * 1_000 + within).ok()?;
+    OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000).ok()
 }
 
-/// The millisecond an order id made by [`order_id_at`] was admitted in, as the range of
-/// admission instants it covers; `None` for an id of another version.
-fn admitted_in(id: Uuid) -> Option<std::ops::Range<OffsetDateTime>> {
-    let (secs, nanos) = id.get_timestamp()?.to_unix();
-    let from = OffsetDateTime::from_unix_timestamp(i64::try_from(secs).ok()?).ok()?
-        + time::Duration::nanoseconds(i64::from(nanos));
-    Some(from..from + time::Duration::MILLISECOND)
-}
-
-/// The key of the committed order `id`, if the book holds it: among the orders of the
-/// millisecond its id names, else among the strays.
+/// The key of the committed order `id`, if the book holds it: the key its id names, else a
+/// stray's.
 fn key_of(st: &BookState, id: Uuid) -> Option<OrderKey> {
-    if let Some(range) = admitted_in(id) {
-        let bound = |created_at| OrderKey {
+    if let Some(created_at) = admitted_at(id) {
+        let key = OrderKey {
             created_at,
-            order_id: Uuid::nil(),
+            order_id: id,
         };
-        let found = st
-            .orders
-            .range(bound(range.start)..bound(range.end))
-            .map(|(key, _)| *key)
-            .find(|key| key.order_id == id);
-        if found.is_some() {
-            return found;
+        if st.orders.contains_key(&key) {
+            return Some(key);
         }
     }
     st.stray_ids.get(&id).copied()
@@ -1136,10 +1140,10 @@ fn key_of(st: &BookState, id: Uuid) -> Option<OrderKey> {
 
 /// Puts `order` in the book, new or in place of its earlier state, and moves the checkout
 /// tallies from what the earlier state counted to what this one counts. An order whose id does
-/// not name its admission's millisecond is also kept in `stray_ids`.
+/// not name its admission instant is also kept in `stray_ids`.
 fn put_order(st: &mut BookState, order: Order) {
     let key = order.key();
-    if !admitted_in(order.order_id).is_some_and(|range| range.contains(&order.created_at)) {
+    if admitted_at(order.order_id) != Some(order.created_at) {
         st.stray_ids.insert(order.order_id, key);
     }
     tally(&mut st.tallies, &order, true);
@@ -1426,11 +1430,18 @@ mod tests {
     }
 
     #[test]
-    fn an_order_is_found_by_its_id_whether_or_not_the_id_names_its_millisecond() {
+    fn an_order_is_found_by_its_id_whether_or_not_the_id_names_its_admission() {
         let (book, admitted) = book_with_reservation();
-        let range = admitted_in(admitted.order_id).expect("a v7 id");
-        assert!(range.contains(&admitted.created_at), "{range:?}");
-        // Restored orders from before: an id of another millisecond, and a v4 id.
+        assert_eq!(admitted_at(admitted.order_id), Some(admitted.created_at));
+        assert_eq!(admitted.order_id.get_version_num(), 7);
+        let odd = T0 + time::Duration::microseconds(1_234_567);
+        assert_eq!(
+            admitted_at(order_id_at(odd)),
+            Some(odd),
+            "every microsecond kept"
+        );
+        assert_ne!(order_id_at(odd), order_id_at(odd), "the rest is random");
+        // Restored orders from before: an id of another instant, and a v4 id.
         let other_ms = Order {
             order_id: order_id_at(T0 - time::Duration::seconds(5)),
             user_id: UserId::parse("bob").unwrap(),
