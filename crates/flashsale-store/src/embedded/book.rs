@@ -740,12 +740,13 @@ impl SaleBook {
     /// The committed order `id`, with its status as it is durable now.
     pub fn order(&self, id: Uuid) -> Option<Order> {
         let st = self.state.lock();
-        key_of(&st, id).and_then(|key| st.orders.get(&key)).cloned()
+        order_of(&st.orders, &st.stray_ids, id).cloned()
     }
 
     /// Whether the committed order `id` belongs to this sale.
     pub fn holds(&self, id: Uuid) -> bool {
-        key_of(&self.state.lock(), id).is_some()
+        let st = self.state.lock();
+        order_of(&st.orders, &st.stray_ids, id).is_some()
     }
 
     /// Decides `event` for order `id` at `now` (or the last decided instant, if the clock
@@ -754,7 +755,7 @@ impl SaleBook {
     pub fn decide_event(&self, id: Uuid, event: &OrderEvent, now: OffsetDateTime) -> EventStep {
         let mut guard = self.state.lock();
         let st = &mut *guard;
-        let Some(order) = key_of(st, id).and_then(|key| st.orders.get(&key)) else {
+        let Some(order) = order_of(&st.orders, &st.stray_ids, id) else {
             return EventStep::NotFound;
         };
         if let Some(pending) = st.transitions.get(&id) {
@@ -824,8 +825,7 @@ impl SaleBook {
                     release_buyer(st, &claim.user, 1, true);
                 }
             }
-            return key_of(st, id)
-                .and_then(|key| st.orders.get(&key))
+            return order_of(&st.orders, &st.stray_ids, id)
                 .cloned()
                 .unwrap_or_else(|| decided.after.clone());
         };
@@ -1123,19 +1123,20 @@ fn admitted_at(id: Uuid) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000).ok()
 }
 
-/// The key of the committed order `id`, if the book holds it: the key its id names, else a
-/// stray's.
-fn key_of(st: &BookState, id: Uuid) -> Option<OrderKey> {
-    if let Some(created_at) = admitted_at(id) {
-        let key = OrderKey {
+/// The committed order `id` among a book's `orders`, if there: under the key its id names,
+/// else under a stray's key (the fields, not the state, so the rest of it stays free to change).
+fn order_of<'a>(
+    orders: &'a BTreeMap<OrderKey, Order>,
+    stray_ids: &HashMap<Uuid, OrderKey>,
+    id: Uuid,
+) -> Option<&'a Order> {
+    let named = admitted_at(id).and_then(|created_at| {
+        orders.get(&OrderKey {
             created_at,
             order_id: id,
-        };
-        if st.orders.contains_key(&key) {
-            return Some(key);
-        }
-    }
-    st.stray_ids.get(&id).copied()
+        })
+    });
+    named.or_else(|| stray_ids.get(&id).and_then(|key| orders.get(key)))
 }
 
 /// Puts `order` in the book, new or in place of its earlier state, and moves the checkout
