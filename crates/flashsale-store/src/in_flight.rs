@@ -1,12 +1,13 @@
 //! Purchases in flight, owned by their store rather than by whoever asked.
 //!
 //! A purchase that has taken stock must run to its end (commit then confirm, or undo), or the
-//! books would hold a reservation nobody settles until a restart or a lease. So each store runs
-//! that part as a task on its own [`InFlight`] tracker: a caller that stops waiting (a client
-//! hanging up, a request timeout) only stops hearing the answer, and shutdown waits for every
-//! such task. The caller's [`PurchaseHold`] travels with the task, so what the caller meant to
-//! hold "while the purchase runs" (an in-flight slot, units reserved for an address) is held
-//! exactly that long.
+//! books would hold a reservation nobody settles until a restart or a lease. The scale-out
+//! store runs that part as a task on its own [`InFlight`] tracker: a caller that stops waiting
+//! (a client hanging up, a request timeout) only stops hearing the answer, and shutdown waits
+//! for every such task. The embedded store needs no task: its writer and syncer settle each
+//! pending order themselves (`embedded::writer::PendingOrder`). Either way the caller's
+//! [`PurchaseHold`] travels with the purchase, so what the caller meant to hold "while the
+//! purchase runs" (an in-flight slot, units reserved for an address) is held exactly that long.
 
 use crate::{PurchaseOutcome, StoreError};
 use std::future::Future;

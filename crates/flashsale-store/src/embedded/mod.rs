@@ -25,7 +25,6 @@ pub(crate) mod schema;
 mod waitlist;
 mod writer;
 
-use crate::in_flight::InFlight;
 use crate::{
     Attempt, ChangeOutcome, LedgerEntry, LedgerKey, Order, OrderEventOutcome, OrderKey,
     PurchaseHold, PurchaseOutcome, SaleStatus, SaleStore, StoreError, Summary,
@@ -66,8 +65,6 @@ pub struct EmbeddedStore {
     /// Dropping the sender stops the checkpoint thread.
     checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     path: PathBuf,
-    /// Purchases that have taken stock and are being committed (shutdown waits for them).
-    in_flight: InFlight,
     /// Holds the data directory's exclusive lock; the OS releases it when this is dropped or
     /// the process dies (even by `kill -9`), so a stale lock file never blocks a restart.
     /// Shutdown releases it once the writer has stopped: a handle still alive somewhere (a
@@ -146,7 +143,6 @@ impl EmbeddedStore {
             expiry: Mutex::new(Some((stop_expiry, timer))),
             checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             path,
-            in_flight: InFlight::default(),
             lock: Mutex::new(Some(lock)),
             images: Arc::new(images),
         })
@@ -487,33 +483,17 @@ impl SaleStore for EmbeddedStore {
             Ok(Reserved::No(outcome)) => return hold.answer(Ok(outcome)),
             Err(e) => return hold.answer(Err(e)),
         };
-        // From here the stock is taken in memory: the write is queued and its answer awaited
-        // on the store's tracker, so the reservation is confirmed or undone whoever waits.
+        // From here the stock is taken in memory. The pending order settles it (and ends the
+        // hold) whoever waits: the syncer once durable, the writer if the group fails, its drop
+        // if the writer is gone (a failed send drops it here). Nothing to await but the answer.
         let (reply, rx) = oneshot::channel();
-        let write = Write::Order(PendingOrder {
-            order: reservation.order.clone(),
-            key: reservation.key.as_ref().map(|claim| claim.key.clone()),
+        let _ = self.writes.send(Write::Order(PendingOrder::new(
+            book,
+            reservation,
+            hold,
             reply,
-        });
-        let writes = self.writes.clone();
-        self.in_flight
-            .run(hold, async move {
-                match send_write(&writes, write, rx).await {
-                    Ok(Ok(())) => Ok(book.confirm(reservation)),
-                    Ok(Err(e)) => {
-                        book.undo(reservation);
-                        Err(StoreError::unavailable_from(
-                            "the order could not be made durable; nothing was taken",
-                            e,
-                        ))
-                    }
-                    Err(e) => {
-                        book.undo(reservation);
-                        Err(e)
-                    }
-                }
-            })
-            .await
+        )));
+        rx.await.unwrap_or(Err(StoreError::ShuttingDown))
     }
 
     async fn put_image(&self, id: SaleId, image: ImageRef, bytes: Bytes) -> Result<(), StoreError> {
@@ -607,8 +587,9 @@ impl SaleStore for EmbeddedStore {
             drop(stop);
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
-        // Purchases already holding stock are committed (or undone) before the writer stops.
-        self.in_flight.drain().await;
+        // Purchases already holding stock are queued before this (a purchase sends its order in
+        // the same step that takes the stock), so the writer commits them first; one that
+        // reserves after it is undone and answered `ShuttingDown` when the writer drops it.
         let (reply, rx) = oneshot::channel();
         // The writer commits what is queued, persists counters, replies and exits; writes sent
         // after that fail with `ShuttingDown` and their reservations are undone.

@@ -26,13 +26,15 @@
 //! reservation's insert, the units moved, a transition's order update and ledger row): an
 //! instant-mode group runs none of them.
 
-use super::book::{Decided, ListWrite, PersistedCounters, SaleBook};
+use super::book::{Decided, ListWrite, PersistedCounters, Reservation, SaleBook};
 use super::schema::{SALE_COLUMNS, checkout_columns, sale_of_row, to_micros};
 use super::waitlist::ListOp;
 use crate::counter_columns;
+use crate::in_flight::PurchaseHold;
 use crate::ledger::{LedgerCause, LedgerEntry, LedgerKey, LedgerSource, change_entry};
 use crate::model::{Order, SaleStatus};
 use crate::product_columns::ProductRow;
+use crate::{PurchaseOutcome, StoreError};
 use flashsale_core::{IdempotencyKey, NewSale, Sale, SaleId, change::changed_fields};
 use parking_lot::RwLock;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
@@ -110,14 +112,77 @@ pub(crate) struct SaleChangeWrite {
     pub at: time::OffsetDateTime,
 }
 
-/// An admitted order on its way to the disk, and whom to tell once it is there.
+/// An admitted order on its way to the disk. Like a transition, it is settled by whoever
+/// finishes it, not by whoever waits for it: the syncer confirms it in the book once durable,
+/// the writer undoes it if its group fails, and dropping it unwritten (the writer gone) undoes
+/// it too. Each then ends the caller's hold and answers, so a caller that goes away leaves
+/// neither stock nor its hold taken, and no task per purchase is needed to make sure of it.
 pub(crate) struct PendingOrder {
-    /// The order to write.
-    pub order: Order,
-    /// Its idempotency key, stored with it.
-    pub key: Option<IdempotencyKey>,
-    /// Answered once the order is durable, or with why it is not.
-    pub reply: oneshot::Sender<Result<(), WriteError>>,
+    book: Arc<SaleBook>,
+    /// Taken when the order is settled; `None` only after that.
+    reservation: Option<Reservation>,
+    hold: PurchaseHold,
+    reply: Option<oneshot::Sender<Result<PurchaseOutcome, StoreError>>>,
+}
+
+impl PendingOrder {
+    /// The reservation `book` took, to be made durable; `reply` hears how it ended.
+    pub(crate) fn new(
+        book: Arc<SaleBook>,
+        reservation: Reservation,
+        hold: PurchaseHold,
+        reply: oneshot::Sender<Result<PurchaseOutcome, StoreError>>,
+    ) -> Self {
+        Self {
+            book,
+            reservation: Some(reservation),
+            hold,
+            reply: Some(reply),
+        }
+    }
+
+    /// The order to write and its idempotency key.
+    fn row(&self) -> Option<(&Order, Option<&IdempotencyKey>)> {
+        let reservation = self.reservation.as_ref()?;
+        Some((&reservation.order, reservation.key.as_ref().map(|c| &c.key)))
+    }
+
+    /// The order is durable: confirm it in the book, end the hold, answer.
+    fn durable(mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            let outcome = Ok(self.book.confirm(reservation));
+            self.answer(outcome);
+        }
+    }
+
+    /// Nothing of it was written (`None`: the writer is gone): give the stock back, end the
+    /// hold, answer.
+    fn fail(&mut self, e: Option<WriteError>) {
+        if let Some(reservation) = self.reservation.take() {
+            self.book.undo(reservation);
+            self.answer(Err(match e {
+                Some(e) => StoreError::unavailable_from(
+                    "the order could not be made durable; nothing was taken",
+                    e,
+                ),
+                None => StoreError::ShuttingDown,
+            }));
+        }
+    }
+
+    fn answer(&mut self, outcome: Result<PurchaseOutcome, StoreError>) {
+        std::mem::take(&mut self.hold).end(&outcome);
+        if let Some(reply) = self.reply.take() {
+            // A caller who went away still had its order settled; nothing to tell.
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+impl Drop for PendingOrder {
+    fn drop(&mut self) {
+        self.fail(None);
+    }
 }
 
 /// A decided transition on its way to the disk. Whatever becomes of it, the book's transition
@@ -173,7 +238,7 @@ impl ListRequest {
 /// A reply the syncer sends once the WAL is on disk.
 pub(crate) enum Ack {
     /// An order is durable.
-    Order(oneshot::Sender<Result<(), WriteError>>),
+    Order(PendingOrder),
     /// A sale is durable: add its book (with its ledger entry, unless it was created before
     /// under the same key), then answer with it.
     Sale(
@@ -217,8 +282,7 @@ pub(crate) fn sync(
         let mut stop = false;
         for ack in groups.into_iter().flatten() {
             match ack {
-                // A buyer who went away still had its order committed; nothing to do.
-                Ack::Order(reply) => drop(reply.send(Ok(()))),
+                Ack::Order(order) => order.durable(),
                 // The book is added here, not by the caller, so a caller that went away still
                 // leaves a sale that answers.
                 Ack::Sale(reply, sale, entry) => {
@@ -323,7 +387,7 @@ pub(crate) fn run(
             match commit_orders(&mut conn, &orders, &transitions, &lists, &changed) {
                 Ok(entries) => {
                     saved.extend(changed);
-                    durable.extend(orders.into_iter().map(|p| Ack::Order(p.reply)));
+                    durable.extend(orders.into_iter().map(Ack::Order));
                     durable.extend(
                         transitions
                             .into_iter()
@@ -341,8 +405,8 @@ pub(crate) fn run(
                     );
                     // One error, shared by every write of the group it failed.
                     let e = Arc::new(e);
-                    for p in orders {
-                        let _ = p.reply.send(Err(WriteError::Orders(Arc::clone(&e))));
+                    for mut p in orders {
+                        p.fail(Some(WriteError::Orders(Arc::clone(&e))));
                     }
                     for t in transitions {
                         t.fail(WriteError::Orders(Arc::clone(&e)));
@@ -422,8 +486,8 @@ fn commit_orders(
         )?;
         let mut sold: BTreeMap<SaleId, i64> = BTreeMap::new();
         let mut held: BTreeMap<SaleId, i64> = BTreeMap::new();
-        for PendingOrder { order, key, .. } in orders {
-            let key = key.as_ref().map(IdempotencyKey::as_str);
+        for (order, key) in orders.iter().filter_map(PendingOrder::row) {
+            let key = key.map(IdempotencyKey::as_str);
             if let Some(expires_at) = order.expires_at {
                 insert_reservation(&tx, order, key, expires_at)?;
                 *held.entry(order.sale_id).or_default() += i64::from(order.quantity);
