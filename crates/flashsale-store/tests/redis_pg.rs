@@ -631,3 +631,62 @@ async fn purchase_throughput_with_256_concurrent_buyers() {
         }
     }
 }
+
+/// Migration 0013: an idempotency key stays unique within its sale, while keyless orders (most
+/// of them) get no index entry for it: the partial index replaced the table constraint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_stay_unique_per_sale_and_keyless_orders_are_not_indexed_for_them() {
+    let cfg = isolated(&support::redis_url(), &support::database_url());
+    let _cleanup = Cleanup { cfg: cfg.clone() };
+    let store = connect(&cfg).await;
+    let sale = store.create_sale(active(10, 5)).await.unwrap();
+    let pg = support::pg(&cfg).await;
+    let insert = "INSERT INTO orders (order_id, sale_id, user_id, quantity, created_at,
+                                      idempotency_key)
+                  VALUES ($1, $2, 'direct', 1, now(), $3)";
+    let key = Some("k-1");
+    pg.execute(insert, &[&Uuid::now_v7(), &sale.id.0, &key])
+        .await
+        .unwrap();
+    let duplicate = pg
+        .execute(insert, &[&Uuid::now_v7(), &sale.id.0, &key])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        duplicate.code(),
+        Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION),
+        "{duplicate}"
+    );
+    for _ in 0..2 {
+        pg.execute(insert, &[&Uuid::now_v7(), &sale.id.0, &None::<&str>])
+            .await
+            .unwrap();
+    }
+    let constraints: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM pg_constraint
+             WHERE conrelid = 'orders'::regclass AND contype = 'u'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        constraints, 0,
+        "no table constraint indexes every order's key"
+    );
+    let definition: String = pg
+        .query_one(
+            "SELECT indexdef FROM pg_indexes
+             WHERE schemaname = current_schema() AND indexname = 'orders_idempotency_key'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        definition.contains("UNIQUE") && definition.contains("WHERE (idempotency_key IS NOT NULL)"),
+        "{definition}"
+    );
+    store.shutdown().await;
+}

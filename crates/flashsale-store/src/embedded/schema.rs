@@ -36,8 +36,7 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              user_id         TEXT    NOT NULL,
              quantity        INTEGER NOT NULL CHECK (quantity > 0),
              created_at_us   INTEGER NOT NULL,
-             idempotency_key TEXT,
-             UNIQUE (sale_id, idempotency_key)
+             idempotency_key TEXT
          ) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS sale_counters (
              sale_id            INTEGER PRIMARY KEY REFERENCES sales(id),
@@ -124,7 +123,55 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              PRIMARY KEY (sale_id, seq)
          ) WITHOUT ROWID;",
     )?;
-    create_stock_ledger(conn)
+    create_stock_ledger(conn)?;
+    index_keyed_orders_only(conn)
+}
+
+/// An order's idempotency key is unique within its sale, but most orders have none: the table
+/// constraint `UNIQUE (sale_id, idempotency_key)` that orders had before issue 15 kept an index
+/// entry for every keyless order too (a NULL is never a duplicate, yet is stored), one more
+/// B-tree insert per purchase. A partial unique index enforces exactly the same rule with the
+/// keyed orders only (the same as PostgreSQL's migration 0013). SQLite cannot drop a table
+/// constraint, so a table that has it is rebuilt, once, in one transaction.
+fn index_keyed_orders_only(conn: &Connection) -> rusqlite::Result<()> {
+    let constrained: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_index_list('orders') WHERE origin = 'u'",
+        [],
+        |row| row.get(0),
+    )?;
+    if constrained {
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE orders_rebuilt (
+                 order_id        BLOB    PRIMARY KEY,
+                 sale_id         INTEGER NOT NULL REFERENCES sales(id),
+                 user_id         TEXT    NOT NULL,
+                 quantity        INTEGER NOT NULL CHECK (quantity > 0),
+                 created_at_us   INTEGER NOT NULL,
+                 idempotency_key TEXT,
+                 status          TEXT    NOT NULL DEFAULT 'confirmed',
+                 expires_at_us   INTEGER,
+                 payment_ref     TEXT,
+                 offered         INTEGER NOT NULL DEFAULT 0
+             ) WITHOUT ROWID;
+             INSERT INTO orders_rebuilt (order_id, sale_id, user_id, quantity, created_at_us,
+                                         idempotency_key, status, expires_at_us, payment_ref,
+                                         offered)
+             SELECT order_id, sale_id, user_id, quantity, created_at_us, idempotency_key, status,
+                    expires_at_us, payment_ref, offered
+             FROM orders;
+             DROP TABLE orders;
+             ALTER TABLE orders_rebuilt RENAME TO orders;
+             CREATE UNIQUE INDEX orders_idempotency_key ON orders (sale_id, idempotency_key)
+                 WHERE idempotency_key IS NOT NULL;
+             COMMIT;",
+        )
+    } else {
+        conn.execute_batch(
+            "CREATE UNIQUE INDEX IF NOT EXISTS orders_idempotency_key
+                 ON orders (sale_id, idempotency_key) WHERE idempotency_key IS NOT NULL",
+        )
+    }
 }
 
 /// The stock ledger's recorded entries (issue 14; the same table as PostgreSQL's migration
@@ -247,6 +294,7 @@ pub(crate) fn from_micros(micros: i64) -> OffsetDateTime {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use rusqlite::params;
 
     #[test]
     fn sale_len_counts_the_sale_columns() {
@@ -294,5 +342,91 @@ mod tests {
             .query_row("SELECT count(*) FROM stock_ledger", [], |r| r.get(0))
             .unwrap();
         assert_eq!(count, 3, "the backfill runs once");
+    }
+
+    /// `orders`' indexes beside its primary key: name, unique, origin, partial.
+    fn order_indexes(conn: &Connection) -> Vec<(String, bool, String, bool)> {
+        conn.prepare(
+            "SELECT name, \"unique\", origin, partial FROM pragma_index_list('orders')
+             WHERE origin != 'pk' ORDER BY name",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    #[test]
+    fn orders_from_before_keep_every_row_and_keys_stay_unique_per_sale_with_keyless_orders_unindexed()
+     {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        // As the table was before issue 15: the keys unique by a table constraint.
+        conn.execute_batch(
+            "DROP TABLE orders;
+             CREATE TABLE orders (
+                 order_id        BLOB    PRIMARY KEY,
+                 sale_id         INTEGER NOT NULL REFERENCES sales(id),
+                 user_id         TEXT    NOT NULL,
+                 quantity        INTEGER NOT NULL CHECK (quantity > 0),
+                 created_at_us   INTEGER NOT NULL,
+                 idempotency_key TEXT,
+                 UNIQUE (sale_id, idempotency_key)
+             ) WITHOUT ROWID;
+             ALTER TABLE orders ADD COLUMN status TEXT NOT NULL DEFAULT 'confirmed';
+             ALTER TABLE orders ADD COLUMN expires_at_us INTEGER;
+             ALTER TABLE orders ADD COLUMN payment_ref TEXT;
+             ALTER TABLE orders ADD COLUMN offered INTEGER NOT NULL DEFAULT 0;
+             INSERT INTO sales (id, name, starts_at_us, ends_at_us, stock, per_user_limit)
+             VALUES (1, 'old', 100, 1000, 15, 3), (2, 'other', 100, 1000, 15, 3);
+             INSERT INTO orders (order_id, sale_id, user_id, quantity, created_at_us,
+                                 idempotency_key, status, expires_at_us, payment_ref, offered)
+             VALUES (x'01', 1, 'a', 1, 200, 'k1', 'paid', 900, 'pay-1', 1),
+                    (x'02', 1, 'b', 2, 201, NULL, 'confirmed', NULL, NULL, 0);",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        migrate(&conn).unwrap();
+        let rows: Vec<String> = conn
+            .prepare(
+                "SELECT quote(order_id) || ' ' || user_id || ' ' || quote(idempotency_key) || ' '
+                        || status || ' ' || quote(expires_at_us) || ' ' || quote(payment_ref)
+                        || ' ' || offered
+                 FROM orders ORDER BY order_id",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                "X'01' a 'k1' paid 900 'pay-1' 1",
+                "X'02' b NULL confirmed NULL NULL 0"
+            ]
+        );
+        let insert = "INSERT INTO orders (order_id, sale_id, user_id, quantity, created_at_us,
+                                          idempotency_key) VALUES (?1, ?2, 'c', 1, 300, ?3)";
+        let duplicate = conn.execute(insert, params![vec![3u8], 1, "k1"]);
+        assert!(duplicate.is_err(), "a key is unique within its sale");
+        conn.execute(insert, params![vec![4u8], 2, "k1"]).unwrap();
+        conn.execute(insert, params![vec![5u8], 1, None::<String>])
+            .unwrap();
+        conn.execute(insert, params![vec![6u8], 1, None::<String>])
+            .unwrap();
+        // The one index beside the table is unique and partial (keyed orders only), on a
+        // database from before and on a new one alike.
+        let keys_only = [(
+            "orders_idempotency_key".to_owned(),
+            true,
+            "c".to_owned(),
+            true,
+        )];
+        assert_eq!(order_indexes(&conn), keys_only);
+        let fresh = Connection::open_in_memory().unwrap();
+        migrate(&fresh).unwrap();
+        assert_eq!(order_indexes(&fresh), keys_only);
     }
 }

@@ -35,6 +35,10 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         12,
         include_str!("../../migrations/0012_hold_orders_by_sale.sql"),
     ),
+    (
+        13,
+        include_str!("../../migrations/0013_idempotency_keys_only.sql"),
+    ),
 ];
 
 /// An arbitrary, fixed advisory-lock key for migrations.
