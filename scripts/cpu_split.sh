@@ -7,12 +7,13 @@
 # server once its stores and the client have taken theirs; this shows that share.
 #
 # Usage: scripts/cpu_split.sh BINARY STORE ROUTE [CONNECTIONS]
-#   BINARY  target/release/flashsale (or a saved copy)
+#   BINARY  target/release/flashsale (or a saved copy), or target/release/flashsale-ceiling
+#           (the bare handler: STORE is ignored, and sold-out is its purchase route)
 #   STORE   embedded | redis   (redis: the local Redis and PostgreSQL, own prefix and schema)
 #   ROUTE   purchase | sold-out | status
 # Environment: SPLIT_SECONDS=6, REDIS_URL, DATABASE_URL (default: local, database flashsale_bench).
-# Prints one line per group: group, CPU seconds, share of the run's total, CPU µs per request;
-# then the requests and req/s.
+# Prints one line per group: group, CPU seconds, share of the run's total, CPU µs per request
+# (the server's also split into user space and kernel); then the requests and req/s.
 set -euo pipefail
 BIN=$1
 STORE=$2
@@ -45,18 +46,23 @@ if [ "$STORE" = redis ]; then
   args+=(--store redis --redis-url "$REDIS_URL" --database-url "$DATABASE_URL"
     --redis-prefix "$TOKEN" --pg-schema "${TOKEN//-/_}")
 fi
+ceiling=0
+"$BIN" --help 2>/dev/null | grep -q -- '--data-dir' || { ceiling=1; STORE=ceiling; args=(--listen "127.0.0.1:$PORT"); }
 "$BIN" "${args[@]}" >"$WORK/server.log" 2>&1 &
 PID=$!
-for _ in $(seq 1 300); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+ready=/readyz
+[ "$ceiling" = 1 ] && ready=/healthz
+for _ in $(seq 1 300); do curl -fs "http://127.0.0.1:$PORT$ready" >/dev/null 2>&1 && break; sleep 0.1; done
 
 now=$(date -u +%s)
 stock=1
 [ "$ROUTE" = purchase ] && stock=100000000
-sale=$(curl -fs -X POST "http://127.0.0.1:$PORT/api/admin/sales" -H "authorization: Bearer $TOKEN" \
+[ "$ceiling" = 1 ] || sale=$(curl -fs -X POST "http://127.0.0.1:$PORT/api/admin/sales" -H "authorization: Bearer $TOKEN" \
   -H 'content-type: application/json' \
   -d "{\"name\":\"split\",\"stock\":$stock,\"per_user_limit\":1,\"starts_at\":\"$(date -u -d @$((now - 1)) +%FT%TZ)\",\"ends_at\":\"$(date -u -d @$((now + 3600)) +%FT%TZ)\"}")
-id=$(sed -E 's/.*"sale_id":([0-9]+).*/\1/' <<<"$sale")
-if [ "$ROUTE" = sold-out ]; then
+id=1
+[ "$ceiling" = 1 ] || id=$(sed -E 's/.*"sale_id":([0-9]+).*/\1/' <<<"$sale")
+if [ "$ROUTE" = sold-out ] && [ "$ceiling" = 0 ]; then
   curl -fs -X POST "http://127.0.0.1:$PORT/api/sales/$id/orders" -H 'content-type: application/json' \
     -d '{"user_id":"first","quantity":1}' >/dev/null
 fi
@@ -68,7 +74,7 @@ esac
 
 # Every process's CPU ticks, grouped by what it is.
 ticks() {
-  local server=0 redis=0 postgres=0 client=0 other=0 pid stat comm t
+  local server=0 user=0 redis=0 postgres=0 client=0 other=0 pid stat comm t
   for stat in /proc/[0-9]*/stat; do
     pid=${stat#/proc/}; pid=${pid%/stat}
     read -r line <"$stat" 2>/dev/null || continue
@@ -77,13 +83,13 @@ ticks() {
     # Fields after ") ": state is 1, utime 12, stime 13.
     set -- $rest
     t=$((${12} + ${13}))
-    if [ "$pid" = "$PID" ]; then server=$((server + t))
+    if [ "$pid" = "$PID" ]; then server=$((server + t)); user=${12}
     elif [[ $comm == redis-server* ]]; then redis=$((redis + t))
     elif [[ $comm == postgres* ]]; then postgres=$((postgres + t))
     elif [[ $comm == wrk* ]]; then client=$((client + t))
     else other=$((other + t)); fi
   done
-  echo "$server $redis $postgres $client $other"
+  echo "$server $user $redis $postgres $client $other"
 }
 # Warm up (connections, first admissions), then sample inside the measured run (wrk still
 # running at both ends, so its own ticks count too).
@@ -91,10 +97,10 @@ wrk -t2 -c"$CONNS" -d1s "${lua[@]}" "http://127.0.0.1:$PORT$url" >/dev/null
 wrk -t2 -c"$CONNS" -d"${SECS}s" "${lua[@]}" "http://127.0.0.1:$PORT$url" >"$WORK/wrk.out" &
 WRK=$!
 sleep 1
-read -r s0 r0 p0 c0 o0 < <(ticks)
+read -r s0 u0 r0 p0 c0 o0 < <(ticks)
 started=$(date +%s.%N)
 sleep $((SECS - 2))
-read -r s1 r1 p1 c1 o1 < <(ticks)
+read -r s1 u1 r1 p1 c1 o1 < <(ticks)
 ended=$(date +%s.%N)
 wait $WRK
 hz=$(getconf CLK_TCK)
@@ -104,7 +110,7 @@ total=$(awk -v w="$wall" -v c="$cores" -v hz="$hz" 'BEGIN {print w * c * hz}')
 rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out")
 requests=$(awk -v r="$rps" -v w="$wall" 'BEGIN {print r * w}')
 printf 'group\tCPU s\tshare of %s cores x %.1f s\tCPU us per request\n' "$cores" "$wall"
-for pair in "server $((s1 - s0))" "redis $((r1 - r0))" "postgres $((p1 - p0))" "client $((c1 - c0))" "other $((o1 - o0))"; do
+for pair in "server $((s1 - s0))" "server-user $((u1 - u0))" "server-kernel $((s1 - s0 - u1 + u0))" "redis $((r1 - r0))" "postgres $((p1 - p0))" "client $((c1 - c0))" "other $((o1 - o0))"; do
   set -- $pair
   awk -v n="$1" -v t="$2" -v hz="$hz" -v tot="$total" -v r="$requests" \
     'BEGIN { printf "%s\t%.2f\t%.0f%%\t%.1f\n", n, t / hz, 100 * t / tot, 1e6 * t / hz / r }'
