@@ -112,7 +112,7 @@ impl EmbeddedStore {
         })?;
         let (writes, rx) = mpsc::channel();
         let (acks, acks_rx) = mpsc::channel();
-        let flushing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flushing = Arc::new(writer::Flushing::default());
         let writer_flushing = Arc::clone(&flushing);
         let writer_books = Arc::clone(&books);
         let syncer_books = Arc::clone(&books);
