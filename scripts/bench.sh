@@ -418,11 +418,11 @@ seed_scenario() { # label url1[,url2] [extra flashsale-load options]
   "$LOAD" herd --json --target "$url" --admin-token "$TOKEN" --buyers 1000 --stock 100 --start-in 2 \
     "$@" >"$file" 2>"$file.stderr" || true
   if jq -e . "$file" >/dev/null 2>&1; then
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$(jq .time_to_sell_out_s "$file")" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$(jq .time_to_sell_out_s "$file")" \
       "$(jq .latency.p50_ms "$file")" "$(jq .latency.p99_ms "$file")" "$(jq .latency.max_ms "$file")" \
       "$(jq -r 'if .passed then "PASS" else "FAIL" end' "$file")" >> "$OUT/seed.tsv"
   else
-    printf '%s\tfailed\t\t\t\t%s\n' "$1" "$(tail -1 "$file.stderr")" >> "$OUT/seed.tsv"
+    printf '%s\tfailed\t\t\t\t%s\n' "$label" "$(tail -1 "$file.stderr")" >> "$OUT/seed.tsv"
   fi
 }
 
