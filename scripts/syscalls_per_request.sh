@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# System calls the server makes per request on one route, counted by strace (issue 15).
+#
+# Like the instruction count of scripts/instructions_per_request.sh, a count of system calls
+# does not depend on what else the machine is doing; it shows the kernel work a route asks for
+# that a CPU profile only shows as "kernel": a syscall inside a critical section, a wake-up per
+# request, the writer's file locks. strace slows the server down, so the per-group calls of the
+# embedded writer (WAL writes, fsync, locks) are spread over fewer requests than under real load:
+# compare builds with one another and with the ceiling, not with a production figure.
+#
+# Usage: scripts/syscalls_per_request.sh BINARY ROUTE
+#   BINARY  target/release/flashsale or target/release/flashsale-ceiling (or a saved copy)
+#   ROUTE   status | sold-out | purchase (each request a new buyer, stock ample)
+# Environment: SYSCALLS_SECONDS=3 (length of the counted load), SYSCALLS_CONNECTIONS=16.
+# Prints the requests, then each system call made at least once per 200 requests, per request.
+set -euo pipefail
+BIN=$1
+ROUTE=$2
+SECS=${SYSCALLS_SECONDS:-3}
+CONNS=${SYSCALLS_CONNECTIONS:-16}
+PORT=$((19900 + RANDOM % 90))
+WORK=$(mktemp -d)
+TOKEN=syscalls-admin-token-$RANDOM$RANDOM
+cleanup() { [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+command -v strace >/dev/null || { echo "needs strace (Debian package strace)" >&2; exit 1; }
+
+ready=/readyz
+if "$BIN" --help 2>/dev/null | grep -q -- '--data-dir'; then
+  "$BIN" --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" --admin-token "$TOKEN" --demo-sale off \
+    --rate-limit off >"$WORK/server.log" 2>&1 &
+  PID=$!
+  ceiling=0
+else
+  "$BIN" --listen "127.0.0.1:$PORT" >"$WORK/server.log" 2>&1 &
+  PID=$!
+  ceiling=1
+  ready=/healthz
+fi
+for _ in $(seq 1 300); do curl -fs "http://127.0.0.1:$PORT$ready" >/dev/null 2>&1 && break; sleep 0.1; done
+id=1
+if [ "$ceiling" = 0 ]; then
+  now=$(date -u +%s)
+  stock=1
+  [ "$ROUTE" = purchase ] && stock=100000000
+  sale=$(curl -fs -X POST "http://127.0.0.1:$PORT/api/admin/sales" -H "authorization: Bearer $TOKEN" \
+    -H 'content-type: application/json' \
+    -d "{\"name\":\"syscalls\",\"stock\":$stock,\"per_user_limit\":1,\"starts_at\":\"$(date -u -d @$((now - 1)) +%FT%TZ)\",\"ends_at\":\"$(date -u -d @$((now + 3600)) +%FT%TZ)\"}")
+  id=$(sed -E 's/.*"sale_id":([0-9]+).*/\1/' <<<"$sale")
+  [ "$ROUTE" = sold-out ] && curl -fs -X POST "http://127.0.0.1:$PORT/api/sales/$id/orders" \
+    -H 'content-type: application/json' -d '{"user_id":"first","quantity":1}' >/dev/null
+fi
+case $ROUTE in
+  status) url=/api/sales/$id; lua=() ;;
+  purchase | sold-out) url=/api/sales/$id/orders; lua=(-s "$(dirname "$0")/wrk/orders.lua") ;;
+  *) echo "unknown route $ROUTE" >&2; exit 2 ;;
+esac
+# Warm up, then count only the measured load (strace attached to every thread, then detached).
+wrk -t1 -c"$CONNS" -d1s "${lua[@]}" "http://127.0.0.1:$PORT$url" >/dev/null
+timeout -s INT $((SECS + 1)) strace -f -c -o "$WORK/strace" -p "$PID" 2>/dev/null &
+STRACE=$!
+sleep 0.5
+wrk -t1 -c"$CONNS" -d"${SECS}s" "${lua[@]}" "http://127.0.0.1:$PORT$url" -- "sc$RANDOM" >"$WORK/wrk.out"
+wait "$STRACE" || true
+requests=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
+echo "$(basename "$BIN") $ROUTE: $requests requests; system calls per request:"
+awk -v n="$requests" '$1 ~ /^[0-9.]+$/ && NF >= 5 && $4 / n >= 0.005 { printf "  %-14s %.3f\n", $NF, $4 / n }' \
+  "$WORK/strace" | sort -k2 -rn
