@@ -790,3 +790,51 @@ async fn a_shut_down_store_frees_its_directory_even_while_a_handle_lives() {
     );
     drop(lingering);
 }
+
+/// The sale's row records its sold-out instant: the latest admission among its orders, whichever
+/// group committed it (200 buyers at once commit in several groups, in any order). The writer
+/// works it out from what it has committed, without reading the orders back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sold_out_instant_on_disk_is_the_latest_admission_whichever_group_committed_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let other = store.create_sale(active(50, 1)).await.unwrap();
+    for i in 0..50 {
+        store
+            .purchase(attempt(other.id, &format!("early-{i}"), None))
+            .await
+            .unwrap();
+    }
+    let sale = store.create_sale(active(200, 1)).await.unwrap();
+    let buys = (0..200).map(|i| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .purchase(attempt(sale.id, &format!("b-{i}"), None))
+                .await
+        })
+    });
+    for buy in buys {
+        assert!(matches!(
+            buy.await.unwrap().unwrap(),
+            PurchaseOutcome::Confirmed(_)
+        ));
+    }
+    let shown = store.status(sale.id).await.unwrap().unwrap().sold_out_at;
+    store.shutdown().await;
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let (recorded, latest): (Option<i64>, i64) = conn
+        .query_row(
+            "SELECT s.sold_out_at_us, (SELECT max(created_at_us) FROM orders WHERE sale_id = s.id)
+             FROM sales s WHERE s.id = ?1",
+            [sale.id.0],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(recorded, Some(latest));
+    let shown = shown.expect("sold out");
+    assert_eq!(
+        i64::try_from(shown.unix_timestamp_nanos() / 1_000).unwrap(),
+        latest
+    );
+}

@@ -1003,6 +1003,11 @@ impl SaleBook {
         }
     }
 
+    /// The latest admission among the sale's durable sold orders (restored or confirmed).
+    pub fn last_sold_at(&self) -> Option<OffsetDateTime> {
+        self.state.lock().last_sold_at
+    }
+
     /// The live figures: durable units only.
     /// `now` only says whether the waitlist has lapsed (`ends_at`).
     pub fn status(&self, now: OffsetDateTime) -> SaleStatus {

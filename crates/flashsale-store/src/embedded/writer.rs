@@ -360,6 +360,7 @@ pub(crate) fn run(
 ) {
     let _ = flushing.writer.set(std::thread::current());
     let mut saved: HashMap<SaleId, PersistedCounters> = HashMap::new();
+    let mut last_sold = LastSold::default();
     let mut last_flush = Instant::now();
     let mut batch = Vec::with_capacity(256);
     loop {
@@ -408,9 +409,14 @@ pub(crate) fn run(
         }
         if !orders.is_empty() || !transitions.is_empty() || !lists.is_empty() {
             let changed = changed_counters(&books, &saved);
-            match commit_orders(&mut conn, &orders, &transitions, &lists, &changed) {
-                Ok(entries) => {
+            let sold = SoldOut {
+                books: &books,
+                committed: &last_sold,
+            };
+            match commit_orders(&mut conn, &orders, &transitions, &lists, &changed, sold) {
+                Ok((entries, group)) => {
                     saved.extend(changed);
+                    last_sold.extend(group);
                     durable.extend(orders.into_iter().map(Ack::Order));
                     durable.extend(
                         transitions
@@ -493,16 +499,49 @@ impl Drop for WriteTx<'_> {
     }
 }
 
+/// Per sale, the latest admission (µs) among the instant orders this process has committed.
+type LastSold = HashMap<SaleId, i64>;
+
+/// What the writer knows, without reading the orders back, of the latest admission among a
+/// sale's committed orders: the sale's sold-out instant. Reading it back (`max(created_at_us)`
+/// over the sale's orders) scanned every order of every sale, since `orders` has no index by
+/// sale, and stalled every purchase behind the group that sold a sale out.
+#[derive(Clone, Copy)]
+struct SoldOut<'a> {
+    /// The books: the latest sold admission of orders durable before this process or already
+    /// confirmed in it.
+    books: &'a RwLock<BTreeMap<SaleId, Arc<SaleBook>>>,
+    /// The latest admission of every group committed by this process, confirmed or not yet.
+    committed: &'a LastSold,
+}
+
+impl SoldOut<'_> {
+    /// The sale's latest committed admission, given the latest of the group being committed.
+    fn at(self, sale: SaleId, in_group: i64) -> i64 {
+        let restored = self
+            .books
+            .read()
+            .get(&sale)
+            .and_then(|b| b.last_sold_at())
+            .map_or(i64::MIN, to_micros);
+        let committed = self.committed.get(&sale).copied().unwrap_or(i64::MIN);
+        in_group.max(restored).max(committed)
+    }
+}
+
 /// Commits a group: its orders, its transitions (returning their ledger entries, in their
-/// order) and the counters that changed, in one transaction.
+/// order) and the counters that changed, in one transaction. Also returns, per sale, the latest
+/// admission among the group's instant orders.
 fn commit_orders(
     conn: &mut Connection,
     orders: &[PendingOrder],
     transitions: &[TransitionWrite],
     lists: &[ListRequest],
     counters: &[(SaleId, PersistedCounters)],
-) -> rusqlite::Result<Vec<LedgerEntry>> {
+    sold_out_at: SoldOut<'_>,
+) -> rusqlite::Result<(Vec<LedgerEntry>, LastSold)> {
     let tx = WriteTx::begin(conn)?;
+    let mut latest = LastSold::new();
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO orders (order_id, sale_id, user_id, quantity, created_at_us, idempotency_key)
@@ -517,15 +556,18 @@ fn commit_orders(
                 *held.entry(order.sale_id).or_default() += i64::from(order.quantity);
                 continue;
             }
+            let at = to_micros(order.created_at);
             insert.execute(params![
                 order.order_id.as_bytes().as_slice(),
                 order.sale_id.0,
                 order.user_id.as_str(),
                 order.quantity,
-                to_micros(order.created_at),
+                at,
                 key,
             ])?;
             *sold.entry(order.sale_id).or_default() += i64::from(order.quantity);
+            let last = latest.entry(order.sale_id).or_insert(at);
+            *last = (*last).max(at);
         }
         for (sale, units) in held {
             move_units(&tx, sale, units, 0)?;
@@ -542,16 +584,10 @@ fn commit_orders(
             if sold_out == Some(true) {
                 // The sold-out instant is the latest admission among the sale's orders,
                 // whichever group commits last: the order that took the last unit may commit
-                // in an earlier group than one admitted before it. Run only then, once per
-                // sale: SQLite plans this subquery for the bound sale id, so the statement
-                // cache's clearing of bindings made it re-prepare (~65k instructions) each
-                // time it ran.
-                tx.prepare_cached(
-                    "UPDATE sales SET sold_out_at_us =
-                         (SELECT max(created_at_us) FROM orders WHERE sale_id = ?1)
-                     WHERE id = ?1",
-                )?
-                .execute(params![sale.0])?;
+                // in an earlier group than one admitted before it.
+                let in_group = latest.get(&sale).copied().unwrap_or(i64::MIN);
+                tx.prepare_cached("UPDATE sales SET sold_out_at_us = ?2 WHERE id = ?1")?
+                    .execute(params![sale.0, sold_out_at.at(sale, in_group)])?;
             }
         }
     }
@@ -564,7 +600,7 @@ fn commit_orders(
     }
     write_counters(&tx, counters)?;
     tx.commit()?;
-    Ok(entries)
+    Ok((entries, latest))
 }
 
 /// Inserts a hold-mode order: `reserved` until `expires_at`.
