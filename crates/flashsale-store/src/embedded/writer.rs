@@ -416,7 +416,11 @@ pub(crate) fn run(
             match commit_orders(&mut conn, &orders, &transitions, &lists, &changed, sold) {
                 Ok((entries, group)) => {
                     saved.extend(changed);
-                    last_sold.extend(group);
+                    // A group may hold only earlier admissions than one committed before it.
+                    for (sale, at) in group {
+                        let last = last_sold.entry(sale).or_insert(at);
+                        *last = (*last).max(at);
+                    }
                     durable.extend(orders.into_iter().map(Ack::Order));
                     durable.extend(
                         transitions
