@@ -74,7 +74,9 @@ def main(results_path, seed_path):
         print("| target | time to sell out s | p50 ms | p99 ms | max ms | invariants "
               "| p99 / ceiling's (target) |")
         print("|---|---:|---:|---:|---:|---|---|")
-        ceiling_p99 = next((float(r[3]) for r in seeds if r[0] == "ceiling" and r[3]), None)
+        ceiling_p99 = next((float(r[3]) for r in seeds
+                            if r[0] == "ceiling" and len(r) > 3 and r[3] not in ("", "null")),
+                           None)
         for r in seeds:
             r += [""] * (6 - len(r))
             ratio = ""
