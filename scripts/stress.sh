@@ -39,10 +39,19 @@ BIN=target/$PROFILE
 
 WORK=$(mktemp -d)
 SERVER_PIDS=()
+SCALE_OUT_SPACE=
 cleanup() {
   for pid in "${SERVER_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${SERVER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
+  # The scale-out runs' own key prefix and schema (named after the token): leave nothing behind
+  # in the shared Redis and PostgreSQL.
+  if [ -n "$SCALE_OUT_SPACE" ]; then
+    redis-cli -u "$REDIS_URL" --scan --pattern "{$SCALE_OUT_SPACE:*" |
+      xargs -r redis-cli -u "$REDIS_URL" del >/dev/null 2>&1 || true
+    psql "$DATABASE_URL" -qc "DROP SCHEMA IF EXISTS ${SCALE_OUT_SPACE//-/_} CASCADE" \
+      >/dev/null 2>&1 || true
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -136,6 +145,7 @@ else
   # A key prefix and schema of its own: no keys or rows of an earlier run in the way.
   if "$BIN/flashsale" --help 2>/dev/null | grep -q -- '--redis-prefix'; then
     redis_args+=(--redis-prefix "$TOKEN" --pg-schema "${TOKEN//-/_}")
+    SCALE_OUT_SPACE=$TOKEN
   fi
   if ! "$BIN/flashsale" --help 2>/dev/null | grep -q -- '--redis-url'; then
     echo "== [redis x2] SKIPPED: this build has no --store redis"
