@@ -134,44 +134,40 @@ pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 /// keyed orders only (the same as PostgreSQL's migration 0013). SQLite cannot drop a table
 /// constraint, so a table that has it is rebuilt, once, in one transaction.
 fn index_keyed_orders_only(conn: &Connection) -> rusqlite::Result<()> {
+    const KEYED_ONLY: &str = "CREATE UNIQUE INDEX IF NOT EXISTS orders_idempotency_key
+        ON orders (sale_id, idempotency_key) WHERE idempotency_key IS NOT NULL";
     let constrained: bool = conn.query_row(
         "SELECT count(*) > 0 FROM pragma_index_list('orders') WHERE origin = 'u'",
         [],
         |row| row.get(0),
     )?;
-    if constrained {
-        conn.execute_batch(
-            "BEGIN;
-             CREATE TABLE orders_rebuilt (
-                 order_id        BLOB    PRIMARY KEY,
-                 sale_id         INTEGER NOT NULL REFERENCES sales(id),
-                 user_id         TEXT    NOT NULL,
-                 quantity        INTEGER NOT NULL CHECK (quantity > 0),
-                 created_at_us   INTEGER NOT NULL,
-                 idempotency_key TEXT,
-                 status          TEXT    NOT NULL DEFAULT 'confirmed',
-                 expires_at_us   INTEGER,
-                 payment_ref     TEXT,
-                 offered         INTEGER NOT NULL DEFAULT 0
-             ) WITHOUT ROWID;
-             INSERT INTO orders_rebuilt (order_id, sale_id, user_id, quantity, created_at_us,
-                                         idempotency_key, status, expires_at_us, payment_ref,
-                                         offered)
-             SELECT order_id, sale_id, user_id, quantity, created_at_us, idempotency_key, status,
-                    expires_at_us, payment_ref, offered
-             FROM orders;
-             DROP TABLE orders;
-             ALTER TABLE orders_rebuilt RENAME TO orders;
-             CREATE UNIQUE INDEX orders_idempotency_key ON orders (sale_id, idempotency_key)
-                 WHERE idempotency_key IS NOT NULL;
-             COMMIT;",
-        )
-    } else {
-        conn.execute_batch(
-            "CREATE UNIQUE INDEX IF NOT EXISTS orders_idempotency_key
-                 ON orders (sale_id, idempotency_key) WHERE idempotency_key IS NOT NULL",
-        )
+    if !constrained {
+        return conn.execute_batch(KEYED_ONLY);
     }
+    conn.execute_batch(&format!(
+        "BEGIN;
+         CREATE TABLE orders_rebuilt (
+             order_id        BLOB    PRIMARY KEY,
+             sale_id         INTEGER NOT NULL REFERENCES sales(id),
+             user_id         TEXT    NOT NULL,
+             quantity        INTEGER NOT NULL CHECK (quantity > 0),
+             created_at_us   INTEGER NOT NULL,
+             idempotency_key TEXT,
+             status          TEXT    NOT NULL DEFAULT 'confirmed',
+             expires_at_us   INTEGER,
+             payment_ref     TEXT,
+             offered         INTEGER NOT NULL DEFAULT 0
+         ) WITHOUT ROWID;
+         INSERT INTO orders_rebuilt (order_id, sale_id, user_id, quantity, created_at_us,
+                                     idempotency_key, status, expires_at_us, payment_ref, offered)
+         SELECT order_id, sale_id, user_id, quantity, created_at_us, idempotency_key, status,
+                expires_at_us, payment_ref, offered
+         FROM orders;
+         DROP TABLE orders;
+         ALTER TABLE orders_rebuilt RENAME TO orders;
+         {KEYED_ONLY};
+         COMMIT;"
+    ))
 }
 
 /// The stock ledger's recorded entries (issue 14; the same table as PostgreSQL's migration

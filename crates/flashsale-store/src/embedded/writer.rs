@@ -418,8 +418,7 @@ pub(crate) fn run(
                     saved.extend(changed);
                     // A group may hold only earlier admissions than one committed before it.
                     for (sale, at) in group {
-                        let last = last_sold.entry(sale).or_insert(at);
-                        *last = (*last).max(at);
+                        raise(&mut last_sold, sale, at);
                     }
                     durable.extend(orders.into_iter().map(Ack::Order));
                     durable.extend(
@@ -506,6 +505,12 @@ impl Drop for WriteTx<'_> {
 /// Per sale, the latest admission (µs) among the instant orders this process has committed.
 type LastSold = HashMap<SaleId, i64>;
 
+/// Raises the sale's latest admission to `at` (never lowers it).
+fn raise(last: &mut LastSold, sale: SaleId, at: i64) {
+    let latest = last.entry(sale).or_insert(at);
+    *latest = (*latest).max(at);
+}
+
 /// What the writer knows, without reading the orders back, of the latest admission among a
 /// sale's committed orders: the sale's sold-out instant. Reading it back (`max(created_at_us)`
 /// over the sale's orders) scanned every order of every sale, since `orders` has no index by
@@ -570,8 +575,7 @@ fn commit_orders(
                 key,
             ])?;
             *sold.entry(order.sale_id).or_default() += i64::from(order.quantity);
-            let last = latest.entry(order.sale_id).or_insert(at);
-            *last = (*last).max(at);
+            raise(&mut latest, order.sale_id, at);
         }
         for (sale, units) in held {
             move_units(&tx, sale, units, 0)?;
