@@ -46,25 +46,19 @@ if [ "$STORE" = redis ]; then
   args+=(--store redis --redis-url "$REDIS_URL" --database-url "$DATABASE_URL"
     --redis-prefix "$TOKEN" --pg-schema "${TOKEN//-/_}")
 fi
+. "$(dirname "$0")/lib/route_sale.sh"
 ceiling=0
-"$BIN" --help 2>/dev/null | grep -q -- '--data-dir' || { ceiling=1; STORE=ceiling; args=(--listen "127.0.0.1:$PORT"); }
+is_ceiling "$BIN" && { ceiling=1; STORE=ceiling; args=(--listen "127.0.0.1:$PORT"); }
 "$BIN" "${args[@]}" >"$WORK/server.log" 2>&1 &
 PID=$!
 ready=/readyz
 [ "$ceiling" = 1 ] && ready=/healthz
 for _ in $(seq 1 300); do curl -fs "http://127.0.0.1:$PORT$ready" >/dev/null 2>&1 && break; sleep 0.1; done
 
-now=$(date -u +%s)
-stock=1
-[ "$ROUTE" = purchase ] && stock=100000000
-[ "$ceiling" = 1 ] || sale=$(curl -fs -X POST "http://127.0.0.1:$PORT/api/admin/sales" -H "authorization: Bearer $TOKEN" \
-  -H 'content-type: application/json' \
-  -d "{\"name\":\"split\",\"stock\":$stock,\"per_user_limit\":1,\"starts_at\":\"$(date -u -d @$((now - 1)) +%FT%TZ)\",\"ends_at\":\"$(date -u -d @$((now + 3600)) +%FT%TZ)\"}")
 id=1
-[ "$ceiling" = 1 ] || id=$(sed -E 's/.*"sale_id":([0-9]+).*/\1/' <<<"$sale")
-if [ "$ROUTE" = sold-out ] && [ "$ceiling" = 0 ]; then
-  curl -fs -X POST "http://127.0.0.1:$PORT/api/sales/$id/orders" -H 'content-type: application/json' \
-    -d '{"user_id":"first","quantity":1}' >/dev/null
+if [ "$ceiling" = 0 ]; then
+  id=$(route_sale "http://127.0.0.1:$PORT" "$TOKEN" "$ROUTE" split)
+  if [ "$ROUTE" = sold-out ]; then sell_one "http://127.0.0.1:$PORT" "$id"; fi
 fi
 case $ROUTE in
   status) url=/api/sales/$id; lua=() ;;

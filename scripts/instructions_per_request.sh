@@ -25,12 +25,13 @@ cleanup() { [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -
 trap cleanup EXIT
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null || { echo "needs valgrind" >&2; exit 1; }
 
+. "$(dirname "$0")/lib/route_sale.sh"
 args=(--listen "127.0.0.1:$PORT")
 ceiling=0
-if "$BIN" --help 2>/dev/null | grep -q -- '--data-dir'; then
-  args+=(--data-dir "$WORK/data" --admin-token "$TOKEN" --demo-sale off --rate-limit off)
-else
+if is_ceiling "$BIN"; then
   ceiling=1
+else
+  args+=(--data-dir "$WORK/data" --admin-token "$TOKEN" --demo-sale off --rate-limit off)
 fi
 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" --instr-atstart=no \
   "$BIN" "${args[@]}" >"$WORK/server.log" 2>&1 &
@@ -39,15 +40,9 @@ for _ in $(seq 1 300); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2
 
 body='{"user_id":"ipr-buyer","quantity":1}'
 if [ "$ceiling" = 0 ]; then
-  now=$(date -u +%s)
-  stock=1
-  [ "$ROUTE" = purchase ] && stock=100000000
-  sale=$(curl -fs -X POST "http://127.0.0.1:$PORT/api/admin/sales" -H "authorization: Bearer $TOKEN" \
-    -H 'content-type: application/json' \
-    -d "{\"name\":\"ipr\",\"stock\":$stock,\"per_user_limit\":1,\"starts_at\":\"$(date -u -d @$((now - 1)) +%FT%TZ)\",\"ends_at\":\"$(date -u -d @$((now + 3600)) +%FT%TZ)\"}")
-  id=$(sed -E 's/.*"sale_id":([0-9]+).*/\1/' <<<"$sale")
+  id=$(route_sale "http://127.0.0.1:$PORT" "$TOKEN" "$ROUTE" ipr)
   # Sell the one unit so every later purchase is a sold-out rejection.
-  curl -fs -X POST "http://127.0.0.1:$PORT/api/sales/$id/orders" -H 'content-type: application/json' -d "$body" >/dev/null
+  sell_one "http://127.0.0.1:$PORT" "$id" ipr-buyer
 else
   id=1
 fi

@@ -25,30 +25,23 @@ cleanup() { [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -
 trap cleanup EXIT
 command -v strace >/dev/null || { echo "needs strace (Debian package strace)" >&2; exit 1; }
 
+. "$(dirname "$0")/lib/route_sale.sh"
 ready=/readyz
-if "$BIN" --help 2>/dev/null | grep -q -- '--data-dir'; then
-  "$BIN" --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" --admin-token "$TOKEN" --demo-sale off \
-    --rate-limit off >"$WORK/server.log" 2>&1 &
-  PID=$!
-  ceiling=0
-else
-  "$BIN" --listen "127.0.0.1:$PORT" >"$WORK/server.log" 2>&1 &
-  PID=$!
+ceiling=0
+if is_ceiling "$BIN"; then
   ceiling=1
   ready=/healthz
+  "$BIN" --listen "127.0.0.1:$PORT" >"$WORK/server.log" 2>&1 &
+else
+  "$BIN" --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" --admin-token "$TOKEN" --demo-sale off \
+    --rate-limit off >"$WORK/server.log" 2>&1 &
 fi
+PID=$!
 for _ in $(seq 1 300); do curl -fs "http://127.0.0.1:$PORT$ready" >/dev/null 2>&1 && break; sleep 0.1; done
 id=1
 if [ "$ceiling" = 0 ]; then
-  now=$(date -u +%s)
-  stock=1
-  [ "$ROUTE" = purchase ] && stock=100000000
-  sale=$(curl -fs -X POST "http://127.0.0.1:$PORT/api/admin/sales" -H "authorization: Bearer $TOKEN" \
-    -H 'content-type: application/json' \
-    -d "{\"name\":\"syscalls\",\"stock\":$stock,\"per_user_limit\":1,\"starts_at\":\"$(date -u -d @$((now - 1)) +%FT%TZ)\",\"ends_at\":\"$(date -u -d @$((now + 3600)) +%FT%TZ)\"}")
-  id=$(sed -E 's/.*"sale_id":([0-9]+).*/\1/' <<<"$sale")
-  [ "$ROUTE" = sold-out ] && curl -fs -X POST "http://127.0.0.1:$PORT/api/sales/$id/orders" \
-    -H 'content-type: application/json' -d '{"user_id":"first","quantity":1}' >/dev/null
+  id=$(route_sale "http://127.0.0.1:$PORT" "$TOKEN" "$ROUTE" syscalls)
+  if [ "$ROUTE" = sold-out ]; then sell_one "http://127.0.0.1:$PORT" "$id"; fi
 fi
 case $ROUTE in
   status) url=/api/sales/$id; lua=() ;;
