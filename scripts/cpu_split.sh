@@ -60,11 +60,7 @@ if [ "$ceiling" = 0 ]; then
   id=$(route_sale "http://127.0.0.1:$PORT" "$TOKEN" "$ROUTE" split)
   if [ "$ROUTE" = sold-out ]; then sell_one "http://127.0.0.1:$PORT" "$id"; fi
 fi
-case $ROUTE in
-  status) url=/api/sales/$id; lua=() ;;
-  purchase | sold-out) url=/api/sales/$id/orders; lua=(-s "$(dirname "$0")/wrk/orders.lua") ;;
-  *) echo "unknown route $ROUTE" >&2; exit 2 ;;
-esac
+route_request "$ROUTE" "$id"
 
 # Every process's CPU ticks, grouped by what it is.
 ticks() {

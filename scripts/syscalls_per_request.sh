@@ -43,11 +43,7 @@ if [ "$ceiling" = 0 ]; then
   id=$(route_sale "http://127.0.0.1:$PORT" "$TOKEN" "$ROUTE" syscalls)
   if [ "$ROUTE" = sold-out ]; then sell_one "http://127.0.0.1:$PORT" "$id"; fi
 fi
-case $ROUTE in
-  status) url=/api/sales/$id; lua=() ;;
-  purchase | sold-out) url=/api/sales/$id/orders; lua=(-s "$(dirname "$0")/wrk/orders.lua") ;;
-  *) echo "unknown route $ROUTE" >&2; exit 2 ;;
-esac
+route_request "$ROUTE" "$id"
 # Warm up, then count only the measured load (strace attached to every thread, then detached).
 wrk -t1 -c"$CONNS" -d1s "${lua[@]}" "http://127.0.0.1:$PORT$url" >/dev/null
 timeout -s INT $((SECS + 1)) strace -f -c -o "$WORK/strace" -p "$PID" 2>/dev/null &

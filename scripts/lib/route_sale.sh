@@ -24,3 +24,13 @@ route_sale() { # BASE_URL ADMIN_TOKEN ROUTE NAME
     -d "{\"name\":\"$4\",\"stock\":$stock,\"per_user_limit\":1,\"starts_at\":\"$(date -u -d @$((now - 1)) +%FT%TZ)\",\"ends_at\":\"$(date -u -d @$((now + 3600)) +%FT%TZ)\"}")
   sed -E 's/.*"sale_id":([0-9]+).*/\1/' <<<"$sale"
 }
+
+# Sets `url` (the path ROUTE requests on sale SALE_ID) and `lua` (wrk's options for its body:
+# scripts/wrk/orders.lua, a distinct buyer per request, for the purchase routes).
+route_request() { # ROUTE SALE_ID
+  case $1 in
+    status) url=/api/sales/$2; lua=() ;;
+    purchase | sold-out) url=/api/sales/$2/orders; lua=(-s "$(dirname "${BASH_SOURCE[0]}")/../wrk/orders.lua") ;;
+    *) echo "unknown route $1" >&2; exit 2 ;;
+  esac
+}
