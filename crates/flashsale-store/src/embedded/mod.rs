@@ -46,6 +46,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
+pub use writer::WAL_RESTART_FRAMES;
 use writer::{ListRequest, PendingOrder, SaleChangeWrite, TransitionWrite, Write};
 
 /// The database file inside the data directory.
