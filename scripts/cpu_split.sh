@@ -13,7 +13,7 @@
 #   ROUTE   purchase | sold-out | status
 # Environment: SPLIT_SECONDS=6, REDIS_URL, DATABASE_URL (default: local, database flashsale_bench).
 # Prints one line per group: group, CPU seconds, share of the run's total, CPU µs per request
-# (the server's also split into user space and kernel); then the requests and req/s.
+# (the server's also split into user space and kernel, and by thread name); then req/s.
 set -euo pipefail
 BIN=$1
 STORE=$2
@@ -81,6 +81,17 @@ ticks() {
   done
   echo "$server $user $redis $postgres $client $other"
 }
+# The server's CPU ticks by thread name (tokio-rt-worker, flashsale-write, flashsale-sync, ...):
+# one "name ticks" line per name, sorted.
+threads() {
+  local t line rest
+  for t in /proc/"$PID"/task/*; do
+    read -r line <"$t/stat" 2>/dev/null || continue
+    rest=${line##*) }
+    set -- $rest
+    echo "$(cat "$t/comm" 2>/dev/null) $((${12} + ${13}))"
+  done | awk '{ a[$1] += $2 } END { for (k in a) print k, a[k] }' | sort
+}
 # Warm up (connections, first admissions), then sample inside the measured run (wrk still
 # running at both ends, so its own ticks count too).
 wrk -t2 -c"$CONNS" -d1s "${lua[@]}" "http://127.0.0.1:$PORT$url" >/dev/null
@@ -88,9 +99,11 @@ wrk -t2 -c"$CONNS" -d"${SECS}s" "${lua[@]}" "http://127.0.0.1:$PORT$url" >"$WORK
 WRK=$!
 sleep 1
 read -r s0 u0 r0 p0 c0 o0 < <(ticks)
+threads >"$WORK/threads0"
 started=$(date +%s.%N)
 sleep $((SECS - 2))
 read -r s1 u1 r1 p1 c1 o1 < <(ticks)
+threads >"$WORK/threads1"
 ended=$(date +%s.%N)
 wait $WRK
 hz=$(getconf CLK_TCK)
@@ -105,4 +118,7 @@ for pair in "server $((s1 - s0))" "server-user $((u1 - u0))" "server-kernel $((s
   awk -v n="$1" -v t="$2" -v hz="$hz" -v tot="$total" -v r="$requests" \
     'BEGIN { printf "%s\t%.2f\t%.0f%%\t%.1f\n", n, t / hz, 100 * t / tot, 1e6 * t / hz / r }'
 done
+# The server's share by thread (threads that used no CPU are left out).
+join "$WORK/threads0" "$WORK/threads1" | awk -v hz="$hz" -v tot="$total" -v r="$requests" \
+  '$3 > $2 { printf "server:%s\t%.2f\t%.0f%%\t%.1f\n", $1, ($3 - $2) / hz, 100 * ($3 - $2) / tot, 1e6 * ($3 - $2) / hz / r }'
 echo "req/s	$rps"
