@@ -22,7 +22,8 @@ pub(crate) fn connect(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(2))?;
-    // Checkpoints run on their own thread (see `checkpoint`), never inside a buyer's commit.
+    // Checkpoints run on their own thread (see `spawn_checkpointer`) and, once the WAL is long,
+    // on the writer between two groups (`writer::WalFrames`), never inside a buyer's commit.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     migrate(&conn)?;
     Ok(conn)
@@ -32,8 +33,9 @@ pub(crate) fn connect(path: &Path) -> rusqlite::Result<Connection> {
 ///
 /// A PASSIVE checkpoint never blocks the writer, so the fsync of the database file no longer
 /// lands inside some unlucky group's commit; once a checkpoint has caught up, the writer's next
-/// commit starts the WAL from the beginning again, which keeps it small. The thread ends when
-/// `stop` is dropped.
+/// commit starts the WAL from the beginning again. Under a load that never pauses it never
+/// catches up, so the writer also checkpoints once the WAL is long (`writer::WalFrames`). The
+/// thread ends when `stop` is dropped.
 pub(crate) fn spawn_checkpointer(
     path: &Path,
     stop: std::sync::mpsc::Receiver<()>,
@@ -46,12 +48,17 @@ pub(crate) fn spawn_checkpointer(
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 stop.recv_timeout(std::time::Duration::from_secs(1))
             {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                if let Err(e) = checkpoint(&conn) {
                     tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
                 }
             }
         })
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
+/// Copies what it can of the WAL into the database file without waiting for anyone (PASSIVE).
+pub(crate) fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
 }
 
 /// The index of the first counter column in the query of [`rebuild`] (after the sale, the

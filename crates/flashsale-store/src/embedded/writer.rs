@@ -507,7 +507,7 @@ impl WalFrames {
         frames.store(0, Ordering::Relaxed);
         // Busy (the background checkpointer is running) or failed: the next commit tells the
         // length again and this is tried again then.
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        if let Err(e) = super::load::checkpoint(conn) {
             tracing::debug!(error = %e, "the writer's WAL checkpoint did not run");
         }
     }
