@@ -253,3 +253,11 @@ pub async fn csv_lines(
     let text = response.text().await.unwrap();
     text.split_terminator("\r\n").map(str::to_owned).collect()
 }
+
+/// The text of a shipped deployment file (`deploy/` at the repository's root).
+pub fn deploy_file(name: &str) -> String {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}

@@ -18,6 +18,7 @@ mod ledger;
 mod lifecycle;
 mod limits;
 mod live;
+mod load_balancer;
 mod modes;
 mod monitoring;
 mod operating;

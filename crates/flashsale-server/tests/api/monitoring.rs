@@ -2,10 +2,10 @@
 //! rule (deploy/prometheus/alerts.yml) or a dashboard panel (deploy/grafana/flashsale.json)
 //! queries is exported on `/metrics` by a running scale-out instance.
 
+use crate::helpers::deploy_file;
 use crate::scale_out::{Cleanup, TOKEN, spawn_instance};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Written by Prometheus itself for every target, not by the service.
@@ -40,13 +40,6 @@ const KEYWORDS: &[&str] = &[
     "bool",
     "offset",
 ];
-
-fn deploy_file(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../deploy")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// Removes every bracketed part opened by `open` (label matchers, ranges), strings included.
 fn strip(expr: &str) -> String {
