@@ -68,6 +68,8 @@ fail() {
     for f in "$WORK"/*.log; do
         [ -e "$f" ] && { echo "--- $f" >&2; tail -20 "$f" >&2; }
     done
+    # Again after the logs: CI shows a failed suite's tail, and the reason must be in it.
+    echo "deploy-test: FAILED: $*" >&2
     exit 1
 }
 free_port() {
@@ -190,6 +192,9 @@ limited=$(shed_count "$OUT/herd-nginx-one-address.txt" rate_limited)
 # --- 3. kill -9 one instance mid-herd; the alert must fire -------------------------------
 victim_port=${PORTS[2]}
 victim_pid=${INSTANCE_PIDS[2]}
+# Created before the herd starts: the poll below reads it at once, and a sed on a missing file
+# fails the pipeline (pipefail), which ended the whole script silently with status 2.
+: >"$OUT/herd-nginx-kill.txt"
 (
     "$BIN/flashsale-load" herd --target "$LB" --admin-token "$TOKEN" --limit 1 --start-in 3 \
         --buyers 3000 --stock 300 --source-ips 200 --allow-errors --settle 40 \
