@@ -52,6 +52,7 @@ mod ledger;
 mod model;
 mod product_columns;
 pub mod redis_pg;
+pub mod sharded_map;
 
 pub use config::StoreConfig;
 pub use error::{Cause, Report, StoreError};

@@ -42,6 +42,7 @@ use crate::model::{
     CheckoutCounts, Order, OrderKey, PurchaseOutcome, RejectionCounts, SaleStatus, WaitlistJoin,
     WaitlistLeave, WaitlistPlace,
 };
+use crate::sharded_map::ShardedMap;
 use flashsale_core::{
     ChangeRefusal, CheckoutMode, Decision, IdempotencyKey, OrderEvent, OrderState, OrderStatus,
     Outcome, Quantity, QuantityAboveLimit, Rejection, Sale, SaleChange, SaleState, Transition,
@@ -138,7 +139,8 @@ struct BookState {
     last_sold_at: Option<OffsetDateTime>,
     /// The clock guard: no attempt is decided at an instant before this one.
     last_decided: OffsetDateTime,
-    buyers: HashMap<UserId, Buyer>,
+    /// Sharded, like `keys`: each grows a little at a time under the lock ([`ShardedMap`]).
+    buyers: ShardedMap<UserId, Buyer>,
     /// Every committed order in export order, so a page of the operator's export is a range
     /// read, not a sort of the whole sale. Changed only through [`put_order`].
     orders: BTreeMap<OrderKey, Order>,
@@ -157,7 +159,8 @@ struct BookState {
     /// The stock ledger's recorded entries (every cause but orders, which are `orders`),
     /// each added in the same critical section as the change it records.
     recorded: BTreeMap<LedgerKey, LedgerEntry>,
-    keys: HashMap<IdempotencyKey, KeyEntry>,
+    /// Each idempotency key in use: its attempt in flight, or the answer it replays.
+    keys: ShardedMap<IdempotencyKey, KeyEntry>,
     /// Refused keys in the order they were stored, for retention and the bound.
     refused: VecDeque<(IdempotencyKey, OffsetDateTime)>,
     /// Dropped (which wakes every receiver) when `pending` is back to 0 or units are given back.
@@ -326,14 +329,14 @@ impl SaleBook {
                 sold_out_at: None,
                 last_sold_at: None,
                 last_decided: OffsetDateTime::UNIX_EPOCH,
-                buyers: HashMap::new(),
+                buyers: ShardedMap::new(),
                 orders: BTreeMap::new(),
                 tallies: CheckoutCounts::default(),
                 stray_ids: HashMap::new(),
                 transitions: HashMap::new(),
                 expiries: BTreeSet::new(),
                 recorded: BTreeMap::new(),
-                keys: HashMap::new(),
+                keys: ShardedMap::new(),
                 refused: VecDeque::new(),
                 stock_settled: None,
                 counters: Counters::default(),
@@ -466,7 +469,7 @@ impl SaleBook {
                 KeyEntry::Confirmed(fp, PurchaseOutcome::Confirmed(first)),
             );
         }
-        let buyer = st.buyers.entry(order.user_id.clone()).or_default();
+        let buyer = st.buyers.get_or_default(&order.user_id);
         if counts {
             buyer.held += q;
         }
@@ -574,7 +577,7 @@ impl SaleBook {
             Decision::Reject(Rejection::AlreadyPurchased | Rejection::LimitExceeded { .. })
                 if buyer_pending > 0 =>
             {
-                let buyer = st.buyers.entry(user.clone()).or_default();
+                let buyer = st.buyers.get_or_default(user);
                 Step::Retry(
                     buyer
                         .settled
@@ -613,7 +616,7 @@ impl SaleBook {
                 let q = quantity.get();
                 st.pending += q;
                 st.counters.pending_orders += 1;
-                let buyer = st.buyers.entry(user.clone()).or_default();
+                let buyer = st.buyers.get_or_default(user);
                 buyer.held += q;
                 buyer.pending += q;
                 let (status, expires_at) = match sale.checkout.payment_window() {
@@ -1286,7 +1289,7 @@ fn claim_offers(st: &mut BookState, plan: Vec<(u64, bool)>, now: OffsetDateTime)
         };
         let offer = match (offer, window) {
             (true, Some(window)) => {
-                let buyer = st.buyers.entry(waiter.user.clone()).or_default();
+                let buyer = st.buyers.get_or_default(&waiter.user);
                 buyer.held += 1;
                 buyer.pending += 1;
                 Some(Order {
