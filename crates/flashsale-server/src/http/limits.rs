@@ -23,6 +23,13 @@
 //! from `--trusted-proxies`, and an IPv6 client counts as its /64. Idle buckets are dropped by
 //! [`Limiter::retain_recent`], which the startup's upkeep task calls every few seconds, so
 //! memory follows the set of recently active clients, not every client ever seen.
+//!
+//! Every keyed map here has [`SHARDS`] shards, each with its own lock ([`keyed`]). A hash map
+//! grows, and the upkeep shrinks it, by moving all its entries while its lock is held, and a
+//! tokio worker that meets that lock stops with every connection it serves. governor's
+//! default is four shards per core, eight on two cores: a sale's first million buyers meant
+//! one-eighth of them moved at once, tens of milliseconds during which most purchases waited
+//! (`cargo run --release -p flashsale-server --example limiter_growth` measures it).
 
 use crate::http::client_ip::{TrustedProxies, rate_key};
 use crate::http::error::ApiError;
@@ -31,6 +38,8 @@ use crate::http::{AppState, routes};
 use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::{Extensions, HeaderMap, HeaderValue, header};
 use axum::response::Response;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use flashsale_core::{Sale, SaleId, UserId};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -45,6 +54,8 @@ use std::time::{Duration, Instant};
 /// How long a refused request's small body may take to arrive before the connection is closed
 /// instead of kept alive.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Shards of every keyed map of the limiters: a growth moves 1/256 of its entries.
+pub const SHARDS: usize = 256;
 /// Failed admin logins an address may make per [`ADMIN_FAILURE_WINDOW`].
 pub const ADMIN_FAILURES_ALLOWED: u32 = 10;
 /// The window over which failed admin logins are counted.
@@ -167,18 +178,15 @@ impl Limiter {
         Self {
             enabled: settings.enabled,
             trusted: settings.trusted_proxies.clone(),
-            purchases_by_ip: RateLimiter::keyed(quota(
+            purchases_by_ip: keyed(quota(
                 settings.purchase_rate_per_ip,
                 settings.purchase_burst_per_ip,
             )),
-            purchases_by_buyer: RateLimiter::keyed(quota(
+            purchases_by_buyer: keyed(quota(
                 settings.purchase_rate_per_user,
                 settings.purchase_burst_per_user,
             )),
-            reads_by_ip: RateLimiter::keyed(quota(
-                settings.read_rate_per_ip,
-                settings.read_burst_per_ip,
-            )),
+            reads_by_ip: keyed(quota(settings.read_rate_per_ip, settings.read_burst_per_ip)),
             shares: Arc::new(AddressShares::new(settings.purchase_share_per_ip)),
             admin_failures: AdminFailures::default(),
             clock: DefaultClock::default(),
@@ -307,7 +315,7 @@ impl Limiter {
 /// bounded by the orders confirmed; an entry going back to zero is removed.
 pub struct AddressShares {
     percent: u32,
-    held: Mutex<HashMap<(SaleId, IpAddr), u32>>,
+    held: DashMap<(SaleId, IpAddr), u32>,
 }
 
 /// Units reserved for one attempt; given back on drop unless [`ShareReservation::keep`] is
@@ -322,7 +330,7 @@ impl AddressShares {
     fn new(percent: u32) -> Self {
         Self {
             percent: percent.clamp(1, 100),
-            held: Mutex::default(),
+            held: DashMap::with_shard_amount(SHARDS),
         }
     }
 
@@ -351,12 +359,14 @@ impl AddressShares {
         }
         let share = Self::share_of(shares.percent, sale);
         let key = (sale.id, client);
-        let mut held = shares.held.lock();
-        let current = held.get(&key).copied().unwrap_or(0);
-        if current.saturating_add(units) > share {
-            return Err(ApiError::AddressShareTaken { share });
+        let taken = |current: u32| current.saturating_add(units) > share;
+        match shares.held.entry(key) {
+            Entry::Occupied(mut held) if !taken(*held.get()) => *held.get_mut() += units,
+            Entry::Vacant(free) if !taken(0) => {
+                free.insert(units);
+            }
+            _ => return Err(ApiError::AddressShareTaken { share }),
         }
-        held.insert(key, current + units);
         Ok(ShareReservation {
             shares: Arc::clone(shares),
             key,
@@ -377,13 +387,11 @@ impl Drop for ShareReservation {
         if self.units == 0 {
             return;
         }
-        let mut held = self.shares.held.lock();
-        if let Some(count) = held.get_mut(&self.key) {
-            *count = count.saturating_sub(self.units);
-            if *count == 0 {
-                held.remove(&self.key);
-            }
-        }
+        let units = self.units;
+        self.shares.held.remove_if_mut(&self.key, |_, count| {
+            *count = count.saturating_sub(units);
+            *count == 0
+        });
     }
 }
 
@@ -420,6 +428,15 @@ impl AdminFailures {
             .lock()
             .retain(|_, (since, _)| now < *since + ADMIN_FAILURE_WINDOW);
     }
+}
+
+/// A keyed limiter of `quota` whose map has [`SHARDS`] shards (see the module's note).
+pub fn keyed<K: Clone + Hash + Eq>(quota: Quota) -> DefaultKeyedRateLimiter<K> {
+    RateLimiter::new(
+        quota,
+        DashMap::with_shard_amount(SHARDS),
+        DefaultClock::default(),
+    )
 }
 
 fn quota(per_second: u32, burst: u32) -> Quota {
@@ -600,6 +617,23 @@ mod tests {
         // Another address has its own share.
         let other = Some("192.0.2.2".parse().unwrap());
         assert!(limiter.reserve_share(&sale, other, 1).is_ok());
+    }
+
+    #[test]
+    fn an_address_whose_units_all_come_back_leaves_no_entry() {
+        let limiter = Limiter::new(&RateLimits::default());
+        let sale = sale(100, 1);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let first = limiter.reserve_share(&sale, Some(ip), 1).unwrap();
+        let second = limiter.reserve_share(&sale, Some(ip), 1).unwrap();
+        // A refused reservation makes no entry either.
+        let other = Some("192.0.2.9".parse().unwrap());
+        assert!(limiter.reserve_share(&sale, other, 11).is_err());
+        assert_eq!(limiter.shares.held.len(), 1);
+        drop(first);
+        assert_eq!(limiter.shares.held.get(&(sale.id, ip)).as_deref(), Some(&1));
+        drop(second);
+        assert!(limiter.shares.held.is_empty());
     }
 
     #[test]

@@ -20,7 +20,7 @@
 use crate::http::error::ApiError;
 use crate::http::limits;
 use governor::clock::DefaultClock;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultKeyedRateLimiter, Quota};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -53,9 +53,9 @@ impl LoginLimits {
     pub fn new(enabled: bool) -> Self {
         Self {
             enabled,
-            by_address: RateLimiter::keyed(per_minute(PER_ADDRESS_PER_MINUTE, ADDRESS_BURST)),
-            by_pair: RateLimiter::keyed(per_minute(PER_PAIR_PER_MINUTE, PAIR_BURST)),
-            by_email: RateLimiter::keyed(per_minute(PER_EMAIL_PER_MINUTE, EMAIL_BURST)),
+            by_address: limits::keyed(per_minute(PER_ADDRESS_PER_MINUTE, ADDRESS_BURST)),
+            by_pair: limits::keyed(per_minute(PER_PAIR_PER_MINUTE, PAIR_BURST)),
+            by_email: limits::keyed(per_minute(PER_EMAIL_PER_MINUTE, EMAIL_BURST)),
             clock: DefaultClock::default(),
         }
     }
