@@ -393,7 +393,14 @@ fn spawn_upkeep(
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => {
                     state.metrics.run_upkeep();
-                    state.limiter.retain_recent();
+                    // Off the workers: forgetting a few hundred thousand idle buckets takes
+                    // tens of milliseconds, and a worker doing it serves none of its
+                    // connections meanwhile (the sharded maps keep each lock brief).
+                    let limits = state.clone();
+                    let forget = tokio::task::spawn_blocking(move || limits.limiter.retain_recent());
+                    if forget.await.is_err() {
+                        tracing::warn!("forgetting idle rate-limit buckets failed");
+                    }
                     // Bounded: a hung dependency must not stop the histogram upkeep.
                     let sample = state.metrics.sample_store(state.store.as_ref());
                     if tokio::time::timeout(STORE_SAMPLE_DEADLINE, sample).await.is_err() {
