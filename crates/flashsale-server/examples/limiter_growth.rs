@@ -10,6 +10,7 @@
 
 use flashsale_core::UserId;
 use flashsale_server::http::limits::{self, SHARDS};
+use flashsale_testkit::growth::{keys_arg, longest_by_band};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -33,23 +34,6 @@ fn buyer(n: u64) -> Key {
         Ok(user) => (user, Some(ip)),
         Err(e) => panic!("{id} is not a buyer id: {e}"),
     }
-}
-
-/// The longest check in each size band `[2^k, 2^(k+1))` as buyers `0..keys` arrive.
-fn longest_checks(limiter: &DefaultKeyedRateLimiter<Key>, keys: u64) -> Vec<(u64, Duration)> {
-    let mut bands: Vec<(u64, Duration)> = Vec::new();
-    for n in 0..keys {
-        let key = buyer(n);
-        let started = Instant::now();
-        let _ = limiter.check_key(&key);
-        let took = started.elapsed();
-        let band = (n + 1).next_power_of_two() / 2;
-        match bands.last_mut() {
-            Some((b, longest)) if *b == band => *longest = (*longest).max(took),
-            _ => bands.push((band, took)),
-        }
-    }
-    bands
 }
 
 /// The longest check of a new buyer while another thread runs the upkeep over a limiter whose
@@ -84,30 +68,20 @@ fn longest_check_during_upkeep(
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let mut keys = 2_000_000u64;
-    while let Some(arg) = args.next() {
-        match (arg.as_str(), args.next().and_then(|v| v.parse().ok())) {
-            ("--keys", Some(n)) => keys = n,
-            _ => {
-                eprintln!("usage: limiter_growth [--keys N]");
-                std::process::exit(2);
-            }
-        }
-    }
+    let keys = keys_arg("limiter_growth", 2_000_000);
     // The service's per-buyer default: 2 per second, 5 at once (refilled in 2.5 s).
     let quota = Quota::per_second(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN))
         .allow_burst(NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN));
     let refilled = Duration::from_millis(2_600);
 
     let default: DefaultKeyedRateLimiter<Key> = RateLimiter::keyed(quota);
-    let default_bands = longest_checks(&default, keys);
+    let default_bands = longest_by_band(keys, buyer, |k| drop(default.check_key(&k)));
     std::thread::sleep(refilled);
     let default_upkeep = longest_check_during_upkeep(&default, keys);
     drop(default);
 
     let sharded: DefaultKeyedRateLimiter<Key> = limits::keyed(quota);
-    let sharded_bands = longest_checks(&sharded, keys);
+    let sharded_bands = longest_by_band(keys, buyer, |k| drop(sharded.check_key(&k)));
     std::thread::sleep(refilled);
     let sharded_upkeep = longest_check_during_upkeep(&sharded, keys);
 

@@ -8,9 +8,9 @@
 //! shared machine: compare the two columns of one run, not runs with each other.
 
 use flashsale_store::sharded_map::ShardedMap;
+use flashsale_testkit::growth::{keys_arg, longest_by_band};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// About what the book keeps per buyer: two counters, the order keys, a channel slot.
 #[derive(Default)]
@@ -29,42 +29,15 @@ fn key(n: u64) -> Arc<str> {
     .into()
 }
 
-/// The longest insert in each size band `[2^k, 2^(k+1))`, by `insert`.
-fn longest_inserts(keys: u64, mut insert: impl FnMut(Arc<str>)) -> Vec<(u64, Duration)> {
-    let mut bands: Vec<(u64, Duration)> = Vec::new();
-    for n in 0..keys {
-        let k = key(n);
-        let started = Instant::now();
-        insert(k);
-        let took = started.elapsed();
-        let band = (n + 1).next_power_of_two() / 2;
-        match bands.last_mut() {
-            Some((b, longest)) if *b == band => *longest = (*longest).max(took),
-            _ => bands.push((band, took)),
-        }
-    }
-    bands
-}
-
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let mut keys = 2_000_000u64;
-    while let Some(arg) = args.next() {
-        match (arg.as_str(), args.next().and_then(|v| v.parse().ok())) {
-            ("--keys", Some(n)) => keys = n,
-            _ => {
-                eprintln!("usage: map_growth [--keys N]");
-                std::process::exit(2);
-            }
-        }
-    }
+    let keys = keys_arg("map_growth", 2_000_000);
     let mut plain: HashMap<Arc<str>, Buyer> = HashMap::new();
-    let plain_bands = longest_inserts(keys, |k| {
+    let plain_bands = longest_by_band(keys, key, |k| {
         plain.entry(k).or_default();
     });
     drop(plain);
     let mut sharded: ShardedMap<Arc<str>, Buyer> = ShardedMap::new();
-    let sharded_bands = longest_inserts(keys, |k| {
+    let sharded_bands = longest_by_band(keys, key, |k| {
         sharded.get_or_default(&k);
     });
     println!("entries from      longest insert: HashMap   ShardedMap");

@@ -7,6 +7,7 @@
 //! - [`durability`]: what every store keeps across a restart and a crash;
 //! - [`crash_child`]: the child process a crash case kills;
 //! - [`export`]: the operator's export of a sale's orders, page by page;
+//! - [`growth`]: what the map growth examples share (their argument, their size bands);
 //! - [`ledger`]: the stock ledger of a sale, page by page, and replayed after a herd;
 //! - [`product`]: the product's description, price and image, kept and changed by the rules;
 //! - [`conformance_suite!`]: one `#[tokio::test]` per case of both, for one store;
@@ -25,6 +26,7 @@ pub mod conformance;
 pub mod crash_child;
 pub mod durability;
 pub mod export;
+pub mod growth;
 pub mod isolation;
 pub mod ledger;
 pub mod product;
