@@ -9,11 +9,10 @@
 //! Wall time on a shared machine: compare the two columns of one run, not runs with each other.
 
 use flashsale_core::UserId;
-use flashsale_server::http::limits::{self, SHARDS};
+use flashsale_server::http::limits::{self, RateLimits, SHARDS};
 use flashsale_testkit::growth::{keys_arg, longest_by_band};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultKeyedRateLimiter, RateLimiter};
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -69,10 +68,15 @@ fn longest_check_during_upkeep(
 
 fn main() {
     let keys = keys_arg("limiter_growth", 2_000_000);
-    // The service's per-buyer default: 2 per second, 5 at once (refilled in 2.5 s).
-    let quota = Quota::per_second(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN))
-        .allow_burst(NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN));
-    let refilled = Duration::from_millis(2_600);
+    // The service's per-buyer default, and a little more than the time a drained bucket
+    // takes to refill, after which the upkeep forgets it.
+    let defaults = RateLimits::default();
+    let (rate, burst) = (
+        defaults.purchase_rate_per_user,
+        defaults.purchase_burst_per_user,
+    );
+    let quota = limits::quota(rate, burst);
+    let refilled = Duration::from_secs_f64(f64::from(burst) / f64::from(rate) + 0.1);
 
     let default: DefaultKeyedRateLimiter<Key> = RateLimiter::keyed(quota);
     let default_bands = longest_by_band(keys, buyer, |k| drop(default.check_key(&k)));

@@ -439,7 +439,8 @@ pub fn keyed<K: Clone + Hash + Eq>(quota: Quota) -> DefaultKeyedRateLimiter<K> {
     )
 }
 
-fn quota(per_second: u32, burst: u32) -> Quota {
+/// A quota of `per_second` steadily and `burst` at once (0 counts as 1).
+pub fn quota(per_second: u32, burst: u32) -> Quota {
     // clap refuses 0 for both; `MIN` keeps this total for values built in code.
     let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
     let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
