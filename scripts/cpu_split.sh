@@ -13,7 +13,8 @@
 #   ROUTE   purchase | sold-out | status
 # Environment: SPLIT_SECONDS=6, REDIS_URL, DATABASE_URL (default: local, database flashsale_bench).
 # Prints one line per group: group, CPU seconds, share of the run's total, CPU µs per request
-# (the server's also split into user space and kernel, and by thread name); then req/s.
+# (the server's also split into user space and kernel, and by thread name); `idle` is the time
+# the cores were idle (or waiting on I/O) during the run; then req/s.
 set -euo pipefail
 BIN=$1
 STORE=$2
@@ -92,6 +93,14 @@ threads() {
     echo "$(cat "$t/comm" 2>/dev/null) $((${12} + ${13}))"
   done | awk '{ a[$1] += $2 } END { for (k in a) print k, a[k] }' | sort
 }
+# The machine's idle ticks, all cores (idle + iowait of /proc/stat): time no process could run.
+# The bare handler leaves next to none; a server whose requests wait on something other than
+# CPU (a disk flush, a timer, a lock's holder) leaves the cores idle while they wait.
+idle_ticks() {
+  local _cpu user nice system idle iowait
+  read -r _cpu user nice system idle iowait _ </proc/stat
+  echo $((idle + iowait))
+}
 # Warm up (connections, first admissions), then sample inside the measured run (wrk still
 # running at both ends, so its own ticks count too).
 wrk -t2 -c"$CONNS" -d1s "${lua[@]}" "http://127.0.0.1:$PORT$url" >/dev/null
@@ -99,10 +108,12 @@ wrk -t2 -c"$CONNS" -d"${SECS}s" "${lua[@]}" "http://127.0.0.1:$PORT$url" >"$WORK
 WRK=$!
 sleep 1
 read -r s0 u0 r0 p0 c0 o0 < <(ticks)
+i0=$(idle_ticks)
 threads >"$WORK/threads0"
 started=$(date +%s.%N)
 sleep $((SECS - 2))
 read -r s1 u1 r1 p1 c1 o1 < <(ticks)
+i1=$(idle_ticks)
 threads >"$WORK/threads1"
 ended=$(date +%s.%N)
 wait $WRK
@@ -113,7 +124,7 @@ total=$(awk -v w="$wall" -v c="$cores" -v hz="$hz" 'BEGIN {print w * c * hz}')
 rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out")
 requests=$(awk -v r="$rps" -v w="$wall" 'BEGIN {print r * w}')
 printf 'group\tCPU s\tshare of %s cores x %.1f s\tCPU us per request\n' "$cores" "$wall"
-for pair in "server $((s1 - s0))" "server-user $((u1 - u0))" "server-kernel $((s1 - s0 - u1 + u0))" "redis $((r1 - r0))" "postgres $((p1 - p0))" "client $((c1 - c0))" "other $((o1 - o0))"; do
+for pair in "server $((s1 - s0))" "server-user $((u1 - u0))" "server-kernel $((s1 - s0 - u1 + u0))" "redis $((r1 - r0))" "postgres $((p1 - p0))" "client $((c1 - c0))" "other $((o1 - o0))" "idle $((i1 - i0))"; do
   set -- $pair
   awk -v n="$1" -v t="$2" -v hz="$hz" -v tot="$total" -v r="$requests" \
     'BEGIN { printf "%s\t%.2f\t%.0f%%\t%.1f\n", n, t / hz, 100 * t / tot, 1e6 * t / hz / r }'
