@@ -55,5 +55,5 @@ awk 'NR > 3 { t = $3; sub(/\[.*/, "", t); site = "";
     for (i = 7; i <= NF && i <= 11; i++) if ($i != "<-") site = site " " $i;
     k = t " |" site; off[k] += $4; n[k]++ }
   END { for (k in off) printf "%.0f\t%d\t%s\n", off[k], n[k], k }' "$WORK/timehist" |
-  sort -rn | head -16
+  sort -rn | sed -n 1,16p
 echo "req/s	$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out")"
