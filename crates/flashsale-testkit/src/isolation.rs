@@ -59,6 +59,45 @@ pub async fn connect(cfg: &RedisPgConfig) -> RedisPgStore {
     })
 }
 
+/// How often [`Cleanup`] tries to drop a schema before it gives up and says so.
+const DROP_ATTEMPTS: u32 = 6;
+/// How long one attempt waits for a lock: the store under test may still be running a
+/// transaction on the schema's tables when its case ends.
+const DROP_LOCK_TIMEOUT: &str = "2s";
+
+/// Drops `schema` and everything in it, trying again while it fails. A store's background
+/// task that is still writing when its case ends can hold a lock the drop needs, or deadlock
+/// with it (PostgreSQL then aborts one of the two); one attempt whose error was ignored left
+/// the schema behind.
+async fn drop_schema(database_url: &str, schema: &str) {
+    let sql = format!(
+        "SET lock_timeout = '{DROP_LOCK_TIMEOUT}'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    );
+    let mut last = None;
+    for attempt in 1..=DROP_ATTEMPTS {
+        match tokio_postgres::connect(database_url, tokio_postgres::NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                match client.batch_execute(&sql).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        last = Some(
+                            e.as_db_error()
+                                .map_or_else(|| e.to_string(), |db| db.message().to_owned()),
+                        );
+                    }
+                }
+            }
+            Err(e) => last = Some(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+    }
+    eprintln!(
+        "test cleanup: schema {schema} was not dropped after {DROP_ATTEMPTS} attempts: {}",
+        last.unwrap_or_default()
+    );
+}
+
 /// Drops the schema `cfg.pg_schema` and deletes the keys under `cfg.key_prefix` when dropped.
 pub struct Cleanup {
     /// Whose schema and keys.
@@ -87,17 +126,7 @@ impl Drop for Cleanup {
                 return;
             };
             rt.block_on(async move {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&cfg.database_url, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!(
-                            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-                            cfg.pg_schema
-                        ))
-                        .await;
-                }
+                drop_schema(&cfg.database_url, &cfg.pg_schema).await;
                 if let Ok(client) = redis::Client::open(cfg.redis_url.as_str())
                     && let Ok(mut con) = client.get_multiplexed_async_connection().await
                 {
@@ -114,5 +143,64 @@ impl Drop for Cleanup {
             });
         })
         .join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn client() -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+            .await
+            .expect("the test PostgreSQL");
+        tokio::spawn(conn);
+        client
+    }
+
+    async fn schema_exists(client: &tokio_postgres::Client, name: &str) -> bool {
+        client
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_namespace WHERE nspname = $1",
+                &[&name],
+            )
+            .await
+            .expect("reading pg_namespace")
+            .get(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_schema_is_dropped_even_when_a_store_still_writing_deadlocks_the_first_drop() {
+        let name = unique("t");
+        let admin = client().await;
+        admin
+            .batch_execute(&format!(
+                "CREATE SCHEMA \"{name}\"; CREATE TABLE \"{name}\".orders (id int)"
+            ))
+            .await
+            .unwrap();
+        // A store's transaction still open when its case ends: it holds a table the drop
+        // must lock, then wants the schema the drop already holds. PostgreSQL breaks the
+        // cycle by aborting the one that waited first: the drop (one attempt then left the
+        // schema behind), unless the drop had not reached the table yet.
+        let mut holder = client().await;
+        let tx = holder.transaction().await.unwrap();
+        tx.batch_execute(&format!(
+            "LOCK TABLE \"{name}\".orders IN ACCESS SHARE MODE"
+        ))
+        .await
+        .unwrap();
+        let cleanup = Cleanup::named(&name);
+        let dropping = tokio::task::spawn_blocking(move || drop(cleanup));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = tx
+            .batch_execute(&format!("CREATE TABLE \"{name}\".more (id int)"))
+            .await;
+        tx.rollback().await.unwrap();
+        dropping.await.unwrap();
+        assert!(
+            !schema_exists(&admin, &name).await,
+            "the schema outlived its cleanup"
+        );
     }
 }
