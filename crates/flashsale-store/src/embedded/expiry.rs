@@ -57,8 +57,14 @@ impl GuardedClock {
 
     /// Now, or the latest instant already returned if the clock went back.
     pub(crate) fn now(&self) -> OffsetDateTime {
-        let now = nanos(self.clock.now());
+        let at = self.clock.now();
+        let now = nanos(at);
         let seen = self.high_water.fetch_max(now, Ordering::AcqRel);
+        // Usually the clock moved forward: its own reading is the answer, and rebuilding it
+        // from nanoseconds (a calendar computation, on every purchase) is not needed.
+        if seen <= now && at.offset().is_utc() {
+            return at;
+        }
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(seen.max(now)))
             .unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
@@ -123,4 +129,46 @@ fn tick(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashsale_core::ManualClock;
+    use time::macros::datetime;
+
+    #[test]
+    fn the_guarded_clock_follows_its_clock_forward_but_never_back_nor_below_its_floor() {
+        let manual = Arc::new(ManualClock::new(datetime!(2026-01-01 10:00 UTC)));
+        let guarded = GuardedClock::new(manual.clone(), datetime!(2026-01-01 9:00 UTC));
+        assert_eq!(guarded.now(), datetime!(2026-01-01 10:00 UTC));
+        manual.advance(time::Duration::nanoseconds(5_000_000_123));
+        assert_eq!(guarded.now(), datetime!(2026-01-01 10:00:05.000000123 UTC));
+        manual.set(datetime!(2026-01-01 9:59 UTC));
+        assert_eq!(
+            guarded.now(),
+            datetime!(2026-01-01 10:00:05.000000123 UTC),
+            "a clock stepped back reads as the latest instant already returned"
+        );
+        let floored = GuardedClock::new(manual, datetime!(2026-01-01 11:00 UTC));
+        assert_eq!(floored.now(), datetime!(2026-01-01 11:00 UTC));
+    }
+
+    /// A clock that reads a fixed instant at whatever offset it was given.
+    struct Fixed(OffsetDateTime);
+
+    impl Clock for Fixed {
+        fn now(&self) -> OffsetDateTime {
+            self.0
+        }
+    }
+
+    #[test]
+    fn a_reading_at_another_offset_is_answered_in_utc() {
+        let at = datetime!(2026-01-01 12:00 +02:00);
+        let guarded = GuardedClock::new(Arc::new(Fixed(at)), datetime!(2025-01-01 0:00 UTC));
+        let now = guarded.now();
+        assert_eq!(now, at);
+        assert!(now.offset().is_utc(), "{now}");
+    }
 }
