@@ -78,8 +78,8 @@ impl JsonBuf {
 
 /// A UTC instant of years 0..=9999 written as `time`'s `Rfc3339` writes it, quotes included,
 /// in one fixed buffer: every instant the service writes is one of these, and `time`'s
-/// general formatter (its offset checks and one small write per component) was a twentieth
-/// of a status read's instructions, with three instants per body (issue 15).
+/// general formatter (its offset checks and one small write per component) was about a
+/// twentieth of a status read's instructions, with three instants per body (issue 15).
 struct Rfc3339Utc {
     bytes: [u8; 32],
     len: usize,
@@ -158,7 +158,7 @@ mod tests {
         String::from_utf8(out.0).unwrap()
     }
 
-    /// Nanoseconds of the day with as many trailing zeros as there are digits, and none.
+    /// A second's nanoseconds, with from none to nine trailing zeros.
     fn nanos() -> impl Strategy<Value = u32> {
         (0u32..1_000_000_000, 0u32..=9)
             .prop_map(|(n, zeros)| n / 10u32.pow(zeros) * 10u32.pow(zeros))
