@@ -3,14 +3,15 @@
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
+use axum::body::HttpBody;
 use axum::extract::{FromRequestParts, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, header};
 use bytes::{Bytes, BytesMut};
 use flashsale_core::{IdempotencyKey, SaleId, UserId};
-use futures_util::StreamExt;
 use std::borrow::Cow;
 use std::future::Future;
+use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -147,11 +148,21 @@ async fn read_json_body(request: Request, max: usize) -> Result<Bytes, ApiError>
     if declared.is_some_and(|len| len > max as u64) {
         return Err(ApiError::PayloadTooLarge);
     }
-    let mut stream = request.into_body().into_data_stream();
+    let mut body = request.into_body();
     let mut first: Option<Bytes> = None;
     let mut joined: Option<BytesMut> = None;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| body_unreadable())?;
+    // Once the declared length has arrived the body says so (`is_end_stream`): a body of one
+    // chunk takes one poll, not a second through the boxed body and hyper's channel that only
+    // finds the end (issue 15).
+    while !body.is_end_stream() {
+        let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        else {
+            break;
+        };
+        // Trailers, if a chunked body has any, are not part of the JSON.
+        let Ok(chunk) = frame.map_err(|_| body_unreadable())?.into_data() else {
+            continue;
+        };
         let len = first.as_ref().map_or(0, Bytes::len)
             + joined.as_ref().map_or(0, BytesMut::len)
             + chunk.len();

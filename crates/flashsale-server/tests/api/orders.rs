@@ -268,6 +268,25 @@ async fn a_body_over_4_kib_is_413_payload_too_large() {
 }
 
 #[tokio::test]
+async fn a_chunked_body_in_several_chunks_with_trailers_is_read_whole() {
+    let app = spawn_app().await;
+    let sale = app.active_sale(10, 1).await;
+    // Two chunks and a trailer section: the body is only complete at the last chunk, which a
+    // reader that stops at the first chunk (or at the declared length) would get wrong.
+    let (head, tail) = (r#"{"user_id": "chun"#, r#"ked", "quantity": 1}"#);
+    let request = format!(
+        "POST /api/sales/{sale}/orders HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+         {:x}\r\n{head}\r\n{:x}\r\n{tail}\r\n0\r\nx-checksum: 1\r\n\r\n",
+        head.len(),
+        tail.len()
+    );
+    let answer = crate::helpers::raw_http(&app, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert!(answer.contains(r#""user_id":"chunked""#), "{answer}");
+}
+
+#[tokio::test]
 async fn the_same_idempotency_key_and_body_replays_the_same_order_without_taking_stock_twice() {
     let app = spawn_app().await;
     let sale = app.active_sale(10, 2).await;
